@@ -1,0 +1,217 @@
+"""Build diffusers/transformers modules from a single-file LDM checkpoint, fully offline.
+
+Key renaming is diffusers' own (`convert_ldm_*`, `convert_open_clip_checkpoint`); configs come from
+`architecture.py` instead of the Hub. Modules are created with empty parameters and the converted tensors are assigned,
+so a memory-mapped safetensors file is not copied when no dtype change is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from accelerate import init_empty_weights
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers.loaders.single_file_utils import (
+    convert_ldm_clip_checkpoint,
+    convert_ldm_unet_checkpoint,
+    convert_ldm_vae_checkpoint,
+    convert_open_clip_checkpoint,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from .architecture import (
+    ArchitectureError,
+    infer_hf_clip_config,
+    infer_open_clip_config,
+    infer_unet_config,
+    infer_vae_config,
+    shapes_of,
+    strip_prefix,
+)
+from .checkpoint_io import RawCheckpoint, read_checkpoint
+from .families import UNET_PREFIX, VAE_PREFIX, ModelFamily, TextEncoderSlot, detect_family, detect_variant
+
+PredictionType = Literal["epsilon", "v_prediction"]
+
+
+@dataclass
+class TextEncoder:
+    """A CLIP text model plus the slot rule that says which hidden state the U-Net sees."""
+
+    slot: TextEncoderSlot
+    model: CLIPTextModel | CLIPTextModelWithProjection
+
+
+@dataclass
+class LoadedModel:
+    """Everything needed to sample from one checkpoint."""
+
+    name: str
+    path: Path
+    family: ModelFamily
+    variant: Literal["normal", "inpaint"]
+    prediction_type: PredictionType
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoders: list[TextEncoder]
+    default_resolution: tuple[int, int]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def vae_scale(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.vae.config.latent_channels)
+
+    @property
+    def vae_downscale(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.unet, self.vae, *(te.model for te in self.text_encoders)]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "LoadedModel":
+        for module in self.modules():
+            module.to(device=device, dtype=dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+
+class ModelLoadError(ValueError):
+    """A checkpoint's tensors do not fit the architecture inferred from them."""
+
+
+def _assign(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], dtype: torch.dtype, what: str) -> None:
+    expected = set(module.state_dict().keys())
+    missing = sorted(expected - state_dict.keys())
+    if missing:
+        raise ModelLoadError(f"{what}: {len(missing)} weights missing (first: {missing[0]})")
+    tensors = {k: state_dict[k].to(dtype) if state_dict[k].is_floating_point() else state_dict[k] for k in expected}
+    module.load_state_dict(tensors, strict=True, assign=True)
+    module.eval().requires_grad_(False)
+
+
+def _parse_resolution(metadata: dict[str, str]) -> tuple[int, int] | None:
+    text = metadata.get("modelspec.resolution", "")
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        return None
+    return (width, height) if width > 0 and height > 0 else None
+
+
+def resolve_prediction_type(
+    raw: RawCheckpoint, family: ModelFamily, override: PredictionType | None
+) -> PredictionType:
+    """User override, then marker keys, then modelspec metadata, then the family default."""
+    if override:
+        return override
+    if "v_pred" in raw.state_dict:
+        return "v_prediction"
+    declared = raw.metadata.get("modelspec.prediction_type", "").lower()
+    if declared in ("v", "v_prediction", "v-prediction"):
+        return "v_prediction"
+    if declared in ("epsilon", "eps"):
+        return "epsilon"
+    return family.default_prediction
+
+
+def _build_text_encoder(raw: RawCheckpoint, shapes: dict, slot: TextEncoderSlot, dtype: torch.dtype) -> TextEncoder:
+    checkpoint = raw.state_dict
+    if slot.layout == "hf":
+        te_shapes = strip_prefix(shapes, slot.prefix)
+        te_shapes = {k.removeprefix("text_model."): v for k, v in te_shapes.items()}
+        config = CLIPTextConfig(**infer_hf_clip_config(te_shapes, slot.hidden_act))
+        converted = convert_ldm_clip_checkpoint(checkpoint, remove_prefix=slot.prefix)
+        converted = {k: v for k, v in converted.items() if k.startswith(("text_model.", "embeddings.", "encoder.", "final"))}
+    else:
+        te_shapes = strip_prefix(shapes, slot.prefix)
+        config = CLIPTextConfig(**infer_open_clip_config(te_shapes, slot.hidden_act))
+        converted = None
+    if slot.drop_last_layer:
+        config.num_hidden_layers -= 1
+    model_class = CLIPTextModelWithProjection if slot.pooled else CLIPTextModel
+    with init_empty_weights(include_buffers=False):
+        model = model_class(config)
+    if converted is None:
+        converted = convert_open_clip_checkpoint(model, checkpoint, prefix=slot.prefix)
+    if model_class is CLIPTextModel:
+        converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
+    else:
+        converted = {k if k.startswith(("text_model.", "text_projection")) else f"text_model.{k}": v for k, v in converted.items()}
+    _assign(model, converted, dtype, f"text encoder {slot.prefix}")
+    return TextEncoder(slot=slot, model=model)
+
+
+def build_model(
+    raw: RawCheckpoint,
+    dtype: torch.dtype = torch.float32,
+    prediction_override: PredictionType | None = None,
+    vae_override: dict[str, torch.Tensor] | None = None,
+) -> LoadedModel:
+    """Turn a raw checkpoint into ready modules on the CPU (the caller moves them to a device)."""
+    name = raw.path.name
+    shapes = shapes_of(raw.state_dict)
+    family = detect_family(shapes, name)
+    variant = detect_variant(shapes, name)
+    resolution = _parse_resolution(raw.metadata) or (family.native_resolution, family.native_resolution)
+    try:
+        unet_config = infer_unet_config(strip_prefix(shapes, UNET_PREFIX), family.attention, resolution[1] // 8)
+        vae_state = raw.state_dict if vae_override is None else {VAE_PREFIX + k: v for k, v in vae_override.items()}
+        # LDM stores a learned `scale_factor` buffer when trained with scale_by_std; it wins over the family default.
+        scale = float(raw.state_dict["scale_factor"]) if "scale_factor" in raw.state_dict else family.vae_scale
+        vae_config = infer_vae_config(strip_prefix(shapes_of(vae_state), VAE_PREFIX), scale, resolution[1])
+    except ArchitectureError as exc:
+        raise ModelLoadError(f"{name}: {exc}") from exc
+
+    with init_empty_weights(include_buffers=False):
+        unet = UNet2DConditionModel(**unet_config)
+        vae = AutoencoderKL(**vae_config)
+    try:
+        _assign(unet, convert_ldm_unet_checkpoint(raw.state_dict, unet_config), dtype, "U-Net")
+        _assign(vae, convert_ldm_vae_checkpoint(vae_state, vae_config), dtype, "VAE")
+        text_encoders = [_build_text_encoder(raw, shapes, slot, dtype) for slot in family.text_encoders]
+    except (ModelLoadError, RuntimeError, KeyError, ArchitectureError) as exc:
+        raise ModelLoadError(f"{name}: weights do not fit the inferred architecture ({str(exc).splitlines()[0]})") from exc
+    return LoadedModel(
+        name=raw.path.stem,
+        path=raw.path,
+        family=family,
+        variant=variant,
+        prediction_type=resolve_prediction_type(raw, family, prediction_override),
+        unet=unet,
+        vae=vae,
+        text_encoders=text_encoders,
+        default_resolution=resolution,
+        metadata=dict(raw.metadata),
+    )
+
+
+def load_checkpoint(
+    path: Path, dtype: torch.dtype = torch.float32, prediction_override: PredictionType | None = None
+) -> LoadedModel:
+    """Read and build in one call (CLI, tests, benchmarks)."""
+    return build_model(read_checkpoint(Path(path)), dtype=dtype, prediction_override=prediction_override)
+
+
+def read_vae_override(path: Path) -> dict[str, torch.Tensor]:
+    """A standalone VAE file (`encoder.*`/`decoder.*`, or a full checkpoint's `first_stage_model.*`)."""
+    raw = read_checkpoint(Path(path))
+    state = raw.state_dict
+    if any(k.startswith(VAE_PREFIX) for k in state):
+        state = {k[len(VAE_PREFIX):]: v for k, v in state.items() if k.startswith(VAE_PREFIX)}
+    if "encoder.conv_in.weight" not in state or "decoder.conv_out.weight" not in state:
+        raise ModelLoadError(f"{Path(path).name}: not a VAE in the original layout (encoder.*/decoder.* keys)")
+    return state

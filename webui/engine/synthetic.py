@@ -1,0 +1,145 @@
+"""Random-weight models in a family's exact single-file layout.
+
+No weights can be downloaded, so tests and benchmarks build their checkpoints here: diffusers/transformers modules
+with seeded random weights, written through `export.to_ldm_state_dict` so they are indistinguishable in layout from a
+community checkpoint. `size="tiny"` gives files of a few MB; `size="real"` gives SD1.5/SDXL shapes for GPU timing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+from .export import save_checkpoint, to_ldm_state_dict
+from .families import SD1, SD2, SDXL, ModelFamily
+
+FamilyName = Literal["sd1", "sd2", "sdxl"]
+VOCAB_SIZE = 49408
+
+
+@dataclass
+class SyntheticModel:
+    """The diffusers modules behind a synthetic checkpoint (the tests' ground truth)."""
+
+    family: ModelFamily
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoders: list[torch.nn.Module]
+    text_configs: list[CLIPTextConfig]
+
+    def state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        exports = [(slot.prefix, slot.layout, model) for slot, model in zip(self.family.text_encoders, self.text_encoders)]
+        return to_ldm_state_dict(self.unet, self.vae, exports, dtype=dtype)
+
+
+def _clip(hidden: int, layers: int, act: str, projection: bool, seed: int) -> tuple[torch.nn.Module, CLIPTextConfig]:
+    config = CLIPTextConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        intermediate_size=hidden * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64),
+        max_position_embeddings=77,
+        hidden_act=act,
+        projection_dim=hidden,
+    )
+    torch.manual_seed(seed)
+    model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+    return model.eval(), config
+
+
+def _vae(channels: tuple[int, ...], layers: int, seed: int, scale: float) -> AutoencoderKL:
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=channels,
+        down_block_types=["DownEncoderBlock2D"] * len(channels),
+        up_block_types=["UpDecoderBlock2D"] * len(channels),
+        layers_per_block=layers,
+        latent_channels=4,
+        scaling_factor=scale,
+    ).eval()
+
+
+def build_synthetic_model(
+    family: FamilyName, size: Literal["tiny", "real"] = "tiny", inpaint: bool = False, seed: int = 0
+) -> SyntheticModel:
+    """Seeded random modules for `family`; `inpaint` gives the 9-channel U-Net input."""
+    in_channels = 9 if inpaint else 4
+    real = size == "real"
+    if family == "sd1":
+        te, te_config = _clip(768 if real else 64, 12 if real else 2, "quick_gelu", False, seed)
+        channels = (320, 640, 1280, 1280) if real else (32, 64)
+        torch.manual_seed(seed + 1)
+        unet = UNet2DConditionModel(
+            sample_size=64 if real else 8,
+            in_channels=in_channels,
+            block_out_channels=channels,
+            layers_per_block=2 if real else 1,
+            down_block_types=[*(["CrossAttnDownBlock2D"] * (len(channels) - 1)), "DownBlock2D"],
+            up_block_types=["UpBlock2D", *(["CrossAttnUpBlock2D"] * (len(channels) - 1))],
+            cross_attention_dim=te_config.hidden_size,
+            attention_head_dim=8,
+        )
+        vae = _vae((128, 256, 512, 512) if real else (32, 32, 64, 64), 2 if real else 1, seed + 2, SD1.vae_scale)
+        return SyntheticModel(SD1, unet.eval(), vae, [te], [te_config])
+    if family == "sd2":
+        te, te_config = _clip(1024 if real else 64, 24 if real else 3, "gelu", False, seed)
+        channels = (320, 640, 1280, 1280) if real else (64, 128)
+        torch.manual_seed(seed + 1)
+        unet = UNet2DConditionModel(
+            sample_size=96 if real else 8,
+            in_channels=in_channels,
+            block_out_channels=channels,
+            layers_per_block=2 if real else 1,
+            down_block_types=[*(["CrossAttnDownBlock2D"] * (len(channels) - 1)), "DownBlock2D"],
+            up_block_types=["UpBlock2D", *(["CrossAttnUpBlock2D"] * (len(channels) - 1))],
+            cross_attention_dim=te_config.hidden_size,
+            attention_head_dim=[max(1, c // 64) for c in channels],
+            use_linear_projection=True,
+        )
+        vae = _vae((128, 256, 512, 512) if real else (32, 32, 64, 64), 2 if real else 1, seed + 2, SD2.vae_scale)
+        return SyntheticModel(SD2, unet.eval(), vae, [te], [te_config])
+    if family == "sdxl":
+        te1, config1 = _clip(768 if real else 64, 12 if real else 2, "quick_gelu", False, seed)
+        te2, config2 = _clip(1280 if real else 64, 32 if real else 2, "gelu", True, seed + 3)
+        channels = (320, 640, 1280) if real else (64, 128)
+        depths = [1, 2, 10] if real else [1, 2]
+        torch.manual_seed(seed + 1)
+        unet = UNet2DConditionModel(
+            sample_size=128 if real else 8,
+            in_channels=in_channels,
+            block_out_channels=channels,
+            layers_per_block=2 if real else 1,
+            down_block_types=["DownBlock2D", *(["CrossAttnDownBlock2D"] * (len(channels) - 1))],
+            up_block_types=[*(["CrossAttnUpBlock2D"] * (len(channels) - 1)), "UpBlock2D"],
+            cross_attention_dim=config1.hidden_size + config2.hidden_size,
+            transformer_layers_per_block=depths,
+            attention_head_dim=[max(1, c // 64) for c in channels],
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=config2.projection_dim + 6 * 256,
+        )
+        vae = _vae((128, 256, 512, 512) if real else (32, 32, 64, 64), 2 if real else 1, seed + 2, SDXL.vae_scale)
+        return SyntheticModel(SDXL, unet.eval(), vae, [te1, te2], [config1, config2])
+    raise ValueError(f"unknown family {family!r}")
+
+
+def write_synthetic_checkpoint(
+    path: Path,
+    family: FamilyName,
+    size: Literal["tiny", "real"] = "tiny",
+    inpaint: bool = False,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    metadata: dict[str, str] | None = None,
+) -> SyntheticModel:
+    """Build and save; returns the modules so a test can compare against them."""
+    model = build_synthetic_model(family, size=size, inpaint=inpaint, seed=seed)
+    save_checkpoint(Path(path), model.state_dict(dtype=dtype), metadata)
+    return model
