@@ -106,7 +106,7 @@ def build_synthetic_model(
         return SyntheticModel(SD2, unet.eval(), vae, [te], [te_config])
     if family == "sdxl":
         te1, config1 = _clip(768 if real else 64, 12 if real else 2, "quick_gelu", False, seed)
-        te2, config2 = _clip(1280 if real else 64, 32 if real else 2, "gelu", True, seed + 3)
+        te2, config2 = _clip(1280 if real else 128, 32 if real else 2, "gelu", True, seed + 3)
         channels = (320, 640, 1280) if real else (64, 128)
         depths = [1, 2, 10] if real else [1, 2]
         torch.manual_seed(seed + 1)
