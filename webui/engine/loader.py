@@ -103,7 +103,8 @@ def _assign(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], dtype:
     module.eval().requires_grad_(False)
 
 
-def _parse_resolution(metadata: dict[str, str]) -> tuple[int, int] | None:
+def declared_resolution(metadata: dict[str, str]) -> tuple[int, int] | None:
+    """(width, height) from `modelspec.resolution` such as `64x64`, if the file declares one."""
     text = metadata.get("modelspec.resolution", "")
     try:
         width, height = (int(part) for part in text.lower().split("x"))
@@ -166,7 +167,7 @@ def build_model(
     shapes = shapes_of(raw.state_dict)
     family = detect_family(shapes, name)
     variant = detect_variant(shapes, name)
-    resolution = _parse_resolution(raw.metadata) or (family.native_resolution, family.native_resolution)
+    resolution = declared_resolution(raw.metadata) or (family.native_resolution, family.native_resolution)
     try:
         unet_config = infer_unet_config(strip_prefix(shapes, UNET_PREFIX), family.attention, resolution[1] // 8)
         vae_state = raw.state_dict if vae_override is None else {VAE_PREFIX + k: v for k, v in vae_override.items()}

@@ -39,7 +39,11 @@ SIGMA_SCHEDULES = {"Karras", "Exponential", "Beta"}
 
 
 class SamplerError(ValueError):
-    """Unknown sampler or schedule, or a combination the sampler cannot run."""
+    """Unknown sampler or schedule, or a combination the sampler cannot run; `field_name` says which input."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field_name = field_name
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class SamplerSpec:
         """The full scheduler config; documented in docs/samplers.md."""
         if schedule not in self.supported_schedules():
             raise SamplerError(
+                "scheduler",
                 f"sampler {self.name!r} does not support schedule type {schedule!r}; "
                 f"choose one of: {', '.join(self.supported_schedules())}"
             )
@@ -136,7 +141,7 @@ class SamplerRegistry:
 
     def register(self, spec: SamplerSpec) -> None:
         if spec.name in self._specs:
-            raise SamplerError(f"a sampler named {spec.name!r} is already registered")
+            raise SamplerError("sampler_name", f"a sampler named {spec.name!r} is already registered")
         self._specs[spec.name] = spec
 
     def names(self) -> list[str]:
@@ -164,7 +169,7 @@ class SamplerRegistry:
                         schedule_label = label
                     break
         if spec is None:
-            raise SamplerError(f"unknown sampler {sampler!r}; choose one of: {', '.join(self.names())}")
+            raise SamplerError("sampler_name", f"unknown sampler {sampler!r}; choose one of: {', '.join(self.names())}")
         return spec, schedule_label
 
     @staticmethod
@@ -175,4 +180,4 @@ class SamplerRegistry:
         for label in ("Automatic", *SCHEDULE_TYPES):
             if text.lower() == label.lower():
                 return label
-        raise SamplerError(f"unknown schedule type {schedule!r}; choose one of: Automatic, {', '.join(SCHEDULE_TYPES)}")
+        raise SamplerError("scheduler", f"unknown schedule type {schedule!r}; choose one of: Automatic, {', '.join(SCHEDULE_TYPES)}")

@@ -1,0 +1,5 @@
+"""`python -m webui <command> ...`"""
+
+from webui.cli import main
+
+raise SystemExit(main())

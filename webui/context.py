@@ -1,0 +1,73 @@
+"""The composition root: builds every service once and hands them to whichever interface runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from webui.engine.samplers import SamplerRegistry
+from webui.services.generation import GenerationService
+from webui.services.hashing import HashCache
+from webui.services.jobs import JobManager
+from webui.services.model_manager import ModelManager, choose_device, choose_dtype
+from webui.services.outputs import OutputStore
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class AppPaths:
+    models_dir: Path
+    outputs_dir: Path
+    data_dir: Path  # caches and settings
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.models_dir / "Stable-diffusion"
+
+    @property
+    def vae_dir(self) -> Path:
+        return self.models_dir / "VAE"
+
+    @classmethod
+    def default(cls, models_dir: Path | None = None, outputs_dir: Path | None = None) -> "AppPaths":
+        return cls(
+            models_dir=Path(models_dir or PROJECT_ROOT / "models").resolve(),
+            outputs_dir=Path(outputs_dir or PROJECT_ROOT / "outputs").resolve(),
+            data_dir=(PROJECT_ROOT / "cache").resolve(),
+        )
+
+
+@dataclass
+class AppContext:
+    paths: AppPaths
+    models: ModelManager
+    samplers: SamplerRegistry
+    jobs: JobManager
+    outputs: OutputStore
+    generation: GenerationService
+
+
+def build_context(
+    paths: AppPaths,
+    device: str | None = None,
+    precision: str | None = None,
+    ram_cache_size: int = 1,
+    outputs: OutputStore | None = None,
+) -> AppContext:
+    torch_device = choose_device(device)
+    dtype = choose_dtype(torch_device, precision)
+    paths.data_dir.mkdir(parents=True, exist_ok=True)
+    models = ModelManager(
+        paths.checkpoint_dir,
+        paths.vae_dir,
+        HashCache(paths.data_dir / "hashes.json"),
+        torch_device,
+        dtype,
+        ram_cache_size=ram_cache_size,
+    )
+    samplers = SamplerRegistry()
+    jobs = JobManager()
+    outputs = outputs or OutputStore(paths.outputs_dir)
+    generation = GenerationService(models, outputs, samplers, jobs)
+    return AppContext(paths, models, samplers, jobs, outputs, generation)

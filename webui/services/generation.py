@@ -1,0 +1,153 @@
+"""The generation service: validates a request, runs it as a job on the engine, saves every image as it finishes.
+
+Interfaces (Gradio, HTTP, CLI) call `submit`/`run`; none of them touches the engine directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from webui.engine.denoise import Interrupted, StepHook
+from webui.engine.generation import SamplingParams, txt2img
+from webui.engine.loader import LoadedModel
+from webui.engine.preview import fit_latent_to_rgb, latents_to_preview
+from webui.engine.samplers import SamplerError, SamplerRegistry
+from webui.services.infotext import format_infotext
+from webui.services.jobs import Job, JobManager
+from webui.services.model_manager import ModelManager
+from webui.services.outputs import OutputSaveError, OutputStore
+from webui.services.requests import GenerationRequest, RequestError, seeds_for_iteration, validate_request
+
+APP_VERSION = "0.1.0"
+
+
+@dataclass
+class GenerationResult:
+    """What a finished (or interrupted) job produced. Saved paths may be missing if saving failed."""
+
+    images: list[Image.Image] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    request: GenerationRequest | None = None
+    interrupted: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+
+class GenerationService:
+    """Owns nothing long-lived itself; it composes the model manager, jobs, outputs and the sampler table."""
+
+    def __init__(
+        self,
+        models: ModelManager,
+        outputs: OutputStore,
+        samplers: SamplerRegistry,
+        jobs: JobManager,
+        preview_every: int = 3,
+        step_hooks: Callable[[GenerationRequest], list[StepHook]] | None = None,
+    ) -> None:
+        self.models = models
+        self.outputs = outputs
+        self.samplers = samplers
+        self.jobs = jobs
+        self.preview_every = preview_every
+        self._step_hooks = step_hooks
+        self._preview_factors: dict[int, torch.Tensor] = {}
+
+    def prepare(self, request: GenerationRequest) -> tuple[GenerationRequest, LoadedModel]:
+        """Load the model and validate against it; raises RequestError/ModelError with a one-line message."""
+        model = self.models.get(request.model)
+        valid = validate_request(request, model.default_resolution)
+        try:
+            spec, schedule = self.samplers.resolve(valid.sampler_name, valid.scheduler)
+            spec.config_for(schedule, model.prediction_type)
+        except SamplerError as exc:
+            raise RequestError(exc.field_name, str(exc)) from exc
+        multiple = model.vae_downscale * 2 ** (len(model.unet.config.block_out_channels) - 1)
+        for name in ("width", "height"):
+            if getattr(valid, name) % multiple:
+                raise RequestError(name, f"{getattr(valid, name)} must be a multiple of {multiple} for this model")
+        return valid, model
+
+    def infotext(self, request: GenerationRequest, model: LoadedModel, seed: int) -> str:
+        spec, schedule = self.samplers.resolve(request.sampler_name, request.scheduler)
+        params = {
+            "Steps": request.steps,
+            "Sampler": spec.name,
+            "Schedule type": schedule,
+            "CFG scale": request.cfg_scale,
+            "Seed": seed,
+            "Size": f"{request.width}x{request.height}",
+            "Model hash": self.models.model_hash(model),
+            "Model": model.name,
+            "Version": f"LatentStudio {APP_VERSION}",
+        }
+        return format_infotext(request.prompt, request.negative_prompt, params)
+
+    def _preview(self, model: LoadedModel, latents: torch.Tensor) -> Image.Image:
+        key = id(model.vae)
+        if key not in self._preview_factors:
+            self._preview_factors = {key: fit_latent_to_rgb(model)}  # one model at a time
+        return latents_to_preview(latents, self._preview_factors[key])
+
+    def run(self, job: Job, request: GenerationRequest) -> GenerationResult:
+        """Run a txt2img job to completion (or interruption) under the device lock."""
+        result = GenerationResult()
+        job.status = "queued"
+        with self.jobs.device_lock:
+            job.status = "running"
+            try:
+                valid, model = self.prepare(request)
+                result.request = valid
+                job.batches_total = valid.n_iter
+                hooks = self._step_hooks(valid) if self._step_hooks else []
+                for iteration in range(valid.n_iter):
+                    seeds = seeds_for_iteration(valid, iteration)
+                    params = SamplingParams(
+                        prompt=valid.prompt,
+                        negative_prompt=valid.negative_prompt,
+                        sampler=valid.sampler_name,
+                        schedule=valid.scheduler,
+                        steps=valid.steps,
+                        cfg_scale=valid.cfg_scale,
+                        width=valid.width,
+                        height=valid.height,
+                        seeds=seeds,
+                    )
+
+                    def on_progress(step: int, total: int, latents: torch.Tensor) -> None:
+                        job.step, job.total_steps = step, total
+                        if self.preview_every and (step % self.preview_every == 0) and step < total:
+                            job.preview = self._preview(model, latents)
+
+                    images = txt2img(model, params, self.samplers, hooks, on_progress, lambda: job.interrupted)
+                    for image, seed in zip(images, seeds):
+                        self._keep(result, image, self.infotext(valid, model, seed), seed)
+                    job.batches_done = iteration + 1
+                    job.step = 0
+                    if job.interrupted:
+                        raise Interrupted()
+                job.status = "done"
+            except Interrupted:
+                result.interrupted = True
+                job.status = "interrupted"
+            except Exception as exc:
+                job.status = "failed"
+                job.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise
+            finally:
+                job.result = result
+        return result
+
+    def _keep(self, result: GenerationResult, image: Image.Image, infotext: str, seed: int) -> None:
+        result.images.append(image)
+        result.infotexts.append(infotext)
+        result.seeds.append(seed)
+        try:
+            result.paths.append(str(self.outputs.save_png(image, infotext, "txt2img", seed)))
+        except OutputSaveError as exc:  # the image is still returned to the user
+            result.warnings.append(str(exc))

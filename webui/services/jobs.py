@@ -1,0 +1,86 @@
+"""Jobs: every generation is a job with an id, an owner, progress, a preview and a cancel flag.
+
+The UI, the API and the CLI all observe jobs. One device lock makes GPU work run one job at a time, whoever submits it;
+only a job's owner can interrupt it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+
+@dataclass
+class Job:
+    id: str
+    owner: str
+    kind: str
+    created: float = field(default_factory=time.time)
+    status: str = "queued"  # queued | running | done | interrupted | failed
+    step: int = 0
+    total_steps: int = 0
+    batches_done: int = 0
+    batches_total: int = 0
+    preview: Image.Image | None = None
+    error: str | None = None
+    result: Any = None
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def interrupt(self) -> None:
+        self._cancel.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._cancel.is_set()
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("done", "interrupted", "failed")
+
+    def progress_fraction(self) -> float:
+        """Whole-job progress: finished batches plus the running batch's steps."""
+        if not self.batches_total or not self.total_steps:
+            return 0.0
+        return min(1.0, (self.batches_done + self.step / self.total_steps) / self.batches_total)
+
+
+class JobManager:
+    """Creates jobs, serialises device work, and answers 'what is this user's job doing'."""
+
+    def __init__(self, keep_finished: int = 100) -> None:
+        self._jobs: dict[str, Job] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self.device_lock = threading.Lock()
+        self._keep_finished = keep_finished
+
+    def create(self, owner: str, kind: str) -> Job:
+        with self._lock:
+            job = Job(id=f"job-{next(self._ids)}", owner=owner, kind=kind)
+            self._jobs[job.id] = job
+            finished = [j for j in self._jobs.values() if j.finished]
+            for old in finished[: max(0, len(finished) - self._keep_finished)]:
+                del self._jobs[old.id]
+            return job
+
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def jobs_of(self, owner: str) -> list[Job]:
+        with self._lock:
+            return [j for j in self._jobs.values() if j.owner == owner]
+
+    def interrupt_owned(self, owner: str) -> int:
+        """Interrupt this owner's unfinished jobs only; returns how many were flagged."""
+        flagged = 0
+        for job in self.jobs_of(owner):
+            if not job.finished:
+                job.interrupt()
+                flagged += 1
+        return flagged

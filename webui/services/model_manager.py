@@ -1,0 +1,272 @@
+"""The model manager: the one object that owns loaded checkpoints and moves weights between devices.
+
+It scans `models/Stable-diffusion/` and `models/VAE/`, loads on demand, keeps the active model on the compute device and
+a few recently used ones in RAM (LRU), and never lets a failed load disturb the model that was working.
+"""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from webui.engine.checkpoint_io import (
+    CHECKPOINT_SUFFIXES,
+    CheckpointReadError,
+    read_checkpoint,
+    read_key_shapes,
+    read_metadata,
+)
+from webui.engine.families import UnsupportedCheckpointError, detect_family
+from webui.engine.loader import (
+    LoadedModel,
+    ModelLoadError,
+    PredictionType,
+    build_model,
+    declared_resolution,
+    read_vae_override,
+)
+from webui.services.hashing import HashCache
+
+DEFAULT_MODEL_NAME = "latent-studio-shapes"
+Precision = Literal["fp32", "fp16", "bf16"]
+_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class ModelError(ValueError):
+    """Choosing or loading a model failed; the previous model is still loaded and usable."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint file found on disk."""
+
+    name: str  # path relative to the checkpoint folder, without the suffix (A1111's model name)
+    path: Path
+
+    @property
+    def file_name(self) -> str:
+        return self.path.name
+
+
+def choose_device(requested: str | None) -> torch.device:
+    if requested:
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelError(f"--device {requested}: CUDA is not available on this machine; use --device cpu")
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def choose_dtype(device: torch.device, requested: str | None) -> torch.dtype:
+    if requested:
+        if requested not in _DTYPES:
+            raise ModelError(f"--precision {requested}: choose one of {', '.join(_DTYPES)}")
+        if device.type == "cpu" and requested == "fp16":
+            raise ModelError("--precision fp16 is not supported on the CPU; use fp32 or bf16")
+        return _DTYPES[requested]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+class ModelManager:
+    """Loads, caches and switches checkpoints. Thread-safe; one instance per app."""
+
+    def __init__(
+        self,
+        checkpoint_dir: Path,
+        vae_dir: Path,
+        hashes: HashCache,
+        device: torch.device,
+        dtype: torch.dtype,
+        ram_cache_size: int = 1,
+    ) -> None:
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.vae_dir = Path(vae_dir)
+        self.hashes = hashes
+        self.device = device
+        self.dtype = dtype
+        self.ram_cache_size = ram_cache_size
+        self.prediction_overrides: dict[str, PredictionType] = {}
+        self.vae_choice: str = "Automatic"
+        self._lock = threading.RLock()
+        self._checkpoints: dict[str, CheckpointInfo] = {}
+        self._active: tuple[str, LoadedModel] | None = None
+        self._ram_cache: OrderedDict[str, LoadedModel] = OrderedDict()
+        self.refresh()
+
+    # ----- discovery -----
+    def refresh(self) -> list[CheckpointInfo]:
+        """Rescan the checkpoint folder (recursive, A1111 naming)."""
+        found: dict[str, CheckpointInfo] = {}
+        if self.checkpoint_dir.is_dir():
+            for path in sorted(self.checkpoint_dir.rglob("*")):
+                if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES:
+                    name = path.relative_to(self.checkpoint_dir).with_suffix("").as_posix()
+                    found[name] = CheckpointInfo(name=name, path=path)
+        with self._lock:
+            self._checkpoints = found
+        return list(found.values())
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        with self._lock:
+            return list(self._checkpoints.values())
+
+    def vae_names(self) -> list[str]:
+        names = ["Automatic", "None"]
+        if self.vae_dir.is_dir():
+            names += [
+                p.relative_to(self.vae_dir).as_posix()
+                for p in sorted(self.vae_dir.rglob("*"))
+                if p.is_file() and p.suffix.lower() in CHECKPOINT_SUFFIXES
+            ]
+        return names
+
+    def default_checkpoint(self) -> CheckpointInfo | None:
+        checkpoints = self.checkpoints()
+        for info in checkpoints:
+            if info.name == DEFAULT_MODEL_NAME:
+                return info
+        return checkpoints[0] if checkpoints else None
+
+    def resolve(self, name_or_path: str) -> CheckpointInfo:
+        """Accept a model name, a `name [hash]` title, a file name, or a path to a file."""
+        text = name_or_path.strip()
+        bare = text.split(" [", 1)[0]
+        with self._lock:
+            if bare in self._checkpoints:
+                return self._checkpoints[bare]
+            for info in self._checkpoints.values():
+                if bare in (info.file_name, info.path.stem):
+                    return info
+        path = Path(text).expanduser()
+        if path.is_file():
+            return CheckpointInfo(name=path.stem, path=path.resolve())
+        raise ModelError(f"model {text!r} not found in {self.checkpoint_dir} (press refresh after adding files)")
+
+    def default_size(self, name: str | None = None) -> tuple[int, int]:
+        """(width, height) the UI should start with, read from the file header without loading the model."""
+        with self._lock:
+            if self._active and (name is None or self.resolve(name).name == self._active[0]):
+                return self._active[1].default_resolution
+        info = self.resolve(name) if name else self.default_checkpoint()
+        if info is None:
+            return (512, 512)
+        try:
+            declared = declared_resolution(read_metadata(info.path))
+            if declared:
+                return declared
+            side = detect_family(read_key_shapes(info.path), info.file_name).native_resolution
+        except (CheckpointReadError, UnsupportedCheckpointError):
+            return (512, 512)
+        return (side, side)
+
+    def title(self, info: CheckpointInfo) -> str:
+        """A1111 dropdown title: `name [shorthash]`."""
+        return f"{info.name} [{self.hashes.short_hash(info.path)}]"
+
+    # ----- loading -----
+    @property
+    def active(self) -> LoadedModel | None:
+        with self._lock:
+            return self._active[1] if self._active else None
+
+    @property
+    def active_name(self) -> str | None:
+        with self._lock:
+            return self._active[0] if self._active else None
+
+    def _vae_tensors(self) -> dict[str, torch.Tensor] | None:
+        if self.vae_choice in ("Automatic", "None"):
+            return None
+        return read_vae_override(self.vae_dir / self.vae_choice)
+
+    def _load_fresh(self, info: CheckpointInfo) -> LoadedModel:
+        try:
+            raw = read_checkpoint(info.path)
+            model = build_model(
+                raw,
+                dtype=torch.float32,
+                prediction_override=self.prediction_overrides.get(info.name),
+                vae_override=self._vae_tensors(),
+            )
+        except (CheckpointReadError, UnsupportedCheckpointError, ModelLoadError) as exc:
+            raise ModelError(str(exc)) from exc
+        model.name = info.name
+        return model
+
+    def _place(self, model: LoadedModel) -> LoadedModel:
+        model.to(self.device, self.dtype)
+        if self.dtype == torch.float16:
+            model.vae.to(torch.float32)  # fp16 VAEs overflow into NaN (classic SDXL VAE); decoding in fp32 is cheap
+        return model
+
+    def get(self, name: str | None = None) -> LoadedModel:
+        """The requested (or active, or default) model on the compute device, loading it if needed."""
+        with self._lock:
+            if name is None:
+                if self._active:
+                    return self._active[1]
+                default = self.default_checkpoint()
+                if default is None:
+                    raise ModelError(f"no checkpoints found; put a .safetensors file in {self.checkpoint_dir}")
+                name = default.name
+            info = self.resolve(name)
+            if self._active and self._active[0] == info.name:
+                return self._active[1]
+            model = self._ram_cache.pop(info.name, None) or self._load_fresh(info)
+            self._place(model)
+            previous = self._active
+            self._active = (info.name, model)
+            if previous is not None:
+                self._cache_in_ram(*previous)
+            return model
+
+    def _cache_in_ram(self, name: str, model: LoadedModel) -> None:
+        if self.ram_cache_size <= 0:
+            del model
+        else:
+            model.to("cpu", torch.float32 if self.device.type == "cpu" else self.dtype)
+            self._ram_cache[name] = model
+            while len(self._ram_cache) > self.ram_cache_size:
+                self._ram_cache.popitem(last=False)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def cached_names(self) -> list[str]:
+        with self._lock:
+            return list(self._ram_cache)
+
+    def set_prediction_override(self, name: str, prediction: PredictionType | None) -> None:
+        """Per-model eps/v override (SD2 files cannot always tell); reloads the model if it is loaded."""
+        info = self.resolve(name)
+        with self._lock:
+            if prediction:
+                self.prediction_overrides[info.name] = prediction
+            else:
+                self.prediction_overrides.pop(info.name, None)
+            self._forget(info.name)
+
+    def set_vae(self, choice: str) -> None:
+        if choice not in self.vae_names():
+            raise ModelError(f"VAE {choice!r} not found in {self.vae_dir}")
+        with self._lock:
+            self.vae_choice = choice
+            if self._active:
+                self._forget(self._active[0])
+            self._ram_cache.clear()
+
+    def _forget(self, name: str) -> None:
+        self._ram_cache.pop(name, None)
+        if self._active and self._active[0] == name:
+            self._active = None
+            gc.collect()
+
+    def model_hash(self, model: LoadedModel) -> str:
+        return self.hashes.short_hash(model.path)

@@ -1,0 +1,36 @@
+"""PNG Info: show the A1111 parameters stored in any uploaded image (ours, A1111's, ComfyUI's A1111-style ones)."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import gradio as gr
+
+from webui.services.infotext import parse_infotext
+from webui.services.outputs import read_infotext
+
+
+def describe_image(path: str | None) -> tuple[str, str, dict]:
+    """(raw infotext, escaped HTML table, parsed dict) for an uploaded file."""
+    if not path:
+        return "", "", {}
+    text = read_infotext(Path(path))
+    if not text:
+        return "", "<p>No generation parameters found in this image.</p>", {}
+    parsed = parse_infotext(text)
+    rows = "".join(
+        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>" for key, value in parsed.items()
+    )
+    return text, f"<table class='pnginfo'>{rows}</table>", parsed
+
+
+def build_pnginfo_tab() -> tuple[gr.Image, gr.Textbox, gr.State]:
+    with gr.Row():
+        image = gr.Image(label="Source", type="filepath", sources=["upload"], elem_id="pnginfo_image")
+        with gr.Column():
+            raw = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="pnginfo_text")
+            table = gr.HTML(elem_id="pnginfo_table")
+    parsed = gr.State({})
+    image.change(describe_image, inputs=[image], outputs=[raw, table, parsed], queue=False, api_name="pnginfo")
+    return image, raw, parsed
