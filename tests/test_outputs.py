@@ -117,6 +117,12 @@ def test_sequential_numbering_and_date_folder(tmp_path: Path) -> None:
     assert [name for name in os.listdir(folder) if name.startswith(".")] == [".00009.reserved"]
 
 
+def test_flat_store_writes_into_root(tmp_path: Path) -> None:
+    store = OutputStore(tmp_path / "out", flat=True)
+    paths = [store.save_png(small_image(), INFOTEXT, "txt2img", seed) for seed in (3, 4)]
+    assert paths == [tmp_path / "out" / "00000-3.png", tmp_path / "out" / "00001-4.png"]
+
+
 def test_concurrent_saves_get_distinct_numbers(tmp_path: Path) -> None:
     # Two stores (as two processes would have) saving at once must never overwrite each other.
     stores = [OutputStore(tmp_path, today=lambda: DAY) for _ in range(2)]

@@ -99,14 +99,18 @@ def _png_info(image: Image.Image, infotext: str) -> PngImagePlugin.PngInfo:
 class OutputStore:
     """Writes generated images under `root`, A1111-style, atomically and with race-free numbering."""
 
-    def __init__(self, root: Path, today: Callable[[], datetime.date] | None = None) -> None:
+    def __init__(self, root: Path, today: Callable[[], datetime.date] | None = None, *, flat: bool = False) -> None:
+        """`flat=True` writes straight into `root` (the CLI's `--out`), without the mode and date folders."""
         self.root = Path(root)
         self._today = today or datetime.date.today
+        self.flat = flat
 
     def folder_for(self, mode: str) -> Path:
         """`<root>/<mode>/<YYYY-MM-DD>`; `mode` must be one plain folder name (it must not escape `root`)."""
         if not mode or mode in (".", "..") or _INVALID_MODE.search(mode):
             raise ValueError(f"output mode {mode!r} must be a plain folder name such as 'txt2img-images'")
+        if self.flat:
+            return self.root
         return self.root / mode / self._today().isoformat()
 
     @staticmethod
