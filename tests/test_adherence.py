@@ -1,0 +1,53 @@
+"""The model-free adherence evaluator on ground-truth (rendered) images, whose answers are known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from webui.evaluation.adherence import detect, ground_truth_accuracy, parse_prompt, score
+from webui.training.dataset import Scene, ShapeObject, caption_for, eval_scenes, render, scene_at
+
+
+def test_evaluator_is_exact_on_single_object_ground_truth():
+    accuracy = ground_truth_accuracy(200, objects=1)
+    assert accuracy["all"] >= 0.99 and accuracy["background"] >= 0.99
+
+
+def test_evaluator_on_two_object_ground_truth():
+    accuracy = ground_truth_accuracy(100, objects=2)
+    assert accuracy["colour"] >= 0.98 and accuracy["position"] >= 0.98 and accuracy["shape"] >= 0.9
+
+
+@pytest.mark.parametrize("shape", ["circle", "square", "triangle", "star", "cross"])
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_every_shape_and_size_is_recognised(shape, size):
+    scene = Scene((ShapeObject(shape, "green", "top right", size),), ("white", "gray"))
+    found, background = detect(render(scene))
+    assert background == {"white", "gray"}
+    assert (found[0].shape, found[0].colour, found[0].position, found[0].size) == (shape, "green", "top right", size)
+
+
+def test_wrong_images_are_scored_wrong():
+    asked = Scene((ShapeObject("circle", "red", "top left", "large"),), ("blue",))
+    asked = Scene(asked.objects, asked.background, caption_for(asked.objects, asked.background))
+    wrong_colour = Scene((ShapeObject("circle", "yellow", "top left", "large"),), ("blue",))
+    wrong_place = Scene((ShapeObject("circle", "red", "bottom right", "large"),), ("blue",))
+    wrong_shape = Scene((ShapeObject("square", "red", "top left", "large"),), ("blue",))
+    assert score(render(asked), asked)["all"]
+    result = score(render(wrong_colour), asked)
+    assert not result["colour"] and result["shape"] and result["position"]
+    result = score(render(wrong_place), asked)
+    assert result["shape_colour"] and not result["position"]
+    assert not score(render(wrong_shape), asked)["shape"]
+    blank = np.full((64, 64, 3), 40, dtype=np.uint8)
+    assert not any(score(blank, asked)[k] for k in ("colour", "shape", "position"))
+
+
+def test_prompts_parse_back_to_their_scenes():
+    for i in range(50):
+        scene = scene_at(i)
+        assert parse_prompt(scene.caption) == scene
+    assert len({s.caption for s in eval_scenes(200)}) > 150
+    with pytest.raises(ValueError):
+        parse_prompt("a photo of a cat")

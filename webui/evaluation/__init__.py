@@ -1,0 +1,1 @@
+"""Deterministic, model-free evaluation of the default model (prompt adherence)."""

@@ -1,0 +1,90 @@
+"""Shared training plumbing: Accelerator setup, seeded runs, resumable checkpoints, sample grids, logging."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def setup_torch(seed: int, threads: int | None) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2**32))
+
+
+def make_accelerator(cpu: bool = False, mixed_precision: str = "no"):
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [-1, 1] [N, 3, H, W]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def save_grid(images: np.ndarray, path: Path, columns: int = 8) -> Path:
+    n, h, w, _ = images.shape
+    rows = math.ceil(n / columns)
+    grid = Image.new("RGB", (columns * w, rows * h), (0, 0, 0))
+    for i in range(n):
+        grid.paste(Image.fromarray(images[i]), ((i % columns) * w, (i // columns) * h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    return path
+
+
+def lr_at(step: int, base: float, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the base rate."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def save_training_state(out_dir: Path, step: int, state: dict) -> Path:
+    """`state` holds module/optimizer state dicts and anything else needed to resume; `latest.pt` points at it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "checkpoint-latest.pt"
+    temp = out_dir / "checkpoint-latest.pt.tmp"
+    torch.save({"step": step, **state}, temp)
+    os.replace(temp, path)
+    return path
+
+
+def load_training_state(out_dir: Path) -> dict | None:
+    path = Path(out_dir) / "checkpoint-latest.pt"
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+class JsonLog:
+    """One JSON object per line: step, loss, elapsed seconds (the model card's wall time comes from here)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.start = time.time()
+
+    def write(self, **fields) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps({"time": round(time.time() - self.start, 2), **fields}) + "\n")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [-1, 1] (computed on the [0, 1] scale)."""
+    mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
