@@ -77,7 +77,8 @@ class LoadedModel:
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "LoadedModel":
         for module in self.modules():
-            module.to(device=device, dtype=dtype)
+            # nn.Module.to directly: diffusers' override only adds a spurious "keep in float32: []" warning here.
+            torch.nn.Module.to(module, device=device, dtype=dtype)
         return self
 
     @property

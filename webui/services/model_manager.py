@@ -203,7 +203,7 @@ class ModelManager:
     def _place(self, model: LoadedModel) -> LoadedModel:
         model.to(self.device, self.dtype)
         if self.dtype == torch.float16:
-            model.vae.to(torch.float32)  # fp16 VAEs overflow into NaN (classic SDXL VAE); decoding in fp32 is cheap
+            torch.nn.Module.to(model.vae, torch.float32)  # fp16 VAEs overflow into NaN (classic SDXL VAE); decoding in fp32 is cheap
         return model
 
     def get(self, name: str | None = None) -> LoadedModel:
