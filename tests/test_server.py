@@ -119,3 +119,25 @@ def test_auth_protects_ui_and_api(app_dirs, tmp_path: Path) -> None:
         assert _title(authed).startswith("tiny [")
     finally:
         app.stop()
+
+
+def _previews(job) -> list[str]:
+    """Intermediate yields carry the live preview as an Image update with a file value."""
+    return [o[1]["value"] for o in job.outputs() if isinstance(o[1], dict) and o[1].get("value")]
+
+
+def test_interrupt_stops_own_job_keeps_finished_images_and_previews_stream(server: AppServer, client: Client) -> None:
+    import time
+
+    title = _title(client)
+    other = Client(server.url, verbose=False)
+    job = client.submit(title, "a red circle", "", "Euler", "Automatic", 10, 6, 64, 64, 77, 50, 1, api_name="/txt2img")
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_previews(job)) < 4:
+        time.sleep(0.1)  # previews come every 3 steps, so 4 of them means the first image is finished
+    assert "Nothing to interrupt" in other.predict(api_name="/interrupt")  # another session cannot stop it
+    assert client.predict(api_name="/interrupt") == "Interrupting…"
+    gallery, _, _, status = job.result(timeout=120)
+    assert "interrupted" in status
+    assert 1 <= len(gallery) < 50
+    assert Path(_previews(job)[0]).suffix in (".png", ".webp")
