@@ -1,12 +1,14 @@
 """The generation service: validates a request, runs it as a job on the engine, saves every image as it finishes.
 
-Interfaces (Gradio, HTTP, CLI) call `submit`/`run`; none of them touches the engine directly.
+Interfaces (Gradio, HTTP, CLI) call `run`; none of them touches the engine directly. Each mode (txt2img here;
+img2img, inpaint, outpaint elsewhere) is a `ModeRunner`: it validates its own extra inputs and samples one batch,
+while the service owns everything modes share: model choice, seeds, batches, jobs, progress, previews and saving.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from PIL import Image
@@ -23,6 +25,47 @@ from webui.services.outputs import OutputSaveError, OutputStore
 from webui.services.requests import GenerationRequest, RequestError, seeds_for_iteration, validate_request
 
 APP_VERSION = "0.1.0"
+
+
+ProgressFn = Callable[[int, int, torch.Tensor], None]
+
+
+class ModeRunner(Protocol):
+    """One generation mode. `sample` returns one image per seed."""
+
+    mode: str  # the output folder name and the job kind, e.g. "txt2img"
+
+    def validate(self, request: GenerationRequest, model: LoadedModel) -> GenerationRequest: ...
+
+    def sample(
+        self,
+        model: LoadedModel,
+        request: GenerationRequest,
+        params: SamplingParams,
+        hooks: list[StepHook],
+        on_progress: ProgressFn,
+        should_stop: Callable[[], bool],
+    ) -> list[Image.Image]: ...
+
+    def infotext_params(self, request: GenerationRequest) -> dict[str, Any]: ...
+
+
+class Txt2ImgRunner:
+    """txt2img: nothing beyond the shared request."""
+
+    mode = "txt2img"
+
+    def __init__(self, samplers: SamplerRegistry) -> None:
+        self.samplers = samplers
+
+    def validate(self, request: GenerationRequest, model: LoadedModel) -> GenerationRequest:
+        return request
+
+    def sample(self, model, request, params, hooks, on_progress, should_stop) -> list[Image.Image]:
+        return txt2img(model, params, self.samplers, hooks, on_progress, should_stop)
+
+    def infotext_params(self, request: GenerationRequest) -> dict[str, Any]:
+        return {}
 
 
 @dataclass
@@ -57,11 +100,14 @@ class GenerationService:
         self.preview_every = preview_every
         self._step_hooks = step_hooks
         self._preview_factors: dict[int, torch.Tensor] = {}
+        self.txt2img = Txt2ImgRunner(samplers)
 
-    def prepare(self, request: GenerationRequest) -> tuple[GenerationRequest, LoadedModel]:
+    def prepare(
+        self, request: GenerationRequest, runner: ModeRunner | None = None
+    ) -> tuple[GenerationRequest, LoadedModel]:
         """Load the model and validate against it; raises RequestError/ModelError with a one-line message."""
         model = self.models.get(request.model)
-        valid = validate_request(request, model.default_resolution)
+        valid = (runner or self.txt2img).validate(validate_request(request, model.default_resolution), model)
         try:
             spec, schedule = self.samplers.resolve(valid.sampler_name, valid.scheduler)
             spec.config_for(schedule, model.prediction_type)
@@ -73,7 +119,9 @@ class GenerationService:
                 raise RequestError(name, f"{getattr(valid, name)} must be a multiple of {multiple} for this model")
         return valid, model
 
-    def infotext(self, request: GenerationRequest, model: LoadedModel, seed: int) -> str:
+    def infotext(
+        self, request: GenerationRequest, model: LoadedModel, seed: int, extra: dict[str, Any] | None = None
+    ) -> str:
         spec, schedule = self.samplers.resolve(request.sampler_name, request.scheduler)
         params = {
             "Steps": request.steps,
@@ -84,6 +132,7 @@ class GenerationService:
             "Size": f"{request.width}x{request.height}",
             "Model hash": self.models.model_hash(model),
             "Model": model.name,
+            **(extra or {}),
             "Version": f"LatentStudio {APP_VERSION}",
         }
         return format_infotext(request.prompt, request.negative_prompt, params)
@@ -94,14 +143,16 @@ class GenerationService:
             self._preview_factors = {key: fit_latent_to_rgb(model)}  # one model at a time
         return latents_to_preview(latents, self._preview_factors[key])
 
-    def run(self, job: Job, request: GenerationRequest) -> GenerationResult:
-        """Run a txt2img job to completion (or interruption) under the device lock."""
+    def run(self, job: Job, request: GenerationRequest, runner: ModeRunner | None = None) -> GenerationResult:
+        """Run a job to completion (or interruption) under the device lock; txt2img unless a runner is given."""
+        runner = runner or self.txt2img
         result = GenerationResult()
         job.status = "queued"
         with self.jobs.device_lock:
             job.status = "running"
             try:
-                valid, model = self.prepare(request)
+                valid, model = self.prepare(request, runner)
+                extra_info = runner.infotext_params(valid)
                 result.request = valid
                 job.batches_total = valid.n_iter
                 hooks = self._step_hooks(valid) if self._step_hooks else []
@@ -124,9 +175,9 @@ class GenerationService:
                         if self.preview_every and (step % self.preview_every == 0) and step < total:
                             job.preview = self._preview(model, latents)
 
-                    images = txt2img(model, params, self.samplers, hooks, on_progress, lambda: job.interrupted)
+                    images = runner.sample(model, valid, params, hooks, on_progress, lambda: job.interrupted)
                     for image, seed in zip(images, seeds):
-                        self._keep(result, image, self.infotext(valid, model, seed), seed)
+                        self._keep(result, image, self.infotext(valid, model, seed, extra_info), seed, runner.mode)
                     job.batches_done = iteration + 1
                     job.step = 0
                     if job.interrupted:
@@ -143,11 +194,11 @@ class GenerationService:
                 job.result = result
         return result
 
-    def _keep(self, result: GenerationResult, image: Image.Image, infotext: str, seed: int) -> None:
+    def _keep(self, result: GenerationResult, image: Image.Image, infotext: str, seed: int, mode: str) -> None:
         result.images.append(image)
         result.infotexts.append(infotext)
         result.seeds.append(seed)
         try:
-            result.paths.append(str(self.outputs.save_png(image, infotext, "txt2img", seed)))
+            result.paths.append(str(self.outputs.save_png(image, infotext, mode, seed)))
         except OutputSaveError as exc:  # the image is still returned to the user
             result.warnings.append(str(exc))
