@@ -181,3 +181,19 @@ class SamplerRegistry:
             if text.lower() == label.lower():
                 return label
         raise SamplerError("scheduler", f"unknown schedule type {schedule!r}; choose one of: Automatic, {', '.join(SCHEDULE_TYPES)}")
+
+
+def sampler_table_markdown(registry: SamplerRegistry) -> str:
+    """The mapping as a Markdown table; docs/samplers.md holds this text and a test keeps them equal."""
+    lines = [
+        "| A1111 sampler | diffusers scheduler | config overrides | Automatic schedule = | schedule types |",
+        "|---|---|---|---|---|",
+    ]
+    for name in registry.names():
+        spec = registry.resolve(name)[0]
+        overrides = ", ".join(f"`{k}={v!r}`" for k, v in spec.overrides.items()) or "–"
+        schedules = ", ".join(spec.supported_schedules())
+        lines.append(f"| {name} | `{spec.scheduler_class}` | {overrides} | {spec.default_schedule} | {schedules} |")
+    lines += ["", "| Schedule type | config overrides |", "|---|---|"]
+    lines += [f"| {label} | " + ", ".join(f"`{k}={v!r}`" for k, v in o.items()) + " |" for label, o in SCHEDULE_TYPES.items()]
+    return "\n".join(lines) + "\n"
