@@ -1,0 +1,123 @@
+"""Benchmark: the project's txt2img against diffusers' own pipeline on the very same modules, in one process.
+
+    .venv/bin/python bench/txt2img_vs_diffusers.py              # CPU, tiny SD1-layout model (or --model FILE)
+    .venv/bin/python bench/txt2img_vs_diffusers.py --gpu        # CUDA fp16, SD1.5-size random weights
+
+Three timings per round, interleaved so machine noise hits all of them alike:
+  diffusers  StableDiffusionPipeline built from our loaded unet/vae/text encoder (+ an HF tokenizer of the same vocab)
+  engine     webui.engine.generation.txt2img (the loop the app runs)
+  service    GenerationService.run: validation, job bookkeeping, infotext and an atomic PNG save per image
+Reports medians and the ratios engine/diffusers and service/diffusers (goal: <= 1.05). Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from webui import offline  # noqa: E402
+
+offline.enforce()
+
+from diffusers import StableDiffusionPipeline  # noqa: E402
+from transformers import CLIPTokenizer  # noqa: E402
+
+from tests.reference import write_clip_tokenizer  # noqa: E402
+from webui.context import AppPaths, build_context  # noqa: E402
+from webui.engine.generation import SamplingParams, initial_noise, step_generators, txt2img  # noqa: E402
+from webui.engine.synthetic import write_synthetic_checkpoint  # noqa: E402
+from webui.services.requests import GenerationRequest  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gpu", action="store_true", help="CUDA fp16 with SD1.5-size random weights")
+    parser.add_argument("--model", type=Path, help="an SD1-layout checkpoint (default: a synthetic one)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--size", type=int, help="image side (default 64 on CPU, 512 on GPU)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sampler", default="DPM++ 2M")
+    args = parser.parse_args()
+    if args.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu: no CUDA device here")
+
+    work = Path(tempfile.mkdtemp(prefix="ls-bench-"))
+    checkpoints = work / "models" / "Stable-diffusion"
+    model_path = args.model
+    if model_path is None:
+        model_path = checkpoints / "bench.safetensors"
+        write_synthetic_checkpoint(model_path, "sd1", size="real" if args.gpu else "tiny",
+                                   dtype=torch.float16 if args.gpu else None)
+    size = args.size or (512 if args.gpu else 64)
+    context = build_context(AppPaths(work / "models", work / "outputs", work / "data"),
+                            device="cuda" if args.gpu else "cpu", precision="fp16" if args.gpu else "fp32")
+    model = context.models.get(str(model_path))
+    device = model.device
+
+    write_clip_tokenizer(work / "tokenizer", "<|endoftext|>")
+    spec, schedule = context.samplers.resolve(args.sampler)
+    pipe = StableDiffusionPipeline(
+        vae=model.vae, text_encoder=model.text_encoders[0].model,
+        tokenizer=CLIPTokenizer.from_pretrained(str(work / "tokenizer")), unet=model.unet,
+        scheduler=spec.build(schedule, model.prediction_type), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+
+    prompt, negative, seeds = "a red circle on a blue background", "blurry", [1]
+    factor = model.vae_downscale
+    params = SamplingParams(prompt=prompt, negative_prompt=negative, sampler=args.sampler, steps=args.steps,
+                            cfg_scale=7.0, width=size, height=size, seeds=seeds)
+    request = GenerationRequest(prompt=prompt, negative_prompt=negative, sampler_name=args.sampler, steps=args.steps,
+                                cfg_scale=7.0, width=size, height=size, seed=seeds[0], model=str(model_path))
+
+    def run_diffusers() -> None:
+        noise = initial_noise(seeds, model.latent_channels, size // factor, size // factor).to(device, model.dtype)
+        with torch.inference_mode():
+            pipe(prompt=prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=7.0,
+                 width=size, height=size, latents=noise, generator=step_generators(seeds))
+
+    def run_engine() -> None:
+        txt2img(model, params, context.samplers)
+
+    def run_service() -> None:
+        context.generation.run(context.jobs.create("bench", "txt2img"), request)
+
+    runs = {"diffusers": run_diffusers, "engine": run_engine, "service": run_service}
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(args.rounds):
+        for name, fn in runs.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    for name, values in times.items():
+        print(f"  {name:9s} rounds: " + " ".join(f"{v * 1000:.0f}" for v in values))
+    label = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {label}; model: {model_path.name}; {size}x{size}, {args.steps} steps {args.sampler}, CFG 7, "
+          f"batch 1, {args.rounds} rounds (median)")
+    for name, value in medians.items():
+        print(f"  {name:9s} {value * 1000:9.1f} ms")
+    print(f"  ratio engine/diffusers  = {medians['engine'] / medians['diffusers']:.3f}")
+    print(f"  ratio service/diffusers = {medians['service'] / medians['diffusers']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
