@@ -41,13 +41,15 @@ class StepHook(Protocol):
 
 
 ProgressCallback = Callable[[int, int, torch.Tensor], None]
+# (index of the step just taken within the steps run, latents after it) -> latents; inpainting blends the known region.
+LatentBlend = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class DenoiseInputs:
     """Everything the loop needs besides the model and scheduler."""
 
-    latents: torch.Tensor  # already scaled by the scheduler's initial sigma
+    latents: torch.Tensor  # already scaled by the scheduler's initial sigma (img2img: noised to timesteps[start_index])
     cond: Conditioning
     uncond: Conditioning | None  # None when CFG is off
     cfg_scale: float
@@ -57,6 +59,8 @@ class DenoiseInputs:
     step_hooks: list[StepHook] = field(default_factory=list)
     on_progress: ProgressCallback | None = None
     should_stop: Callable[[], bool] | None = None
+    start_index: int = 0  # img2img: skip the schedule's first entries (the caller sets the scheduler's begin index)
+    latent_blend: LatentBlend | None = None  # called after every scheduler step
 
 
 def _unet_call(
@@ -88,7 +92,7 @@ def _sigma_at(scheduler: SchedulerMixin, step: int) -> float | None:
 def run_denoise(model: LoadedModel, scheduler: SchedulerMixin, inputs: DenoiseInputs) -> torch.Tensor:
     """Run the scheduler's timesteps and return the final latents."""
     latents = inputs.latents
-    timesteps = scheduler.timesteps
+    timesteps = scheduler.timesteps[inputs.start_index:]
     step_params = inspect.signature(scheduler.step).parameters
     step_kwargs = {}
     if "generator" in step_params:
@@ -115,7 +119,7 @@ def run_denoise(model: LoadedModel, scheduler: SchedulerMixin, inputs: DenoiseIn
             denoised = uncond_out + inputs.cfg_scale * (cond_out - uncond_out)
         if inputs.step_hooks:
             state = StepState(
-                index, len(timesteps), t, _sigma_at(scheduler, index), latents, cond_out, uncond_out,
+                index, len(timesteps), t, _sigma_at(scheduler, inputs.start_index + index), latents, cond_out, uncond_out,
                 inputs.cfg_scale, denoised,
             )
             for hook in inputs.step_hooks:
@@ -123,6 +127,8 @@ def run_denoise(model: LoadedModel, scheduler: SchedulerMixin, inputs: DenoiseIn
             denoised = state.denoised
         output = scheduler.step(denoised, t, latents, **step_kwargs, return_dict=True)
         latents = output.prev_sample
+        if inputs.latent_blend is not None:
+            latents = inputs.latent_blend(index, latents)
         if inputs.on_progress is not None:
             preview = getattr(output, "pred_original_sample", None)
             inputs.on_progress(index + 1, len(timesteps), preview if preview is not None else latents)
