@@ -6,13 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from webui.engine.samplers import SamplerRegistry
-from webui.services.generation import GenerationService
+from webui.services.extensions import ExtensionManager
+from webui.services.generation import APP_VERSION, GenerationService
 from webui.services.hashing import HashCache
 from webui.services.jobs import JobManager
 from webui.services.model_manager import ModelManager, choose_device, choose_dtype
 from webui.services.outputs import OutputStore
+from webui.services.settings import SettingsStore
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+BUILTIN_EXTENSIONS = Path(__file__).resolve().parent / "builtin_extensions"
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,7 @@ class AppPaths:
     models_dir: Path
     outputs_dir: Path
     data_dir: Path  # caches and settings
+    extension_dirs: tuple[Path, ...] = ()
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -30,11 +34,18 @@ class AppPaths:
         return self.models_dir / "VAE"
 
     @classmethod
-    def default(cls, models_dir: Path | None = None, outputs_dir: Path | None = None) -> "AppPaths":
+    def default(
+        cls,
+        models_dir: Path | None = None,
+        outputs_dir: Path | None = None,
+        extension_dirs: tuple[Path, ...] = (),
+        data_dir: Path | None = None,
+    ) -> "AppPaths":
         return cls(
             models_dir=Path(models_dir or PROJECT_ROOT / "models").resolve(),
             outputs_dir=Path(outputs_dir or PROJECT_ROOT / "outputs").resolve(),
-            data_dir=(PROJECT_ROOT / "cache").resolve(),
+            data_dir=Path(data_dir or PROJECT_ROOT / "cache").resolve(),
+            extension_dirs=(PROJECT_ROOT / "extensions", *(Path(d).resolve() for d in extension_dirs)),
         )
 
 
@@ -46,6 +57,8 @@ class AppContext:
     jobs: JobManager
     outputs: OutputStore
     generation: GenerationService
+    settings: SettingsStore
+    extensions: ExtensionManager
 
 
 def build_context(
@@ -54,6 +67,7 @@ def build_context(
     precision: str | None = None,
     ram_cache_size: int = 1,
     outputs: OutputStore | None = None,
+    load_extensions: bool = True,
 ) -> AppContext:
     torch_device = choose_device(device)
     dtype = choose_dtype(torch_device, precision)
@@ -69,5 +83,16 @@ def build_context(
     samplers = SamplerRegistry()
     jobs = JobManager()
     outputs = outputs or OutputStore(paths.outputs_dir)
-    generation = GenerationService(models, outputs, samplers, jobs)
-    return AppContext(paths, models, samplers, jobs, outputs, generation)
+    settings = SettingsStore(paths.data_dir / "config.json")
+    extensions = ExtensionManager(
+        [(BUILTIN_EXTENSIONS, True), *((folder, False) for folder in paths.extension_dirs)],
+        settings,
+        samplers,
+        paths.data_dir / "extensions.json",
+        APP_VERSION,
+        models,
+    )
+    if load_extensions:
+        extensions.load_all()
+    generation = GenerationService(models, outputs, samplers, jobs, hooks=extensions)
+    return AppContext(paths, models, samplers, jobs, outputs, generation, settings, extensions)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from webui import offline
+from webui.api.routes import mount_extension_routes
 
 UPLOAD_LIMIT = "50mb"
 
@@ -30,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--ram-cache", type=int, default=1, help="recently used checkpoints kept in RAM (default 1)")
     parser.add_argument("--no-preload", action="store_true", help="do not load the default model at start-up")
+    parser.add_argument("--extensions-dir", type=Path, action="append", default=[],
+                        help="another folder of extensions (repeatable)")
+    parser.add_argument("--enable-insecure-extension-access", action="store_true",
+                        help="allow installing extensions even with --listen/--share")
+    parser.add_argument("--data-dir", type=Path, help="settings and caches (default: ./cache)")
     return parser
 
 
@@ -69,14 +75,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     from webui.context import AppPaths, build_context
     from webui.ui.app import build_ui
 
-    paths = AppPaths.default(models_dir=args.models_dir, outputs_dir=args.outputs_dir)
+    paths = AppPaths.default(models_dir=args.models_dir, outputs_dir=args.outputs_dir,
+                             extension_dirs=tuple(args.extensions_dir), data_dir=args.data_dir)
     try:
         context = build_context(paths, device=args.device, precision=args.precision, ram_cache_size=args.ram_cache)
     except ValueError as exc:
         raise LaunchError(f"error: {exc}") from exc
     if not args.no_preload and context.models.default_checkpoint() is not None:
         threading.Thread(target=_preload, args=(context,), daemon=True).start()
-    demo = build_ui(context)
+    install_allowed = not (args.listen or args.share) or args.enable_insecure_extension_access
+    demo = build_ui(context, install_allowed=install_allowed)
     demo.queue(default_concurrency_limit=1, max_size=64)
     paths.outputs_dir.mkdir(parents=True, exist_ok=True)
     demo.launch(
@@ -89,7 +97,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         max_file_size=UPLOAD_LIMIT,
         show_error=True,
         footer_links=[],
+        prevent_thread_lock=True,
     )
+    mount_extension_routes(demo.server_app, context, credentials)
+    demo.block_thread()
 
 
 def _preload(context) -> None:

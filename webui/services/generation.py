@@ -50,6 +50,34 @@ class ModeRunner(Protocol):
     def infotext_params(self, request: GenerationRequest) -> dict[str, Any]: ...
 
 
+class GenerationHooks(Protocol):
+    """Extension points around a job (implemented by the extension manager)."""
+
+    def before_generate(self, request: GenerationRequest) -> GenerationRequest: ...
+
+    def step_hooks(self, request: GenerationRequest) -> list[StepHook]: ...
+
+    def after_decode(self, images: list[Image.Image], request: GenerationRequest) -> list[Image.Image]: ...
+
+    def on_save(self, params: dict[str, Any], request: GenerationRequest) -> dict[str, Any]: ...
+
+
+class NoHooks:
+    """Hooks that change nothing (CLI without extensions, tests of the bare service)."""
+
+    def before_generate(self, request: GenerationRequest) -> GenerationRequest:
+        return request
+
+    def step_hooks(self, request: GenerationRequest) -> list[StepHook]:
+        return []
+
+    def after_decode(self, images: list[Image.Image], request: GenerationRequest) -> list[Image.Image]:
+        return images
+
+    def on_save(self, params: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+        return params
+
+
 class Txt2ImgRunner:
     """txt2img: nothing beyond the shared request."""
 
@@ -91,14 +119,14 @@ class GenerationService:
         samplers: SamplerRegistry,
         jobs: JobManager,
         preview_every: int = 3,
-        step_hooks: Callable[[GenerationRequest], list[StepHook]] | None = None,
+        hooks: GenerationHooks | None = None,
     ) -> None:
         self.models = models
         self.outputs = outputs
         self.samplers = samplers
         self.jobs = jobs
         self.preview_every = preview_every
-        self._step_hooks = step_hooks
+        self.hooks: GenerationHooks = hooks or NoHooks()
         self._preview_factors: dict[int, torch.Tensor] = {}
         self.txt2img = Txt2ImgRunner(samplers)
 
@@ -135,7 +163,7 @@ class GenerationService:
             **(extra or {}),
             "Version": f"LatentStudio {APP_VERSION}",
         }
-        return format_infotext(request.prompt, request.negative_prompt, params)
+        return format_infotext(request.prompt, request.negative_prompt, self.hooks.on_save(params, request))
 
     def _preview(self, model: LoadedModel, latents: torch.Tensor) -> Image.Image:
         key = id(model.vae)
@@ -151,11 +179,11 @@ class GenerationService:
         with self.jobs.device_lock:
             job.status = "running"
             try:
-                valid, model = self.prepare(request, runner)
+                valid, model = self.prepare(self.hooks.before_generate(request), runner)
                 extra_info = runner.infotext_params(valid)
                 result.request = valid
                 job.batches_total = valid.n_iter
-                hooks = self._step_hooks(valid) if self._step_hooks else []
+                step_hooks = self.hooks.step_hooks(valid)
                 for iteration in range(valid.n_iter):
                     seeds = seeds_for_iteration(valid, iteration)
                     params = SamplingParams(
@@ -175,7 +203,8 @@ class GenerationService:
                         if self.preview_every and (step % self.preview_every == 0) and step < total:
                             job.preview = self._preview(model, latents)
 
-                    images = runner.sample(model, valid, params, hooks, on_progress, lambda: job.interrupted)
+                    images = runner.sample(model, valid, params, step_hooks, on_progress, lambda: job.interrupted)
+                    images = self.hooks.after_decode(images, valid)
                     for image, seed in zip(images, seeds):
                         self._keep(result, image, self.infotext(valid, model, seed, extra_info), seed, runner.mode)
                     job.batches_done = iteration + 1

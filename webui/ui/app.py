@@ -8,8 +8,11 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.services.model_manager import ModelError
-from webui.ui.pnginfo import build_pnginfo_tab
-from webui.ui.txt2img import build_txt2img_tab
+from webui.ui import img2img as img2img_ui
+from webui.ui.bridge import UiBridge
+from webui.ui.extensions_tab import build_extensions_tab
+from webui.ui.settings_tab import build_settings_tab
+from webui.ui.txt2img import build_txt2img_tab, register_txt2img_target
 
 
 def _checkpoint_choices(context: AppContext) -> list[str]:
@@ -22,25 +25,19 @@ def _selected_title(context: AppContext) -> str | None:
     return context.models.title(info) if info else None
 
 
-def _send_to_txt2img(parsed: dict[str, Any]) -> list[Any]:
-    """Fill txt2img from PNG Info's parsed parameters; fields the image lacks are left alone."""
-    def pick(key: str) -> Any:
-        return gr.update(value=parsed[key]) if key in parsed else gr.update()
-
-    return [
-        pick("Prompt"),
-        pick("Negative prompt"),
-        pick("Sampler"),
-        pick("Schedule type"),
-        pick("Steps"),
-        pick("CFG scale"),
-        pick("Size-1"),
-        pick("Size-2"),
-        pick("Seed"),
-    ]
+def build_extension_tabs(context: AppContext, bridge: UiBridge) -> None:
+    """One tab per registered extension tab; a tab that fails to build disables its extension, not the app."""
+    for record in context.extensions.active():
+        for index, spec in enumerate(record.registrations.tabs):
+            with gr.Tab(spec.title, id=f"ext-{record.name}-{index}"):
+                try:
+                    spec.build(bridge)
+                except Exception as exc:
+                    record.fail("building its UI", exc)
+                    gr.Markdown(f"⚠️ The extension **{record.name}** failed to build this tab: {exc}")
 
 
-def build_ui(context: AppContext) -> gr.Blocks:
+def build_ui(context: AppContext, install_allowed: bool = True) -> gr.Blocks:
     with gr.Blocks(title="Latent Studio", analytics_enabled=False) as demo:
         with gr.Row():
             checkpoint = gr.Dropdown(
@@ -55,11 +52,18 @@ def build_ui(context: AppContext) -> gr.Blocks:
         model_status = gr.Markdown(elem_id="model_status")
 
         with gr.Tabs(elem_id="tabs") as tabs:
+            bridge = UiBridge(tabs)
             with gr.Tab("txt2img", id="txt2img"):
                 txt2img = build_txt2img_tab(context, checkpoint)
-            with gr.Tab("PNG Info", id="pnginfo"):
-                _, _, parsed = build_pnginfo_tab()
-                send = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
+            img2img = img2img_ui.build_img2img_tabs(context, checkpoint)
+            register_txt2img_target(bridge, txt2img)
+            img2img_ui.register_send_targets(bridge, img2img)
+            build_extension_tabs(context, bridge)
+            with gr.Tab("Settings", id="settings"):
+                build_settings_tab(context, demo)
+            with gr.Tab("Extensions", id="extensions"):
+                build_extensions_tab(context, install_allowed)
+        img2img_ui.wire_send_from_gallery(img2img, tabs, txt2img.gallery, (txt2img.send_img2img, txt2img.send_inpaint))
 
         def on_refresh() -> dict:
             context.models.refresh()
@@ -97,14 +101,4 @@ def build_ui(context: AppContext) -> gr.Blocks:
             return f"VAE: {choice} (applies to the next generation)"
 
         vae.input(on_vae, inputs=[vae], outputs=[model_status], concurrency_id="gpu", api_name="select_vae")
-
-        send.click(
-            lambda parsed_values: [*_send_to_txt2img(parsed_values), gr.Tabs(selected="txt2img")],
-            inputs=[parsed],
-            outputs=[
-                txt2img.prompt, txt2img.negative_prompt, txt2img.sampler, txt2img.schedule, txt2img.steps,
-                txt2img.cfg_scale, txt2img.width, txt2img.height, txt2img.seed, tabs,
-            ],
-            queue=False,
-        )
     return demo

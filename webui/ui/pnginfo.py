@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
 from webui.services.infotext import parse_infotext
 from webui.services.outputs import read_infotext
+from webui.services.uploads import UploadError, UploadLimits, check_header
 
 
 def describe_image(path: str | None) -> tuple[str, str, dict]:
     """(raw infotext, escaped HTML table, parsed dict) for an uploaded file."""
     if not path:
         return "", "", {}
+    try:
+        check_header(path, "image", UploadLimits.from_env())  # the same upload check as every other field
+    except UploadError as exc:
+        return "", f"<p>{html.escape(str(exc))}</p>", {}
     text = read_infotext(Path(path))
     if not text:
         return "", "<p>No generation parameters found in this image.</p>", {}
@@ -25,12 +31,16 @@ def describe_image(path: str | None) -> tuple[str, str, dict]:
     return text, f"<table class='pnginfo'>{rows}</table>", parsed
 
 
-def build_pnginfo_tab() -> tuple[gr.Image, gr.Textbox, gr.State]:
+def build_pnginfo_tab(ui: Any = None) -> tuple[gr.Image, gr.Textbox, gr.State]:
+    """The tab body; with a UI bridge it also gets "Send to ..." buttons for every registered target."""
     with gr.Row():
-        image = gr.Image(label="Source", type="filepath", sources=["upload"], elem_id="pnginfo_image")
+        image = gr.Image(label="Source", type="filepath", image_mode=None, sources=["upload"],
+                         elem_id="pnginfo_image")
         with gr.Column():
             raw = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="pnginfo_text")
             table = gr.HTML(elem_id="pnginfo_table")
     parsed = gr.State({})
     image.change(describe_image, inputs=[image], outputs=[raw, table, parsed], queue=False, api_name="pnginfo")
+    if ui is not None:
+        ui.send_buttons(image, parsed, "pnginfo")
     return image, raw, parsed

@@ -13,6 +13,8 @@ from webui.context import AppContext
 from webui.services.generation import GenerationResult
 from webui.services.outputs import read_infotext
 from webui.services.requests import GenerationRequest
+from webui.ui.bridge import UiBridge
+from webui.ui.extension_sections import collect_values, declare_inputs, render_sections
 from webui.ui.session import owner_of
 
 POLL_SECONDS = 0.2
@@ -33,6 +35,9 @@ class Txt2ImgControls:
     seed: gr.Number
     batch_count: gr.Slider
     batch_size: gr.Slider
+    gallery: gr.Gallery | None = None  # for "send to img2img/inpaint"
+    send_img2img: gr.Button | None = None
+    send_inpaint: gr.Button | None = None
 
 
 def _run_in_thread(context: AppContext, request: GenerationRequest, owner: str, progress: gr.Progress) -> Iterator[Any]:
@@ -96,28 +101,22 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgCo
                 batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
             cfg_scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id="txt2img_seed")
+            extension_controls = render_sections(context, "txt2img")
         with gr.Column():
             preview = gr.Image(label="Preview", visible=False, interactive=False, elem_id="txt2img_preview")
             gallery = gr.Gallery(label="Output", columns=4, elem_id="txt2img_gallery", format="png")
+            with gr.Row():
+                send_img2img = gr.Button("Send to img2img", size="sm", elem_id="txt2img_send_img2img")
+                send_inpaint = gr.Button("Send to inpaint", size="sm", elem_id="txt2img_send_inpaint")
             infotext = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id="txt2img_infotext")
             status = gr.Markdown(elem_id="txt2img_status")
 
-    def on_generate(
-        checkpoint_title: str,
-        prompt_text: str,
-        negative_text: str,
-        sampler_name: str,
-        schedule_name: str,
-        step_count: float,
-        cfg: float,
-        w: float,
-        h: float,
-        seed_value: float,
-        count: float,
-        size: float,
-        request: gr.Request,
-        progress: gr.Progress = gr.Progress(),
-    ) -> Iterator[Any]:
+    def on_generate(*args: Any) -> Iterator[Any]:
+        """Positional inputs: the 12 core controls, the extension controls, then the request and progress."""
+        (checkpoint_title, prompt_text, negative_text, sampler_name, schedule_name, step_count, cfg, w, h,
+         seed_value, count, size) = args[:12]
+        extension_values = args[12:12 + len(extension_controls)]
+        request, progress = args[12 + len(extension_controls):]
         gen_request = GenerationRequest(
             prompt=prompt_text or "",
             negative_prompt=negative_text or "",
@@ -131,12 +130,20 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgCo
             batch_size=size,
             n_iter=count,
             model=checkpoint_title or None,
+            extensions=collect_values(extension_controls, extension_values),
         )
         yield from _run_in_thread(context, gen_request, owner_of(request), progress)
 
+    declare_inputs(
+        on_generate,
+        ["checkpoint", "prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width",
+         "height", "seed", "n_iter", "batch_size", *(f"{ext}_{name}" for ext, name, _ in extension_controls)],
+    )
+
     generate.click(
         on_generate,
-        inputs=[checkpoint, prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, batch_count, batch_size],
+        inputs=[checkpoint, prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, batch_count,
+                batch_size, *(component for _, _, component in extension_controls)],
         outputs=[gallery, preview, infotext, status],
         concurrency_id="gpu",
         concurrency_limit=1,
@@ -156,4 +163,21 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgCo
         return (read_infotext(Path(path)) or current) if path else current
 
     gallery.select(on_select, inputs=[infotext], outputs=[infotext], queue=False)
-    return Txt2ImgControls(prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, batch_count, batch_size)
+    return Txt2ImgControls(prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, batch_count, batch_size,
+                           gallery, send_img2img, send_inpaint)
+
+
+_PASTE_FIELDS = (
+    ("Prompt", "prompt"), ("Negative prompt", "negative_prompt"), ("Sampler", "sampler"), ("Schedule type", "schedule"),
+    ("Steps", "steps"), ("CFG scale", "cfg_scale"), ("Size-1", "width"), ("Size-2", "height"), ("Seed", "seed"),
+)
+
+
+def register_txt2img_target(bridge: UiBridge, controls: Txt2ImgControls) -> None:
+    """"Send to txt2img" fills the fields an image's infotext has and leaves the others alone."""
+
+    def accept(image_path: str | None, parsed: dict[str, Any]) -> list[Any]:
+        return [gr.update(value=parsed[key]) if key in parsed else gr.update() for key, _ in _PASTE_FIELDS]
+
+    outputs = [getattr(controls, attribute) for _, attribute in _PASTE_FIELDS]
+    bridge.register_target("txt2img", "Send to txt2img", "txt2img", outputs, accept)

@@ -1,0 +1,27 @@
+"""PNG Info, registered through the public extension API like any outside extension."""
+
+from __future__ import annotations
+
+from fastapi import HTTPException, UploadFile
+
+from webui.services.extensions import ExtensionAPI
+from webui.services.infotext import parse_infotext
+from webui.services.outputs import read_infotext
+from webui.services.uploads import UploadLimits, check_header
+from webui.ui.pnginfo import build_pnginfo_tab
+
+
+def register(api: ExtensionAPI) -> None:
+    api.add_tab("PNG Info", build_pnginfo_tab)
+
+    async def read(file: UploadFile) -> dict:
+        """POST an image as multipart `file`; returns its raw infotext and the parsed parameters."""
+        data = await file.read()
+        try:
+            check_header(data, "file", UploadLimits.from_env())
+            text = read_infotext(data)
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        return {"info": text or "", "parameters": parse_infotext(text) if text else {}}
+
+    api.add_route("read", read, methods=["POST"])

@@ -1,0 +1,425 @@
+"""Extensions: discovery, loading with containment, the API object handed to each extension, and hook dispatch.
+
+An extension is a folder with `extension.toml` (name, version, description, requires_app, entry, requirements) and an
+entry module defining `register(api)`. Nothing runs at import time on our side and an extension must not rely on it
+either: everything goes through the `ExtensionAPI` it receives. Any failure (import, registration, UI build, a hook,
+an app-version mismatch) disables only that extension, and is shown in the Extensions tab and the log.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+import traceback
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
+from PIL import Image
+
+from webui.engine.denoise import StepHook, StepState
+from webui.engine.samplers import SamplerRegistry, SamplerSpec
+from webui.services.model_manager import ModelManager
+from webui.services.requests import GenerationRequest
+from webui.services.settings import SettingKind, SettingSpec, SettingsStore
+
+log = logging.getLogger("webui.extensions")
+MANIFEST = "extension.toml"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+Mode = Literal["txt2img", "img2img"]
+
+
+class ExtensionError(Exception):
+    """An extension broke a rule; the message is shown to the user."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    version: str
+    description: str = ""
+    requires_app: str = ""
+    entry: str = "main.py"
+    requirements: tuple[str, ...] = ()
+
+
+def read_manifest(folder: Path) -> Manifest:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ExtensionError(f"{folder.name}: no {MANIFEST}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ExtensionError(f"{folder.name}: {MANIFEST} is not valid TOML ({exc})") from exc
+    name = str(data.get("name", ""))
+    if not NAME_PATTERN.match(name):
+        raise ExtensionError(f"{folder.name}: name {name!r} must be lowercase letters, digits, '-' or '_'")
+    entry = str(data.get("entry", "main.py"))
+    if Path(entry).is_absolute() or ".." in Path(entry).parts:
+        raise ExtensionError(f"{name}: entry {entry!r} must be a file inside the extension folder")
+    return Manifest(
+        name=name,
+        version=str(data.get("version", "0")),
+        description=str(data.get("description", "")),
+        requires_app=str(data.get("requires_app", "")),
+        entry=entry,
+        requirements=tuple(str(r) for r in data.get("requirements", [])),
+    )
+
+
+@dataclass(frozen=True)
+class TabSpec:
+    title: str
+    build: Callable[[Any], None]  # build(ui) runs inside a gr.Tab; `ui` is the UI bridge (send-to buttons)
+
+
+@dataclass(frozen=True)
+class SectionSpec:
+    title: str
+    build: Callable[[Mode], dict[str, Any]]  # returns {control name: Gradio component}
+    modes: tuple[Mode, ...]
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    path: str
+    handler: Callable[..., Any]
+    methods: tuple[str, ...]
+
+
+@dataclass
+class Registrations:
+    tabs: list[TabSpec] = field(default_factory=list)
+    sections: list[SectionSpec] = field(default_factory=list)
+    before_generate: list[Callable[[GenerationRequest, dict[str, Any]], GenerationRequest | None]] = field(default_factory=list)
+    on_step: list[Callable[[StepState, dict[str, Any]], None]] = field(default_factory=list)
+    after_decode: list[Callable[[list[Image.Image], GenerationRequest, dict[str, Any]], list[Image.Image] | None]] = field(default_factory=list)
+    on_save: list[Callable[[dict[str, Any], GenerationRequest, dict[str, Any]], None]] = field(default_factory=list)
+    routes: list[RouteSpec] = field(default_factory=list)
+    samplers: list[SamplerSpec] = field(default_factory=list)
+
+
+@dataclass
+class ExtensionRecord:
+    """What the Extensions tab shows for one folder."""
+
+    folder: Path
+    builtin: bool
+    manifest: Manifest | None = None
+    enabled: bool = True
+    status: Literal["active", "disabled", "failed"] = "disabled"
+    error: str | None = None
+    traceback: str | None = None
+    registrations: Registrations = field(default_factory=Registrations)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name if self.manifest else self.folder.name
+
+    def fail(self, where: str, exc: BaseException) -> None:
+        self.status = "failed"
+        self.error = f"{where}: {type(exc).__name__}: {exc}"
+        self.traceback = "".join(traceback.format_exception(exc))
+        log.error("extension %s disabled after an error %s\n%s", self.name, where, self.traceback)
+
+
+class ExtensionAPI:
+    """The one object an extension receives. Everything it adds is recorded, namespaced by its name."""
+
+    def __init__(
+        self, record: ExtensionRecord, settings: SettingsStore, app_version: str, models: ModelManager | None
+    ) -> None:
+        self._record = record
+        self._settings = settings
+        self.models = models  # the app's model manager: list, inspect and switch checkpoints
+        self.name = record.name
+        self.app_version = app_version
+        self.folder = record.folder
+        self.log = logging.getLogger(f"webui.extensions.{self.name}")
+
+    @property
+    def _reg(self) -> Registrations:
+        return self._record.registrations
+
+    def add_tab(self, title: str, build: Callable[[Any], None]) -> None:
+        """A top-level tab; `build(ui)` runs inside it and creates its components. `ui.send_buttons(image, parsed)`
+        adds "Send to txt2img/img2img/..." buttons for an image and its parsed infotext."""
+        self._reg.tabs.append(TabSpec(title, build))
+
+    def add_section(
+        self, title: str, build: Callable[[Mode], dict[str, Any]], modes: Iterable[Mode] = ("txt2img", "img2img")
+    ) -> None:
+        """An always-visible group of controls in txt2img/img2img. `build(mode)` returns {name: component};
+        at generation time the values arrive in hooks as `controls[name]`."""
+        self._reg.sections.append(SectionSpec(title, build, tuple(modes)))
+
+    def on_before_generate(self, hook: Callable[[GenerationRequest, dict[str, Any]], GenerationRequest | None]) -> None:
+        """`hook(request, controls)` may return an edited request (or None to keep it)."""
+        self._reg.before_generate.append(hook)
+
+    def on_step(self, hook: Callable[[StepState, dict[str, Any]], None]) -> None:
+        """`hook(state, controls)` runs every sampling step; it may replace `state.denoised` (the CFG result)."""
+        self._reg.on_step.append(hook)
+
+    def on_after_decode(
+        self, hook: Callable[[list[Image.Image], GenerationRequest, dict[str, Any]], list[Image.Image] | None]
+    ) -> None:
+        """`hook(images, request, controls)` may return edited images."""
+        self._reg.after_decode.append(hook)
+
+    def on_save(self, hook: Callable[[dict[str, Any], GenerationRequest, dict[str, Any]], None]) -> None:
+        """`hook(params, request, controls)` may add or change infotext parameters in place."""
+        self._reg.on_save.append(hook)
+
+    def add_setting(
+        self,
+        name: str,
+        default: Any,
+        label: str,
+        kind: SettingKind = "text",
+        choices: Iterable[Any] = (),
+        minimum: float | None = None,
+        maximum: float | None = None,
+        step: float | None = None,
+    ) -> str:
+        """Register a persisted setting shown in the Settings tab; returns its key `<extension>.<name>`."""
+        spec = SettingSpec(f"{self.name}.{name}", default, label, kind, tuple(choices), minimum, maximum, step, self.name)
+        self._settings.register(spec)
+        return spec.key
+
+    def setting(self, name: str) -> Any:
+        return self._settings.get(f"{self.name}.{name}")
+
+    def add_route(self, path: str, handler: Callable[..., Any], methods: Iterable[str] = ("GET",)) -> None:
+        """An HTTP route served at `/ext/<extension>/<path>` (FastAPI handler; login applies as for the UI)."""
+        clean = path.strip("/")
+        if ".." in clean.split("/"):
+            raise ExtensionError(f"{self.name}: route {path!r} must stay under /ext/{self.name}/")
+        self._reg.routes.append(RouteSpec(clean, handler, tuple(m.upper() for m in methods)))
+
+    def add_sampler(self, spec: SamplerSpec) -> None:
+        self._reg.samplers.append(spec)
+
+
+class ExtensionManager:
+    """Finds extension folders, loads the enabled ones, and dispatches their hooks with containment."""
+
+    def __init__(
+        self,
+        folders: list[tuple[Path, bool]],
+        settings: SettingsStore,
+        samplers: SamplerRegistry,
+        state_file: Path,
+        app_version: str,
+        models: ModelManager | None = None,
+    ) -> None:
+        self.folders = folders  # (folder of extensions, builtin?)
+        self.models = models
+        self.settings = settings
+        self.samplers = samplers
+        self.state_file = state_file
+        self.app_version = app_version
+        self.records: list[ExtensionRecord] = []
+
+    # ----- persistence of enable/disable -----
+    def _disabled(self) -> set[str]:
+        try:
+            return set(json.loads(self.state_file.read_text(encoding="utf-8")).get("disabled", []))
+        except (OSError, json.JSONDecodeError, AttributeError):
+            return set()
+
+    def set_enabled(self, name: str, enabled: bool) -> None:
+        """Persisted; takes effect at the next start."""
+        disabled = self._disabled()
+        (disabled.discard if enabled else disabled.add)(name)
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(dir=self.state_file.parent, suffix=".tmp")
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump({"disabled": sorted(disabled)}, stream)
+        os.replace(temp, self.state_file)
+
+    # ----- loading -----
+    def discover(self) -> list[ExtensionRecord]:
+        records = []
+        for root, builtin in self.folders:
+            if not root.is_dir():
+                continue
+            for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))):
+                records.append(ExtensionRecord(folder=folder, builtin=builtin))
+        return records
+
+    def load_all(self) -> list[ExtensionRecord]:
+        disabled = self._disabled()
+        self.records = []
+        seen: set[str] = set()
+        for record in self.discover():
+            self.records.append(record)
+            try:
+                record.manifest = read_manifest(record.folder)
+            except ExtensionError as exc:
+                record.fail("reading the manifest", exc)
+                continue
+            if record.name in seen:
+                record.fail("loading", ExtensionError(f"another extension is already called {record.name!r}"))
+                continue
+            seen.add(record.name)
+            record.enabled = record.name not in disabled
+            if not record.enabled:
+                record.status = "disabled"
+                continue
+            self._load(record)
+        return self.records
+
+    def _check_version(self, record: ExtensionRecord) -> None:
+        required = record.manifest.requires_app if record.manifest else ""
+        if not required:
+            return
+        try:
+            spec = SpecifierSet(required)
+        except InvalidSpecifier as exc:
+            raise ExtensionError(f"requires_app {required!r} is not a version specifier") from exc
+        if Version(self.app_version) not in spec:
+            raise ExtensionError(f"needs app version {required}, this is {self.app_version}")
+
+    def _load(self, record: ExtensionRecord) -> None:
+        assert record.manifest is not None
+        try:
+            self._check_version(record)
+        except ExtensionError as exc:
+            record.fail("checking the app version", exc)
+            return
+        module_name = f"latent_studio_extensions.{record.name.replace('-', '_')}"
+        entry = record.folder / record.manifest.entry
+        try:
+            spec = importlib.util.spec_from_file_location(module_name, entry, submodule_search_locations=None)
+            if spec is None or spec.loader is None or not entry.is_file():
+                raise ExtensionError(f"entry file {record.manifest.entry!r} not found")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+        except BaseException as exc:  # an extension may raise anything, even SystemExit
+            sys.modules.pop(module_name, None)
+            record.fail("importing", exc)
+            return
+        register = getattr(module, "register", None)
+        if not callable(register):
+            record.fail("importing", ExtensionError("the entry module has no register(api) function"))
+            return
+        api = ExtensionAPI(record, self.settings, self.app_version, self.models)
+        try:
+            register(api)
+            for sampler in record.registrations.samplers:
+                self.samplers.register(sampler)
+        except BaseException as exc:
+            record.registrations = Registrations()  # nothing half-registered stays active
+            for key in [k for k, s in self.settings.specs.items() if s.owner == record.name]:
+                del self.settings.specs[key]
+            record.fail("registering", exc)
+            return
+        record.status = "active"
+
+    def active(self) -> list[ExtensionRecord]:
+        return [r for r in self.records if r.status == "active"]
+
+    # ----- hook dispatch -----
+    def _guarded(self, record: ExtensionRecord, where: str, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except Exception as exc:
+            record.fail(where, exc)
+            return None
+
+    def before_generate(self, request: GenerationRequest) -> GenerationRequest:
+        for record in self.active():
+            for hook in record.registrations.before_generate:
+                if record.status != "active":
+                    break
+                controls = request.extensions.get(record.name, {})
+                edited = self._guarded(record, "in a before-generate hook", lambda h=hook: h(request, controls))
+                if isinstance(edited, GenerationRequest):
+                    request = edited
+        return request
+
+    def step_hooks(self, request: GenerationRequest) -> list[StepHook]:
+        hooks: list[StepHook] = []
+        for record in self.active():
+            controls = request.extensions.get(record.name, {})
+            for hook in record.registrations.on_step:
+                def call(state: StepState, record=record, hook=hook, controls=controls) -> None:
+                    if record.status == "active":
+                        before = state.denoised
+                        self._guarded(record, "in a per-step hook", lambda: hook(state, controls))
+                        if record.status != "active":
+                            state.denoised = before  # a failing hook leaves no trace
+                hooks.append(call)
+        return hooks
+
+    def after_decode(self, images: list[Image.Image], request: GenerationRequest) -> list[Image.Image]:
+        for record in self.active():
+            controls = request.extensions.get(record.name, {})
+            for hook in record.registrations.after_decode:
+                edited = self._guarded(record, "in an after-decode hook", lambda h=hook: h(list(images), request, controls))
+                if isinstance(edited, list) and len(edited) == len(images):
+                    images = edited
+        return images
+
+    def on_save(self, params: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
+        for record in self.active():
+            controls = request.extensions.get(record.name, {})
+            for hook in record.registrations.on_save:
+                working = dict(params)
+                self._guarded(record, "in an on-save hook", lambda h=hook: h(working, request, controls))
+                if record.status == "active":
+                    params = working
+        return params
+
+    # ----- installing (never runs code; the user enables the extension afterwards) -----
+    def install_archive(self, archive: Path, target_root: Path) -> str:
+        """Unpack a .zip into `target_root/<name>`, disabled until the user enables it."""
+        with tempfile.TemporaryDirectory() as scratch:
+            with zipfile.ZipFile(archive) as bundle:
+                total = 0
+                for member in bundle.infolist():
+                    parts = Path(member.filename).parts
+                    if member.filename.startswith("/") or ".." in parts:
+                        raise ExtensionError(f"archive member {member.filename!r} points outside the extension")
+                    total += member.file_size
+                    if total > 200 * 1024 * 1024:
+                        raise ExtensionError("archive unpacks to more than 200 MB")
+                bundle.extractall(scratch)
+            candidates = [p.parent for p in Path(scratch).rglob(MANIFEST)]
+            if len(candidates) != 1:
+                raise ExtensionError(f"archive must contain exactly one {MANIFEST}")
+            return self._adopt(candidates[0], target_root)
+
+    def install_git(self, url: str, target_root: Path) -> str:
+        with tempfile.TemporaryDirectory() as scratch:
+            clone = Path(scratch) / "clone"
+            result = subprocess.run(
+                ["git", "clone", "--depth", "1", "--", url, str(clone)], capture_output=True, text=True, timeout=300
+            )
+            if result.returncode != 0:
+                raise ExtensionError(f"git clone failed: {result.stderr.strip().splitlines()[-1] if result.stderr else ''}")
+            shutil.rmtree(clone / ".git", ignore_errors=True)
+            return self._adopt(clone, target_root)
+
+    def _adopt(self, folder: Path, target_root: Path) -> str:
+        manifest = read_manifest(folder)
+        destination = target_root / manifest.name
+        if destination.exists():
+            raise ExtensionError(f"an extension folder {destination} already exists")
+        self.set_enabled(manifest.name, False)  # no code runs until the user confirms by enabling it
+        target_root.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(folder, destination)
+        return manifest.name

@@ -1,0 +1,61 @@
+"""Extension controls inside txt2img/img2img: rendered always visible, delivered to hooks by name."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any
+
+import gradio as gr
+
+from webui.context import AppContext
+
+SectionControl = tuple[str, str, gr.components.Component]  # (extension, control name, component)
+
+
+def render_sections(context: AppContext, mode: str) -> list[SectionControl]:
+    """Build every active extension's section for `mode`; a section that fails to build disables its extension."""
+    controls: list[SectionControl] = []
+    for record in context.extensions.active():
+        for section in record.registrations.sections:
+            if mode not in section.modes:
+                continue
+            try:
+                with gr.Group(elem_id=f"{mode}_ext_{record.name}"):
+                    gr.Markdown(f"**{section.title}**")
+                    built = section.build(mode)
+                if not isinstance(built, dict):
+                    raise TypeError("a section's build(mode) must return {name: component}")
+            except Exception as exc:
+                record.fail("building its UI", exc)
+                continue
+            controls += [(record.name, name, component) for name, component in built.items()]
+    return controls
+
+
+def collect_values(controls: list[SectionControl], values: tuple[Any, ...]) -> dict[str, dict[str, Any]]:
+    """Positional Gradio inputs back to {extension: {control: value}}."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for (extension, name, _), value in zip(controls, values):
+        grouped.setdefault(extension, {})[name] = value
+    return grouped
+
+
+def declare_inputs(handler: Any, names: list[str]) -> None:
+    """Give `handler(*args)` an explicit signature: `names`, then `request` and `progress` (see handler_signature)."""
+    handler.__signature__ = handler_signature(names)
+    handler.__annotations__ = {"request": gr.Request}  # Gradio reads type hints to find the request parameter
+
+
+def handler_signature(names: list[str]) -> inspect.Signature:
+    """A signature for a handler taking a variable number of controls, then `request` and `progress`.
+
+    Gradio finds where to pass the request and the progress tracker by reading the handler's signature, so a handler
+    whose input count depends on the installed extensions declares its parameters explicitly.
+    """
+    params = [
+        inspect.Parameter(re.sub(r"\W", "_", name), inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names
+    ]
+    params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request))
+    params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
+    return inspect.Signature(params)
