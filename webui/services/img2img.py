@@ -1,0 +1,240 @@
+"""img2img, inpaint and outpaint as generation modes: the request type and its `ModeRunner`s.
+
+`Img2ImgRequest` extends `GenerationRequest` with A1111's img2img fields (API names, UI defaults), so the UI, the
+API and the CLI share it. The images in it are already decoded and checked (`webui.services.uploads`). When neither
+width nor height is given, the generation size is the input's own size: the image is padded up to a size the model
+accepts and the output is cropped back (`restore_size`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from PIL import Image
+
+from webui.engine.denoise import StepHook
+from webui.engine.generation import SamplingParams
+from webui.engine.img2img import (
+    INPAINTING_FILL_LABELS,
+    LATENT_NOISE,
+    ORIGINAL,
+    Img2ImgOptions,
+    img2img,
+)
+from webui.engine.loader import LoadedModel
+from webui.engine.masking import RESIZE_MODE_LABELS, binary_mask, blur_reach, is_empty, outpaint_canvas
+from webui.engine.samplers import SamplerRegistry
+from webui.services.requests import GenerationRequest, RequestError, _float, _int
+
+MAX_OUTPAINT = 2048
+ASPECT_TOLERANCE = 0.01
+OUTPAINT_FILLS = ("edge", "noise")
+
+
+def _ceil(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass
+class Img2ImgRequest(GenerationRequest):
+    """img2img/inpaint/outpaint parameters: A1111 API field names, A1111 UI defaults (§6 of the compat notes)."""
+
+    init_image: Image.Image | None = None  # decoded, checked RGB image
+    mask: Image.Image | None = None  # None: plain img2img; white/opaque = repaint
+    denoising_strength: float = 0.75
+    resize_mode: int = 0  # 0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale
+    mask_blur: int = 4
+    inpainting_mask_invert: int = 0  # 1: repaint what is not masked
+    inpainting_fill: int = ORIGINAL  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
+    inpaint_full_res: bool = False  # "Only masked"
+    inpaint_full_res_padding: int = 32
+    outpaint_left: int = 0
+    outpaint_right: int = 0
+    outpaint_up: int = 0
+    outpaint_down: int = 0
+    outpaint_fill: str = "edge"  # the new border starts as "edge" extension, or as latent "noise"
+    restore_size: tuple[int, int] | None = None  # set from the image when width and height are not given
+
+    def __post_init__(self) -> None:
+        if self.init_image is None or self.restore_size is not None:
+            return
+        w = self.init_image.width + _int(self.outpaint_left, "outpaint_left") + _int(self.outpaint_right, "outpaint_right")
+        h = self.init_image.height + _int(self.outpaint_up, "outpaint_up") + _int(self.outpaint_down, "outpaint_down")
+        if self.width is None and self.height is None:
+            self.restore_size = (w, h)
+            self.width, self.height = _ceil(max(64, w), 8), _ceil(max(64, h), 8)
+        elif self.height is None:  # one side given: keep the image's aspect ratio
+            self.height = max(64, round(h * _int(self.width, "width") / w / 8) * 8)
+        elif self.width is None:
+            self.width = max(64, round(w * _int(self.height, "height") / h / 8) * 8)
+
+    @property
+    def is_outpaint(self) -> bool:
+        return any((self.outpaint_left, self.outpaint_right, self.outpaint_up, self.outpaint_down))
+
+
+def _mask_for(request: Img2ImgRequest) -> Image.Image | None:
+    if request.mask is None:
+        return None
+    mask = binary_mask(request.mask)
+    if request.inpainting_mask_invert:
+        mask = Image.eval(mask, lambda v: 255 - v)
+    return mask
+
+
+class Img2ImgRunner:
+    """img2img, and inpainting when the request has a mask. Results go to outputs/img2img/<date>/ like A1111."""
+
+    mode = "img2img"
+
+    def __init__(self, samplers: SamplerRegistry) -> None:
+        self.samplers = samplers
+
+    def validate(self, request: GenerationRequest, model: LoadedModel) -> Img2ImgRequest:
+        if not isinstance(request, Img2ImgRequest):
+            raise RequestError("init_image", "img2img needs an image request")
+        if request.init_image is None:
+            raise RequestError("init_image", "no image: upload one (or send one from txt2img or PNG Info)")
+        strength = _float(request.denoising_strength, "denoising_strength")
+        if not 0.0 <= strength <= 1.0:
+            raise RequestError("denoising_strength", f"{strength} is out of range (0 to 1)")
+        resize_mode = _int(request.resize_mode, "resize_mode")
+        if resize_mode not in RESIZE_MODE_LABELS:
+            raise RequestError("resize_mode", f"{resize_mode} is not one of 0 (just resize), 1 (crop and resize), "
+                                              "2 (resize and fill), 3 (latent upscale)")
+        mask_blur = _int(request.mask_blur, "mask_blur")
+        if not 0 <= mask_blur <= 64:
+            raise RequestError("mask_blur", f"{mask_blur} is out of range (0 to 64)")
+        fill = _int(request.inpainting_fill, "inpainting_fill")
+        if fill not in INPAINTING_FILL_LABELS:
+            raise RequestError("inpainting_fill", f"{fill} is not one of 0 (fill), 1 (original), 2 (latent noise), "
+                                                  "3 (latent nothing)")
+        padding = _int(request.inpaint_full_res_padding, "inpaint_full_res_padding")
+        if not 0 <= padding <= 256:
+            raise RequestError("inpaint_full_res_padding", f"{padding} is out of range (0 to 256)")
+        invert = _int(request.inpainting_mask_invert, "inpainting_mask_invert")
+        if invert not in (0, 1):
+            raise RequestError("inpainting_mask_invert", "must be 0 (inpaint masked) or 1 (inpaint not masked)")
+        valid = replace(
+            request, denoising_strength=strength, resize_mode=resize_mode, mask_blur=mask_blur,
+            inpainting_fill=fill, inpaint_full_res_padding=padding, inpainting_mask_invert=invert,
+            inpaint_full_res=bool(request.inpaint_full_res),
+        )
+        self._validate_mask(valid)
+        if valid.restore_size is not None:  # size from the image: pad up to what this model accepts
+            multiple = model.vae_downscale * 2 ** (len(model.unet.config.block_out_channels) - 1)
+            valid = replace(valid, width=_ceil(valid.width, multiple), height=_ceil(valid.height, multiple))
+        return valid
+
+    def _validate_mask(self, request: Img2ImgRequest) -> None:
+        mask = _mask_for(request)
+        if mask is None:
+            return
+        (iw, ih), (mw, mh) = request.init_image.size, mask.size
+        if (mw, mh) != (iw, ih) and abs(mw / mh - iw / ih) > ASPECT_TOLERANCE * iw / ih:
+            raise RequestError("mask", f"the mask is {mw}x{mh} but the image is {iw}x{ih}; use a mask with the "
+                                       "image's shape (a same-shaped mask of another size is scaled)")
+        if is_empty(mask):
+            raise RequestError("mask", "the mask is empty: nothing to inpaint (paint over the area to change)")
+
+    def options(self, request: Img2ImgRequest) -> Img2ImgOptions:
+        return Img2ImgOptions(
+            denoising_strength=request.denoising_strength,
+            resize_mode=request.resize_mode,
+            mask=request.mask,
+            mask_blur=request.mask_blur,
+            invert_mask=bool(request.inpainting_mask_invert),
+            inpainting_fill=request.inpainting_fill,
+            inpaint_full_res=request.inpaint_full_res,
+            inpaint_full_res_padding=request.inpaint_full_res_padding,
+            restore_size=request.restore_size,
+        )
+
+    def sample(
+        self,
+        model: LoadedModel,
+        request: Img2ImgRequest,
+        params: SamplingParams,
+        hooks: list[StepHook],
+        on_progress,
+        should_stop: Callable[[], bool],
+    ) -> list[Image.Image]:
+        return img2img(model, params, self.samplers, request.init_image, self.options(request), hooks, on_progress,
+                       should_stop)
+
+    def infotext_params(self, request: Img2ImgRequest) -> dict[str, Any]:
+        """A1111's keys: Denoising strength always; the inpaint keys only where A1111 writes them."""
+        params: dict[str, Any] = {"Denoising strength": request.denoising_strength}
+        if request.mask is None:
+            return params
+        if request.inpainting_mask_invert:
+            params["Mask mode"] = "Inpaint not masked"
+        if request.mask_blur > 0:
+            params["Mask blur"] = request.mask_blur
+        if request.inpainting_fill != ORIGINAL:
+            params["Masked content"] = INPAINTING_FILL_LABELS[request.inpainting_fill]
+        if request.inpaint_full_res:
+            params["Inpaint area"] = "Only masked"
+            params["Masked area padding"] = request.inpaint_full_res_padding
+        return params
+
+
+class OutpaintRunner(Img2ImgRunner):
+    """Outpainting: a bigger canvas whose new borders are inpainted, meeting the original in a soft seam."""
+
+    def validate(self, request: GenerationRequest, model: LoadedModel) -> Img2ImgRequest:
+        if not isinstance(request, Img2ImgRequest):
+            raise RequestError("init_image", "outpaint needs an image request")
+        sides = {}
+        for side in ("left", "right", "up", "down"):
+            name = f"outpaint_{side}"
+            value = _int(getattr(request, name), name)
+            if not 0 <= value <= MAX_OUTPAINT:
+                raise RequestError(name, f"{value} is out of range (0 to {MAX_OUTPAINT})")
+            if value % 8:
+                raise RequestError(name, f"{value} is not a multiple of 8 (use {value - value % 8} or {value - value % 8 + 8})")
+            sides[name] = value
+        if not any(sides.values()):
+            raise RequestError("outpaint_left", "choose how many pixels to add on at least one side")
+        if request.outpaint_fill not in OUTPAINT_FILLS:
+            raise RequestError("outpaint_fill", f"{request.outpaint_fill!r} is not one of: {', '.join(OUTPAINT_FILLS)}")
+        if request.mask is not None:
+            raise RequestError("mask", "outpaint makes its own mask; leave the mask empty")
+        return super().validate(replace(request, **sides), model)
+
+    @staticmethod
+    def canvas(request: Img2ImgRequest) -> tuple[Image.Image, Image.Image]:
+        """Edge-extended canvas and its mask; the mask reaches into the original by the seam overlap."""
+        overlap = max(8, blur_reach(request.mask_blur))
+        return outpaint_canvas(
+            request.init_image, request.outpaint_left, request.outpaint_right, request.outpaint_up,
+            request.outpaint_down, overlap,
+        )
+
+    @staticmethod
+    def _fill(request: Img2ImgRequest) -> int:
+        """"noise" starts the new area from latent noise; "edge" keeps the edge-extended pixels (or the chosen fill)."""
+        if request.outpaint_fill == "noise" and request.inpainting_fill == ORIGINAL:
+            return LATENT_NOISE
+        return request.inpainting_fill
+
+    def options(self, request: Img2ImgRequest) -> Img2ImgOptions:
+        options = super().options(request)
+        options.inpainting_fill = self._fill(request)
+        return options
+
+    def sample(self, model, request: Img2ImgRequest, params, hooks, on_progress, should_stop) -> list[Image.Image]:
+        canvas, mask = self.canvas(request)
+        filled = replace(request, init_image=canvas, mask=mask, inpainting_mask_invert=0)
+        return img2img(model, params, self.samplers, canvas, self.options(filled), hooks, on_progress, should_stop)
+
+    def infotext_params(self, request: Img2ImgRequest) -> dict[str, Any]:
+        as_inpaint = replace(request, mask=Image.new("L", (1, 1), 255), inpainting_mask_invert=0,
+                             inpainting_fill=self._fill(request))
+        params = super().infotext_params(as_inpaint)
+        params["Outpaint"] = (
+            f"left {request.outpaint_left}, right {request.outpaint_right}, "
+            f"up {request.outpaint_up}, down {request.outpaint_down}, fill {request.outpaint_fill}"
+        )
+        return params

@@ -1,0 +1,404 @@
+"""The img2img and Inpaint tabs (brush mask, uploaded mask, outpaint), and "send to" from txt2img and PNG Info.
+
+Everything here translates widgets into an `Img2ImgRequest` and runs it through the generation service with the
+img2img or outpaint runner. Every image field goes through `webui.services.uploads` before anything is decoded:
+`gr.Image` fields hand over file paths (Gradio reads only the header), and the brush editor checks each file's header
+in its own preprocessing step (`guard_editor`).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+import numpy as np
+from gradio.data_classes import FileData
+from PIL import Image
+
+from webui.context import AppContext
+from webui.ui.bridge import UiBridge
+from webui.engine.img2img import INPAINTING_FILL_LABELS, ORIGINAL
+from webui.engine.masking import RESIZE_MODE_LABELS
+from webui.services.generation import GenerationResult, ModeRunner
+from webui.services.img2img import Img2ImgRequest, Img2ImgRunner, OutpaintRunner
+from webui.services.infotext import parse_infotext
+from webui.services.outputs import read_infotext
+from webui.services.requests import RequestError
+from webui.services.uploads import UploadError, UploadLimits, check_header, load_image, to_rgb
+from webui.ui.session import owner_of
+
+POLL_SECONDS = 0.2
+RESIZE_CHOICES = [RESIZE_MODE_LABELS[mode] for mode in sorted(RESIZE_MODE_LABELS)]
+FILL_CHOICES = [INPAINTING_FILL_LABELS[i] for i in sorted(INPAINTING_FILL_LABELS)]
+MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
+AREAS = ["Whole picture", "Only masked"]
+SUBMODES = ("brush", "upload", "outpaint")
+
+
+def guard_editor(editor: gr.ImageEditor, limits: UploadLimits) -> gr.ImageEditor:
+    """Check the header of every file this editor receives before Gradio decodes it.
+
+    Wraps the one instance's own converter (no subclass: Gradio writes a .pyi stub next to any module that
+    subclasses a component).
+    """
+    convert = editor.convert_and_format_image
+
+    def checked(file: FileData | None | bytes, flatten_on_white: bool = False) -> Any:
+        if file is not None:
+            try:
+                check_header(file.path if isinstance(file, FileData) else bytes(file), "image", limits)
+            except UploadError as exc:
+                raise gr.Error(str(exc)) from None
+        return convert(file, flatten_on_white)
+
+    editor.convert_and_format_image = checked  # type: ignore[method-assign]
+    return editor
+
+
+@dataclass
+class Img2ImgPanel:
+    """One tab's widgets: the prompt row, sampling settings, the output column and (inpaint tab) the mask inputs."""
+
+    prefix: str
+    prompt: gr.Textbox
+    negative_prompt: gr.Textbox
+    sampler: gr.Dropdown
+    schedule: gr.Dropdown
+    steps: gr.Slider
+    cfg_scale: gr.Slider
+    seed: gr.Number
+    denoise: gr.Slider
+    gallery: gr.Gallery
+    infotext: gr.Textbox
+    image: gr.Image | None = None  # img2img tab
+    editor: gr.ImageEditor | None = None  # inpaint tab, brush sub-tab
+    submode: gr.State | None = None
+    subtabs: gr.Tabs | None = None
+    mask_blur: gr.Slider | None = None
+    masked_content: gr.Radio | None = None
+    inpaint_area: gr.Radio | None = None
+    padding: gr.Slider | None = None
+
+
+@dataclass
+class Img2ImgControls:
+    img2img: Img2ImgPanel
+    inpaint: Img2ImgPanel
+
+
+def _gr_error(exc: Exception) -> gr.Error:
+    return gr.Error(str(exc).splitlines()[0] or type(exc).__name__)
+
+
+def _run_job(
+    context: AppContext, request: Img2ImgRequest, runner: ModeRunner, owner: str, progress: gr.Progress
+) -> Iterator[Any]:
+    """Run on a worker thread, yield previews, then the gallery (the same pattern as the txt2img tab)."""
+    job = context.jobs.create(owner=owner, kind=runner.mode)
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = context.generation.run(job, request, runner)
+        except Exception as exc:  # shown to the user below; the app stays up
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name=f"{job.id}-worker", daemon=True)
+    worker.start()
+    last_preview = None
+    while worker.is_alive():
+        worker.join(POLL_SECONDS)
+        if job.total_steps:
+            batch = f"batch {job.batches_done + 1}/{job.batches_total}, " if job.batches_total > 1 else ""
+            progress(job.progress_fraction(), desc=f"{batch}step {job.step}/{job.total_steps}")
+        if job.preview is not None and job.preview is not last_preview:
+            last_preview = job.preview
+            yield gr.update(), gr.update(value=job.preview, visible=True), gr.update(), gr.update()
+    if "error" in outcome:
+        raise _gr_error(outcome["error"])
+    result: GenerationResult = outcome["result"]
+    gallery = [(path, f"seed {seed}") for path, seed in zip(result.paths, result.seeds)]
+    if len(result.paths) < len(result.images):  # saving failed: still show the images
+        gallery = [(image, f"seed {seed}") for image, seed in zip(result.images, result.seeds)]
+    status = f"{len(result.images)} image(s)"
+    if result.interrupted:
+        status += " — interrupted; finished images were kept"
+    for warning in result.warnings:
+        gr.Warning(warning)
+    yield gallery, gr.update(visible=False), (result.infotexts[0] if result.infotexts else ""), status
+
+
+def editor_image_and_mask(value: dict | None, limits: UploadLimits) -> tuple[Image.Image, Image.Image | None]:
+    """ImageEditor value -> (RGB background, brush mask): the mask is every pixel any layer painted (alpha > 0)."""
+    background = (value or {}).get("background")
+    if background is None:
+        raise RequestError("image", "no image: upload one to paint the mask on")
+    image = to_rgb(load_image(background, "image", limits))
+    painted = None
+    for layer in (value or {}).get("layers") or []:
+        if layer is None:
+            continue
+        array = np.asarray(load_image(layer, "mask", limits).convert("RGBA"))[..., 3] > 0
+        painted = array if painted is None else (painted | array if painted.shape == array.shape else painted)
+    mask = Image.fromarray(painted.astype(np.uint8) * 255) if painted is not None and painted.any() else None
+    return image, mask
+
+
+def _size(value: float | None) -> int | None:
+    return int(value) if value else None  # 0: the input's own size
+
+
+def _panel(context: AppContext, prefix: str, inpaint: bool, limits: UploadLimits) -> tuple[Img2ImgPanel, list, list]:
+    """Build one tab; returns the panel, its generate inputs (after the shared ones) and its outputs."""
+    samplers = context.samplers
+    with gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt")
+            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
+        with gr.Column(scale=1, min_width=160):
+            generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
+            interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt")
+    panel_inputs: list = []
+    with gr.Row():
+        with gr.Column():
+            image = editor = submode = subtabs = None
+            if not inpaint:
+                image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                 elem_id=f"{prefix}_image")
+                panel_inputs.append(image)
+            else:
+                submode = gr.State("brush")
+                with gr.Tabs(elem_id=f"{prefix}_mode") as subtabs:
+                    with gr.Tab("Inpaint", id="brush", elem_id=f"{prefix}_tab_brush") as tab_brush:
+                        editor = guard_editor(gr.ImageEditor(
+                            label="Image and mask (paint over what to change)", type="pil", image_mode="RGBA",
+                            sources=["upload", "clipboard"], layers=False, transforms=(),
+                            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), elem_id=f"{prefix}_editor",
+                        ), limits)
+                    with gr.Tab("Inpaint upload", id="upload", elem_id=f"{prefix}_tab_upload") as tab_upload:
+                        with gr.Row():
+                            upload_image = gr.Image(label="Image", type="filepath", image_mode=None,
+                                                    sources=["upload"], elem_id=f"{prefix}_upload_image")
+                            upload_mask = gr.Image(label="Mask (white = repaint)", type="filepath", image_mode=None,
+                                                   sources=["upload"], elem_id=f"{prefix}_upload_mask")
+                    with gr.Tab("Outpaint", id="outpaint", elem_id=f"{prefix}_tab_outpaint") as tab_outpaint:
+                        outpaint_image = gr.Image(label="Image", type="filepath", image_mode=None,
+                                                  sources=["upload"], elem_id=f"{prefix}_outpaint_image")
+                        with gr.Row():
+                            sides = [gr.Slider(0, 1024, value=0, step=8, label=f"Extend {s} (px)",
+                                               elem_id=f"{prefix}_outpaint_{s}") for s in ("left", "right", "up", "down")]
+                        outpaint_fill = gr.Radio(["edge", "noise"], value="edge", label="New area starts from",
+                                                 elem_id=f"{prefix}_outpaint_fill")
+                for tab, name in ((tab_brush, "brush"), (tab_upload, "upload"), (tab_outpaint, "outpaint")):
+                    tab.select(lambda n=name: n, outputs=[submode], queue=False)
+                panel_inputs += [submode, editor, upload_image, upload_mask, outpaint_image, *sides, outpaint_fill]
+            resize_mode = gr.Radio(RESIZE_CHOICES, value=RESIZE_CHOICES[0], type="index", label="Resize mode",
+                                   elem_id=f"{prefix}_resize_mode")
+            with gr.Row():
+                sampler = gr.Dropdown(samplers.names(), value="DPM++ 2M", label="Sampling method", elem_id=f"{prefix}_sampler")
+                schedule = gr.Dropdown(samplers.schedule_names(), value="Automatic", label="Schedule type",
+                                       elem_id=f"{prefix}_schedule")
+            steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{prefix}_steps")
+            with gr.Row():
+                width = gr.Slider(0, 2048, value=0, step=8, label="Width (0 = the input's)", elem_id=f"{prefix}_width")
+                height = gr.Slider(0, 2048, value=0, step=8, label="Height (0 = the input's)", elem_id=f"{prefix}_height")
+            with gr.Row():
+                batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{prefix}_batch_count")
+                batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{prefix}_batch_size")
+            cfg_scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{prefix}_cfg_scale")
+            denoise = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{prefix}_denoise")
+            seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id=f"{prefix}_seed")
+            mask_blur = masked_content = inpaint_area = padding = None
+            if inpaint:
+                mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id=f"{prefix}_mask_blur")
+                mask_mode = gr.Radio(MASK_MODES, value=MASK_MODES[0], type="index", label="Mask mode",
+                                     elem_id=f"{prefix}_mask_mode")
+                masked_content = gr.Radio(FILL_CHOICES, value=FILL_CHOICES[ORIGINAL], type="index",
+                                          label="Masked content", elem_id=f"{prefix}_masked_content")
+                with gr.Row():
+                    inpaint_area = gr.Radio(AREAS, value=AREAS[0], type="index", label="Inpaint area",
+                                            elem_id=f"{prefix}_inpaint_area")
+                    padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
+                                        elem_id=f"{prefix}_padding")
+                panel_inputs += [mask_blur, mask_mode, masked_content, inpaint_area, padding]
+        with gr.Column():
+            preview = gr.Image(label="Preview", visible=False, interactive=False, elem_id=f"{prefix}_preview")
+            gallery = gr.Gallery(label="Output", columns=4, elem_id=f"{prefix}_gallery", format="png")
+            infotext = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id=f"{prefix}_infotext")
+            status = gr.Markdown(elem_id=f"{prefix}_status")
+    shared = [prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, batch_count, batch_size,
+              denoise, resize_mode]
+    panel = Img2ImgPanel(prefix, prompt, negative, sampler, schedule, steps, cfg_scale, seed, denoise, gallery,
+                         infotext, image, editor, submode, subtabs, mask_blur, masked_content, inpaint_area, padding)
+
+    def on_interrupt(request: gr.Request) -> str:
+        return "Interrupting…" if context.jobs.interrupt_owned(owner_of(request)) else "Nothing to interrupt"
+
+    interrupt.click(on_interrupt, outputs=[status], queue=False)
+
+    def on_select(evt: gr.SelectData, current: str) -> str:
+        value = evt.value or {}
+        item = value.get("image", {}) if isinstance(value, dict) else {}
+        path = item.get("path") if isinstance(item, dict) else None
+        return (read_infotext(Path(path)) or current) if path else current
+
+    gallery.select(on_select, inputs=[infotext], outputs=[infotext], queue=False)
+    return panel, [generate, *shared, *panel_inputs], [gallery, preview, infotext, status]
+
+
+def _base_request(checkpoint: str, values: list[Any]) -> dict[str, Any]:
+    prompt, negative, sampler, schedule, steps, cfg, w, h, seed, count, size, denoise, resize_mode = values
+    return dict(
+        prompt=prompt or "", negative_prompt=negative or "", sampler_name=sampler, scheduler=schedule, steps=steps,
+        cfg_scale=cfg, width=_size(w), height=_size(h), seed=-1 if seed is None else seed, batch_size=size,
+        n_iter=count, model=checkpoint or None, denoising_strength=denoise,
+        resize_mode=0 if resize_mode is None else resize_mode,
+    )
+
+
+def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown) -> Img2ImgControls:
+    """The "img2img" and "Inpaint" tabs; call inside the app's `gr.Tabs`."""
+    limits = UploadLimits.from_env()
+    img2img_runner, outpaint_runner = Img2ImgRunner(context.samplers), OutpaintRunner(context.samplers)
+
+    with gr.Tab("img2img", id="img2img"):
+        i2i, (generate, *inputs), outputs = _panel(context, "img2img", inpaint=False, limits=limits)
+
+    def on_img2img(checkpoint_title: str, *values: Any, request: gr.Request, progress=gr.Progress()) -> Iterator[Any]:
+        *shared, image_path = values
+        try:
+            if not image_path:
+                raise RequestError("init_image", "no image: upload one (or send one from txt2img or PNG Info)")
+            image = to_rgb(load_image(image_path, "image", limits))
+            gen_request = Img2ImgRequest(init_image=image, **_base_request(checkpoint_title, shared))
+        except ValueError as exc:
+            raise _gr_error(exc) from None
+        yield from _run_job(context, gen_request, img2img_runner, owner_of(request), progress)
+
+    generate.click(on_img2img, inputs=[checkpoint, *inputs], outputs=outputs, concurrency_id="gpu",
+                   concurrency_limit=1, api_name="img2img")
+
+    with gr.Tab("Inpaint", id="inpaint"):
+        inp, (generate, *inputs), outputs = _panel(context, "inpaint", inpaint=True, limits=limits)
+
+    def on_inpaint(checkpoint_title: str, *values: Any, request: gr.Request, progress=gr.Progress()) -> Iterator[Any]:
+        shared, rest = list(values[:13]), values[13:]
+        submode, editor, upload_image, upload_mask, outpaint_image, left, right, up, down, fill_from = rest[:10]
+        mask_blur, mask_mode, masked_content, inpaint_area, padding = rest[10:]
+        fields = dict(
+            _base_request(checkpoint_title, shared), mask_blur=mask_blur, inpainting_mask_invert=mask_mode or 0,
+            inpainting_fill=ORIGINAL if masked_content is None else masked_content,
+            inpaint_full_res=inpaint_area == 1, inpaint_full_res_padding=padding,
+        )
+        try:
+            runner: ModeRunner = img2img_runner
+            if submode == "outpaint":
+                if not outpaint_image:
+                    raise RequestError("init_image", "no image: upload the image to extend")
+                image = to_rgb(load_image(outpaint_image, "image", limits))
+                fields.update(outpaint_left=left, outpaint_right=right, outpaint_up=up, outpaint_down=down,
+                              outpaint_fill=fill_from or "edge", inpainting_mask_invert=0)
+                runner, mask = outpaint_runner, None
+            elif submode == "upload":
+                if not upload_image:
+                    raise RequestError("init_image", "no image: upload the image to inpaint")
+                if not upload_mask:
+                    raise RequestError("mask", "no mask: upload a mask (white = repaint), or paint one in the Inpaint tab")
+                image = to_rgb(load_image(upload_image, "image", limits))
+                mask = load_image(upload_mask, "mask", limits)
+            else:
+                image, mask = editor_image_and_mask(editor, limits)
+                if mask is None:
+                    raise RequestError("mask", "nothing to inpaint: paint over the part of the image to change")
+            gen_request = Img2ImgRequest(init_image=image, mask=mask, **fields)
+        except ValueError as exc:
+            raise _gr_error(exc) from None
+        yield from _run_job(context, gen_request, runner, owner_of(request), progress)
+
+    generate.click(on_inpaint, inputs=[checkpoint, *inputs], outputs=outputs, concurrency_id="gpu",
+                   concurrency_limit=1, api_name="inpaint")
+    return Img2ImgControls(i2i, inp)
+
+
+# ---- send to img2img / inpaint ------------------------------------------------------------------------------------
+
+_PARAM_FIELDS = (
+    ("Prompt", "prompt"), ("Negative prompt", "negative_prompt"), ("Sampler", "sampler"),
+    ("Schedule type", "schedule"), ("Steps", "steps"), ("CFG scale", "cfg_scale"), ("Seed", "seed"),
+)
+
+
+def _param_updates(panel: Img2ImgPanel, parsed: dict[str, Any]) -> list[Any]:
+    """Fill a panel from parsed infotext; fields the image lacks are left alone (as PNG Info → txt2img)."""
+    updates = [gr.update(value=parsed[key]) if key in parsed else gr.update() for key, _ in _PARAM_FIELDS]
+    strength = parsed.get("Denoising strength")
+    updates.append(gr.update(value=strength) if isinstance(strength, (int, float)) else gr.update())
+    return updates
+
+
+def _param_outputs(panel: Img2ImgPanel) -> list[Any]:
+    return [getattr(panel, attr) for _, attr in _PARAM_FIELDS] + [panel.denoise]
+
+
+def _checked_path(path: str | None, limits: UploadLimits) -> str:
+    if not path:
+        raise gr.Error("no image to send: generate or upload one first")
+    try:
+        check_header(path, "image", limits)
+    except UploadError as exc:
+        raise gr.Error(str(exc)) from None
+    return path
+
+
+def _send(panel: Img2ImgPanel, tabs: gr.Tabs, path: str, parsed: dict[str, Any]) -> list[Any]:
+    if panel.image is not None:
+        target = gr.update(value=path)
+        extra: list[Any] = []
+    else:
+        target = gr.update(value={"background": path, "layers": [], "composite": path})
+        extra = ["brush", gr.Tabs(selected="brush")]
+    return [target, *extra, *_param_updates(panel, parsed), gr.Tabs(selected=panel.prefix)]
+
+
+def _send_outputs(panel: Img2ImgPanel, tabs: gr.Tabs) -> list[Any]:
+    target = [panel.image] if panel.image is not None else [panel.editor, panel.submode, panel.subtabs]
+    return [*target, *_param_outputs(panel), tabs]
+
+
+def wire_send_from_gallery(
+    controls: Img2ImgControls, tabs: gr.Tabs, gallery: gr.Gallery, buttons: tuple[gr.Button, gr.Button]
+) -> None:
+    """txt2img's "Send to img2img"/"Send to inpaint": the selected (else the first) image and its infotext."""
+    limits = UploadLimits.from_env()
+    selected = gr.State(0)
+
+    def remember(evt: gr.SelectData) -> int:
+        return int(evt.index) if isinstance(evt.index, int) else 0
+
+    gallery.select(remember, outputs=[selected], queue=False)
+    gallery.change(lambda: 0, outputs=[selected], queue=False)
+
+    for panel, button in zip((controls.img2img, controls.inpaint), buttons):
+        def send(items: list | None, index: int, panel: Img2ImgPanel = panel) -> list[Any]:
+            if not items:
+                raise gr.Error("no image to send: generate one first")
+            item = items[index if 0 <= index < len(items) else 0]
+            path = _checked_path(str(item[0] if isinstance(item, (tuple, list)) else item), limits)
+            parsed = parse_infotext(read_infotext(Path(path)) or "")
+            return _send(panel, tabs, path, parsed)
+
+        button.click(send, inputs=[gallery, selected], outputs=_send_outputs(panel, tabs), queue=False)
+
+
+def register_send_targets(bridge: UiBridge, controls: Img2ImgControls) -> None:
+    """"Send to img2img"/"Send to inpaint" for any tab that offers send buttons (PNG Info, extensions)."""
+    limits = UploadLimits.from_env()
+    for name, label, panel in (("img2img", "Send to img2img", controls.img2img),
+                               ("inpaint", "Send to inpaint", controls.inpaint)):
+        def accept(path: str | None, values: dict, panel: Img2ImgPanel = panel) -> list[Any]:
+            return _send(panel, bridge.tabs, _checked_path(path, limits), values or {})[:-1]
+
+        bridge.register_target(name, label, panel.prefix, _send_outputs(panel, bridge.tabs)[:-1], accept)
