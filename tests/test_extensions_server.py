@@ -1,0 +1,93 @@
+"""Extensions against the real app: tabs appear, hooks change images, settings persist, broken ones are reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from gradio_client import Client
+from PIL import Image
+
+from tests.extension_folders import HELLO_TAB, NEGATE_HOOK, RAISES_IN_REGISTER, RAISES_IN_UI, RAISES_ON_IMPORT, write_extension
+from tests.server_process import AppServer
+from webui.engine.synthetic import write_synthetic_checkpoint
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ext-server")
+    write_synthetic_checkpoint(root / "models" / "Stable-diffusion" / "tiny.safetensors", "sd1", seed=3,
+                               metadata={"modelspec.resolution": "64x64"})
+    extensions = root / "extensions"
+    write_extension(extensions, "flip", NEGATE_HOOK)
+    write_extension(extensions, "hello", HELLO_TAB)
+    write_extension(extensions, "bad-import", RAISES_ON_IMPORT)
+    write_extension(extensions, "bad-register", RAISES_IN_REGISTER)
+    write_extension(extensions, "bad-ui", RAISES_IN_UI)
+    return {"models": root / "models", "outputs": root / "outputs", "extensions": extensions, "data": root / "data"}
+
+
+def _start(dirs: dict[str, Path]) -> AppServer:
+    return AppServer(dirs["models"], dirs["outputs"], "--extensions-dir", str(dirs["extensions"]),
+                     "--data-dir", str(dirs["data"]), "--no-preload").wait_ready()
+
+
+@pytest.fixture(scope="module")
+def server(dirs):
+    app = _start(dirs)
+    yield app
+    app.stop()
+
+
+def _config(server: AppServer) -> dict:
+    return httpx.get(server.url + "config").json()
+
+
+def _tab_labels(config: dict) -> list[str]:
+    return [c["props"].get("label") for c in config["components"] if c["type"] == "tabitem"]
+
+
+def test_tabs_routes_and_failures_are_visible(server: AppServer) -> None:
+    config = _config(server)
+    labels = _tab_labels(config)
+    assert {"Hello Tab", "PNG Info", "Models", "Settings", "Extensions"} <= set(labels)
+    assert httpx.get(server.url + "ext/hello/ping").json() == {"pong": "hello"}
+    assert httpx.get(server.url + "ext/models/list").json()[0]["name"] == "tiny"
+    status = next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "extensions_status")
+    assert "this extension needs a package that is not installed" in status
+    assert "registration exploded" in status
+    assert "tab build exploded" in status
+    assert "numpy&gt;=1" in status  # requirements are listed for the user, not installed
+
+
+def test_section_control_reaches_the_hook_by_name(server: AppServer) -> None:
+    client = Client(server.url, verbose=False)
+    title = client.predict(api_name="/refresh_checkpoints")["value"]
+    common = (title, "a red circle", "", "Euler", "Automatic", 3, 7, 64, 64, 9, 1, 1)
+    off = client.predict(*common, flip_enabled=False, api_name="/txt2img")
+    on = client.predict(*common, flip_enabled=True, api_name="/txt2img")
+    assert "Flipped: yes" in on[2] and "Flipped" not in off[2]
+    image_on = np.asarray(Image.open(on[0][0]["image"]).convert("RGB"), dtype=int)
+    image_off = np.asarray(Image.open(off[0][0]["image"]).convert("RGB"), dtype=int)
+    assert np.abs(image_on - image_off).max() > 20
+
+
+def test_settings_persist_across_restart(server: AppServer, dirs) -> None:
+    client = Client(server.url, verbose=False)
+    config = _config(server)
+    setting_ids = [c["props"].get("elem_id") for c in config["components"] if (c["props"].get("elem_id") or "").startswith("setting_")]
+    assert "setting_flip_strength" in setting_ids
+    values = {"setting_flip_strength": 0.25}
+    args = [values.get(elem, next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == elem))
+            for elem in setting_ids]
+    assert client.predict(*args, api_name="/settings_apply") == "Settings saved."
+    server.stop()
+    restarted = _start(dirs)
+    try:
+        config = _config(restarted)
+        value = next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "setting_flip_strength")
+        assert value == 0.25
+    finally:
+        restarted.stop()
