@@ -76,3 +76,24 @@ def test_prediction_override_reloads_with_new_type(manager: ModelManager) -> Non
 def test_default_size_comes_from_the_header(manager: ModelManager) -> None:
     assert manager.default_size("one") == (512, 512)
     assert manager.default_size("sub/two") == (768, 768)
+
+
+def test_vae_override_replaces_the_checkpoint_vae(manager: ModelManager, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from webui.engine.synthetic import build_synthetic_model
+    from webui.engine.export import vae_to_ldm
+
+    other = build_synthetic_model("sd1", seed=99).vae
+    manager.vae_dir.mkdir(parents=True, exist_ok=True)
+    state = {k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_to_ldm(other).items()}
+    save_file(state, str(manager.vae_dir / "other.vae.safetensors"))
+    assert manager.vae_names() == ["Automatic", "None", "other.vae.safetensors"]
+    original = manager.get("one").vae.state_dict()
+    manager.set_vae("other.vae.safetensors")
+    replaced = manager.get("one").vae.state_dict()
+    reference = other.state_dict()
+    assert all(torch.equal(replaced[k], reference[k]) for k in reference)
+    assert not all(torch.equal(replaced[k], original[k]) for k in reference)
+    with pytest.raises(ModelError, match="not found"):
+        manager.set_vae("missing.safetensors")

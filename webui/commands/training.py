@@ -1,4 +1,4 @@
-"""Training commands (the default model's two stages). Filled in by the training package."""
+"""Training commands (the default model's two stages) live in the training package; this registers them."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    try:
-        from webui.training.cli import register as register_training
-    except ImportError:  # the training package is optional at this point of development
-        return
+    from webui.training.cli import register as register_training
+
     register_training(subparsers)
