@@ -75,7 +75,7 @@ class Img2ImgPanel:
     infotext: gr.Textbox
     image: gr.Image | None = None  # img2img tab
     editor: gr.ImageEditor | None = None  # inpaint tab, brush sub-tab
-    submode: gr.State | None = None
+    submode: gr.Radio | None = None
     subtabs: gr.Tabs | None = None
     mask_blur: gr.Slider | None = None
     masked_content: gr.Radio | None = None
@@ -170,7 +170,9 @@ def _panel(context: AppContext, prefix: str, inpaint: bool, limits: UploadLimits
                                  elem_id=f"{prefix}_image")
                 panel_inputs.append(image)
             else:
-                submode = gr.State("brush")
+                # Which sub-tab is open; a hidden input (not State) so API clients can choose the mode too.
+                submode = gr.Radio(list(SUBMODES), value="brush", visible=False, label="Inpaint mode",
+                                   elem_id=f"{prefix}_submode")
                 with gr.Tabs(elem_id=f"{prefix}_mode") as subtabs:
                     with gr.Tab("Inpaint", id="brush", elem_id=f"{prefix}_tab_brush") as tab_brush:
                         editor = guard_editor(gr.ImageEditor(
@@ -267,8 +269,12 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown) -> Img2ImgC
     with gr.Tab("img2img", id="img2img"):
         i2i, (generate, *inputs), outputs = _panel(context, "img2img", inpaint=False, limits=limits)
 
-    def on_img2img(checkpoint_title: str, *values: Any, request: gr.Request, progress=gr.Progress()) -> Iterator[Any]:
-        *shared, image_path = values
+    def on_img2img(
+        checkpoint_title: str, prompt: str, negative: str, sampler: str, schedule: str, steps: float, cfg: float,
+        w: float, h: float, seed: float, count: float, size: float, denoise: float, resize_mode: int,
+        image_path: str | None, request: gr.Request, progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[Any]:
+        shared = [prompt, negative, sampler, schedule, steps, cfg, w, h, seed, count, size, denoise, resize_mode]
         try:
             if not image_path:
                 raise RequestError("init_image", "no image: upload one (or send one from txt2img or PNG Info)")
@@ -284,10 +290,15 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown) -> Img2ImgC
     with gr.Tab("Inpaint", id="inpaint"):
         inp, (generate, *inputs), outputs = _panel(context, "inpaint", inpaint=True, limits=limits)
 
-    def on_inpaint(checkpoint_title: str, *values: Any, request: gr.Request, progress=gr.Progress()) -> Iterator[Any]:
-        shared, rest = list(values[:13]), values[13:]
-        submode, editor, upload_image, upload_mask, outpaint_image, left, right, up, down, fill_from = rest[:10]
-        mask_blur, mask_mode, masked_content, inpaint_area, padding = rest[10:]
+    def on_inpaint(
+        checkpoint_title: str, prompt: str, negative: str, sampler: str, schedule: str, steps: float, cfg: float,
+        w: float, h: float, seed: float, count: float, size: float, denoise: float, resize_mode: int,
+        submode: str, editor: dict | None, upload_image: str | None, upload_mask: str | None,
+        outpaint_image: str | None, left: float, right: float, up: float, down: float, fill_from: str,
+        mask_blur: float, mask_mode: int, masked_content: int, inpaint_area: int, padding: float,
+        request: gr.Request, progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[Any]:
+        shared = [prompt, negative, sampler, schedule, steps, cfg, w, h, seed, count, size, denoise, resize_mode]
         fields = dict(
             _base_request(checkpoint_title, shared), mask_blur=mask_blur, inpainting_mask_invert=mask_mode or 0,
             inpainting_fill=ORIGINAL if masked_content is None else masked_content,

@@ -1,0 +1,75 @@
+"""`python -m webui img2img` and `python -m webui outpaint` on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from webui.services.infotext import parse_infotext
+from webui.services.outputs import read_infotext
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "webui", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def _inputs(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (60, 70, 3), dtype=np.uint8)  # not a multiple of 8
+    Image.fromarray(pixels).save(tmp_path / "init.png")
+    mask = Image.new("L", (70, 60), 0)
+    mask.paste(255, (40, 20, 70, 60))
+    mask.save(tmp_path / "mask.png")
+    return tmp_path / "init.png", tmp_path / "mask.png", pixels
+
+
+def test_img2img_inpaint_cli(tiny_sd1, tmp_path: Path) -> None:
+    init, mask, pixels = _inputs(tmp_path)
+    out = tmp_path / "out"
+    result = _cli("img2img", "--model", str(tiny_sd1.path), "--init", str(init), "--mask", str(mask),
+                  "--denoise", "0.9", "--mask-blur", "0", "--inpaint-fill", "latent-noise", "--inpaint-area", "masked",
+                  "--padding", "8", "--prompt", "a red circle", "--sampler", "Euler a", "--steps", "3", "--seed", "5",
+                  "--batch-size", "2", "--device", "cpu", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    paths = [Path(line) for line in result.stdout.split()]
+    assert len(paths) == 2 and all(p.parent == out for p in paths)
+    image = np.asarray(Image.open(paths[0]).convert("RGB"))
+    assert image.shape == pixels.shape
+    keep = np.asarray(Image.open(mask)) == 0
+    assert np.array_equal(image[keep], pixels[keep])
+    info = parse_infotext(read_infotext(paths[0]))
+    assert info["Denoising strength"] == 0.9 and info["Masked content"] == "latent noise"
+    assert info["Inpaint area"] == "Only masked" and info["Masked area padding"] == 8 and info["Seed"] == 5
+
+
+def test_outpaint_cli_and_plain_img2img(tiny_sd1, tmp_path: Path) -> None:
+    init, _, pixels = _inputs(tmp_path)
+    result = _cli("outpaint", "--model", str(tiny_sd1.path), "--init", str(init), "--left", "16", "--down", "8",
+                  "--prompt", "sky", "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "o"))
+    assert result.returncode == 0, result.stderr
+    assert Image.open(result.stdout.split()[0]).size == (86, 68)
+    result = _cli("img2img", "--model", str(tiny_sd1.path), "--init", str(init), "--width", "64", "--height", "96",
+                  "--resize-mode", "crop-and-resize", "--prompt", "x", "--steps", "2", "--cfg", "3",
+                  "--device", "cpu", "--out", str(tmp_path / "p"))
+    assert result.returncode == 0, result.stderr
+    assert Image.open(result.stdout.split()[0]).size == (64, 96)
+
+
+def test_bad_inputs_are_one_line_errors(tiny_sd1, tmp_path: Path) -> None:
+    init, _, _ = _inputs(tmp_path)
+    Image.new("L", (70, 60), 0).save(tmp_path / "empty.png")
+    common = ["--model", str(tiny_sd1.path), "--prompt", "x", "--device", "cpu", "--out", str(tmp_path / "o")]
+    result = _cli("img2img", "--init", str(init), "--mask", str(tmp_path / "empty.png"), *common)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: mask: the mask is empty: nothing to inpaint (paint over the area to change)"
+    result = _cli("img2img", "--init", str(init), "--max-image-pixels", "1000", *common)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: init: the image is 70x60 (0.0 MP); the limit is 0.0 MP")
+    result = _cli("outpaint", "--init", str(init), "--left", "12", *common)
+    assert result.stderr.strip() == "error: outpaint_left: 12 is not a multiple of 8 (use 8 or 16)"
