@@ -58,6 +58,41 @@ def inpaint_txt2img_channels(model: LoadedModel, batch: int, height: int, width:
     return torch.cat([mask, latent], dim=1).repeat(batch, 1, 1, 1).to(model.dtype)
 
 
+def denoise_inputs(
+    model: LoadedModel,
+    params: SamplingParams,
+    latents: torch.Tensor,
+    extra_channels: torch.Tensor | None,
+    step_hooks: list[StepHook] | None,
+    on_progress: ProgressCallback | None,
+    should_stop,
+    start_index: int = 0,
+    latent_blend=None,
+) -> DenoiseInputs:
+    """Prompt conditioning, CFG and SDXL micro-conditioning for one batch: the part every mode shares."""
+    batch = len(params.seeds)
+    cond = encode_prompts(model, [params.prompt] * batch)
+    uncond: Conditioning | None = None
+    if params.cfg_scale != 1.0:
+        uncond = encode_prompts(model, [params.negative_prompt] * batch, zero_if_empty=model.family.is_sdxl)
+    return DenoiseInputs(
+        latents=latents,
+        cond=cond,
+        uncond=uncond,
+        cfg_scale=params.cfg_scale,
+        add_time_ids=sdxl_time_ids(params.width, params.height, batch, model.device, model.dtype)
+        if model.family.is_sdxl
+        else None,
+        extra_channels=extra_channels,
+        generators=step_generators(params.seeds),
+        step_hooks=list(step_hooks or []),
+        on_progress=on_progress,
+        should_stop=should_stop,
+        start_index=start_index,
+        latent_blend=latent_blend,
+    )
+
+
 def generate_latents(
     model: LoadedModel,
     params: SamplingParams,
@@ -73,26 +108,8 @@ def generate_latents(
     factor = model.vae_downscale
     noise = initial_noise(params.seeds, model.latent_channels, params.height // factor, params.width // factor)
     latents = (noise.to(model.device, model.dtype)) * scheduler.init_noise_sigma
-    cond = encode_prompts(model, [params.prompt] * batch)
-    uncond: Conditioning | None = None
-    if params.cfg_scale != 1.0:
-        uncond = encode_prompts(model, [params.negative_prompt] * batch, zero_if_empty=model.family.is_sdxl)
-    inputs = DenoiseInputs(
-        latents=latents,
-        cond=cond,
-        uncond=uncond,
-        cfg_scale=params.cfg_scale,
-        add_time_ids=sdxl_time_ids(params.width, params.height, batch, model.device, model.dtype)
-        if model.family.is_sdxl
-        else None,
-        extra_channels=inpaint_txt2img_channels(model, batch, params.height, params.width)
-        if model.variant == "inpaint"
-        else None,
-        generators=step_generators(params.seeds),
-        step_hooks=list(step_hooks or []),
-        on_progress=on_progress,
-        should_stop=should_stop,
-    )
+    extra = inpaint_txt2img_channels(model, batch, params.height, params.width) if model.variant == "inpaint" else None
+    inputs = denoise_inputs(model, params, latents, extra, step_hooks, on_progress, should_stop)
     return run_denoise(model, scheduler, inputs)
 
 

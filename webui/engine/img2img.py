@@ -16,16 +16,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .conditioning import Conditioning, encode_prompts
-from .denoise import DenoiseInputs, ProgressCallback, StepHook, run_denoise
-from .generation import (
-    SamplingParams,
-    initial_noise,
-    inpaint_txt2img_channels,
-    latents_to_images,
-    sdxl_time_ids,
-    step_generators,
-)
+from .denoise import ProgressCallback, StepHook, run_denoise
+from .generation import SamplingParams, denoise_inputs, initial_noise, inpaint_txt2img_channels, latents_to_images
 from .loader import LoadedModel
 from .masking import (
     Box,
@@ -226,26 +218,7 @@ def img2img_latents(
         else:
             extra = inpaint_txt2img_channels(model, batch, params.height, params.width)
 
-    cond = encode_prompts(model, [params.prompt] * batch)
-    uncond: Conditioning | None = None
-    if params.cfg_scale != 1.0:
-        uncond = encode_prompts(model, [params.negative_prompt] * batch, zero_if_empty=model.family.is_sdxl)
-    inputs = DenoiseInputs(
-        latents=latents,
-        cond=cond,
-        uncond=uncond,
-        cfg_scale=params.cfg_scale,
-        add_time_ids=sdxl_time_ids(params.width, params.height, batch, model.device, model.dtype)
-        if model.family.is_sdxl
-        else None,
-        extra_channels=extra,
-        generators=step_generators(params.seeds),
-        step_hooks=list(step_hooks or []),
-        on_progress=on_progress,
-        should_stop=should_stop,
-        start_index=start,
-        latent_blend=blend,
-    )
+    inputs = denoise_inputs(model, params, latents, extra, step_hooks, on_progress, should_stop, start, blend)
     return run_denoise(model, scheduler, inputs)
 
 
