@@ -174,13 +174,13 @@ def _panel(context: AppContext, prefix: str, inpaint: bool, limits: UploadLimits
                 submode = gr.Radio(list(SUBMODES), value="brush", visible=False, label="Inpaint mode",
                                    elem_id=f"{prefix}_submode")
                 with gr.Tabs(elem_id=f"{prefix}_mode") as subtabs:
-                    with gr.Tab("Inpaint", id="brush", elem_id=f"{prefix}_tab_brush") as tab_brush:
+                    with gr.Tab("Brush mask", id="brush", elem_id=f"{prefix}_tab_brush") as tab_brush:
                         editor = guard_editor(gr.ImageEditor(
                             label="Image and mask (paint over what to change)", type="pil", image_mode="RGBA",
                             sources=["upload", "clipboard"], layers=False, transforms=(),
                             brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), elem_id=f"{prefix}_editor",
                         ), limits)
-                    with gr.Tab("Inpaint upload", id="upload", elem_id=f"{prefix}_tab_upload") as tab_upload:
+                    with gr.Tab("Upload mask", id="upload", elem_id=f"{prefix}_tab_upload") as tab_upload:
                         with gr.Row():
                             upload_image = gr.Image(label="Image", type="filepath", image_mode=None,
                                                     sources=["upload"], elem_id=f"{prefix}_upload_image")
