@@ -28,7 +28,7 @@ def tiny_ae(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ae")
     args = _parse(train_ae, ["--out", str(out), "--steps", "30", "--batch-size", "4", "--scenes", "4", "--size", "16",
                              "--channels", "32,32", "--lr", "3e-3", "--warmup", "2", "--eval-images", "8",
-                             "--log-every", "1", "--checkpoint-every", "10", "--sample-every", "30", "--threads", "2"])
+                             "--log-every", "1", "--checkpoint-every", "10", "--sample-every", "30", "--threads", "1"])
     assert train_ae.run(args) == 0
     return out
 
@@ -59,7 +59,7 @@ def test_ldm_loss_goes_down_resumes_and_exports_a_loadable_sd1_file(tiny_ae, tmp
     common = ["--ae", str(tiny_ae), "--out", str(out), "--batch-size", "8", "--scenes", "8", "--size", "16",
               "--unet-channels", "32,32", "--unet-attention", "0,1", "--text-hidden", "64", "--text-layers", "1",
               "--text-intermediate", "64", "--lr", "2e-3", "--warmup", "2", "--log-every", "1",
-              "--checkpoint-every", "10", "--sample-every", "40", "--threads", "2", "--min-snr-gamma", "0"]
+              "--checkpoint-every", "10", "--sample-every", "40", "--threads", "1", "--min-snr-gamma", "0"]
     assert train_ldm.run(_parse(train_ldm, common + ["--steps", "30"])) == 0
     losses = _losses(out)
     assert len(losses) == 30

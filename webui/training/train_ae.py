@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample-every", type=int, default=200)
     parser.add_argument("--eval-images", type=int, default=256)
     parser.add_argument("--scenes", type=int, default=0, help="cycle over this many scenes (0 = a fresh scene every time)")
+    parser.add_argument("--init", type=Path, default=None, help="start from this saved VAE (a run's vae/ folder)")
+    parser.add_argument("--decoder-only", action="store_true",
+                        help="freeze encoder + quant_conv (keeps the latent space a stage-2 model was trained on)")
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint-latest.pt")
     parser.add_argument("--cpu", action="store_true", help="force the CPU even when CUDA is available")
@@ -76,8 +79,21 @@ def run(args: argparse.Namespace) -> int:
     accelerator = make_accelerator(cpu=args.cpu)
     config = AEConfig(block_out_channels=tuple(int(c) for c in args.channels.split(",")),
                       layers_per_block=args.layers_per_block)
-    vae = config.build()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    if args.init is not None:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.init, local_files_only=True)
+        config = AEConfig(block_out_channels=tuple(vae.config.block_out_channels),
+                          layers_per_block=vae.config.layers_per_block, latent_channels=vae.config.latent_channels)
+    else:
+        vae = config.build()
+    trainable = vae.parameters()
+    if args.decoder_only:
+        vae.encoder.requires_grad_(False)
+        if vae.quant_conv is not None:
+            vae.quant_conv.requires_grad_(False)
+        trainable = [p for p in vae.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
     out: Path = args.out
     start_step = 0
     if args.resume:
@@ -114,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
         loss = rec_loss + args.kl_weight * kl
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(wrapped.parameters(), 1.0)
+        accelerator.clip_grad_norm_([p for p in wrapped.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         progress.set_postfix(loss=f"{rec_loss.item():.4f}", kl=f"{kl.item():.4f}")
         done = step + 1

@@ -72,9 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", type=Path, required=True, help="stage-2 run directory")
+    parser.add_argument("--ldm", type=Path, required=True, help="stage-2 run directory")
     parser.add_argument("--out", type=Path, required=True, help="output .safetensors path")
     parser.add_argument("--title", default="Latent Studio Shapes")
+    parser.add_argument("--vae", type=Path, default=None,
+                        help="a stage-1 run whose decoder was fine-tuned with --decoder-only (default: the run's --ae)")
+    parser.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
 
 
 def load_vae(ae_dir: Path) -> AutoencoderKL:
@@ -271,10 +274,10 @@ def build_state_dict(run_dir: Path, ae_dir: Path, use_ema: bool = True) -> tuple
     return sd, facts
 
 
-def export_run(run_dir: Path, ae_dir: Path, path: Path, title: str = "Latent Studio Shapes") -> Path:
+def export_run(run_dir: Path, ae_dir: Path, path: Path, title: str = "Latent Studio Shapes", use_ema: bool = True) -> Path:
     from webui.engine.export import save_checkpoint
 
-    sd, facts = build_state_dict(Path(run_dir), Path(ae_dir))
+    sd, facts = build_state_dict(Path(run_dir), Path(ae_dir), use_ema=use_ema)
     metadata = {
         "modelspec.sai_model_spec": "1.0.0",
         "modelspec.architecture": "stable-diffusion-v1",
@@ -290,13 +293,14 @@ def export_run(run_dir: Path, ae_dir: Path, path: Path, title: str = "Latent Stu
         "modelspec.license": "same as this project",
         "latent_studio.training_steps": str(facts["steps"]),
         "latent_studio.scale_factor": f"{facts['scale_factor']:.6f}",
+        "latent_studio.weights": "ema" if use_ema else "raw",
         "latent_studio.config": json.dumps(facts["config"]),
     }
     return save_checkpoint(Path(path), sd, metadata)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    config = json.loads((Path(args.run) / "config.json").read_text())
-    path = export_run(args.run, Path(config["args"]["ae"]), args.out, args.title)
+    config = json.loads((Path(args.ldm) / "config.json").read_text())
+    path = export_run(args.ldm, Path(args.vae or config["args"]["ae"]), args.out, args.title, use_ema=not args.no_ema)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0

@@ -1,0 +1,61 @@
+"""The shipped default model: one ordinary SD1-layout file that the normal loader reads, and that follows prompts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from webui.engine.loader import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT = ROOT / "models" / "Stable-diffusion" / "latent-studio-shapes.safetensors"
+CARD = CHECKPOINT.with_suffix(".md")
+
+pytestmark = pytest.mark.skipif(not CHECKPOINT.exists(), reason="default checkpoint not present")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(2)
+    return load_checkpoint(CHECKPOINT)
+
+
+def test_file_is_small_standard_and_documented():
+    assert CHECKPOINT.stat().st_size <= 25 * 1024 * 1024
+    assert CARD.exists() and "python -m webui train-ldm" in CARD.read_text()
+    with safe_open(str(CHECKPOINT), "pt") as handle:
+        keys = set(handle.keys())
+        metadata = handle.metadata()
+    prefixes = {"model.diffusion_model.", "first_stage_model.", "cond_stage_model.transformer.text_model."}
+    assert all(any(k.startswith(p) for k in keys) for p in prefixes)
+    assert "scale_factor" in keys
+    for key in ("modelspec.sai_model_spec", "modelspec.architecture", "modelspec.title", "modelspec.date",
+                "modelspec.description"):
+        assert metadata.get(key)
+    assert metadata["modelspec.resolution"] == "64x64"
+    assert metadata["modelspec.prediction_type"] == "epsilon"
+
+
+def test_loads_as_an_sd1_model_through_the_normal_loader(model):
+    assert model.family.name == "sd1" and model.variant == "normal" and model.prediction_type == "epsilon"
+    assert model.default_resolution == (64, 64)
+    assert model.vae_downscale in (4, 8)
+    assert model.vae_scale != pytest.approx(0.18215)  # the measured scale_factor, not the family default
+
+
+def test_is_the_apps_default_model():
+    from webui.services.model_manager import DEFAULT_MODEL_NAME
+
+    assert CHECKPOINT.stem == DEFAULT_MODEL_NAME
+
+
+def test_small_adherence_check(model):
+    """20 held-out single-object prompts, the app's own sampler (Euler a, 20 steps, CFG 6): >= 80% shape+colour."""
+    from webui.evaluation.adherence import generate_and_score
+    from webui.training.dataset import eval_scenes
+
+    result = generate_and_score(model, eval_scenes(20, objects=1), cfg=6.0, steps=20, sampler="Euler a")
+    assert result["shape_colour"] >= 0.8, result
