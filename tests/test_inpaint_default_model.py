@@ -49,19 +49,23 @@ def _closest_colour(rgb: np.ndarray) -> str:
 
 
 def test_inpaint_repaints_the_masked_shape_in_the_prompted_colour(model) -> None:
+    """A red circle, masked, prompted green at the UI's default strength (0.75): green-dominant, red gone.
+
+    The model draws its green darker than the training palette, so the check is on channel dominance rather
+    than on the nearest palette colour. Outside the mask's blur band the pixels are the input's.
+    """
     image, mask = _scene("red")
     params = SamplingParams(prompt="a large green circle at the center on a blue background", sampler="Euler a",
                             steps=20, cfg_scale=6.0, width=64, height=64, seeds=[1, 2, 3, 4])
-    outs = img2img(model, params, REGISTRY, image, Img2ImgOptions(denoising_strength=1.0, mask=mask, mask_blur=2))
+    outs = img2img(model, params, REGISTRY, image, Img2ImgOptions(denoising_strength=0.75, mask=mask, mask_blur=2))
     keep = np.asarray(blur_mask(mask, 2)) == 0
     core = np.zeros((64, 64), bool)
     core[26:38, 26:38] = True
-    colours = []
     for out in outs:
         array = np.asarray(out)
         assert np.array_equal(array[keep], np.asarray(image)[keep])
-        colours.append(_closest_colour(array[core].reshape(-1, 3).mean(0)))
-    assert colours.count("green") >= 3, colours
+        red, green, blue = array[core].reshape(-1, 3).mean(0)
+        assert green > red + 30 and green > blue + 15 and red < 100, (red, green, blue)
 
 
 def test_outpaint_extends_the_background(model) -> None:
