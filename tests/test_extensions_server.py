@@ -91,3 +91,10 @@ def test_settings_persist_across_restart(server: AppServer, dirs) -> None:
         assert value == 0.25
     finally:
         restarted.stop()
+
+
+def test_sections_are_offered_in_img2img_and_inpaint_too(server: AppServer) -> None:
+    api = Client(server.url, verbose=False).view_api(return_format="dict")["named_endpoints"]
+    for endpoint in ("/txt2img", "/img2img", "/inpaint"):
+        names = [p["parameter_name"] for p in api[endpoint]["parameters"]]
+        assert "flip_enabled" in names and "cfg_rescale_enabled" in names, endpoint

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 
@@ -39,6 +39,21 @@ def collect_values(controls: list[SectionControl], values: tuple[Any, ...]) -> d
     for (extension, name, _), value in zip(controls, values):
         grouped.setdefault(extension, {})[name] = value
     return grouped
+
+
+def with_extension_controls(handler: Callable[..., Iterator[Any]], controls: list[SectionControl]) -> Callable[..., Iterator[Any]]:
+    """Wrap `handler(*inputs, extensions=..., request=..., progress=...)` as a Gradio handler whose inputs are the
+    handler's own parameters followed by the extension controls (exposed to API clients as `<extension>_<control>`)."""
+    names = [n for n in inspect.signature(handler).parameters if n not in ("extensions", "request", "progress")]
+    fixed, extra = len(names), len(controls)
+
+    def wrapped(*args: Any) -> Iterator[Any]:
+        request, progress = args[fixed + extra:]
+        extensions = collect_values(controls, args[fixed:fixed + extra])
+        yield from handler(*args[:fixed], extensions=extensions, request=request, progress=progress)
+
+    declare_inputs(wrapped, [*names, *(f"{ext}_{name}" for ext, name, _ in controls)])
+    return wrapped
 
 
 def declare_inputs(handler: Any, names: list[str]) -> None:

@@ -8,7 +8,6 @@ in its own preprocessing step (`guard_editor`).
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,15 +21,16 @@ from webui.context import AppContext
 from webui.ui.bridge import UiBridge
 from webui.engine.img2img import INPAINTING_FILL_LABELS, ORIGINAL
 from webui.engine.masking import RESIZE_MODE_LABELS
-from webui.services.generation import GenerationResult, ModeRunner
+from webui.services.generation import ModeRunner
 from webui.services.img2img import Img2ImgRequest, Img2ImgRunner, OutpaintRunner
 from webui.services.infotext import parse_infotext
 from webui.services.outputs import read_infotext
 from webui.services.requests import RequestError
 from webui.services.uploads import UploadError, UploadLimits, check_header, load_image, to_rgb
+from webui.ui.extension_sections import render_sections, with_extension_controls
+from webui.ui.job_stream import error_message, run_job_streaming, wire_interrupt_and_select
 from webui.ui.session import owner_of
 
-POLL_SECONDS = 0.2
 RESIZE_CHOICES = [RESIZE_MODE_LABELS[mode] for mode in sorted(RESIZE_MODE_LABELS)]
 FILL_CHOICES = [INPAINTING_FILL_LABELS[i] for i in sorted(INPAINTING_FILL_LABELS)]
 MASK_MODES = ["Inpaint masked", "Inpaint not masked"]
@@ -89,46 +89,6 @@ class Img2ImgControls:
     inpaint: Img2ImgPanel
 
 
-def _gr_error(exc: Exception) -> gr.Error:
-    return gr.Error(str(exc).splitlines()[0] or type(exc).__name__)
-
-
-def _run_job(
-    context: AppContext, request: Img2ImgRequest, runner: ModeRunner, owner: str, progress: gr.Progress
-) -> Iterator[Any]:
-    """Run on a worker thread, yield previews, then the gallery (the same pattern as the txt2img tab)."""
-    job = context.jobs.create(owner=owner, kind=runner.mode)
-    outcome: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            outcome["result"] = context.generation.run(job, request, runner)
-        except Exception as exc:  # shown to the user below; the app stays up
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=work, name=f"{job.id}-worker", daemon=True)
-    worker.start()
-    last_preview = None
-    while worker.is_alive():
-        worker.join(POLL_SECONDS)
-        if job.total_steps:
-            batch = f"batch {job.batches_done + 1}/{job.batches_total}, " if job.batches_total > 1 else ""
-            progress(job.progress_fraction(), desc=f"{batch}step {job.step}/{job.total_steps}")
-        if job.preview is not None and job.preview is not last_preview:
-            last_preview = job.preview
-            yield gr.update(), gr.update(value=job.preview, visible=True), gr.update(), gr.update()
-    if "error" in outcome:
-        raise _gr_error(outcome["error"])
-    result: GenerationResult = outcome["result"]
-    gallery = [(path, f"seed {seed}") for path, seed in zip(result.paths, result.seeds)]
-    if len(result.paths) < len(result.images):  # saving failed: still show the images
-        gallery = [(image, f"seed {seed}") for image, seed in zip(result.images, result.seeds)]
-    status = f"{len(result.images)} image(s)"
-    if result.interrupted:
-        status += " — interrupted; finished images were kept"
-    for warning in result.warnings:
-        gr.Warning(warning)
-    yield gallery, gr.update(visible=False), (result.infotexts[0] if result.infotexts else ""), status
 
 
 def editor_image_and_mask(value: dict | None, limits: UploadLimits) -> tuple[Image.Image, Image.Image | None]:
@@ -151,7 +111,9 @@ def _size(value: float | None) -> int | None:
     return int(value) if value else None  # 0: the input's own size
 
 
-def _panel(context: AppContext, prefix: str, inpaint: bool, limits: UploadLimits) -> tuple[Img2ImgPanel, list, list]:
+def _panel(
+    context: AppContext, prefix: str, inpaint: bool, limits: UploadLimits
+) -> tuple[Img2ImgPanel, list, list, list]:
     """Build one tab; returns the panel, its generate inputs (after the shared ones) and its outputs."""
     samplers = context.samplers
     with gr.Row():
@@ -213,6 +175,7 @@ def _panel(context: AppContext, prefix: str, inpaint: bool, limits: UploadLimits
             cfg_scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{prefix}_cfg_scale")
             denoise = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{prefix}_denoise")
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id=f"{prefix}_seed")
+            extension_controls = render_sections(context, "img2img")
             mask_blur = masked_content = inpaint_area = padding = None
             if inpaint:
                 mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id=f"{prefix}_mask_blur")
@@ -236,19 +199,8 @@ def _panel(context: AppContext, prefix: str, inpaint: bool, limits: UploadLimits
     panel = Img2ImgPanel(prefix, prompt, negative, sampler, schedule, steps, cfg_scale, seed, denoise, gallery,
                          infotext, image, editor, submode, subtabs, mask_blur, masked_content, inpaint_area, padding)
 
-    def on_interrupt(request: gr.Request) -> str:
-        return "Interrupting…" if context.jobs.interrupt_owned(owner_of(request)) else "Nothing to interrupt"
-
-    interrupt.click(on_interrupt, outputs=[status], queue=False)
-
-    def on_select(evt: gr.SelectData, current: str) -> str:
-        value = evt.value or {}
-        item = value.get("image", {}) if isinstance(value, dict) else {}
-        path = item.get("path") if isinstance(item, dict) else None
-        return (read_infotext(Path(path)) or current) if path else current
-
-    gallery.select(on_select, inputs=[infotext], outputs=[infotext], queue=False)
-    return panel, [generate, *shared, *panel_inputs], [gallery, preview, infotext, status]
+    wire_interrupt_and_select(context, interrupt, status, gallery, infotext)
+    return panel, [generate, *shared, *panel_inputs], [gallery, preview, infotext, status], extension_controls
 
 
 def _base_request(checkpoint: str, values: list[Any]) -> dict[str, Any]:
@@ -267,28 +219,30 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown) -> Img2ImgC
     img2img_runner, outpaint_runner = Img2ImgRunner(context.samplers), OutpaintRunner(context.samplers)
 
     with gr.Tab("img2img", id="img2img"):
-        i2i, (generate, *inputs), outputs = _panel(context, "img2img", inpaint=False, limits=limits)
+        i2i, (generate, *inputs), outputs, i2i_extension_controls = _panel(context, "img2img", False, limits)
 
     def on_img2img(
         checkpoint_title: str, prompt: str, negative: str, sampler: str, schedule: str, steps: float, cfg: float,
         w: float, h: float, seed: float, count: float, size: float, denoise: float, resize_mode: int,
-        image_path: str | None, request: gr.Request, progress: gr.Progress = gr.Progress(),
+        image_path: str | None, extensions: dict, request: gr.Request, progress: gr.Progress,
     ) -> Iterator[Any]:
         shared = [prompt, negative, sampler, schedule, steps, cfg, w, h, seed, count, size, denoise, resize_mode]
         try:
             if not image_path:
                 raise RequestError("init_image", "no image: upload one (or send one from txt2img or PNG Info)")
             image = to_rgb(load_image(image_path, "image", limits))
-            gen_request = Img2ImgRequest(init_image=image, **_base_request(checkpoint_title, shared))
+            gen_request = Img2ImgRequest(init_image=image, extensions=extensions,
+                                         **_base_request(checkpoint_title, shared))
         except ValueError as exc:
-            raise _gr_error(exc) from None
-        yield from _run_job(context, gen_request, img2img_runner, owner_of(request), progress)
+            raise error_message(exc) from None
+        yield from run_job_streaming(context, gen_request, owner_of(request), progress, img2img_runner)
 
-    generate.click(on_img2img, inputs=[checkpoint, *inputs], outputs=outputs, concurrency_id="gpu",
+    generate.click(with_extension_controls(on_img2img, i2i_extension_controls),
+                   inputs=[checkpoint, *inputs, *(c for _, _, c in i2i_extension_controls)], outputs=outputs, concurrency_id="gpu",
                    concurrency_limit=1, api_name="img2img")
 
     with gr.Tab("Inpaint", id="inpaint"):
-        inp, (generate, *inputs), outputs = _panel(context, "inpaint", inpaint=True, limits=limits)
+        inp, (generate, *inputs), outputs, inp_extension_controls = _panel(context, "inpaint", True, limits)
 
     def on_inpaint(
         checkpoint_title: str, prompt: str, negative: str, sampler: str, schedule: str, steps: float, cfg: float,
@@ -296,7 +250,7 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown) -> Img2ImgC
         submode: str, editor: dict | None, upload_image: str | None, upload_mask: str | None,
         outpaint_image: str | None, left: float, right: float, up: float, down: float, fill_from: str,
         mask_blur: float, mask_mode: int, masked_content: int, inpaint_area: int, padding: float,
-        request: gr.Request, progress: gr.Progress = gr.Progress(),
+        extensions: dict, request: gr.Request, progress: gr.Progress,
     ) -> Iterator[Any]:
         shared = [prompt, negative, sampler, schedule, steps, cfg, w, h, seed, count, size, denoise, resize_mode]
         fields = dict(
@@ -324,12 +278,13 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown) -> Img2ImgC
                 image, mask = editor_image_and_mask(editor, limits)
                 if mask is None:
                     raise RequestError("mask", "nothing to inpaint: paint over the part of the image to change")
-            gen_request = Img2ImgRequest(init_image=image, mask=mask, **fields)
+            gen_request = Img2ImgRequest(init_image=image, mask=mask, extensions=extensions, **fields)
         except ValueError as exc:
-            raise _gr_error(exc) from None
-        yield from _run_job(context, gen_request, runner, owner_of(request), progress)
+            raise error_message(exc) from None
+        yield from run_job_streaming(context, gen_request, owner_of(request), progress, runner)
 
-    generate.click(on_inpaint, inputs=[checkpoint, *inputs], outputs=outputs, concurrency_id="gpu",
+    generate.click(with_extension_controls(on_inpaint, inp_extension_controls),
+                   inputs=[checkpoint, *inputs, *(c for _, _, c in inp_extension_controls)], outputs=outputs, concurrency_id="gpu",
                    concurrency_limit=1, api_name="inpaint")
     return Img2ImgControls(i2i, inp)
 

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
 
 from webui.context import AppContext
-from webui.services.generation import GenerationResult
-from webui.services.outputs import read_infotext
 from webui.services.requests import GenerationRequest
 from webui.ui.bridge import UiBridge
-from webui.ui.extension_sections import collect_values, declare_inputs, render_sections
+from webui.ui.extension_sections import render_sections, with_extension_controls
+from webui.ui.job_stream import run_job_streaming, wire_interrupt_and_select
 from webui.ui.session import owner_of
-
-POLL_SECONDS = 0.2
-
 
 @dataclass
 class Txt2ImgControls:
@@ -38,43 +32,6 @@ class Txt2ImgControls:
     gallery: gr.Gallery | None = None  # for "send to img2img/inpaint"
     send_img2img: gr.Button | None = None
     send_inpaint: gr.Button | None = None
-
-
-def _run_in_thread(context: AppContext, request: GenerationRequest, owner: str, progress: gr.Progress) -> Iterator[Any]:
-    """Run the job on a worker thread and yield previews until it ends; the Gradio queue serialises callers."""
-    job = context.jobs.create(owner=owner, kind="txt2img")
-    outcome: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            outcome["result"] = context.generation.run(job, request)
-        except Exception as exc:  # shown to the user below; the app stays up
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=work, name=f"{job.id}-worker", daemon=True)
-    worker.start()
-    last_preview = None
-    while worker.is_alive():
-        worker.join(POLL_SECONDS)
-        if job.total_steps:
-            batch = f"batch {job.batches_done + 1}/{job.batches_total}, " if job.batches_total > 1 else ""
-            progress(job.progress_fraction(), desc=f"{batch}step {job.step}/{job.total_steps}")
-        if job.preview is not None and job.preview is not last_preview:
-            last_preview = job.preview
-            yield gr.update(), gr.update(value=job.preview, visible=True), gr.update(), gr.update()
-    if "error" in outcome:
-        raise gr.Error(str(outcome["error"]).splitlines()[0] or type(outcome["error"]).__name__)
-    result: GenerationResult = outcome["result"]
-    gallery = [(path, f"seed {seed}") for path, seed in zip(result.paths, result.seeds)]
-    if len(result.paths) < len(result.images):  # saving failed: still show the images
-        gallery = [(image, f"seed {seed}") for image, seed in zip(result.images, result.seeds)]
-    status = f"{len(result.images)} image(s)"
-    if result.interrupted:
-        status += " — interrupted; finished images were kept"
-    for warning in result.warnings:
-        gr.Warning(warning)
-    infotext = result.infotexts[0] if result.infotexts else ""
-    yield gallery, gr.update(visible=False), infotext, status
 
 
 def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgControls:
@@ -111,37 +68,20 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgCo
             infotext = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id="txt2img_infotext")
             status = gr.Markdown(elem_id="txt2img_status")
 
-    def on_generate(*args: Any) -> Iterator[Any]:
-        """Positional inputs: the 12 core controls, the extension controls, then the request and progress."""
-        (checkpoint_title, prompt_text, negative_text, sampler_name, schedule_name, step_count, cfg, w, h,
-         seed_value, count, size) = args[:12]
-        extension_values = args[12:12 + len(extension_controls)]
-        request, progress = args[12 + len(extension_controls):]
+    def on_generate(
+        checkpoint: str, prompt: str, negative_prompt: str, sampler_name: str, scheduler: str, steps: float,
+        cfg_scale: float, width: float, height: float, seed: float | None, n_iter: float, batch_size: float,
+        extensions: dict, request: gr.Request, progress: gr.Progress,
+    ) -> Iterator[Any]:
         gen_request = GenerationRequest(
-            prompt=prompt_text or "",
-            negative_prompt=negative_text or "",
-            sampler_name=sampler_name,
-            scheduler=schedule_name,
-            steps=step_count,
-            cfg_scale=cfg,
-            width=w,
-            height=h,
-            seed=-1 if seed_value is None else seed_value,
-            batch_size=size,
-            n_iter=count,
-            model=checkpoint_title or None,
-            extensions=collect_values(extension_controls, extension_values),
+            prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name, scheduler=scheduler,
+            steps=steps, cfg_scale=cfg_scale, width=width, height=height, seed=-1 if seed is None else seed,
+            batch_size=batch_size, n_iter=n_iter, model=checkpoint or None, extensions=extensions,
         )
-        yield from _run_in_thread(context, gen_request, owner_of(request), progress)
-
-    declare_inputs(
-        on_generate,
-        ["checkpoint", "prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "width",
-         "height", "seed", "n_iter", "batch_size", *(f"{ext}_{name}" for ext, name, _ in extension_controls)],
-    )
+        yield from run_job_streaming(context, gen_request, owner_of(request), progress)
 
     generate.click(
-        on_generate,
+        with_extension_controls(on_generate, extension_controls),
         inputs=[checkpoint, prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, batch_count,
                 batch_size, *(component for _, _, component in extension_controls)],
         outputs=[gallery, preview, infotext, status],
@@ -150,19 +90,7 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgCo
         api_name="txt2img",
     )
 
-    def on_interrupt(request: gr.Request) -> str:
-        flagged = context.jobs.interrupt_owned(owner_of(request))
-        return "Interrupting…" if flagged else "Nothing to interrupt"
-
-    interrupt.click(on_interrupt, outputs=[status], queue=False, api_name="interrupt")
-
-    def on_select(evt: gr.SelectData, current: str) -> str:
-        value = evt.value or {}
-        image = value.get("image", {}) if isinstance(value, dict) else {}
-        path = image.get("path") if isinstance(image, dict) else None
-        return (read_infotext(Path(path)) or current) if path else current
-
-    gallery.select(on_select, inputs=[infotext], outputs=[infotext], queue=False)
+    wire_interrupt_and_select(context, interrupt, status, gallery, infotext, api_name="interrupt")
     return Txt2ImgControls(prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, batch_count, batch_size,
                            gallery, send_img2img, send_inpaint)
 

@@ -1,0 +1,80 @@
+"""What every generating tab shares: run a job on a worker thread with a live progress bar and previews, interrupt
+the caller's own jobs, and show the infotext of a selected gallery image."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Iterator
+
+import gradio as gr
+
+from webui.context import AppContext
+from webui.services.generation import GenerationResult, ModeRunner
+from webui.services.outputs import read_infotext
+from webui.services.requests import GenerationRequest
+
+POLL_SECONDS = 0.2
+
+
+def error_message(exc: BaseException) -> gr.Error:
+    return gr.Error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def run_job_streaming(
+    context: AppContext, request: GenerationRequest, owner: str, progress: gr.Progress, runner: ModeRunner | None = None
+) -> Iterator[Any]:
+    """Yields (gallery, preview, infotext, status) updates: previews while running, then the results."""
+    job = context.jobs.create(owner=owner, kind=runner.mode if runner else "txt2img")
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = context.generation.run(job, request, runner)
+        except Exception as exc:  # shown to the user below; the app stays up
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name=f"{job.id}-worker", daemon=True)
+    worker.start()
+    last_preview = None
+    while worker.is_alive():
+        worker.join(POLL_SECONDS)
+        if job.total_steps:
+            batch = f"batch {job.batches_done + 1}/{job.batches_total}, " if job.batches_total > 1 else ""
+            progress(job.progress_fraction(), desc=f"{batch}step {job.step}/{job.total_steps}")
+        if job.preview is not None and job.preview is not last_preview:
+            last_preview = job.preview
+            yield gr.update(), gr.update(value=job.preview, visible=True), gr.update(), gr.update()
+    if "error" in outcome:
+        raise error_message(outcome["error"])
+    result: GenerationResult = outcome["result"]
+    gallery = [(path, f"seed {seed}") for path, seed in zip(result.paths, result.seeds)]
+    if len(result.paths) < len(result.images):  # saving failed: still show the images
+        gallery = [(image, f"seed {seed}") for image, seed in zip(result.images, result.seeds)]
+    status = f"{len(result.images)} image(s)"
+    if result.interrupted:
+        status += " — interrupted; finished images were kept"
+    for warning in result.warnings:
+        gr.Warning(warning)
+    yield gallery, gr.update(visible=False), (result.infotexts[0] if result.infotexts else ""), status
+
+
+def wire_interrupt_and_select(
+    context: AppContext, interrupt: gr.Button, status: gr.Markdown, gallery: gr.Gallery, infotext: gr.Textbox,
+    api_name: str | None = None,
+) -> None:
+    """Interrupt stops only the caller's jobs; selecting a gallery image shows its own infotext."""
+    from webui.ui.session import owner_of
+
+    def on_interrupt(request: gr.Request) -> str:
+        return "Interrupting…" if context.jobs.interrupt_owned(owner_of(request)) else "Nothing to interrupt"
+
+    interrupt.click(on_interrupt, outputs=[status], queue=False, api_name=api_name or False)
+
+    def on_select(evt: gr.SelectData, current: str) -> str:
+        value = evt.value or {}
+        item = value.get("image", {}) if isinstance(value, dict) else {}
+        path = item.get("path") if isinstance(item, dict) else None
+        return (read_infotext(Path(path)) or current) if path else current
+
+    gallery.select(on_select, inputs=[infotext], outputs=[infotext], queue=False, api_name=False)
