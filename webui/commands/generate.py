@@ -32,16 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from webui.context import AppPaths, build_context
-    from webui.services.outputs import OutputStore
-    from webui.services.requests import GenerationRequest
-
-    paths = AppPaths.default(models_dir=args.models_dir, outputs_dir=args.out)
-    context = build_context(
-        paths, device=args.device, precision=args.precision, outputs=OutputStore(args.out, flat=True)
-    )
-    request = GenerationRequest(
+def request_fields(args: argparse.Namespace) -> dict:
+    """The GenerationRequest fields every generating command takes from `add_sampling_arguments`."""
+    return dict(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
         sampler_name=args.sampler,
@@ -55,10 +48,28 @@ def run(args: argparse.Namespace) -> int:
         n_iter=args.batch_count,
         model=args.model,
     )
-    job = context.jobs.create(owner="cli", kind="txt2img")
-    result = context.generation.run(job, request)
+
+
+def run_and_print(args: argparse.Namespace, request, runner=None) -> int:
+    """Build the services, run one job, print each written file; exit 1 if any image could not be saved."""
+    from webui.context import AppPaths, build_context
+    from webui.services.outputs import OutputStore
+
+    paths = AppPaths.default(models_dir=args.models_dir, outputs_dir=args.out)
+    context = build_context(
+        paths, device=args.device, precision=args.precision, outputs=OutputStore(args.out, flat=True)
+    )
+    runner = runner(context.samplers) if runner else None
+    job = context.jobs.create(owner="cli", kind=runner.mode if runner else "txt2img")
+    result = context.generation.run(job, request, runner)
     for path in result.paths:
         print(path, flush=True)
     for warning in result.warnings:
         print(f"warning: {warning}")
     return 0 if len(result.paths) == len(result.images) else 1
+
+
+def run(args: argparse.Namespace) -> int:
+    from webui.services.requests import GenerationRequest
+
+    return run_and_print(args, GenerationRequest(**request_fields(args)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from webui.commands.generate import add_sampling_arguments
+from webui.commands.generate import add_sampling_arguments, request_fields, run_and_print
 
 RESIZE_MODES = {"just-resize": 0, "crop-and-resize": 1, "resize-and-fill": 2, "latent-upscale": 3}
 INPAINT_FILLS = {"fill": 0, "original": 1, "latent-noise": 2, "latent-nothing": 3}
@@ -45,9 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace, outpaint: bool) -> int:
-    from webui.context import AppPaths, build_context
     from webui.services.img2img import Img2ImgRequest, Img2ImgRunner, OutpaintRunner
-    from webui.services.outputs import OutputStore
     from webui.services.uploads import UploadLimits, load_image, to_rgb
 
     limits = UploadLimits(args.max_image_pixels) if args.max_image_pixels else UploadLimits.from_env()
@@ -66,34 +64,10 @@ def _run(args: argparse.Namespace, outpaint: bool) -> int:
             inpaint_full_res_padding=args.padding,
             inpainting_mask_invert=int(args.invert_mask),
         )
-    paths = AppPaths.default(models_dir=args.models_dir, outputs_dir=args.out)
-    context = build_context(paths, device=args.device, precision=args.precision, outputs=OutputStore(args.out, flat=True))
     request = Img2ImgRequest(
-        prompt=args.prompt,
-        negative_prompt=args.negative_prompt,
-        sampler_name=args.sampler,
-        scheduler=args.schedule,
-        steps=args.steps,
-        cfg_scale=args.cfg,
-        width=args.width,
-        height=args.height,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        n_iter=args.batch_count,
-        model=args.model,
-        init_image=init,
-        denoising_strength=args.denoise,
-        mask_blur=args.mask_blur,
-        **extra,
+        **request_fields(args), init_image=init, denoising_strength=args.denoise, mask_blur=args.mask_blur, **extra
     )
-    runner = (OutpaintRunner if outpaint else Img2ImgRunner)(context.samplers)
-    job = context.jobs.create(owner="cli", kind=runner.mode)
-    result = context.generation.run(job, request, runner)
-    for path in result.paths:
-        print(path, flush=True)
-    for warning in result.warnings:
-        print(f"warning: {warning}")
-    return 0 if len(result.paths) == len(result.images) else 1
+    return run_and_print(args, request, OutpaintRunner if outpaint else Img2ImgRunner)
 
 
 def run_img2img(args: argparse.Namespace) -> int:
