@@ -171,7 +171,9 @@ def generate_and_score(model, scenes: list[Scene], cfg: float, steps: int = 20, 
     registry = SamplerRegistry()
     width, height = model.default_resolution
     scores = []
-    for i, scene in enumerate(scenes):
+    from tqdm.auto import tqdm
+
+    for i, scene in enumerate(tqdm(scenes, desc=f"CFG {cfg:g}", mininterval=5)):
         params = SamplingParams(prompt=scene.caption, negative_prompt="", sampler=sampler, schedule="Automatic",
                                 steps=steps, cfg_scale=cfg, width=width, height=height, seeds=[seed_base + i])
         image = txt2img(model, params, registry)[0]
