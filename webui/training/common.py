@@ -68,7 +68,7 @@ def load_training_state(out_dir: Path) -> dict | None:
     path = Path(out_dir) / "checkpoint-latest.pt"
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain containers only
 
 
 class JsonLog:

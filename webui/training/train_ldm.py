@@ -102,7 +102,7 @@ def encode_scenes(vae: AutoencoderKL, count: int, size: int, batch: int = 64) ->
 def cached_latents(vae: AutoencoderKL, ae_dir: Path, count: int, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     path = Path(ae_dir) / f"latents-{count}-{size}.pt"
     if path.exists():
-        data = torch.load(path, weights_only=False)
+        data = torch.load(path, weights_only=True)
         return data["mean"], data["std"], data["captions"]
     mean, std, captions = encode_scenes(vae, count, size)
     torch.save({"mean": mean, "std": std, "captions": captions}, path)
