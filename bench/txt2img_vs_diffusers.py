@@ -3,7 +3,7 @@
     .venv/bin/python bench/txt2img_vs_diffusers.py              # CPU, tiny SD1-layout model (or --model FILE)
     .venv/bin/python bench/txt2img_vs_diffusers.py --gpu        # CUDA fp16, SD1.5-size random weights
 
-Three timings per round, interleaved so machine noise hits all of them alike:
+Three timings per round, interleaved in a shuffled order so machine noise hits all of them alike:
   diffusers  StableDiffusionPipeline built from our loaded unet/vae/text encoder (+ an HF tokenizer of the same vocab)
   engine     webui.engine.generation.txt2img (the loop the app runs)
   service    GenerationService.run: validation, job bookkeeping, infotext and an atomic PNG save per image
@@ -13,6 +13,7 @@ Reports medians and the ratios engine/diffusers and service/diffusers (goal: <= 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import tempfile
@@ -100,8 +101,11 @@ def main() -> None:
     for fn in runs.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {name: [] for name in runs}
+    order_rng = random.Random(0)
     for _ in range(args.rounds):
-        for name, fn in runs.items():
+        order = list(runs.items())
+        order_rng.shuffle(order)  # no run always follows the same one (caches, allocator state)
+        for name, fn in order:
             _sync(device)
             start = time.perf_counter()
             fn()

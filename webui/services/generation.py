@@ -16,7 +16,7 @@ from PIL import Image
 from webui.engine.denoise import Interrupted, StepHook
 from webui.engine.generation import SamplingParams, txt2img
 from webui.engine.loader import LoadedModel
-from webui.engine.preview import fit_latent_to_rgb, latents_to_preview
+from webui.engine.preview import fit_latent_to_rgb
 from webui.engine.samplers import SamplerError, SamplerRegistry
 from webui.services.infotext import format_infotext
 from webui.services.jobs import Job, JobManager
@@ -165,11 +165,11 @@ class GenerationService:
         }
         return format_infotext(request.prompt, request.negative_prompt, self.hooks.on_save(params, request))
 
-    def _preview(self, model: LoadedModel, latents: torch.Tensor) -> Image.Image:
+    def _preview_factors_for(self, model: LoadedModel) -> torch.Tensor:
         key = id(model.vae)
         if key not in self._preview_factors:
             self._preview_factors = {key: fit_latent_to_rgb(model)}  # one model at a time
-        return latents_to_preview(latents, self._preview_factors[key])
+        return self._preview_factors[key]
 
     def run(self, job: Job, request: GenerationRequest, runner: ModeRunner | None = None) -> GenerationResult:
         """Run a job to completion (or interruption) under the device lock; txt2img unless a runner is given."""
@@ -201,7 +201,9 @@ class GenerationService:
                     def on_progress(step: int, total: int, latents: torch.Tensor) -> None:
                         job.step, job.total_steps = step, total
                         if self.preview_every and (step % self.preview_every == 0) and step < total:
-                            job.preview = self._preview(model, latents)
+                            job.preview_factors = self._preview_factors_for(model)
+                            job.preview_latents = latents
+                            job.preview_version += 1
 
                     images = runner.sample(model, valid, params, step_hooks, on_progress, lambda: job.interrupted)
                     images = self.hooks.after_decode(images, valid)

@@ -26,10 +26,21 @@ class Job:
     total_steps: int = 0
     batches_done: int = 0
     batches_total: int = 0
-    preview: Image.Image | None = None
+    preview_latents: Any = None  # latest latents to preview; turned into an image only when someone looks
+    preview_factors: Any = None
+    preview_version: int = 0
     error: str | None = None
     result: Any = None
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def preview_image(self) -> Image.Image | None:
+        """Render the latest preview on demand, in the caller's thread, so sampling never waits for it."""
+        latents, factors = self.preview_latents, self.preview_factors
+        if latents is None or factors is None:
+            return None
+        from webui.engine.preview import latents_to_preview
+
+        return latents_to_preview(latents, factors)
 
     def interrupt(self) -> None:
         self._cancel.set()

@@ -36,15 +36,17 @@ def run_job_streaming(
 
     worker = threading.Thread(target=work, name=f"{job.id}-worker", daemon=True)
     worker.start()
-    last_preview = None
+    shown_version = 0
     while worker.is_alive():
         worker.join(POLL_SECONDS)
         if job.total_steps:
             batch = f"batch {job.batches_done + 1}/{job.batches_total}, " if job.batches_total > 1 else ""
             progress(job.progress_fraction(), desc=f"{batch}step {job.step}/{job.total_steps}")
-        if job.preview is not None and job.preview is not last_preview:
-            last_preview = job.preview
-            yield gr.update(), gr.update(value=job.preview, visible=True), gr.update(), gr.update()
+        if job.preview_version != shown_version:
+            shown_version = job.preview_version
+            preview = job.preview_image()
+            if preview is not None:
+                yield gr.update(), gr.update(value=preview, visible=True), gr.update(), gr.update()
     if "error" in outcome:
         raise error_message(outcome["error"])
     result: GenerationResult = outcome["result"]
