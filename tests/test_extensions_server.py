@@ -83,8 +83,7 @@ def test_settings_persist_across_restart(server: AppServer, dirs) -> None:
     args = [values.get(elem, next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == elem))
             for elem in setting_ids]
     assert client.predict(*args, api_name="/settings_apply") == "Settings saved."
-    server.stop()
-    restarted = _start(dirs)
+    restarted = _start(dirs)  # a second process on the same data folder: what a restart reads back
     try:
         config = _config(restarted)
         value = next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "setting_flip_strength")
