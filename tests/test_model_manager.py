@@ -97,3 +97,11 @@ def test_vae_override_replaces_the_checkpoint_vae(manager: ModelManager, tmp_pat
     assert not all(torch.equal(replaced[k], original[k]) for k in reference)
     with pytest.raises(ModelError, match="not found"):
         manager.set_vae("missing.safetensors")
+
+
+def test_listing_does_not_hash_files_until_they_are_used(manager: ModelManager) -> None:
+    info = manager.resolve("sub/two")
+    assert manager.display_title(info) == "sub/two"  # nothing read yet
+    manager.get("sub/two")
+    manager.model_hash(manager.active)
+    assert manager.display_title(info) == manager.title(info)

@@ -112,6 +112,17 @@ class HashCache:
         """First 10 hex of `sha256`: what A1111 shows as `Model hash` and in `name [hash]` titles."""
         return self.sha256(path)[:SHORT_HASH_LENGTH]
 
+    def cached_short_hash(self, path: Path) -> str | None:
+        """The short hash if it is already known for this exact file (size and mtime), without reading the file."""
+        resolved = Path(path).resolve()
+        try:
+            stat = resolved.stat()
+        except OSError:
+            return None
+        with self._lock:
+            value = self._lookup(str(resolved), "sha256", stat)
+        return value[:SHORT_HASH_LENGTH] if value else None
+
     def lora_addnet_hash(self, path: Path, *, use_metadata: bool = False) -> str:
         """First 12 hex of the addnet hash of a `.safetensors` LoRA, as in `Lora hashes:`; cached.
 

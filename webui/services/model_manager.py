@@ -167,8 +167,14 @@ class ModelManager:
         return (side, side)
 
     def title(self, info: CheckpointInfo) -> str:
-        """A1111 dropdown title: `name [shorthash]`."""
+        """A1111 dropdown title: `name [shorthash]` (hashes the file if needed)."""
         return f"{info.name} [{self.hashes.short_hash(info.path)}]"
+
+    def display_title(self, info: CheckpointInfo) -> str:
+        """`name [shorthash]` when the hash is already known, else just the name: listing many multi-GB files must
+        not hash them all at start-up. Hashes are computed when a model is first used and show after a refresh."""
+        known = self.hashes.cached_short_hash(info.path)
+        return f"{info.name} [{known}]" if known else info.name
 
     # ----- loading -----
     @property

@@ -16,13 +16,13 @@ from webui.ui.txt2img import build_txt2img_tab, register_txt2img_target
 
 
 def _checkpoint_choices(context: AppContext) -> list[str]:
-    return [context.models.title(info) for info in context.models.checkpoints()]
+    return [context.models.display_title(info) for info in context.models.checkpoints()]
 
 
 def _selected_title(context: AppContext) -> str | None:
     name = context.models.active_name
     info = context.models.resolve(name) if name else context.models.default_checkpoint()
-    return context.models.title(info) if info else None
+    return context.models.display_title(info) if info else None
 
 
 def build_extension_tabs(context: AppContext, bridge: UiBridge) -> None:
