@@ -93,6 +93,14 @@ def denoise_inputs(
     )
 
 
+def build_scheduler(model: LoadedModel, params: SamplingParams, samplers: SamplerRegistry):
+    """The sampler table's scheduler for this model, with its timesteps set for `params.steps`."""
+    spec, schedule = samplers.resolve(params.sampler, params.schedule)
+    scheduler = spec.build(schedule, model.prediction_type, noise_seed=params.seeds[0])
+    scheduler.set_timesteps(params.steps, device=model.device)
+    return scheduler
+
+
 def generate_latents(
     model: LoadedModel,
     params: SamplingParams,
@@ -101,9 +109,7 @@ def generate_latents(
     on_progress: ProgressCallback | None = None,
     should_stop=None,
 ) -> torch.Tensor:
-    spec, schedule = samplers.resolve(params.sampler, params.schedule)
-    scheduler = spec.build(schedule, model.prediction_type, noise_seed=params.seeds[0])
-    scheduler.set_timesteps(params.steps, device=model.device)
+    scheduler = build_scheduler(model, params, samplers)
     batch = len(params.seeds)
     factor = model.vae_downscale
     noise = initial_noise(params.seeds, model.latent_channels, params.height // factor, params.width // factor)

@@ -17,7 +17,14 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .denoise import ProgressCallback, StepHook, run_denoise
-from .generation import SamplingParams, denoise_inputs, initial_noise, inpaint_txt2img_channels, latents_to_images
+from .generation import (
+    SamplingParams,
+    build_scheduler,
+    denoise_inputs,
+    initial_noise,
+    inpaint_txt2img_channels,
+    latents_to_images,
+)
 from .loader import LoadedModel
 from .masking import (
     Box,
@@ -186,9 +193,7 @@ def img2img_latents(
     if run == 0:
         return init
 
-    spec, schedule = samplers.resolve(params.sampler, params.schedule)
-    scheduler = spec.build(schedule, model.prediction_type, noise_seed=params.seeds[0])
-    scheduler.set_timesteps(params.steps, device=model.device)
+    scheduler = build_scheduler(model, params, samplers)
     start = (params.steps - run) * scheduler.order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)

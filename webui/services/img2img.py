@@ -25,7 +25,7 @@ from webui.engine.img2img import (
 from webui.engine.loader import LoadedModel
 from webui.engine.masking import RESIZE_MODE_LABELS, binary_mask, blur_reach, is_empty, outpaint_canvas
 from webui.engine.samplers import SamplerRegistry
-from webui.services.requests import GenerationRequest, RequestError, _float, _int
+from webui.services.requests import GenerationRequest, RequestError, as_float, as_int, int_in_range
 
 MAX_OUTPAINT = 2048
 ASPECT_TOLERANCE = 0.01
@@ -59,15 +59,15 @@ class Img2ImgRequest(GenerationRequest):
     def __post_init__(self) -> None:
         if self.init_image is None or self.restore_size is not None:
             return
-        w = self.init_image.width + _int(self.outpaint_left, "outpaint_left") + _int(self.outpaint_right, "outpaint_right")
-        h = self.init_image.height + _int(self.outpaint_up, "outpaint_up") + _int(self.outpaint_down, "outpaint_down")
+        w = self.init_image.width + as_int(self.outpaint_left, "outpaint_left") + as_int(self.outpaint_right, "outpaint_right")
+        h = self.init_image.height + as_int(self.outpaint_up, "outpaint_up") + as_int(self.outpaint_down, "outpaint_down")
         if self.width is None and self.height is None:
             self.restore_size = (w, h)
             self.width, self.height = _ceil(max(64, w), 8), _ceil(max(64, h), 8)
         elif self.height is None:  # one side given: keep the image's aspect ratio
-            self.height = max(64, round(h * _int(self.width, "width") / w / 8) * 8)
+            self.height = max(64, round(h * as_int(self.width, "width") / w / 8) * 8)
         elif self.width is None:
-            self.width = max(64, round(w * _int(self.height, "height") / h / 8) * 8)
+            self.width = max(64, round(w * as_int(self.height, "height") / h / 8) * 8)
 
     @property
     def is_outpaint(self) -> bool:
@@ -96,24 +96,20 @@ class Img2ImgRunner:
             raise RequestError("init_image", "img2img needs an image request")
         if request.init_image is None:
             raise RequestError("init_image", "no image: upload one (or send one from txt2img or PNG Info)")
-        strength = _float(request.denoising_strength, "denoising_strength")
+        strength = as_float(request.denoising_strength, "denoising_strength")
         if not 0.0 <= strength <= 1.0:
             raise RequestError("denoising_strength", f"{strength} is out of range (0 to 1)")
-        resize_mode = _int(request.resize_mode, "resize_mode")
+        resize_mode = as_int(request.resize_mode, "resize_mode")
         if resize_mode not in RESIZE_MODE_LABELS:
             raise RequestError("resize_mode", f"{resize_mode} is not one of 0 (just resize), 1 (crop and resize), "
                                               "2 (resize and fill), 3 (latent upscale)")
-        mask_blur = _int(request.mask_blur, "mask_blur")
-        if not 0 <= mask_blur <= 64:
-            raise RequestError("mask_blur", f"{mask_blur} is out of range (0 to 64)")
-        fill = _int(request.inpainting_fill, "inpainting_fill")
+        mask_blur = int_in_range(request.mask_blur, "mask_blur", 0, 64)
+        fill = as_int(request.inpainting_fill, "inpainting_fill")
         if fill not in INPAINTING_FILL_LABELS:
             raise RequestError("inpainting_fill", f"{fill} is not one of 0 (fill), 1 (original), 2 (latent noise), "
                                                   "3 (latent nothing)")
-        padding = _int(request.inpaint_full_res_padding, "inpaint_full_res_padding")
-        if not 0 <= padding <= 256:
-            raise RequestError("inpaint_full_res_padding", f"{padding} is out of range (0 to 256)")
-        invert = _int(request.inpainting_mask_invert, "inpainting_mask_invert")
+        padding = int_in_range(request.inpaint_full_res_padding, "inpaint_full_res_padding", 0, 256)
+        invert = as_int(request.inpainting_mask_invert, "inpainting_mask_invert")
         if invert not in (0, 1):
             raise RequestError("inpainting_mask_invert", "must be 0 (inpaint masked) or 1 (inpaint not masked)")
         valid = replace(
@@ -189,9 +185,7 @@ class OutpaintRunner(Img2ImgRunner):
         sides = {}
         for side in ("left", "right", "up", "down"):
             name = f"outpaint_{side}"
-            value = _int(getattr(request, name), name)
-            if not 0 <= value <= MAX_OUTPAINT:
-                raise RequestError(name, f"{value} is out of range (0 to {MAX_OUTPAINT})")
+            value = int_in_range(getattr(request, name), name, 0, MAX_OUTPAINT)
             if value % 8:
                 raise RequestError(name, f"{value} is not a multiple of 8 (use {value - value % 8} or {value - value % 8 + 8})")
             sides[name] = value

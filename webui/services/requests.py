@@ -53,7 +53,8 @@ class GenerationRequest:
         return cls(**data)
 
 
-def _int(value: Any, name: str) -> int:
+def as_int(value: Any, name: str) -> int:
+    """A whole number, from JSON/UI values that may arrive as floats or strings."""
     if isinstance(value, bool):
         raise RequestError(name, f"{value!r} is not a whole number")
     if isinstance(value, float):
@@ -66,7 +67,8 @@ def _int(value: Any, name: str) -> int:
         raise RequestError(name, f"{value!r} is not a whole number") from None
 
 
-def _float(value: Any, name: str) -> float:
+def as_float(value: Any, name: str) -> float:
+    """A finite number; Python's json accepts NaN and Infinity, so they are refused here."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -76,10 +78,15 @@ def _float(value: Any, name: str) -> float:
     return number
 
 
+def int_in_range(value: Any, name: str, low: int, high: int) -> int:
+    number = as_int(value, name)
+    if not low <= number <= high:
+        raise RequestError(name, f"{number} is out of range ({low} to {high})")
+    return number
+
+
 def _side(value: Any, name: str) -> int:
-    side = _int(value, name)
-    if side < 64 or side > MAX_SIDE:
-        raise RequestError(name, f"{side} is out of range (64 to {MAX_SIDE})")
+    side = int_in_range(value, name, 64, MAX_SIDE)
     if side % 8:
         lower, upper = side - side % 8, side - side % 8 + 8
         raise RequestError(name, f"{side} is not a multiple of 8 (use {lower} or {upper})")
@@ -94,23 +101,17 @@ def validate_request(request: GenerationRequest, default_size: tuple[int, int]) 
             raise RequestError(name, "must be text")
         if len(text) > MAX_PROMPT_CHARS:
             raise RequestError(name, f"is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}")
-    steps = _int(request.steps, "steps")
-    if not 1 <= steps <= 1000:
-        raise RequestError("steps", f"{steps} is out of range (1 to 1000)")
-    cfg = _float(request.cfg_scale, "cfg_scale")
+    steps = int_in_range(request.steps, "steps", 1, 1000)
+    cfg = as_float(request.cfg_scale, "cfg_scale")
     if not 0 <= cfg <= 100:
         raise RequestError("cfg_scale", f"{cfg} is out of range (0 to 100)")
     width = _side(request.width if request.width is not None else default_size[0], "width")
     height = _side(request.height if request.height is not None else default_size[1], "height")
-    seed = _int(request.seed, "seed")
+    seed = as_int(request.seed, "seed")
     if seed < -1 or seed > MAX_SEED:
         raise RequestError("seed", f"{seed} is out of range (-1 for random, or 0 to {MAX_SEED})")
-    batch_size = _int(request.batch_size, "batch_size")
-    if not 1 <= batch_size <= 64:
-        raise RequestError("batch_size", f"{batch_size} is out of range (1 to 64)")
-    n_iter = _int(request.n_iter, "n_iter")
-    if not 1 <= n_iter <= 1000:
-        raise RequestError("n_iter", f"{n_iter} is out of range (1 to 1000)")
+    batch_size = int_in_range(request.batch_size, "batch_size", 1, 64)
+    n_iter = int_in_range(request.n_iter, "n_iter", 1, 1000)
     if seed == -1:
         seed = secrets.randbelow(MAX_SEED + 1 - batch_size * n_iter)
     return replace(
