@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -19,7 +19,7 @@ from webui.engine.tokenizer import EOS_ID, tokenize_prompt
 
 @dataclass
 class AEConfig:
-    block_out_channels: tuple[int, ...] = (32, 64, 64)  # factor 4
+    block_out_channels: tuple[int, ...] = (64, 64, 64)  # factor 4; 64 (not 32) channels on top, see docs
     layers_per_block: int = 1
     latent_channels: int = 4
 

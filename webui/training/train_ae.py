@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=50)
     parser.add_argument("--kl-weight", type=float, default=1e-6)
     parser.add_argument("--size", type=int, default=64, help="image side")
-    parser.add_argument("--channels", type=str, default="32,64,64", help="VAE block_out_channels (multiples of 32)")
+    parser.add_argument("--channels", type=str, default="64,64,64", help="VAE block_out_channels (multiples of 32)")
     parser.add_argument("--layers-per-block", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (0 = torch default)")
@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", type=Path, default=None, help="start from this saved VAE (a run's vae/ folder)")
     parser.add_argument("--decoder-only", action="store_true",
                         help="freeze encoder + quant_conv (keeps the latent space a stage-2 model was trained on)")
+    parser.add_argument("--initial-logvar", type=float, default=-6.0,
+                        help="initial posterior log-variance bias of a fresh encoder (0 is close to diffusers' init)")
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint-latest.pt")
     parser.add_argument("--cpu", action="store_true", help="force the CPU even when CUDA is available")
@@ -87,6 +89,11 @@ def run(args: argparse.Namespace) -> int:
                           layers_per_block=vae.config.layers_per_block, latent_channels=vae.config.latent_channels)
     else:
         vae = config.build()
+        if args.initial_logvar is not None:
+            # A fresh encoder's posterior has std ~1, which drowns its mean and stalls the decoder for hundreds of
+            # steps; starting the log-variance low lets reconstruction learn at once (the KL term still shapes it).
+            with torch.no_grad():
+                vae.quant_conv.bias[config.latent_channels:].fill_(args.initial_logvar)
     trainable = vae.parameters()
     if args.decoder_only:
         vae.encoder.requires_grad_(False)

@@ -27,7 +27,7 @@ from .common import (
     JsonLog, load_training_state, lr_at, make_accelerator, save_grid, save_training_state, setup_torch, to_tensor,
     to_uint8,
 )
-from .dataset import EVAL_SEED, TRAIN_SEED, eval_scenes, make_arrays
+from .dataset import TRAIN_SEED, make_arrays
 from .models import LDMConfig, config_dict, count_parameters, sd_noise_scheduler, token_ids
 
 TEXT_PREFIX = "cond_stage_model.transformer."
@@ -54,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--caption-dropout", type=float, default=0.1)
     parser.add_argument("--min-snr-gamma", type=float, default=5.0, help="0 disables Min-SNR weighting")
+    parser.add_argument("--snr-floor", type=float, default=0.0,
+                        help="weight high-noise steps as if their SNR were at least this (0 = plain Min-SNR)")
+    parser.add_argument("--offset-noise", type=float, default=0.0,
+                        help="add this much per-channel constant noise (SD's schedule leaks the mean colour at t=999; "
+                        "offset noise stops the model trusting it, so colours follow the prompt)")
     parser.add_argument("--ema-decay", type=float, default=0.998)
     parser.add_argument("--unet-channels", default="64,128,128")
     parser.add_argument("--unet-attention", default="0,1,1", help="cross-attention per level (1/0)")
@@ -203,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"U-Net {count_parameters(unet):,} params, text encoder {count_parameters(text_encoder):,}; "
               f"latents {tuple(mean.shape[1:])}, scale_factor {scale:.5f}; device {device}; steps {start_step}->{args.steps}")
 
-    rank, world = accelerator.process_index, accelerator.num_processes
+    rank = accelerator.process_index
     progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, disable=not accelerator.is_main_process)
     started = time.time()
     running = None
@@ -216,6 +221,8 @@ def run(args: argparse.Namespace) -> int:
         drop = torch.rand(args.batch_size, generator=g) < args.caption_dropout
         ids[drop] = empty_ids
         noise = torch.randn(latents.shape, generator=g)
+        if args.offset_noise > 0:
+            noise = noise + args.offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=g)
         timesteps = torch.randint(0, 1000, (args.batch_size,), generator=g)
         latents, noise, timesteps, ids = latents.to(device), noise.to(device), timesteps.to(device), ids.to(device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
@@ -223,9 +230,13 @@ def run(args: argparse.Namespace) -> int:
             group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
         pred = wrapped(noisy, timesteps, ids)
         per_sample = (pred.float() - noise.float()).pow(2).flatten(1).mean(1)
-        if args.min_snr_gamma > 0:
+        if args.min_snr_gamma > 0 or args.snr_floor > 0:
+            # ε-MSE equals snr * x0-MSE, so plain ε-loss barely rewards getting the layout right at high noise (where
+            # colour and position are decided). Weighting as x0-loss * clamp(snr, floor, gamma) keeps Min-SNR's cap
+            # on easy low-noise steps and lifts the high-noise ones.
             snr = alphas[timesteps] / (1 - alphas[timesteps])
-            per_sample = per_sample * (snr.clamp(max=args.min_snr_gamma) / snr)
+            upper = args.min_snr_gamma if args.min_snr_gamma > 0 else None
+            per_sample = per_sample * (snr.clamp(min=args.snr_floor, max=upper) / snr)
         loss = per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
