@@ -79,3 +79,25 @@ def test_ldm_loss_goes_down_resumes_and_exports_a_loadable_sd1_file(tiny_ae, tmp
     config = json.loads((out / "config.json").read_text())
     assert model.vae_scale == pytest.approx(config["scale_factor"], rel=1e-5)
     assert model.unet.config.cross_attention_dim == 64
+
+
+def test_loss_weights_cap_easy_steps_and_lift_high_noise_steps():
+    """Min-SNR caps low-noise steps at gamma/snr; the SNR floor lifts high-noise ones to floor/snr; mid-range stays 1."""
+    from webui.training.models import sd_noise_scheduler
+
+    alphas = sd_noise_scheduler().alphas_cumprod
+    t = torch.tensor([10, 500, 999])
+    snr = alphas[t] / (1 - alphas[t])
+    weights = train_ldm.epsilon_loss_weights(alphas[t], gamma=5.0, snr_floor=0.05)
+    assert weights[0] == pytest.approx(5.0 / snr[0].item(), rel=1e-5) and weights[0] < 0.1
+    assert weights[1] == pytest.approx(1.0)
+    assert weights[2] == pytest.approx(0.05 / snr[2].item(), rel=1e-5) and weights[2] > 10
+    assert torch.equal(train_ldm.epsilon_loss_weights(alphas[t], 0.0, 0.0), torch.ones(3))
+
+
+def test_offset_noise_adds_a_per_channel_constant():
+    plain = train_ldm.training_noise(torch.Size([64, 4, 16, 16]), 0.0, torch.Generator().manual_seed(0))
+    offset = train_ldm.training_noise(torch.Size([64, 4, 16, 16]), 0.5, torch.Generator().manual_seed(0))
+    shift = offset - plain
+    assert (shift - shift[:, :, :1, :1]).abs().max() < 1e-5  # constant over each sample's channel
+    assert 0.3 < shift[:, :, 0, 0].std().item() < 0.7

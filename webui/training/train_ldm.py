@@ -147,6 +147,32 @@ def sample_images(unet, text_encoder, vae, scale: float, prompts: list[str], ste
     return to_uint8(vae.decode(latents / scale).sample)
 
 
+def training_noise(shape: torch.Size, offset: float, generator: torch.Generator) -> torch.Tensor:
+    """Gaussian noise, plus `offset` x a per-sample, per-channel constant ("offset noise").
+
+    SD's schedule keeps ~7% of the signal at t=999, so without the offset a model learns to read the background colour
+    from the starting noise rather than from the prompt.
+    """
+    noise = torch.randn(shape, generator=generator)
+    if offset > 0:
+        noise = noise + offset * torch.randn((*shape[:2], 1, 1), generator=generator)
+    return noise
+
+
+def epsilon_loss_weights(alphas_cumprod: torch.Tensor, gamma: float, snr_floor: float) -> torch.Tensor:
+    """Per-sample weights for the ε-MSE: x0-loss weighted by clamp(snr, snr_floor, gamma).
+
+    ε-MSE equals snr * x0-MSE, so the plain loss barely rewards getting the layout right at high noise, where colour and
+    position are decided. The upper clamp is Min-SNR-γ (Hang et al. 2023: don't spend capacity on easy low-noise
+    steps); the floor lifts the high-noise steps. Both 0 gives weight 1 (plain ε-loss).
+    """
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    if gamma <= 0 and snr_floor <= 0:
+        return torch.ones_like(snr)
+    clamped = snr.clamp(min=snr_floor if snr_floor > 0 else None, max=gamma if gamma > 0 else None)
+    return clamped / snr
+
+
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
         for e, p in zip(ema.parameters(), model.parameters()):
@@ -220,9 +246,7 @@ def run(args: argparse.Namespace) -> int:
         ids = ids_all[index].clone()
         drop = torch.rand(args.batch_size, generator=g) < args.caption_dropout
         ids[drop] = empty_ids
-        noise = torch.randn(latents.shape, generator=g)
-        if args.offset_noise > 0:
-            noise = noise + args.offset_noise * torch.randn((*latents.shape[:2], 1, 1), generator=g)
+        noise = training_noise(latents.shape, args.offset_noise, g)
         timesteps = torch.randint(0, 1000, (args.batch_size,), generator=g)
         latents, noise, timesteps, ids = latents.to(device), noise.to(device), timesteps.to(device), ids.to(device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
@@ -230,13 +254,7 @@ def run(args: argparse.Namespace) -> int:
             group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
         pred = wrapped(noisy, timesteps, ids)
         per_sample = (pred.float() - noise.float()).pow(2).flatten(1).mean(1)
-        if args.min_snr_gamma > 0 or args.snr_floor > 0:
-            # ε-MSE equals snr * x0-MSE, so plain ε-loss barely rewards getting the layout right at high noise (where
-            # colour and position are decided). Weighting as x0-loss * clamp(snr, floor, gamma) keeps Min-SNR's cap
-            # on easy low-noise steps and lifts the high-noise ones.
-            snr = alphas[timesteps] / (1 - alphas[timesteps])
-            upper = args.min_snr_gamma if args.min_snr_gamma > 0 else None
-            per_sample = per_sample * (snr.clamp(min=args.snr_floor, max=upper) / snr)
+        per_sample = per_sample * epsilon_loss_weights(alphas[timesteps], args.min_snr_gamma, args.snr_floor)
         loss = per_sample.mean()
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
