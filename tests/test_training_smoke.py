@@ -101,3 +101,13 @@ def test_offset_noise_adds_a_per_channel_constant():
     shift = offset - plain
     assert (shift - shift[:, :, :1, :1]).abs().max() < 1e-5  # constant over each sample's channel
     assert 0.3 < shift[:, :, 0, 0].std().item() < 0.7
+
+
+def test_pyramid_noise_adds_power_at_low_frequencies_only():
+    """Quadrant means (where an object's position lives) vary more; the per-pixel scale stays close to 1."""
+    shape = torch.Size([256, 4, 16, 16])
+    plain = train_ldm.training_noise(shape, 0.0, torch.Generator().manual_seed(0))
+    pyramid = train_ldm.training_noise(shape, 0.0, torch.Generator().manual_seed(0), pyramid=0.15)
+    quadrant_std = lambda n: n[:, :, :8, :8].mean((2, 3)).std().item()  # noqa: E731
+    assert quadrant_std(pyramid) > 1.4 * quadrant_std(plain)
+    assert 0.95 < pyramid.std().item() < 1.1

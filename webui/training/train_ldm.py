@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-snr-gamma", type=float, default=5.0, help="0 disables Min-SNR weighting")
     parser.add_argument("--snr-floor", type=float, default=0.0,
                         help="weight high-noise steps as if their SNR were at least this (0 = plain Min-SNR)")
+    parser.add_argument("--pyramid-noise", type=float, default=0.0,
+                        help="add this much smooth noise on 2x2/4x4/8x8 grids (stops the model reading object "
+                        "positions from the starting noise)")
     parser.add_argument("--offset-noise", type=float, default=0.0,
                         help="add this much per-channel constant noise (SD's schedule leaks the mean colour at t=999; "
                         "offset noise stops the model trusting it, so colours follow the prompt)")
@@ -147,15 +150,23 @@ def sample_images(unet, text_encoder, vae, scale: float, prompts: list[str], ste
     return to_uint8(vae.decode(latents / scale).sample)
 
 
-def training_noise(shape: torch.Size, offset: float, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise, plus `offset` x a per-sample, per-channel constant ("offset noise").
+def training_noise(shape: torch.Size, offset: float, generator: torch.Generator, pyramid: float = 0.0) -> torch.Tensor:
+    """Gaussian noise, plus `offset` x a per-sample, per-channel constant ("offset noise"), plus `pyramid` x smooth
+    noise on 2x2, 4x4 and 8x8 grids upsampled to the latent size.
 
-    SD's schedule keeps ~7% of the signal at t=999, so without the offset a model learns to read the background colour
-    from the starting noise rather than from the prompt.
+    SD's schedule keeps ~7% of the signal at t=999, so a model learns to read the background colour (the latent's mean)
+    and the object's position (its low frequencies) from the starting noise instead of from the prompt. Noise with
+    more power at those frequencies makes that shortcut unreliable, so the model has to learn them from the text.
     """
     noise = torch.randn(shape, generator=generator)
     if offset > 0:
         noise = noise + offset * torch.randn((*shape[:2], 1, 1), generator=generator)
+    if pyramid > 0:
+        height, width = shape[-2:]
+        for grid in (2, 4, 8):
+            if grid < min(height, width):
+                coarse = torch.randn((*shape[:2], grid, grid), generator=generator)
+                noise = noise + pyramid * torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")
     return noise
 
 
@@ -246,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         ids = ids_all[index].clone()
         drop = torch.rand(args.batch_size, generator=g) < args.caption_dropout
         ids[drop] = empty_ids
-        noise = training_noise(latents.shape, args.offset_noise, g)
+        noise = training_noise(latents.shape, args.offset_noise, g, args.pyramid_noise)
         timesteps = torch.randint(0, 1000, (args.batch_size,), generator=g)
         latents, noise, timesteps, ids = latents.to(device), noise.to(device), timesteps.to(device), ids.to(device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
