@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "models" / "Stable-diffusion" / "latent-studio-shapes.safetensors"
 CARD = CHECKPOINT.with_suffix(".md")
 
-FLOOR_COLOUR = 0.25
+FLOOR_COLOUR = 0.85
 
 pytestmark = pytest.mark.skipif(not CHECKPOINT.exists(), reason="default checkpoint not present")
 
