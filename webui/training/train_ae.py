@@ -89,11 +89,10 @@ def run(args: argparse.Namespace) -> int:
                           layers_per_block=vae.config.layers_per_block, latent_channels=vae.config.latent_channels)
     else:
         vae = config.build()
-        if args.initial_logvar is not None:
-            # A fresh encoder's posterior has std ~1, which drowns its mean and stalls the decoder for hundreds of
-            # steps; starting the log-variance low lets reconstruction learn at once (the KL term still shapes it).
-            with torch.no_grad():
-                vae.quant_conv.bias[config.latent_channels:].fill_(args.initial_logvar)
+        # A fresh encoder's posterior has std ~1, which drowns its mean and stalls the decoder for hundreds of
+        # steps; starting the log-variance low lets reconstruction learn at once (the KL term still shapes it).
+        with torch.no_grad():
+            vae.quant_conv.bias[config.latent_channels:].fill_(args.initial_logvar)
     trainable = vae.parameters()
     if args.decoder_only:
         vae.encoder.requires_grad_(False)

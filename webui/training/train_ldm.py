@@ -178,10 +178,7 @@ def epsilon_loss_weights(alphas_cumprod: torch.Tensor, gamma: float, snr_floor: 
     steps); the floor lifts the high-noise steps. Both 0 gives weight 1 (plain ε-loss).
     """
     snr = alphas_cumprod / (1 - alphas_cumprod)
-    if gamma <= 0 and snr_floor <= 0:
-        return torch.ones_like(snr)
-    clamped = snr.clamp(min=snr_floor if snr_floor > 0 else None, max=gamma if gamma > 0 else None)
-    return clamped / snr
+    return snr.clamp(min=max(snr_floor, 0.0), max=gamma if gamma > 0 else float("inf")) / snr
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
