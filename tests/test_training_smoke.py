@@ -111,3 +111,30 @@ def test_pyramid_noise_adds_power_at_low_frequencies_only():
     quadrant_std = lambda n: n[:, :, :8, :8].mean((2, 3)).std().item()  # noqa: E731
     assert quadrant_std(pyramid) > 1.4 * quadrant_std(plain)
     assert 0.95 < pyramid.std().item() < 1.1
+
+
+def test_signal_free_top_trains_the_first_step_on_pure_noise():
+    """Chosen samples get t >= 950 and an x_t that holds none of the image, with an ε target that still decodes to the
+    true x0; the rest of the batch is untouched."""
+    from webui.training.models import sd_noise_scheduler
+
+    scheduler = sd_noise_scheduler()
+    alphas = scheduler.alphas_cumprod
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(256, 4, 8, 8, generator=g) * 2
+    noise = torch.randn(latents.shape, generator=g)
+    timesteps = torch.randint(0, 500, (256,), generator=g)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    new_noisy, target, new_t = train_ldm.signal_free_top(noisy, noise, timesteps, latents, alphas, 0.25, g)
+    chosen = new_t != timesteps
+    assert 0.15 < chosen.float().mean().item() < 0.35 and (new_t[chosen] >= 950).all()
+    assert torch.equal(new_noisy[~chosen], noisy[~chosen]) and torch.equal(target[~chosen], noise[~chosen])
+    # x_t of the chosen samples is independent of the image: no correlation with the latents.
+    correlation = torch.corrcoef(torch.stack([new_noisy[chosen].flatten(), latents[chosen].flatten()]))[0, 1]
+    assert abs(correlation.item()) < 0.03
+    # ... and the ε target still gives back x0 exactly as the samplers compute it.
+    alpha = alphas[new_t[chosen]].view(-1, 1, 1, 1)
+    x0 = (new_noisy[chosen] - (1 - alpha).sqrt() * target[chosen]) / alpha.sqrt()
+    assert torch.allclose(x0, latents[chosen], atol=1e-3)
+    unchanged = train_ldm.signal_free_top(noisy, noise, timesteps, latents, alphas, 0.0, g)
+    assert unchanged[0] is noisy and unchanged[2] is timesteps

@@ -62,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offset-noise", type=float, default=0.0,
                         help="add this much per-channel constant noise (SD's schedule leaks the mean colour at t=999; "
                         "offset noise stops the model trusting it, so colours follow the prompt)")
+    parser.add_argument("--signal-free-top", type=float, default=0.0,
+                        help="train this fraction of each batch at t>=950 on pure noise, as the samplers' first step "
+                        "sees it (SD's schedule leaks ~7%% of the image at t=999, so otherwise the model reads the "
+                        "layout from the starting noise and ignores the prompt's positions)")
     parser.add_argument("--ema-decay", type=float, default=0.998)
     parser.add_argument("--unet-channels", default="64,128,128")
     parser.add_argument("--unet-attention", default="0,1,1", help="cross-attention per level (1/0)")
@@ -170,6 +174,36 @@ def training_noise(shape: torch.Size, offset: float, generator: torch.Generator,
     return noise
 
 
+SIGNAL_FREE_FROM = 950
+
+
+def signal_free_top(noisy: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor,
+                    alphas_cumprod: torch.Tensor, fraction: float, generator: torch.Generator
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Replace a `fraction` of the batch by signal-free examples at t in [950, 999]: x_t is pure noise n, and the ε
+    target is the one that still gives back the true x0, (n - sqrt(ᾱ)·x0) / sqrt(1-ᾱ).
+
+    Samplers start from pure noise (DDIM's first step at t~950, k-diffusion's at t=999), but SD's schedule trains
+    those steps on x_t that still hold 7% of the image. The model then learns to find the object in x_t, and at
+    sampling time finds it wherever the random noise suggests: the object's position follows the seed, not the
+    prompt. Training the first steps on exactly what the samplers feed them makes the layout come from the text.
+    The schedule, the ε parameterisation and every sampler stay as they are. Returns (noisy, target, timesteps).
+    """
+    batch = noisy.shape[0]
+    chosen = torch.rand(batch, generator=generator) < fraction
+    top = torch.randint(SIGNAL_FREE_FROM, 1000, (batch,), generator=generator)
+    pure = torch.randn(noisy.shape, generator=generator)
+    if not chosen.any():
+        return noisy, noise, timesteps
+    chosen_d = chosen.to(noisy.device)
+    timesteps = torch.where(chosen_d, top.to(timesteps.device), timesteps)
+    pure = pure.to(noisy.device, noisy.dtype)
+    alpha = alphas_cumprod[timesteps].view(-1, 1, 1, 1).to(noisy.dtype)
+    target = (pure - alpha.sqrt() * latents) / (1 - alpha).sqrt()
+    mask = chosen_d.view(-1, 1, 1, 1)
+    return torch.where(mask, pure, noisy), torch.where(mask, target, noise), timesteps
+
+
 def epsilon_loss_weights(alphas_cumprod: torch.Tensor, gamma: float, snr_floor: float) -> torch.Tensor:
     """Per-sample weights for the ε-MSE: x0-loss weighted by clamp(snr, snr_floor, gamma).
 
@@ -258,6 +292,8 @@ def run(args: argparse.Namespace) -> int:
         timesteps = torch.randint(0, 1000, (args.batch_size,), generator=g)
         latents, noise, timesteps, ids = latents.to(device), noise.to(device), timesteps.to(device), ids.to(device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
+        if args.signal_free_top > 0:
+            noisy, noise, timesteps = signal_free_top(noisy, noise, timesteps, latents, alphas, args.signal_free_top, g)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
         pred = wrapped(noisy, timesteps, ids)
