@@ -15,6 +15,7 @@ CHECKPOINT = ROOT / "models" / "Stable-diffusion" / "latent-studio-shapes.safete
 CARD = CHECKPOINT.with_suffix(".md")
 
 FLOOR_COLOUR = 0.85
+FLOOR_POSITION = 0.8
 
 pytestmark = pytest.mark.skipif(not CHECKPOINT.exists(), reason="default checkpoint not present")
 
@@ -69,5 +70,6 @@ def test_small_adherence_check_meets_the_goal(adherence_20):
 
 
 def test_small_adherence_check_beats_chance(adherence_20):
-    """A regression floor for the model as shipped: clearly better than chance (colour 1/8, size 1/2)."""
+    """A regression floor for the model as shipped: clearly better than chance (colour 1/8, position 1/5)."""
     assert adherence_20["colour"] >= FLOOR_COLOUR, adherence_20
+    assert adherence_20["position"] >= FLOOR_POSITION, adherence_20
