@@ -177,31 +177,28 @@ def training_noise(shape: torch.Size, offset: float, generator: torch.Generator,
 SIGNAL_FREE_FROM = 950
 
 
-def signal_free_top(noisy: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor,
-                    alphas_cumprod: torch.Tensor, fraction: float, generator: torch.Generator
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Replace a `fraction` of the batch by signal-free examples at t in [950, 999]: x_t is pure noise n, and the ε
-    target is the one that still gives back the true x0, (n - sqrt(ᾱ)·x0) / sqrt(1-ᾱ).
+def signal_free_top(noise: torch.Tensor, timesteps: torch.Tensor, latents: torch.Tensor, alphas_cumprod: torch.Tensor,
+                    fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a `fraction` of the batch into signal-free examples at t in [950, 999]: their ε becomes
+    (n - sqrt(ᾱ)·x0) / sqrt(1-ᾱ) for fresh noise n, so the scheduler's `add_noise` gives x_t = n, pure noise, and the
+    target still decodes to the true x0.
 
     Samplers start from pure noise (DDIM's first step at t~950, k-diffusion's at t=999), but SD's schedule trains
     those steps on x_t that still hold 7% of the image. The model then learns to find the object in x_t, and at
     sampling time finds it wherever the random noise suggests: the object's position follows the seed, not the
     prompt. Training the first steps on exactly what the samplers feed them makes the layout come from the text.
-    The schedule, the ε parameterisation and every sampler stay as they are. Returns (noisy, target, timesteps).
+    The schedule, the ε parameterisation and every sampler stay as they are. Returns (noise, timesteps).
     """
-    batch = noisy.shape[0]
-    chosen = torch.rand(batch, generator=generator) < fraction
-    top = torch.randint(SIGNAL_FREE_FROM, 1000, (batch,), generator=generator)
-    pure = torch.randn(noisy.shape, generator=generator)
-    if not chosen.any():
-        return noisy, noise, timesteps
-    chosen_d = chosen.to(noisy.device)
-    timesteps = torch.where(chosen_d, top.to(timesteps.device), timesteps)
-    pure = pure.to(noisy.device, noisy.dtype)
-    alpha = alphas_cumprod[timesteps].view(-1, 1, 1, 1).to(noisy.dtype)
-    target = (pure - alpha.sqrt() * latents) / (1 - alpha).sqrt()
-    mask = chosen_d.view(-1, 1, 1, 1)
-    return torch.where(mask, pure, noisy), torch.where(mask, target, noise), timesteps
+    if fraction <= 0:
+        return noise, timesteps
+    batch = noise.shape[0]
+    chosen = (torch.rand(batch, generator=generator) < fraction).to(noise.device)
+    top = torch.randint(SIGNAL_FREE_FROM, 1000, (batch,), generator=generator).to(timesteps.device)
+    pure = torch.randn(noise.shape, generator=generator).to(noise.device, noise.dtype)
+    timesteps = torch.where(chosen, top, timesteps)
+    alpha = alphas_cumprod[timesteps].view(-1, 1, 1, 1).to(noise.dtype)
+    leak_free = (pure - alpha.sqrt() * latents) / (1 - alpha).sqrt()
+    return torch.where(chosen.view(-1, 1, 1, 1), leak_free, noise), timesteps
 
 
 def epsilon_loss_weights(alphas_cumprod: torch.Tensor, gamma: float, snr_floor: float) -> torch.Tensor:
@@ -291,9 +288,8 @@ def run(args: argparse.Namespace) -> int:
         noise = training_noise(latents.shape, args.offset_noise, g, args.pyramid_noise)
         timesteps = torch.randint(0, 1000, (args.batch_size,), generator=g)
         latents, noise, timesteps, ids = latents.to(device), noise.to(device), timesteps.to(device), ids.to(device)
+        noise, timesteps = signal_free_top(noise, timesteps, latents, alphas, args.signal_free_top, g)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        if args.signal_free_top > 0:
-            noisy, noise, timesteps = signal_free_top(noisy, noise, timesteps, latents, alphas, args.signal_free_top, g)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
         pred = wrapped(noisy, timesteps, ids)
