@@ -51,7 +51,10 @@ def test_autoencoder_loss_goes_down(tiny_ae):
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5
     assert (tiny_ae / "vae" / "config.json").exists() and (tiny_ae / "samples").is_dir()
-    assert json.loads((tiny_ae / "metrics.json").read_text())["psnr_db"] > 0
+    metrics = json.loads((tiny_ae / "metrics.json").read_text())
+    assert metrics["psnr_db"] > 0 and metrics["steps"] == 30
+    # The evaluator's view of the reconstructions: the ceiling for any stage-2 model on this autoencoder.
+    assert set(metrics["reconstruction_adherence"]) >= {"shape", "colour", "shape_colour", "position"}
 
 
 def test_ldm_loss_goes_down_resumes_and_exports_a_loadable_sd1_file(tiny_ae, tmp_path):
@@ -79,6 +82,36 @@ def test_ldm_loss_goes_down_resumes_and_exports_a_loadable_sd1_file(tiny_ae, tmp
     config = json.loads((out / "config.json").read_text())
     assert model.vae_scale == pytest.approx(config["scale_factor"], rel=1e-5)
     assert model.unet.config.cross_attention_dim == 64
+
+    # --init starts a new run from the exported checkpoint's weights (lr 0: they stay exactly those weights), and
+    # --max-minutes stops it after the first step, still saving and sampling that step.
+    tuned = tmp_path / "tuned"
+    init_args = [a if a != str(out) else str(tuned) for a in common] + ["--init", str(export), "--lr", "0"]
+    assert train_ldm.run(_parse(train_ldm, init_args + ["--steps", "1000", "--max-minutes", "1e-6"])) == 0
+    state = torch.load(tuned / "checkpoint-latest.pt", weights_only=True)
+    assert state["step"] == 1 and (tuned / "samples" / "step-000001.png").exists()
+    assert state["scale_factor"] == pytest.approx(model.vae_scale, rel=1e-6)
+    for name, tensor in model.unet.state_dict().items():
+        assert torch.equal(state["ema_unet"][name], tensor), name
+    with pytest.raises(SystemExit, match="--init .* architecture differs"):
+        train_ldm.run(_parse(train_ldm, init_args + ["--steps", "1", "--unet-channels", "64,64"]))
+
+
+def test_parallel_rendering_matches_serial_rendering():
+    from webui.training.dataset import make_arrays_parallel
+
+    serial, serial_captions = make_arrays(2001, seed=3, size=16, start=5)
+    parallel, parallel_captions = make_arrays_parallel(2001, seed=3, size=16, start=5, workers=2)
+    assert (serial == parallel).all() and serial_captions == parallel_captions
+
+
+def test_time_budget_drives_the_schedule_and_stops_the_run():
+    from webui.training.common import TimeBudget
+
+    unlimited = TimeBudget(None)
+    assert not unlimited.expired() and unlimited.schedule_step(7, 100) == 7
+    spent = TimeBudget(1e-9)
+    assert spent.expired() and spent.schedule_step(7, 100) >= 100  # the cosine decay has reached its end
 
 
 def test_loss_weights_cap_easy_steps_and_lift_high_noise_steps():

@@ -191,6 +191,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sampler", default="Euler a")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="torch device for sampling (e.g. cuda); the reported "
+                        "figures use the CPU, whose results are reproducible across machines")
     parser.add_argument("--ground-truth", type=int, default=500, help="rendered images to score the evaluator on")
     parser.add_argument("--out", type=Path, default=None, help="write report.json and sample grids here")
 
@@ -206,7 +208,8 @@ def run(args: argparse.Namespace) -> int:
     report["evaluator_on_ground_truth"] = {"single": ground_truth_accuracy(args.ground_truth, 1),
                                            "two": ground_truth_accuracy(args.ground_truth, 2)}
     print("evaluator on ground truth:", json.dumps(report["evaluator_on_ground_truth"]))
-    model = load_checkpoint(args.model)
+    model = load_checkpoint(args.model).to(args.device)
+    report["device"] = args.device
     single = eval_scenes(args.prompts, objects=1)
     two = eval_scenes(args.two_object_prompts, objects=2) if args.two_object_prompts else []
     report["results"] = {}

@@ -17,10 +17,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .common import (
-    JsonLog, load_training_state, lr_at, make_accelerator, psnr, save_grid, save_training_state, setup_torch, to_tensor,
+    JsonLog, TimeBudget, load_training_state, lr_at, make_accelerator, psnr, save_grid, save_training_state, setup_torch, to_tensor,
     to_uint8,
 )
-from .dataset import EVAL_SEED, TRAIN_SEED, make_arrays
+from .dataset import EVAL_SEED, TRAIN_SEED, eval_scenes, make_arrays, make_arrays_parallel, render
 from .models import AEConfig, config_dict, count_parameters
 
 
@@ -46,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--initial-logvar", type=float, default=-6.0,
                         help="initial posterior log-variance bias of a fresh encoder (0 is close to diffusers' init)")
     parser.add_argument("--log-every", type=int, default=20)
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop after this much training time (the learning-rate decay follows it); for GPU sessions")
+    parser.add_argument("--render-workers", type=int, default=0,
+                        help="processes that pre-render the --scenes pool (0 = one per CPU core)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint-latest.pt")
     parser.add_argument("--cpu", action="store_true", help="force the CPU even when CUDA is available")
 
@@ -74,6 +78,25 @@ def evaluate_reconstruction(vae, images: torch.Tensor, batch: int = 64) -> float
         scores.append(psnr(rec, x).cpu())
     vae.train()
     return float(torch.cat(scores).mean())
+
+
+@torch.no_grad()
+def reconstruction_adherence(vae, count: int = 400, size: int = 64) -> dict[str, float]:
+    """The adherence evaluator run on reconstructions of held-out single-object scenes: the ceiling that any latent
+    diffusion model on this autoencoder can reach (PSNR alone misses blunted star points and crosses)."""
+    from webui.evaluation.adherence import score, summarise
+
+    scenes = eval_scenes(count, objects=1)
+    images = to_tensor(np.stack([np.asarray(render(s, size)) for s in scenes]))
+    device = next(vae.parameters()).device
+    was_training = vae.training
+    vae.eval()
+    outputs = []
+    for i in range(0, count, 64):
+        x = images[i:i + 64].to(device)
+        outputs.append(to_uint8(vae.decode(vae.encode(x).latent_dist.mode()).sample))
+    vae.train(was_training)
+    return summarise([score(image, scene) for image, scene in zip(np.concatenate(outputs), scenes)])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -111,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
     wrapped, optimizer = accelerator.prepare(_AutoencoderStep(vae), optimizer)
     model = vae
     held_out = to_tensor(make_arrays(args.eval_images, EVAL_SEED, args.size)[0])
+    # A fixed scene pool is rendered once up front (data is then the same as rendering each batch on the fly).
+    pool = make_arrays_parallel(args.scenes, TRAIN_SEED, args.size, workers=args.render_workers)[0] if args.scenes else None
     log = JsonLog(out / "log.jsonl")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -120,14 +145,22 @@ def run(args: argparse.Namespace) -> int:
     rank, world = accelerator.process_index, accelerator.num_processes
     progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, disable=not accelerator.is_main_process)
     started = time.time()
+    budget = TimeBudget(args.max_minutes)
+    done = start_step
     for step in progress:
+        if budget.expired():
+            break
         # Index-addressed data: process `rank` takes its own slice of this step's global batch.
         first = (step * world + rank) * per_process
         if args.scenes:
             first = first % args.scenes
-        x = to_tensor(make_arrays(per_process, TRAIN_SEED, args.size, start=first)[0]).to(accelerator.device)
+        if pool is not None:
+            batch = pool[np.arange(first, first + per_process) % args.scenes]
+        else:
+            batch = make_arrays(per_process, TRAIN_SEED, args.size, start=first)[0]
+        x = to_tensor(batch).to(accelerator.device)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
+            group["lr"] = lr_at(budget.schedule_step(step, args.steps), args.lr, args.warmup, args.steps)
         rec, kl_sum = wrapped(x)
         rec_loss = (rec - x).abs().mean() + (rec - x).pow(2).mean()
         # LDM's weighting: its loss is (summed reconstruction + kl_weight * summed KL) per image; dividing both by the
@@ -138,9 +171,10 @@ def run(args: argparse.Namespace) -> int:
         accelerator.backward(loss)
         accelerator.clip_grad_norm_([p for p in wrapped.parameters() if p.requires_grad], 1.0)
         optimizer.step()
-        progress.set_postfix(loss=f"{rec_loss.item():.4f}", kl=f"{kl.item():.4f}")
         done = step + 1
         if accelerator.is_main_process and (done % args.log_every == 0 or done == args.steps):
+            # .item() waits for the GPU, so it is only called when logging.
+            progress.set_postfix(loss=f"{rec_loss.item():.4f}", kl=f"{kl.item():.4f}")
             log.write(step=done, loss=round(rec_loss.item(), 5), kl=round(kl.item(), 4), seconds=round(time.time() - started, 1))
         if accelerator.is_main_process and (done % args.sample_every == 0 or done == args.steps):
             with torch.no_grad():
@@ -153,11 +187,16 @@ def run(args: argparse.Namespace) -> int:
             save_training_state(out, done, {"vae": model.state_dict(), "optimizer": optimizer.state_dict(),
                                             "config": config_dict(config)})
     if accelerator.is_main_process:
+        if done % args.checkpoint_every and done != args.steps:  # stopped by --max-minutes between checkpoints
+            save_training_state(out, done, {"vae": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "config": config_dict(config)})
         score = evaluate_reconstruction(model, held_out)
         model.save_pretrained(out / "vae")
-        summary = {"psnr_db": round(score, 2), "held_out_images": len(held_out), "steps": args.steps,
-                   "train_seconds_this_session": round(time.time() - started, 1)}
+        summary = {"psnr_db": round(score, 2), "held_out_images": len(held_out), "steps": done,
+                   "train_seconds_this_session": round(time.time() - started, 1),
+                   "reconstruction_adherence": reconstruction_adherence(model, size=args.size)}
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         log.write(**summary)
-        print(f"held-out reconstruction PSNR: {score:.2f} dB")
+        print(f"held-out reconstruction PSNR: {score:.2f} dB; evaluator on reconstructions: "
+              f"{json.dumps(summary['reconstruction_adherence'])}")
     return 0

@@ -24,10 +24,10 @@ from diffusers import AutoencoderKL, DDIMScheduler
 from tqdm.auto import tqdm
 
 from .common import (
-    JsonLog, load_training_state, lr_at, make_accelerator, save_grid, save_training_state, setup_torch, to_tensor,
+    JsonLog, TimeBudget, load_training_state, lr_at, make_accelerator, save_grid, save_training_state, setup_torch, to_tensor,
     to_uint8,
 )
-from .dataset import TRAIN_SEED, make_arrays
+from .dataset import TRAIN_SEED, make_arrays, make_arrays_parallel
 from .models import LDMConfig, config_dict, count_parameters, sd_noise_scheduler, token_ids
 
 TEXT_PREFIX = "cond_stage_model.transformer."
@@ -81,6 +81,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint-latest.pt")
     parser.add_argument("--cpu", action="store_true", help="force the CPU even when CUDA is available")
     parser.add_argument("--export", type=Path, default=None, help="also write the final .safetensors here")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="start from the U-Net and text encoder of this SD1-layout checkpoint (e.g. the shipped "
+                        "model); its architecture must match the --unet-*/--text-* options, and --ae must be the "
+                        "autoencoder whose latents it was trained on")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop after this much training time (the learning-rate decay follows it); for GPU sessions")
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,14 +106,13 @@ def load_vae(ae_dir: Path) -> AutoencoderKL:
 @torch.no_grad()
 def encode_scenes(vae: AutoencoderKL, count: int, size: int, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(posterior mean, posterior std, captions) of training scenes 0..count-1."""
-    means, stds, captions = [], [], []
+    means, stds = [], []
     device = next(vae.parameters()).device
+    images, captions = make_arrays_parallel(count, TRAIN_SEED, size)
     for start in tqdm(range(0, count, batch), desc="encoding latents"):
-        images, caps = make_arrays(min(batch, count - start), TRAIN_SEED, size, start=start)
-        dist = vae.encode(to_tensor(images).to(device)).latent_dist
+        dist = vae.encode(to_tensor(images[start:start + batch]).to(device)).latent_dist
         means.append(dist.mean.cpu())
         stds.append(dist.std.cpu())
-        captions.extend(caps)
     return torch.cat(means), torch.cat(stds), captions
 
 
@@ -117,7 +122,12 @@ def cached_latents(vae: AutoencoderKL, ae_dir: Path, count: int, size: int) -> t
         data = torch.load(path, weights_only=True)
         return data["mean"], data["std"], data["captions"]
     mean, std, captions = encode_scenes(vae, count, size)
-    torch.save({"mean": mean, "std": std, "captions": captions}, path)
+    # Written under a unique name and renamed: runs started side by side on one autoencoder may race here.
+    import os
+
+    temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save({"mean": mean, "std": std, "captions": captions}, temp)
+    os.replace(temp, path)
     return mean, std, captions
 
 
@@ -213,9 +223,25 @@ def epsilon_loss_weights(alphas_cumprod: torch.Tensor, gamma: float, snr_floor: 
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    # One fused call for all tensors: a per-parameter loop costs hundreds of kernel launches per step on a GPU.
     with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters()):
-            e.lerp_(p.detach(), 1.0 - decay)
+        torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
+
+
+def load_init_weights(path: Path, unet: torch.nn.Module, text_encoder: torch.nn.Module) -> float:
+    """Copy the U-Net and text encoder of an SD1-layout checkpoint into freshly built modules (read through the app's
+    own loader, so any checkpoint it can load works); returns the checkpoint's latent scale factor."""
+    from webui.engine.loader import load_checkpoint
+
+    loaded = load_checkpoint(Path(path))
+    try:
+        unet.load_state_dict(loaded.unet.state_dict())
+        text_encoder.load_state_dict(loaded.text_encoders[0].model.state_dict())
+    except RuntimeError as exc:
+        raise SystemExit(f"--init {path}: its architecture differs from this run's options "
+                         f"(set --unet-channels/--unet-attention/--layers-per-block/--text-* to match): "
+                         f"{str(exc).splitlines()[0]}") from exc
+    return loaded.vae_scale
 
 
 def run(args: argparse.Namespace) -> int:
@@ -241,7 +267,9 @@ def run(args: argparse.Namespace) -> int:
     empty_ids = token_ids([""])[0]
 
     state = load_training_state(out) if args.resume else None
-    if state is None:
+    if state is None and args.init is not None:
+        scale = load_init_weights(args.init, unet, text_encoder)
+    elif state is None:
         # LDM's scale_by_std: 1 / std of (sampled) latents of the training set.
         g = torch.Generator().manual_seed(args.seed)
         sample = mean + std * torch.randn(mean.shape, generator=g)
@@ -276,7 +304,9 @@ def run(args: argparse.Namespace) -> int:
     rank = accelerator.process_index
     progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, disable=not accelerator.is_main_process)
     started = time.time()
+    budget = TimeBudget(args.max_minutes)
     running = None
+    done = start_step
     for step in progress:
         # Every (seed, step, rank) has its own generator: resuming replays exactly the same batches.
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 64 + rank)
@@ -291,7 +321,7 @@ def run(args: argparse.Namespace) -> int:
         noise, timesteps = signal_free_top(noise, timesteps, latents, alphas, args.signal_free_top, g)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, args.lr, args.warmup, args.steps)
+            group["lr"] = lr_at(budget.schedule_step(step, args.steps), args.lr, args.warmup, args.steps)
         pred = wrapped(noisy, timesteps, ids)
         per_sample = (pred.float() - noise.float()).pow(2).flatten(1).mean(1)
         per_sample = per_sample * epsilon_loss_weights(alphas[timesteps], args.min_snr_gamma, args.snr_floor)
@@ -303,22 +333,26 @@ def run(args: argparse.Namespace) -> int:
         decay = min(args.ema_decay, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay)
         _ema_update(ema_text, text_encoder, decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        progress.set_postfix(loss=f"{running:.4f}")
+        # Kept on the device: .item() waits for the GPU, so it is only called when logging.
+        running = loss.detach() if running is None else 0.98 * running + 0.02 * loss.detach()
         done = step + 1
+        stop = budget.expired()  # read once, so the last step taken is always sampled and saved
         if accelerator.is_main_process and (done % args.log_every == 0 or done == args.steps):
-            log.write(step=done, loss=round(loss.item(), 5), smoothed=round(running, 5), seconds=round(time.time() - started, 1))
-        if accelerator.is_main_process and (done % args.sample_every == 0 or done == args.steps):
+            progress.set_postfix(loss=f"{running.item():.4f}")
+            log.write(step=done, loss=round(loss.item(), 5), smoothed=round(running.item(), 5), seconds=round(time.time() - started, 1))
+        if accelerator.is_main_process and (done % args.sample_every == 0 or done == args.steps or stop):
             grid = sample_images(ema_unet, ema_text, vae, scale, SAMPLE_PROMPTS, latent_size=latent_size)
             save_grid(grid, out / "samples" / f"step-{done:06d}.png")
-        if accelerator.is_main_process and (done % args.checkpoint_every == 0 or done == args.steps):
+        if accelerator.is_main_process and (done % args.checkpoint_every == 0 or done == args.steps or stop):
             save_training_state(out, done, {
                 "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(), "ema_unet": ema_unet.state_dict(),
                 "ema_text": ema_text.state_dict(), "optimizer": optimizer.state_dict(), "scale_factor": scale,
                 "config": config_dict(config),
             })
+        if stop:
+            break
     if accelerator.is_main_process:
-        log.write(finished=args.steps, train_seconds_this_session=round(time.time() - started, 1))
+        log.write(finished=done, train_seconds_this_session=round(time.time() - started, 1))
         if args.export:
             export_run(out, args.ae, args.export)
     return 0
