@@ -27,7 +27,7 @@ from .common import (
     JsonLog, TimeBudget, load_training_state, lr_at, make_accelerator, save_grid, save_training_state, setup_torch, to_tensor,
     to_uint8,
 )
-from .dataset import TRAIN_SEED, make_arrays, make_arrays_parallel
+from .dataset import TRAIN_SEED, make_arrays_parallel
 from .models import LDMConfig, config_dict, count_parameters, sd_noise_scheduler, token_ids
 
 TEXT_PREFIX = "cond_stage_model.transformer."
