@@ -88,8 +88,13 @@ def main() -> None:
     def run_diffusers() -> None:
         noise = initial_noise(seeds, model.latent_channels, size // factor, size // factor).to(device, model.dtype)
         with torch.inference_mode():
-            pipe(prompt=prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=7.0,
-                 width=size, height=size, latents=noise, generator=step_generators(seeds))
+            # The model manager keeps the VAE in fp32 under fp16 (fp16 VAEs overflow); diffusers' pipeline would feed
+            # it fp16 latents, so its latents are decoded here the way the engine decodes them.
+            latents = pipe(prompt=prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=7.0,
+                           width=size, height=size, latents=noise, generator=step_generators(seeds),
+                           output_type="latent").images
+            image = model.vae.decode(latents.to(model.vae.dtype) / model.vae_scale).sample
+            pipe.image_processor.postprocess(image, output_type="pil")
 
     def run_engine() -> None:
         txt2img(model, params, context.samplers)
