@@ -8,7 +8,9 @@ seed, so no evaluation prompt's exact image was seen in training (prompts themse
 from __future__ import annotations
 
 import math
+import os
 import random
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -142,9 +144,6 @@ def make_arrays_parallel(count: int, seed: int = TRAIN_SEED, size: int = 64, sta
                          workers: int = 0) -> tuple[np.ndarray, list[str]]:
     """`make_arrays` split over worker processes (identical output): a GPU trainer renders its whole scene pool up
     front in seconds instead of waiting on PIL every step. `workers` 0 = one per CPU core, 1 = in this process."""
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
     workers = workers or os.cpu_count() or 1
     if workers <= 1 or count < 2000:
         return make_arrays(count, seed, size, start)

@@ -67,17 +67,20 @@ class _AutoencoderStep(torch.nn.Module):
 
 
 @torch.no_grad()
-def evaluate_reconstruction(vae, images: torch.Tensor, batch: int = 64) -> float:
-    """Mean PSNR (dB) of mode() reconstructions on held-out images."""
+def reconstruct(vae, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """mode() reconstructions of [-1, 1] images, batched, in eval mode, returned on the CPU."""
+    was_training = vae.training
     vae.eval()
-    scores = []
     device = next(vae.parameters()).device
-    for i in range(0, len(images), batch):
-        x = images[i:i + batch].to(device)
-        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
-        scores.append(psnr(rec, x).cpu())
-    vae.train()
-    return float(torch.cat(scores).mean())
+    outputs = [vae.decode(vae.encode(images[i:i + batch].to(device)).latent_dist.mode()).sample.cpu()
+               for i in range(0, len(images), batch)]
+    vae.train(was_training)
+    return torch.cat(outputs)
+
+
+def evaluate_reconstruction(vae, images: torch.Tensor) -> float:
+    """Mean PSNR (dB) of mode() reconstructions on held-out images."""
+    return float(psnr(reconstruct(vae, images), images).mean())
 
 
 @torch.no_grad()
@@ -88,15 +91,8 @@ def reconstruction_adherence(vae, count: int = 400, size: int = 64) -> dict[str,
 
     scenes = eval_scenes(count, objects=1)
     images = to_tensor(np.stack([np.asarray(render(s, size)) for s in scenes]))
-    device = next(vae.parameters()).device
-    was_training = vae.training
-    vae.eval()
-    outputs = []
-    for i in range(0, count, 64):
-        x = images[i:i + 64].to(device)
-        outputs.append(to_uint8(vae.decode(vae.encode(x).latent_dist.mode()).sample))
-    vae.train(was_training)
-    return summarise([score(image, scene) for image, scene in zip(np.concatenate(outputs), scenes)])
+    outputs = to_uint8(reconstruct(vae, images))
+    return summarise([score(image, scene) for image, scene in zip(outputs, scenes)])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,8 +144,6 @@ def run(args: argparse.Namespace) -> int:
     budget = TimeBudget(args.max_minutes)
     done = start_step
     for step in progress:
-        if budget.expired():
-            break
         # Index-addressed data: process `rank` takes its own slice of this step's global batch.
         first = (step * world + rank) * per_process
         if args.scenes:
@@ -172,24 +166,21 @@ def run(args: argparse.Namespace) -> int:
         accelerator.clip_grad_norm_([p for p in wrapped.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         done = step + 1
+        stop = budget.expired()  # read once, so the last step taken is always saved
         if accelerator.is_main_process and (done % args.log_every == 0 or done == args.steps):
             # .item() waits for the GPU, so it is only called when logging.
             progress.set_postfix(loss=f"{rec_loss.item():.4f}", kl=f"{kl.item():.4f}")
             log.write(step=done, loss=round(rec_loss.item(), 5), kl=round(kl.item(), 4), seconds=round(time.time() - started, 1))
         if accelerator.is_main_process and (done % args.sample_every == 0 or done == args.steps):
-            with torch.no_grad():
-                model.eval()
-                sample = held_out[:16].to(accelerator.device)
-                rec_img = model.decode(model.encode(sample).latent_dist.mode()).sample
-                model.train()
-            save_grid(np.concatenate([to_uint8(sample), to_uint8(rec_img)]), out / "samples" / f"recon-{done:06d}.png")
-        if accelerator.is_main_process and (done % args.checkpoint_every == 0 or done == args.steps):
+            sample = held_out[:16]
+            save_grid(np.concatenate([to_uint8(sample), to_uint8(reconstruct(model, sample))]),
+                      out / "samples" / f"recon-{done:06d}.png")
+        if accelerator.is_main_process and (done % args.checkpoint_every == 0 or done == args.steps or stop):
             save_training_state(out, done, {"vae": model.state_dict(), "optimizer": optimizer.state_dict(),
                                             "config": config_dict(config)})
+        if stop:
+            break
     if accelerator.is_main_process:
-        if done % args.checkpoint_every and done != args.steps:  # stopped by --max-minutes between checkpoints
-            save_training_state(out, done, {"vae": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "config": config_dict(config)})
         score = evaluate_reconstruction(model, held_out)
         model.save_pretrained(out / "vae")
         summary = {"psnr_db": round(score, 2), "held_out_images": len(held_out), "steps": done,

@@ -15,6 +15,7 @@ import argparse
 import copy
 import datetime as _dt
 import json
+import os
 import time
 from pathlib import Path
 
@@ -123,8 +124,6 @@ def cached_latents(vae: AutoencoderKL, ae_dir: Path, count: int, size: int) -> t
         return data["mean"], data["std"], data["captions"]
     mean, std, captions = encode_scenes(vae, count, size)
     # Written under a unique name and renamed: runs started side by side on one autoencoder may race here.
-    import os
-
     temp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     torch.save({"mean": mean, "std": std, "captions": captions}, temp)
     os.replace(temp, path)
