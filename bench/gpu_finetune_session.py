@@ -33,7 +33,9 @@ WORK = os.environ.get("WORK", "/tmp/w")
 os.makedirs(WORK, exist_ok=True)
 TRAIN_END = float(os.environ.get("TRAIN_END", "90" if FAST else "420"))
 SHIPPED = "models/Stable-diffusion/latent-studio-shapes.safetensors"
-AE = ".devcarry/dec2"
+AE = os.environ.get("AE", ".devcarry/dec2")
+# Second call (what was left of the device time): L3 = one run on from the first call's best model, alone on the card.
+CONTINUE = os.environ.get("CONTINUE")
 ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
            PYTHONPATH=os.pathsep.join(p for p in ["/tmp/site", os.getcwd(), os.environ.get("PYTHONPATH", "")] if p))
 
@@ -76,12 +78,14 @@ def gpu_load() -> None:
 
 SIZES = dict(scenes_ldm="600", scenes_ae="600", batch_ldm="8", batch_ae="4", threads="1", eval_images="16") if FAST \
     else dict(scenes_ldm="30000", scenes_ae="50000", batch_ldm="512", batch_ae="128", threads="3", eval_images="400")
-ldm_common = ["--ae", AE, "--init", SHIPPED, "--steps", "300000", "--batch-size", SIZES["batch_ldm"], "--lr", "2e-4",
-              "--warmup", "100", "--ema-decay", "0.9995", "--min-snr-gamma", "0", "--snr-floor", "0.5", "--offset-noise", "0.1",
+ldm_common = ["--ae", AE, "--init", CONTINUE or SHIPPED, "--steps", "300000", "--batch-size", SIZES["batch_ldm"],
+              "--lr", "1.5e-4" if CONTINUE else "2e-4", "--warmup", "50" if CONTINUE else "100",
+              "--ema-decay", "0.999" if CONTINUE else "0.9995", "--min-snr-gamma", "0", "--snr-floor", "0.5", "--offset-noise", "0.1",
               "--signal-free-top", "0.15", "--sample-every", "1000", "--checkpoint-every", "100000",
               "--log-every", "50", "--threads", SIZES["threads"], "--scenes", SIZES["scenes_ldm"]]
 say("python", sys.version.split()[0])
-runs = {
+runs = {"L3": start("L3", ["train-ldm", "--out", f"{WORK}/L3", *ldm_common, "--caption-dropout", "0.2",
+                           "--max-minutes", minutes_until(TRAIN_END, 40)])} if CONTINUE else {
     "L1": start("L1", ["train-ldm", "--out", f"{WORK}/L1", *ldm_common, "--max-minutes", minutes_until(TRAIN_END, 40)]),
     "L2": start("L2", ["train-ldm", "--out", f"{WORK}/L2", *ldm_common, "--caption-dropout", "0.2",
                        "--max-minutes", minutes_until(TRAIN_END, 40)]),
@@ -92,7 +96,7 @@ runs = {
                      SIZES["eval_images"], "--max-minutes", minutes_until(TRAIN_END, 50)]
           + (["--channels", "64,64,64"] if FAST else [])),
 }
-if not FAST:
+if not FAST and not CONTINUE:
     time.sleep(90)
     gpu_load()
     time.sleep(120)
@@ -101,7 +105,7 @@ wait(runs, TRAIN_END + 45)
 
 decoder = f"{WORK}/D" if os.path.exists(f"{WORK}/D/vae/config.json") else AE
 exports = {}
-for name in ("L1", "L2"):
+for name in ("L1", "L2", "L3"):
     if os.path.exists(f"{WORK}/{name}/checkpoint-latest.pt"):
         path = f"{WORK}/{name}.safetensors"
         exports[name] = (path, subprocess.Popen([sys.executable, "-m", "webui", "export-default", "--ldm",

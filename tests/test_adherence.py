@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -51,3 +57,22 @@ def test_prompts_parse_back_to_their_scenes():
     assert len({s.caption for s in eval_scenes(200)}) > 150
     with pytest.raises(ValueError):
         parse_prompt("a photo of a cat")
+
+
+def test_eval_adherence_command_writes_a_report_on_the_shipped_model(tmp_path):
+    """The benchmark's own command, end to end on the real default checkpoint (4 prompts, so it stays fast)."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "eval"
+    env = dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "webui", "eval-adherence", "--prompts", "4", "--cfg", "1,6",
+                           "--ground-truth", "5", "--out", str(out)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["evaluator_on_ground_truth"]["single"]["shape_colour"] == 1.0
+    for cfg in ("cfg_1", "cfg_6"):
+        single = report["results"][cfg]["single"]
+        assert set(single) >= {"colour", "shape", "position", "size", "shape_colour"}
+        misses = report["results"][cfg]["single_shape_colour_misses"]
+        assert sum(misses.values()) == round((1 - single["shape_colour"]) * 4)
+        assert (out / f"samples-cfg{cfg[4:]}.png").exists()

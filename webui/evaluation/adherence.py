@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from webui.training.dataset import (
-    COLOURS, PALETTE, POSITIONS, SHAPES, SIZES, Scene, ShapeObject, eval_scenes, render,
+    PALETTE, POSITIONS, SIZES, Scene, ShapeObject, eval_scenes, render,
 )
 
 _NAMES = list(PALETTE)
@@ -163,8 +163,12 @@ def ground_truth_accuracy(count: int = 500, objects: int = 1) -> dict[str, float
 
 
 def generate_and_score(model, scenes: list[Scene], cfg: float, steps: int = 20, sampler: str = "Euler a",
-                       seed_base: int = 0, keep: list | None = None) -> dict[str, float]:
-    """Generates one image per scene with the app's own txt2img path and scores it."""
+                       seed_base: int = 0, keep: list | None = None,
+                       misses: dict[str, int] | None = None) -> dict[str, float]:
+    """Generates one image per scene with the app's own txt2img path and scores it.
+
+    `misses`, if given, counts the single-object prompts whose shape or colour was wrong by "size shape" (for example
+    "small star"), so a report says where a model fails, not just how often."""
     from webui.engine.generation import SamplingParams, txt2img
     from webui.engine.samplers import SamplerRegistry
 
@@ -179,7 +183,11 @@ def generate_and_score(model, scenes: list[Scene], cfg: float, steps: int = 20, 
         image = txt2img(model, params, registry)[0]
         if keep is not None:
             keep.append(image)
-        scores.append(score(image, scene))
+        result = score(image, scene)
+        scores.append(result)
+        if misses is not None and len(scene.objects) == 1 and not result["shape_colour"]:
+            key = f"{scene.objects[0].size} {scene.objects[0].shape}"
+            misses[key] = misses.get(key, 0) + 1
     return summarise(scores)
 
 
@@ -216,7 +224,9 @@ def run(args: argparse.Namespace) -> int:
     for cfg in (float(c) for c in args.cfg.split(",")):
         started = time.time()
         keep: list = []
-        entry = {"single": generate_and_score(model, single, cfg, args.steps, args.sampler, keep=keep)}
+        misses: dict[str, int] = {}
+        entry = {"single": generate_and_score(model, single, cfg, args.steps, args.sampler, keep=keep, misses=misses)}
+        entry["single_shape_colour_misses"] = dict(sorted(misses.items(), key=lambda item: -item[1]))
         if two:
             entry["two"] = generate_and_score(model, two, cfg, args.steps, args.sampler, seed_base=10_000)
         entry["seconds"] = round(time.time() - started, 1)

@@ -54,7 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", type=int, default=6000, help="rendered training scenes (latents cached)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--caption-dropout", type=float, default=0.1)
-    parser.add_argument("--min-snr-gamma", type=float, default=5.0, help="0 disables Min-SNR weighting")
+    parser.add_argument("--min-snr-gamma", type=float, default=5.0,
+                        help="0 disables Min-SNR weighting (plain ε-loss). Min-SNR gives the low-noise steps little "
+                        "weight, and CFG multiplies what they get wrong: the shipped model's last fine-tunes used 0 "
+                        "(docs/default-model.md)")
     parser.add_argument("--snr-floor", type=float, default=0.0,
                         help="weight high-noise steps as if their SNR were at least this (0 = plain Min-SNR)")
     parser.add_argument("--pyramid-noise", type=float, default=0.0,
