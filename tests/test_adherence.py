@@ -76,3 +76,11 @@ def test_eval_adherence_command_writes_a_report_on_the_shipped_model(tmp_path):
         misses = report["results"][cfg]["single_shape_colour_misses"]
         assert sum(misses.values()) == round((1 - single["shape_colour"]) * 4)
         assert (out / f"samples-cfg{cfg[4:]}.png").exists()
+
+
+def test_eval_adherence_refuses_an_empty_benchmark():
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "webui", "eval-adherence", "--prompts", "0"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "--prompts N and/or --two-object-prompts N" in done.stderr

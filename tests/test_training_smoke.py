@@ -87,7 +87,8 @@ def test_ldm_loss_goes_down_resumes_and_exports_a_loadable_sd1_file(tiny_ae, tmp
     # --max-minutes stops it after the first step, still saving and sampling that step.
     tuned = tmp_path / "tuned"
     init_args = [a if a != str(out) else str(tuned) for a in common] + ["--init", str(export), "--lr", "0"]
-    assert train_ldm.run(_parse(train_ldm, init_args + ["--steps", "1000", "--max-minutes", "1e-6"])) == 0
+    assert train_ldm.run(_parse(train_ldm, init_args + ["--steps", "1000", "--max-minutes", "1e-6",
+                                                        "--max-timestep", "450"])) == 0
     state = torch.load(tuned / "checkpoint-latest.pt", weights_only=True)
     assert state["step"] == 1 and (tuned / "samples" / "step-000001.png").exists()
     assert state["scale_factor"] == pytest.approx(model.vae_scale, rel=1e-6)
@@ -95,6 +96,11 @@ def test_ldm_loss_goes_down_resumes_and_exports_a_loadable_sd1_file(tiny_ae, tmp
         assert torch.equal(state["ema_unet"][name], tensor), name
     with pytest.raises(SystemExit, match="--init .* architecture differs"):
         train_ldm.run(_parse(train_ldm, init_args + ["--steps", "1", "--unet-channels", "64,64"]))
+    with pytest.raises(SystemExit, match="--max-timestep must be between 1 and 1000"):
+        train_ldm.run(_parse(train_ldm, init_args + ["--steps", "1", "--max-timestep", "0"]))
+    with pytest.raises(SystemExit, match="pass --signal-free-top 0"):
+        train_ldm.run(_parse(train_ldm, init_args + ["--steps", "1", "--max-timestep", "450",
+                                                     "--signal-free-top", "0.1"]))
 
 
 def test_parallel_rendering_matches_serial_rendering():

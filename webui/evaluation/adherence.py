@@ -210,6 +210,8 @@ def run(args: argparse.Namespace) -> int:
 
     from webui.engine.loader import load_checkpoint
 
+    if args.prompts < 0 or args.two_object_prompts < 0 or args.prompts + args.two_object_prompts == 0:
+        raise SystemExit("eval-adherence needs --prompts N and/or --two-object-prompts N, with N > 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     report: dict = {"model": str(args.model), "steps": args.steps, "sampler": args.sampler, "prompts": args.prompts}
@@ -228,11 +230,11 @@ def run(args: argparse.Namespace) -> int:
         entry = {"single": generate_and_score(model, single, cfg, args.steps, args.sampler, keep=keep, misses=misses)}
         entry["single_shape_colour_misses"] = dict(sorted(misses.items(), key=lambda item: -item[1]))
         if two:
-            entry["two"] = generate_and_score(model, two, cfg, args.steps, args.sampler, seed_base=10_000)
+            entry["two"] = generate_and_score(model, two, cfg, args.steps, args.sampler, seed_base=10_000, keep=keep)
         entry["seconds"] = round(time.time() - started, 1)
         report["results"][f"cfg_{cfg:g}"] = entry
         print(f"CFG {cfg:g}: {json.dumps(entry)}")
-        if args.out:
+        if args.out and keep:  # single-object images first; two-object ones when there are none
             from webui.training.common import save_grid
 
             save_grid(np.stack([np.asarray(im) for im in keep[:64]]), Path(args.out) / f"samples-cfg{cfg:g}.png")
