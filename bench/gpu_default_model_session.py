@@ -20,46 +20,18 @@ import os
 import subprocess
 import sys
 import tarfile
-import time
 
-T0 = time.time()
+from gpu_session import Session
+
 FAST = os.environ.get("FAST") == "1"
 OUT = os.environ["OUT"]
 W = os.environ.get("WORK", "/tmp/w")
-os.makedirs(W, exist_ok=True)
 HARD_END = float(os.environ.get("HARD_END", "560"))
 SHIPPED = "models/Stable-diffusion/latent-studio-shapes.safetensors"
 OLD_AE = ".devcarry/ae2-dec"
-env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-           PYTHONPATH=os.pathsep.join(p for p in ["/tmp/site", os.getcwd(), os.environ.get("PYTHONPATH", "")] if p))
-
-
-def el() -> float:
-    return time.time() - T0
-
-
-def say(*a) -> None:
-    print(f"[{el():6.1f}s]", *a, flush=True)
-
-
-def start(name: str, args: list[str]) -> subprocess.Popen:
-    say("start", name, " ".join(args))
-    log = open(f"{W}/{name}.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "webui", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
-
-
-def wait(procs: dict, limit: float) -> None:
-    for name, p in procs.items():
-        try:
-            p.wait(timeout=max(1, limit - el()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            say("killed", name)
-        say("done", name, "rc", p.returncode)
-
-
-def minutes(until: float, reserve: float) -> str:
-    return f"{max(0.1, (until - el() - reserve) / 60):.2f}"
+session = Session(W)
+env, el, say, start, wait, minutes = (session.env, session.elapsed, session.say, session.start, session.wait,
+                                      session.minutes_until)
 
 
 S = dict(scenes_ae="2100", scenes_ldm="600", bae="4", bldm="8", p1=70, p2_end=330, a1_end=330, threads="1", ev="4") if FAST \

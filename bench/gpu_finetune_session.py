@@ -26,47 +26,18 @@ import sys
 import tarfile
 import time
 
-T0 = time.time()
+from gpu_session import Session
+
 FAST = os.environ.get("FAST") == "1"
 OUT = os.environ["OUT"]
 WORK = os.environ.get("WORK", "/tmp/w")
-os.makedirs(WORK, exist_ok=True)
 TRAIN_END = float(os.environ.get("TRAIN_END", "90" if FAST else "420"))
 SHIPPED = "models/Stable-diffusion/latent-studio-shapes.safetensors"
 AE = os.environ.get("AE", ".devcarry/dec2")
 # Second call (what was left of the device time): L3 = one run on from the first call's best model, alone on the card.
 CONTINUE = os.environ.get("CONTINUE")
-ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-           PYTHONPATH=os.pathsep.join(p for p in ["/tmp/site", os.getcwd(), os.environ.get("PYTHONPATH", "")] if p))
-
-
-def elapsed() -> float:
-    return time.time() - T0
-
-
-def say(*parts: object) -> None:
-    print(f"[{elapsed():6.1f}s]", *parts, flush=True)
-
-
-def start(name: str, args: list[str]) -> subprocess.Popen:
-    say("start", name, " ".join(args))
-    log = open(f"{WORK}/{name}.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "webui", *args], stdout=log, stderr=subprocess.STDOUT, env=ENV)
-
-
-def wait(procs: dict[str, subprocess.Popen], limit: float) -> None:
-    for name, proc in procs.items():
-        try:
-            proc.wait(timeout=max(1.0, limit - elapsed()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            say("killed", name)
-        say("done", name, "rc", proc.returncode)
-
-
-def minutes_until(end: float, startup: float) -> str:
-    """The --max-minutes that makes a run stop by `end`, given its start-up time (rendering, latent encoding)."""
-    return f"{max(0.1, (end - elapsed() - startup) / 60):.2f}"
+session = Session(WORK)
+ENV, say, start, wait, minutes_until = session.env, session.say, session.start, session.wait, session.minutes_until
 
 
 def gpu_load() -> None:
