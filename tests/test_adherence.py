@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.cli import run_cli
 from webui.evaluation.adherence import detect, ground_truth_accuracy, parse_prompt, score
 from webui.training.dataset import Scene, ShapeObject, caption_for, eval_scenes, render, scene_at
 
@@ -61,12 +58,8 @@ def test_prompts_parse_back_to_their_scenes():
 
 def test_eval_adherence_command_writes_a_report_on_the_shipped_model(tmp_path):
     """The benchmark's own command, end to end on the real default checkpoint (4 prompts, so it stays fast)."""
-    root = Path(__file__).resolve().parents[1]
     out = tmp_path / "eval"
-    env = dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1")
-    done = subprocess.run([sys.executable, "-m", "webui", "eval-adherence", "--prompts", "4", "--cfg", "1,6",
-                           "--ground-truth", "5", "--out", str(out)], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = run_cli("eval-adherence", "--prompts", "4", "--cfg", "1,6", "--ground-truth", "5", "--out", str(out))
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert report["evaluator_on_ground_truth"]["single"]["shape_colour"] == 1.0
@@ -79,8 +72,5 @@ def test_eval_adherence_command_writes_a_report_on_the_shipped_model(tmp_path):
 
 
 def test_eval_adherence_refuses_an_empty_benchmark():
-    root = Path(__file__).resolve().parents[1]
-    env = dict(os.environ, PYTHONPATH=str(root), HF_HUB_OFFLINE="1")
-    done = subprocess.run([sys.executable, "-m", "webui", "eval-adherence", "--prompts", "0"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = run_cli("eval-adherence", "--prompts", "0", timeout=120)
     assert done.returncode != 0 and "--prompts N and/or --two-object-prompts N" in done.stderr

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
+from tests.cli import run_cli
 from webui.services.infotext import parse_infotext
 from webui.services.outputs import read_infotext
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "webui", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def test_generate_writes_pngs_with_infotext(tiny_sd1, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    result = _cli("generate", "--model", str(tiny_sd1.path), "--prompt", "a red circle", "--negative-prompt", "blue",
+    result = run_cli("generate", "--model", str(tiny_sd1.path), "--prompt", "a red circle", "--negative-prompt", "blue",
                   "--sampler", "DPM++ 2M Karras", "--steps", "3", "--cfg", "5", "--seed", "42", "--width", "64",
                   "--height", "64", "--batch-size", "2", "--batch-count", "2", "--device", "cpu", "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -31,7 +24,7 @@ def test_generate_writes_pngs_with_infotext(tiny_sd1, tmp_path: Path) -> None:
 
 
 def test_bad_input_is_one_line_error(tiny_sd1, tmp_path: Path) -> None:
-    result = _cli("generate", "--model", str(tiny_sd1.path), "--prompt", "x", "--width", "65", "--height", "64",
+    result = run_cli("generate", "--model", str(tiny_sd1.path), "--prompt", "x", "--width", "65", "--height", "64",
                   "--device", "cpu", "--out", str(tmp_path))
     assert result.returncode == 2
     assert result.stderr.strip() == "error: width: 65 is not a multiple of 8 (use 64 or 72)"

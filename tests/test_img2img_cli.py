@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from tests.cli import run_cli
 from webui.services.infotext import parse_infotext
 from webui.services.outputs import read_infotext
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "webui", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
 def _inputs(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
@@ -29,10 +22,10 @@ def _inputs(tmp_path: Path) -> tuple[Path, Path, np.ndarray]:
     return tmp_path / "init.png", tmp_path / "mask.png", pixels
 
 
-def test_img2img_inpaint_cli(tiny_sd1, tmp_path: Path) -> None:
+def test_img2img_inpaintrun_cli(tiny_sd1, tmp_path: Path) -> None:
     init, mask, pixels = _inputs(tmp_path)
     out = tmp_path / "out"
-    result = _cli("img2img", "--model", str(tiny_sd1.path), "--init", str(init), "--mask", str(mask),
+    result = run_cli("img2img", "--model", str(tiny_sd1.path), "--init", str(init), "--mask", str(mask),
                   "--denoise", "0.9", "--mask-blur", "0", "--inpaint-fill", "latent-noise", "--inpaint-area", "masked",
                   "--padding", "8", "--prompt", "a red circle", "--sampler", "Euler a", "--steps", "3", "--seed", "5",
                   "--batch-size", "2", "--device", "cpu", "--out", str(out))
@@ -50,11 +43,11 @@ def test_img2img_inpaint_cli(tiny_sd1, tmp_path: Path) -> None:
 
 def test_outpaint_cli_and_plain_img2img(tiny_sd1, tmp_path: Path) -> None:
     init, _, pixels = _inputs(tmp_path)
-    result = _cli("outpaint", "--model", str(tiny_sd1.path), "--init", str(init), "--left", "16", "--down", "8",
+    result = run_cli("outpaint", "--model", str(tiny_sd1.path), "--init", str(init), "--left", "16", "--down", "8",
                   "--prompt", "sky", "--steps", "2", "--device", "cpu", "--out", str(tmp_path / "o"))
     assert result.returncode == 0, result.stderr
     assert Image.open(result.stdout.split()[0]).size == (86, 68)
-    result = _cli("img2img", "--model", str(tiny_sd1.path), "--init", str(init), "--width", "64", "--height", "96",
+    result = run_cli("img2img", "--model", str(tiny_sd1.path), "--init", str(init), "--width", "64", "--height", "96",
                   "--resize-mode", "crop-and-resize", "--prompt", "x", "--steps", "2", "--cfg", "3",
                   "--device", "cpu", "--out", str(tmp_path / "p"))
     assert result.returncode == 0, result.stderr
@@ -65,11 +58,11 @@ def test_bad_inputs_are_one_line_errors(tiny_sd1, tmp_path: Path) -> None:
     init, _, _ = _inputs(tmp_path)
     Image.new("L", (70, 60), 0).save(tmp_path / "empty.png")
     common = ["--model", str(tiny_sd1.path), "--prompt", "x", "--device", "cpu", "--out", str(tmp_path / "o")]
-    result = _cli("img2img", "--init", str(init), "--mask", str(tmp_path / "empty.png"), *common)
+    result = run_cli("img2img", "--init", str(init), "--mask", str(tmp_path / "empty.png"), *common)
     assert result.returncode == 2
     assert result.stderr.strip() == "error: mask: the mask is empty: nothing to inpaint (paint over the area to change)"
-    result = _cli("img2img", "--init", str(init), "--max-image-pixels", "1000", *common)
+    result = run_cli("img2img", "--init", str(init), "--max-image-pixels", "1000", *common)
     assert result.returncode == 2
     assert result.stderr.strip().startswith("error: init: the image is 70x60 (0.0 MP); the limit is 0.0 MP")
-    result = _cli("outpaint", "--init", str(init), "--left", "12", *common)
+    result = run_cli("outpaint", "--init", str(init), "--left", "12", *common)
     assert result.stderr.strip() == "error: outpaint_left: 12 is not a multiple of 8 (use 8 or 16)"

@@ -85,10 +85,13 @@ def config_dict(config) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
 
 
+SD_TRAIN_TIMESTEPS = 1000
+
+
 def sd_noise_scheduler() -> DDPMScheduler:
     """SD's training schedule: ε-prediction, scaled-linear β 0.00085 -> 0.012 over 1000 steps."""
     return DDPMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        num_train_timesteps=SD_TRAIN_TIMESTEPS, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
         prediction_type="epsilon", clip_sample=False,
     )
 

@@ -29,7 +29,7 @@ from .common import (
     to_uint8,
 )
 from .dataset import TRAIN_SEED, make_arrays_parallel
-from .models import LDMConfig, config_dict, count_parameters, sd_noise_scheduler, token_ids
+from .models import SD_TRAIN_TIMESTEPS, LDMConfig, config_dict, count_parameters, sd_noise_scheduler, token_ids
 
 TEXT_PREFIX = "cond_stage_model.transformer."
 SAMPLE_PROMPTS = [
@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train this fraction of each batch at t>=950 on pure noise, as the samplers' first step "
                         "sees it (SD's schedule leaks ~7%% of the image at t=999, so otherwise the model reads the "
                         "layout from the starting noise and ignores the prompt's positions)")
-    parser.add_argument("--max-timestep", type=int, default=1000,
+    parser.add_argument("--max-timestep", type=int, default=SD_TRAIN_TIMESTEPS,
                         help="train only timesteps below this (1-1000). For short fine-tunes aimed at the low-noise "
                         "steps, where CFG multiplies the model's errors (t=400 is sigma 1.16); use with "
                         "--signal-free-top 0")
@@ -155,8 +155,7 @@ def sample_images(unet, text_encoder, vae, scale: float, prompts: list[str], ste
                   seed: int = 0, latent_size: int = 16) -> np.ndarray:
     """A quick DDIM preview for the training grids (the evaluator uses the app's own samplers instead)."""
     device = next(unet.parameters()).device
-    scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler = DDIMScheduler.from_config(sd_noise_scheduler().config, set_alpha_to_one=False, steps_offset=1)
     scheduler.set_timesteps(steps)
     generator = torch.Generator("cpu").manual_seed(seed)
     channels = unet.config.in_channels
@@ -209,7 +208,7 @@ def signal_free_top(noise: torch.Tensor, timesteps: torch.Tensor, latents: torch
         return noise, timesteps
     batch = noise.shape[0]
     chosen = (torch.rand(batch, generator=generator) < fraction).to(noise.device)
-    top = torch.randint(SIGNAL_FREE_FROM, 1000, (batch,), generator=generator).to(timesteps.device)
+    top = torch.randint(SIGNAL_FREE_FROM, SD_TRAIN_TIMESTEPS, (batch,), generator=generator).to(timesteps.device)
     pure = torch.randn(noise.shape, generator=generator).to(noise.device, noise.dtype)
     timesteps = torch.where(chosen, top, timesteps)
     alpha = alphas_cumprod[timesteps].view(-1, 1, 1, 1).to(noise.dtype)
@@ -251,10 +250,11 @@ def load_init_weights(path: Path, unet: torch.nn.Module, text_encoder: torch.nn.
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 1 <= args.max_timestep <= 1000:
-        raise SystemExit(f"--max-timestep must be between 1 and 1000 (got {args.max_timestep})")
-    if args.signal_free_top > 0 and args.max_timestep < 1000:
-        raise SystemExit("--signal-free-top trains t >= 950, which --max-timestep excludes: pass --signal-free-top 0")
+    if not 1 <= args.max_timestep <= SD_TRAIN_TIMESTEPS:
+        raise SystemExit(f"--max-timestep must be between 1 and {SD_TRAIN_TIMESTEPS} (got {args.max_timestep})")
+    if args.signal_free_top > 0 and args.max_timestep < SD_TRAIN_TIMESTEPS:
+        raise SystemExit(f"--signal-free-top trains t >= {SIGNAL_FREE_FROM}, which --max-timestep excludes: "
+                         "pass --signal-free-top 0")
     setup_torch(args.seed, args.threads)
     accelerator = make_accelerator(cpu=args.cpu)
     device = accelerator.device
