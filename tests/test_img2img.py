@@ -62,14 +62,6 @@ def test_strength_one_ignores_the_input_and_equals_txt2img(model) -> None:
         assert np.array_equal(np.asarray(x), np.asarray(y)) and np.array_equal(np.asarray(x), np.asarray(z))
 
 
-def test_lower_strength_stays_closer_to_the_input(model) -> None:
-    image = noise_image(seed=4)
-    def distance(strength: float) -> float:
-        out = img2img(model, params(steps=8), REGISTRY, image, Img2ImgOptions(denoising_strength=strength))[0]
-        return float(np.abs(np.asarray(out, float) - np.asarray(image, float)).mean())
-    assert distance(0.2) < distance(0.9)
-
-
 @pytest.mark.parametrize("sampler", REGISTRY.names())
 def test_every_sampler_runs_img2img(model, sampler: str) -> None:
     images = img2img(model, params(sampler=sampler, steps=4, seeds=(1, 2)), REGISTRY, noise_image(),
