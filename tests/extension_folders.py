@@ -6,12 +6,17 @@ import textwrap
 from pathlib import Path
 
 
-def write_extension(root: Path, name: str, body: str, requires_app: str = ">=0.1", entry: str = "main.py") -> Path:
+def write_extension(
+    root: Path, name: str, body: str, requires_app: str = ">=0.1", entry: str = "main.py",
+    manifest_name: str | None = None,
+) -> Path:
+    """`root/<name>/` with a manifest and the entry file. `manifest_name` gives the manifest a different name than the
+    folder (duplicate names); an `entry` outside the folder is written where it points, so a refusal is a real one."""
     folder = root / name
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "extension.toml").write_text(
-        f'name = "{name}"\nversion = "1.0"\ndescription = "test extension {name}"\nrequires_app = "{requires_app}"\n'
-        f'entry = "{entry}"\nrequirements = ["numpy>=1"]\n',
+        f'name = "{manifest_name or name}"\nversion = "1.0"\ndescription = "test extension {name}"\n'
+        f'requires_app = "{requires_app}"\nentry = "{entry}"\nrequirements = ["numpy>=1"]\n',
         encoding="utf-8",
     )
     (folder / entry).write_text(textwrap.dedent(body), encoding="utf-8")
@@ -75,4 +80,93 @@ RAISES_IN_UI = """
             raise RuntimeError("tab build exploded")
 
         api.add_tab("Broken Tab", build)
+"""
+
+# ----- hooks that change something and then raise: containment must discard the change -----
+# (The per-step ones raise unless their control `fail` is False, so the same extension shows that its edit counts.)
+
+NEGATE_THEN_RAISE = """
+    def register(api):
+        def negate(state, controls):
+            state.denoised = -state.denoised
+            if controls.get("fail", True):
+                raise RuntimeError("negated the prediction, then failed")
+
+        api.on_step(negate)
+"""
+
+NEGATE_IN_PLACE_THEN_RAISE = """
+    def register(api):
+        def negate(state, controls):
+            state.denoised.mul_(-1)
+            if controls.get("fail", True):
+                raise RuntimeError("negated the prediction in place, then failed")
+
+        api.on_step(negate)
+"""
+
+EDIT_REQUEST_THEN_RAISE = """
+    def register(api):
+        def hijack(request, controls):
+            request.prompt = "hijacked"
+            request.steps = 1
+            raise RuntimeError("before-generate hook exploded")
+
+        api.on_before_generate(hijack)
+"""
+
+PAINT_IMAGE_THEN_RAISE = """
+    def register(api):
+        def blacken(images, request, controls):
+            images[0].paste((0, 0, 0), (0, 0, images[0].width, images[0].height))
+            raise RuntimeError("after-decode hook exploded")
+
+        api.on_after_decode(blacken)
+"""
+
+TAG_THEN_RAISE = """
+    def register(api):
+        def broken(params, request, controls):
+            params["Broken"] = "yes"
+            raise RuntimeError("on-save hook exploded")
+
+        api.on_save(broken)
+"""
+
+RETURNS_A_DICT_NOT_A_REQUEST = """
+    def register(api):
+        api.on_before_generate(lambda request, controls: {"prompt": "a dict is not a request"})
+"""
+
+RETURNS_NO_IMAGES = """
+    def register(api):
+        api.on_after_decode(lambda images, request, controls: [])
+"""
+
+TAGGER = """
+    def register(api):
+        def before(request, controls):
+            request.negative_prompt += ", tagged"
+
+        def after(images, request, controls):
+            for image in images:
+                image.putpixel((0, 0), (255, 0, 255))
+
+        def tag(params, request, controls):
+            params["Tagged"] = "yes"
+
+        api.on_before_generate(before)
+        api.on_after_decode(after)
+        api.on_save(tag)
+"""
+
+
+def sampler_extension(*names: str) -> str:
+    """An extension adding one Euler-based sampler per name, in order."""
+    specs = "\n".join(f"        api.add_sampler(SamplerSpec({name!r}, 'EulerDiscreteScheduler'))" for name in names)
+    return f"""
+    from webui.engine.samplers import SamplerSpec
+
+    def register(api):
+{specs}
 """

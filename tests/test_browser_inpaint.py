@@ -9,12 +9,15 @@ import pytest
 from PIL import Image
 
 from tests.server_process import AppServer
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS
+from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, require_chromium
 from webui.engine.synthetic import write_synthetic_checkpoint
 from webui.services.infotext import parse_infotext
 from webui.services.outputs import read_infotext
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not found (apt-get install -y chromium)")
+
+@pytest.fixture(scope="module", autouse=True)
+def chromium() -> None:
+    require_chromium()  # skips on a developer machine without it, fails under CI
 
 
 @pytest.fixture(scope="module")

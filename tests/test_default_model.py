@@ -17,8 +17,6 @@ CARD = CHECKPOINT.with_suffix(".md")
 FLOOR_COLOUR = 0.85
 FLOOR_POSITION = 0.8
 
-pytestmark = pytest.mark.skipif(not CHECKPOINT.exists(), reason="default checkpoint not present")
-
 
 @pytest.fixture(scope="module")
 def model():

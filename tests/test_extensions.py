@@ -9,10 +9,14 @@ import numpy as np
 import pytest
 
 from tests.extension_folders import (
-    HELLO_TAB, NEGATE_HOOK, RAISES_IN_HOOK, RAISES_IN_REGISTER, RAISES_ON_IMPORT, write_extension,
+    EDIT_REQUEST_THEN_RAISE, HELLO_TAB, NEGATE_HOOK, NEGATE_IN_PLACE_THEN_RAISE, NEGATE_THEN_RAISE,
+    PAINT_IMAGE_THEN_RAISE, RAISES_IN_HOOK, RAISES_IN_REGISTER, RAISES_ON_IMPORT, RETURNS_A_DICT_NOT_A_REQUEST,
+    RETURNS_NO_IMAGES, TAG_THEN_RAISE, TAGGER, sampler_extension, write_extension,
 )
 from webui.context import AppPaths, build_context
+from webui.engine.samplers import SamplerRegistry
 from webui.services.extensions import ExtensionError
+from webui.services.infotext import parse_infotext
 from webui.services.requests import GenerationRequest
 from webui.services.settings import SettingsStore
 
@@ -109,3 +113,122 @@ def test_example_cfg_rescale_changes_output(tmp_path: Path, tiny_sd1) -> None:
     assert "CFG Rescale phi: 1," in result.infotexts[0]
     plain, _ = _generate(context, cfg=25, **{"cfg-rescale": {"enabled": False}})
     assert np.abs(rescaled - plain).max() > 10
+
+
+def _records(context) -> dict:
+    return {r.name: r for r in context.extensions.records}
+
+
+def test_failing_request_image_and_save_hooks_are_contained(tmp_path: Path, tiny_sd1) -> None:
+    # Each broken hook edits what it was given (in place) before raising; none of that may reach the job.
+    root = tmp_path / "ext"
+    write_extension(root, "bad-before", EDIT_REQUEST_THEN_RAISE)
+    write_extension(root, "bad-decode", PAINT_IMAGE_THEN_RAISE)
+    write_extension(root, "bad-save", TAG_THEN_RAISE)
+    write_extension(root, "bad-request-type", RETURNS_A_DICT_NOT_A_REQUEST)
+    write_extension(root, "bad-images-type", RETURNS_NO_IMAGES)
+    write_extension(root, "tagger", TAGGER)
+    context = _context(tmp_path, tiny_sd1, root)
+    status = _records(context)
+    assert all(record.status == "active" for name, record in status.items() if name.startswith("bad-"))
+
+    image, result = _generate(context)
+    assert len(result.images) == 1 and len(result.infotexts) == 1
+    for name, message in (("bad-before", "in a before-generate hook: RuntimeError: before-generate hook exploded"),
+                          ("bad-decode", "in an after-decode hook: RuntimeError: after-decode hook exploded"),
+                          ("bad-save", "in an on-save hook: RuntimeError: on-save hook exploded"),
+                          ("bad-request-type", "in a before-generate hook: ExtensionError: the hook must return None "
+                                               "or a GenerationRequest, not a dict"),
+                          ("bad-images-type", "in an after-decode hook: ExtensionError: the hook must return None or "
+                                              "a list of 1 PIL images, not a list of 0 (empty)")):
+        assert status[name].status == "failed" and status[name].error == message, name
+        assert ("Traceback" in status[name].traceback) == ("RuntimeError" in message)  # raised: where, for the author
+    assert status["tagger"].status == "active"
+    info = parse_infotext(result.infotexts[0])
+    assert info["Prompt"] == "a red circle" and info["Steps"] == 3  # the in-place edits before the raise are gone
+    assert info["Negative prompt"] == "blue, tagged" and info["Tagged"] == "yes"  # the good extension still applies
+    assert "Broken" not in info
+    assert image[0, 0].tolist() == [255, 0, 255]  # the good after-decode hook's mark
+    assert image.mean() > 5  # not the black paste of the failed hook
+
+    # The same job again, now without the (disabled) broken extensions: exactly the same image and infotext.
+    again, repeat = _generate(context)
+    assert np.array_equal(again, image) and repeat.infotexts == result.infotexts
+
+
+@pytest.mark.parametrize("body", [NEGATE_THEN_RAISE, NEGATE_IN_PLACE_THEN_RAISE], ids=["assign", "in-place"])
+def test_a_failing_step_hook_change_is_rolled_back(tmp_path: Path, tiny_sd1, body: str) -> None:
+    root = tmp_path / "ext"
+    write_extension(root, "negate", body)
+    context = _context(tmp_path, tiny_sd1, root)
+    record = _records(context)["negate"]
+    changed, _ = _generate(context, negate={"fail": False})  # control: the edit itself visibly changes the image
+    assert record.status == "active"
+    rolled_back, _ = _generate(context, negate={"fail": True})  # the same edit, then a raise at the first step
+    assert record.status == "failed" and "in a per-step hook: RuntimeError: negated the prediction" in record.error
+    plain, _ = _generate(context)  # the extension is disabled now: this is the image without it
+    assert np.array_equal(rolled_back, plain)
+    assert np.abs(changed - plain).max() > 20
+
+
+@pytest.mark.parametrize("entry", ["../outside.py", "ABSOLUTE"])
+def test_entry_outside_the_folder_is_refused(tmp_path: Path, tiny_sd1, entry: str) -> None:
+    if entry == "ABSOLUTE":
+        entry = str(tmp_path / "elsewhere" / "outside.py")
+        (tmp_path / "elsewhere").mkdir()
+    marker = tmp_path / "ran"
+    write_extension(tmp_path / "ext", "escape", f"open({str(marker)!r}, 'w').close()\ndef register(api): pass\n",
+                    entry=entry)
+    assert (tmp_path / "ext" / "escape" / entry).is_file()  # the file is there; only the rule stops it
+    record = _records(_context(tmp_path, tiny_sd1, tmp_path / "ext"))["escape"]
+    assert record.status == "failed"
+    assert record.error == (f"reading the manifest: ExtensionError: escape: entry {entry!r} must be a file inside the "
+                            "extension folder")
+    assert not marker.exists()  # its code never ran
+
+
+def test_entry_symlinked_outside_the_folder_is_refused(tmp_path: Path, tiny_sd1) -> None:
+    marker = tmp_path / "ran"
+    outside = tmp_path / "outside.py"
+    outside.write_text(f"open({str(marker)!r}, 'w').close()\ndef register(api): pass\n")
+    folder = write_extension(tmp_path / "ext", "linked", "", entry="main.py")
+    (folder / "main.py").unlink()
+    (folder / "main.py").symlink_to(outside)
+    record = _records(_context(tmp_path, tiny_sd1, tmp_path / "ext"))["linked"]
+    assert record.status == "failed" and "leads outside the extension folder" in record.error
+    assert not marker.exists()
+
+
+def test_duplicate_names_keep_the_first_and_name_the_clash(tmp_path: Path, tiny_sd1) -> None:
+    root = tmp_path / "ext"
+    write_extension(root, "first", HELLO_TAB, manifest_name="same")
+    write_extension(root, "second", RAISES_ON_IMPORT, manifest_name="same")
+    write_extension(root, "models", HELLO_TAB)  # clashes with the built-in of that name
+    context = _context(tmp_path, tiny_sd1, root)
+    by_folder = {r.folder.name: r for r in context.extensions.records}
+    assert by_folder["first"].status == "active"
+    assert by_folder["second"].status == "failed"
+    assert by_folder["second"].error == (
+        f"loading: ExtensionError: duplicate extension name 'same': the extension in {root / 'first'} already has it; "
+        f"rename one of them (the `name` in extension.toml) or remove {root / 'second'}"
+    )
+    builtin = next(r for r in context.extensions.records if r.name == "models" and r.builtin)
+    assert builtin.status == "active"
+    assert by_folder["models"].status == "failed" and "duplicate extension name 'models'" in by_folder["models"].error
+    assert [r.name for r in context.extensions.active()].count("same") == 1
+
+
+def test_a_half_failed_sampler_registration_leaves_no_sampler(tmp_path: Path, tiny_sd1) -> None:
+    root = tmp_path / "ext"
+    write_extension(root, "half", sampler_extension("Half Sampler A", "Euler"))
+    write_extension(root, "whole", sampler_extension("Whole Sampler"))
+    context = _context(tmp_path, tiny_sd1, root)
+    status = _records(context)
+    assert status["half"].status == "failed"
+    assert status["half"].error == "registering: SamplerError: a sampler named 'Euler' is already registered"
+    assert "Half Sampler A" not in context.samplers.names()
+    assert context.samplers.names() == [*SamplerRegistry().names(), "Whole Sampler"]
+    builtin_euler = SamplerRegistry().resolve("Euler")[0]
+    assert context.samplers.resolve("Euler")[0] == builtin_euler == context.samplers.resolve("k_euler")[0]
+    assert status["whole"].status == "active" and context.samplers.resolve("whole sampler")[0].name == "Whole Sampler"
+    assert status["half"].registrations.samplers == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -30,8 +31,16 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _start(dirs: dict[str, Path]) -> AppServer:
-    return AppServer(dirs["models"], dirs["outputs"], "--extensions-dir", str(dirs["extensions"]),
-                     "--data-dir", str(dirs["data"]), "--no-preload").wait_ready()
+    app = AppServer(dirs["models"], dirs["outputs"], "--extensions-dir", str(dirs["extensions"]),
+                    "--data-dir", str(dirs["data"]), "--no-preload").wait_ready()
+    # Extension routes are mounted just after Gradio starts answering: wait for them, or a test may race to a 404.
+    deadline = time.monotonic() + 30
+    while httpx.get(app.url + "ext/hello/ping").status_code == 404:
+        if time.monotonic() > deadline:
+            app.stop()
+            raise RuntimeError("extension routes were never mounted")
+        time.sleep(0.2)
+    return app
 
 
 @pytest.fixture(scope="module")

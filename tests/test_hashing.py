@@ -6,12 +6,17 @@ import hashlib
 import json
 import os
 import struct
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
+from webui.services import hashing
 from webui.services.hashing import HashCache, legacy_model_hash
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def write_safetensors(path: Path, data: bytes, metadata: dict[str, str] | None = None) -> bytes:
@@ -90,7 +95,8 @@ def test_corrupt_cache_file_is_ignored_and_replaced(tmp_path: Path, content: byt
     stored = json.loads(cache_file.read_text())
     assert stored["version"] == 1
     assert [entry["sha256"] for entry in stored["entries"].values()] == [hashlib.sha256(b"weights" * 100).hexdigest()]
-    assert sorted(os.listdir(tmp_path)) == ["hashes.json", "model.safetensors"]  # no temp file left
+    # No temp file left; the lock file that serialises writers across processes stays (it is never removed).
+    assert sorted(os.listdir(tmp_path)) == [".hashes.json.lock", "hashes.json", "model.safetensors"]
 
 
 def test_unwritable_cache_is_not_fatal(tmp_path: Path) -> None:
@@ -179,3 +185,74 @@ def test_concurrent_use_from_several_threads(tmp_path: Path) -> None:
     stored = json.loads(cache_file.read_text())["entries"]
     assert sorted(stored) == sorted(str(path.resolve()) for path in files)
     assert all({"sha256", "addnet"} <= set(entry) for entry in stored.values())
+
+
+def test_a_file_changed_while_it_is_hashed_is_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"old" * 1000)
+    real = hashing.sha256_file
+
+    def hash_then_overwrite(path: Path) -> str:
+        # Another program finishes rewriting the file just as our read ends (timed here so the test is exact).
+        digest = real(path)
+        model.write_bytes(b"new!" * 1000)
+        return digest
+
+    monkeypatch.setattr(hashing, "sha256_file", hash_then_overwrite)
+    cache_file = tmp_path / "hashes.json"
+    cache = HashCache(cache_file)
+    assert cache.sha256(model) == hashlib.sha256(b"old" * 1000).hexdigest()  # what was read, for this call only
+    assert not cache_file.exists()  # nothing cached, on disk...
+    assert cache.cached_short_hash(model) is None  # ...or in memory
+    monkeypatch.setattr(hashing, "sha256_file", real)
+    new = hashlib.sha256(b"new!" * 1000).hexdigest()
+    assert cache.sha256(model) == new  # a retry after the change hashes the new bytes...
+    assert cache.cached_short_hash(model) == new[:10]
+    [entry] = json.loads(cache_file.read_text())["entries"].values()  # ...and caches them
+    assert entry["sha256"] == new and entry["size"] == 4000
+
+
+_WRITER_SCRIPT = """
+import sys, time
+from pathlib import Path
+from webui.services.hashing import HashCache
+cache_file, go, *files = sys.argv[1:]
+while not Path(go).exists():
+    time.sleep(0.001)
+cache = HashCache(Path(cache_file))
+for file in files:
+    cache.sha256(Path(file))
+    cache.lora_addnet_hash(Path(file))
+"""
+
+
+def test_two_processes_writing_one_cache_keep_every_entry(tmp_path: Path) -> None:
+    groups: list[list[Path]] = [[], []]
+    for n in range(24):
+        path = tmp_path / f"model{n:02d}.safetensors"
+        write_safetensors(path, os.urandom(2000 + n))
+        groups[n % 2].append(path)
+    cache_file = tmp_path / "cache" / "hashes.json"
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    writers = [
+        subprocess.Popen([sys.executable, "-c", _WRITER_SCRIPT, str(cache_file), str(go), *map(str, files)],
+                         env=env, stderr=subprocess.PIPE, text=True)
+        for files in groups
+    ]
+    go.touch()  # both start hashing at the same moment
+    for writer in writers:
+        _, errors = writer.communicate(timeout=120)
+        assert writer.returncode == 0, errors
+    stored = json.loads(cache_file.read_text())  # valid JSON: every replace was whole
+    assert stored["version"] == 1
+    entries = stored["entries"]
+    expected = {str(path.resolve()): path for group in groups for path in group}
+    assert sorted(entries) == sorted(expected)  # nobody's entries were dropped
+    for key, path in expected.items():
+        assert entries[key]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+        assert entries[key]["addnet"] == hashing.addnet_sha256_file(path)
+    assert [name for name in os.listdir(cache_file.parent) if name.endswith(".tmp")] == []
+    # A fresh process reads every hash without touching the files.
+    fresh = HashCache(cache_file)
+    assert all(fresh.cached_short_hash(path) == entries[key]["sha256"][:10] for key, path in expected.items())

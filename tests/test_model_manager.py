@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 
+from webui.engine.loader import LoadedModel
+from webui.services import model_manager as model_manager_module
 from webui.services.hashing import HashCache
 from webui.services.model_manager import ModelError, ModelManager
 
@@ -81,8 +84,8 @@ def test_default_size_comes_from_the_header(manager: ModelManager) -> None:
 def test_vae_override_replaces_the_checkpoint_vae(manager: ModelManager, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
-    from webui.engine.synthetic import build_synthetic_model
     from webui.engine.export import vae_to_ldm
+    from webui.engine.synthetic import build_synthetic_model
 
     other = build_synthetic_model("sd1", seed=99).vae
     manager.vae_dir.mkdir(parents=True, exist_ok=True)
@@ -105,3 +108,171 @@ def test_listing_does_not_hash_files_until_they_are_used(manager: ModelManager) 
     manager.get("sub/two")
     manager.model_hash(manager.active)
     assert manager.display_title(info) == manager.title(info)
+
+
+NAMES = ["m1", "m2", "m3", "m4", "m5"]
+
+
+@pytest.fixture()
+def five(tmp_path: Path, tiny_sd1):
+    """Five real checkpoint files (copies of one tiny SD1 file) and a factory for managers over them."""
+    folder = tmp_path / "five"
+    folder.mkdir()
+    for name in NAMES:
+        shutil.copy(tiny_sd1.path, folder / f"{name}.safetensors")
+
+    def make(ram_cache_size: int) -> ModelManager:
+        return ModelManager(folder, tmp_path / "VAE", HashCache(tmp_path / "hashes.json"), torch.device("cpu"),
+                            torch.float32, ram_cache_size=ram_cache_size)
+
+    return make
+
+
+@pytest.fixture()
+def file_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the checkpoint files actually read (the real reader still runs; this only records its calls)."""
+    reads: list[str] = []
+    real = model_manager_module.read_checkpoint
+
+    def recording(path, *args, **kwargs):
+        reads.append(Path(path).stem)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(model_manager_module, "read_checkpoint", recording)
+    return reads
+
+
+def test_ram_cache_of_three_keeps_the_three_most_recently_used(five, file_reads: list[str]) -> None:
+    manager = five(3)
+    models = {name: manager.get(name) for name in ["m1", "m2", "m3", "m4"]}
+    assert manager.active_name == "m4" and manager.cached_names() == ["m1", "m2", "m3"]  # oldest first
+    assert manager.get("m2") is models["m2"]  # from RAM: m2 becomes active, m4 most recent in the cache
+    assert manager.cached_names() == ["m1", "m3", "m4"]
+    models["m5"] = manager.get("m5")  # m2 goes to the cache, the least recently used (m1) is evicted
+    assert manager.active_name == "m5" and manager.cached_names() == ["m3", "m4", "m2"]
+    assert file_reads == ["m1", "m2", "m3", "m4", "m5"]  # nothing read twice so far
+    assert manager.get("m3") is models["m3"] and manager.cached_names() == ["m4", "m2", "m5"]
+    reloaded = manager.get("m1")  # evicted: read from the file again
+    assert reloaded is not models["m1"] and file_reads[-1] == "m1" and len(file_reads) == 6
+    assert manager.cached_names() == ["m2", "m5", "m3"]
+    assert all(model.device.type == "cpu" for model in manager._ram_cache.values())
+
+
+def test_ram_cache_of_zero_keeps_nothing_and_a_switch_back_reloads(five, file_reads: list[str]) -> None:
+    manager = five(0)
+    first = manager.get("m1")
+    manager.get("m2")
+    assert manager.cached_names() == [] and manager.active_name == "m2"
+    again = manager.get("m1")
+    assert again is not first and file_reads == ["m1", "m2", "m1"]
+    assert manager.get("m1") is again and len(file_reads) == 3  # the active model itself is not reloaded
+    assert manager.cached_names() == []
+
+
+@pytest.fixture()
+def out_of_memory_once(monkeypatch: pytest.MonkeyPatch):
+    """Fault injection: once armed, the next move of a model (the manager placing it on its device) gets its UNet
+    across and then raises torch.OutOfMemoryError, as a full GPU would part-way; moves after that work. There is no
+    honest way to fill a device in a CPU-only test."""
+    real = LoadedModel.to
+    armed = {"left": 0}
+
+    def to(self, device, dtype=None):
+        if armed["left"]:
+            armed["left"] -= 1
+            torch.nn.Module.to(self.unet, device=device, dtype=dtype)
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB (injected)")
+        return real(self, device, dtype)
+
+    monkeypatch.setattr(LoadedModel, "to", to)
+    return armed
+
+
+def test_out_of_memory_while_placing_a_cached_model_keeps_both(five, file_reads, out_of_memory_once) -> None:
+    manager = five(2)
+    first = manager.get("m1")
+    second = manager.get("m2")
+    assert manager.cached_names() == ["m1"]
+    out_of_memory_once["left"] = 1
+    with pytest.raises(ModelError) as caught:
+        manager.get("m1")
+    assert str(caught.value) == ("not enough memory on cpu to load 'm1'; 'm2' is still loaded. Free RAM (a smaller "
+                                 "--ram-cache keeps fewer models in memory), then try again.")
+    assert isinstance(caught.value.__cause__, torch.OutOfMemoryError)
+    # The previous model is still the active one, and usable.
+    assert manager.active_name == "m2" and manager.get() is second
+    with torch.inference_mode():
+        latents = torch.zeros(1, 4, 8, 8)
+        assert torch.isfinite(second.vae.decode(latents).sample).all()
+    # The model that failed to move is not lost: still cached in RAM, on the CPU...
+    assert manager.cached_names() == ["m1"] and manager._ram_cache["m1"] is first
+    assert first.device.type == "cpu"
+    # ...and a retry takes it from there: with its file gone, only RAM can supply it.
+    manager.resolve("m1").path.unlink()
+    assert manager.get("m1") is first and manager.active_name == "m1"
+    assert file_reads == ["m1", "m2"]
+
+
+def test_out_of_memory_while_placing_a_fresh_model_keeps_it_in_ram(five, file_reads, out_of_memory_once) -> None:
+    manager = five(1)
+    first = manager.get("m1")
+    out_of_memory_once["left"] = 1
+    with pytest.raises(ModelError, match="not enough memory on cpu to load 'm2'; 'm1' is still loaded"):
+        manager.get("m2")
+    assert manager.active_name == "m1" and manager.get() is first
+    assert manager.cached_names() == ["m2"]
+    retried = manager.get("m2")
+    assert manager.active_name == "m2" and manager.cached_names() == ["m1"]
+    assert file_reads == ["m1", "m2"] and retried.name == "m2"
+
+
+def _run_threads(count: int, work) -> list[BaseException]:
+    start = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            start.wait()
+            work(index)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads), "a thread hung (deadlock?)"
+    return errors
+
+
+def test_concurrent_get_of_one_model_loads_it_once(five, file_reads: list[str]) -> None:
+    manager = five(1)
+    results: dict[int, LoadedModel] = {}
+
+    def work(index: int) -> None:
+        results[index] = manager.get("m3")
+
+    assert _run_threads(6, work) == []
+    assert file_reads == ["m3"]
+    assert len({id(model) for model in results.values()}) == 1 and results[0].name == "m3"
+    assert manager.active_name == "m3" and manager.cached_names() == []
+
+
+def test_concurrent_get_of_different_models_gives_each_its_own(five) -> None:
+    manager = five(2)
+    got: list[tuple[str, str]] = []
+
+    def work(index: int) -> None:
+        for round_ in range(2):
+            name = NAMES[(index + round_) % 4]
+            model = manager.get(name)
+            got.append((name, model.name))
+
+    assert _run_threads(4, work) == []
+    assert len(got) == 8 and all(asked == received for asked, received in got)
+    cached = manager.cached_names()
+    assert len(cached) == 2 and len(set(cached)) == 2 and manager.active_name not in cached
+    everything = [manager.active, *manager._ram_cache.values()]
+    assert len({id(model) for model in everything}) == 3
+    assert [model.name for model in everything] == [manager.active_name, *cached]

@@ -7,9 +7,11 @@ import errno
 import io
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import zlib
 from pathlib import Path
@@ -208,17 +210,73 @@ def test_failure_in_the_middle_of_writing_leaves_no_partial_file(tmp_path: Path)
     assert read_infotext(folder / "00000-1.png") == "before the limit"
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores folder permissions")
-def test_read_only_folder_raises_clear_error(tmp_path: Path) -> None:
-    folder = tmp_path / "txt2img-images" / "2024-05-06"
-    folder.mkdir(parents=True)
-    folder.chmod(0o555)
+NOBODY = 65534
+
+
+def _save_as_unprivileged(root: Path, mode: str) -> dict[str, object]:
+    """Save one image under `root`, as a user that folder permissions apply to, and report what happened.
+
+    Root ignores folder permissions, so as root the save runs in a forked child that drops to `nobody` first (a fork,
+    not a new interpreter: the venv's Python may sit under /root, which nobody cannot enter)."""
+
+    def attempt() -> dict[str, object]:
+        try:
+            path = OutputStore(root, today=lambda: DAY).save_png(small_image(), INFOTEXT, mode, 1)
+        except OutputSaveError as exc:
+            return {"error": str(exc), "errno": exc.errno, "path": str(exc.path)}
+        return {"saved": str(path)}
+
+    if os.geteuid() != 0:
+        return attempt()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        status = 1
+        try:
+            os.close(read_end)
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            outcome = attempt() if os.geteuid() == NOBODY else {"not_dropped": os.geteuid()}
+            os.write(write_end, json.dumps(outcome).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        report = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0 and report, "the unprivileged child failed"
+    return json.loads(report)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX folder permissions")
+def test_read_only_folder_raises_clear_error() -> None:
+    # A fresh world-traversable folder under /tmp (pytest's tmp_path is 0700, closed to the unprivileged user).
+    root = Path(tempfile.mkdtemp(prefix="latent-studio-read-only-"))
     try:
-        with pytest.raises(OutputSaveError, match="writable or change --outputs-dir"):
-            OutputStore(tmp_path, today=lambda: DAY).save_png(small_image(), INFOTEXT, "txt2img-images", 1)
-        assert os.listdir(folder) == []
+        root.chmod(0o755)
+        folder = root / "txt2img-images" / "2024-05-06"
+        folder.mkdir(parents=True)
+        folder.parent.chmod(0o755)
+        folder.chmod(0o555)
+        writable = root / "writable"
+        writable.mkdir(mode=0o777)
+        writable.chmod(0o777)
+
+        # Control: the same user can save where it may write, so the failure below is the folder's permissions.
+        control = _save_as_unprivileged(writable, "txt2img-images")
+        assert control == {"saved": str(writable / "txt2img-images" / "2024-05-06" / "00000-1.png")}
+
+        outcome = _save_as_unprivileged(root, "txt2img-images")
+        assert outcome.get("errno") == errno.EACCES, outcome
+        assert "writable or change --outputs-dir" in str(outcome["error"])
+        assert str(folder / "00000-1.png") in str(outcome["error"])
+        assert os.listdir(folder) == []  # no partial or temporary file left
     finally:
-        folder.chmod(0o755)
+        if (root / "txt2img-images" / "2024-05-06").exists():
+            (root / "txt2img-images" / "2024-05-06").chmod(0o755)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_unusable_folder_raises_clear_error(tmp_path: Path) -> None:

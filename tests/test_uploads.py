@@ -132,3 +132,90 @@ def test_base64_and_data_urls() -> None:
         load_image_base64("%%%", "init_images")
     with pytest.raises(UploadError, match="not fetched"):
         load_image_base64("https://example.com/a.png", "init_images")
+
+
+ORIENTATION = 0x0112
+RED, GREEN = (255, 0, 0), (0, 255, 0)
+
+
+def rotated_jpeg(orientation: int) -> bytes:
+    """A 48x32 photo as a camera stores it (sensor orientation) with an EXIF Orientation tag: a red 8x8 block in the
+    stored top-left corner, a green one in the stored bottom-right."""
+    pixels = np.full((32, 48, 3), 128, np.uint8)
+    pixels[:8, :8] = RED
+    pixels[-8:, -8:] = GREEN
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=95, exif=exif)
+    return buffer.getvalue()
+
+
+# Where the stored top-left (red) corner must end up once upright: 6 = turn 90° clockwise, 8 = 90° anticlockwise.
+UPRIGHT = {3: ((48, 32), "bottom-right"), 6: ((32, 48), "top-right"), 8: ((32, 48), "bottom-left")}
+
+
+def _corner(image: Image.Image, corner: str) -> tuple[int, int, int]:
+    x = 3 if "left" in corner else image.width - 4
+    y = 3 if "top" in corner else image.height - 4
+    return image.getpixel((x, y))[:3]
+
+
+def _assert_upright(image: Image.Image, orientation: int) -> None:
+    size, red_corner = UPRIGHT[orientation]
+    assert image.size == size
+    opposite = {"top-left": "bottom-right", "top-right": "bottom-left", "bottom-left": "top-right",
+                "bottom-right": "top-left"}[red_corner]
+    assert np.abs(np.subtract(_corner(image, red_corner), RED)).max() < 24, red_corner
+    assert np.abs(np.subtract(_corner(image, opposite), GREEN)).max() < 24, opposite
+    for other in {"top-left", "top-right", "bottom-left", "bottom-right"} - {red_corner, opposite}:
+        assert np.abs(np.subtract(_corner(image, other), (128, 128, 128))).max() < 24, other
+    assert image.getexif().get(ORIENTATION, 1) == 1  # nothing downstream can rotate it a second time
+
+
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_exif_rotated_jpeg_is_loaded_upright(tmp_path: Path, orientation: int) -> None:
+    data = rotated_jpeg(orientation)
+    with Image.open(io.BytesIO(data)) as stored:  # the file itself really is sideways, tag and all
+        assert stored.size == (48, 32) and stored.getexif()[ORIENTATION] == orientation
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(data)
+    for source in (data, path, io.BytesIO(data), base64.b64encode(data).decode()):
+        loaded = load_image_base64(source, "image") if isinstance(source, str) else load_image(source, "image")
+        _assert_upright(to_rgb(loaded), orientation)
+    with Image.open(path) as opened:  # an already-opened (not yet decoded) image, as Gradio hands over
+        _assert_upright(load_image(opened, "image"), orientation)
+    # The size limit applies to the upright image as well (same pixel count either way).
+    assert check_header(data, "image", UploadLimits(max_pixels=48 * 32)) == (48, 32)
+    with pytest.raises(UploadError, match="the image is 48x32"):
+        load_image(data, "image", UploadLimits(max_pixels=48 * 32 - 1))
+
+
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_exif_rotated_upload_through_the_ui_components(tmp_path: Path, orientation: int) -> None:
+    """The UI path without the HTTP hop: Gradio's own preprocessing of the img2img `gr.Image` and the inpaint brush
+    `gr.ImageEditor` (as configured in webui/ui/img2img.py), then the app's upload handling."""
+    import gradio as gr
+    from gradio.components.image_editor import EditorData
+    from gradio.data_classes import FileData, ImageData
+
+    from webui.ui.img2img import editor_image_and_mask
+
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(rotated_jpeg(orientation))
+    field = gr.Image(type="filepath", image_mode=None, sources=["upload"])
+    handed_over = field.preprocess(ImageData(path=str(path), orig_name="photo.jpg"))
+    _assert_upright(to_rgb(load_image(handed_over, "image")), orientation)
+
+    # The brush editor: the browser paints on the upright picture, so the mask layer has the upright size.
+    size, _ = UPRIGHT[orientation]
+    layer = Image.new("RGBA", size, (0, 0, 0, 0))
+    layer.paste((255, 255, 255, 255), (0, 0, size[0] // 2, size[1] // 2))
+    layer.save(tmp_path / "layer.png")
+    editor = gr.ImageEditor(type="pil", image_mode="RGBA", sources=["upload"], layers=False, transforms=())
+    value = editor.preprocess(EditorData(background=FileData(path=str(path), orig_name="photo.jpg"),
+                                         layers=[FileData(path=str(tmp_path / "layer.png"), orig_name="layer.png")]))
+    image, mask = editor_image_and_mask(value, UploadLimits())
+    _assert_upright(image, orientation)
+    assert mask is not None and mask.size == image.size
+    assert np.asarray(mask)[: size[1] // 2, : size[0] // 2].all() and not np.asarray(mask)[size[1] // 2 :].any()

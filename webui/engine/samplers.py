@@ -144,6 +144,13 @@ class SamplerRegistry:
             raise SamplerError("sampler_name", f"a sampler named {spec.name!r} is already registered")
         self._specs[spec.name] = spec
 
+    def unregister(self, name: str) -> SamplerSpec:
+        """Remove an entry again: how an extension whose registration failed half-way is rolled back."""
+        try:
+            return self._specs.pop(name)
+        except KeyError:
+            raise SamplerError("sampler_name", f"no sampler named {name!r} is registered") from None
+
     def names(self) -> list[str]:
         return list(self._specs)
 

@@ -8,6 +8,8 @@ an app-version mismatch) disables only that extension, and is shown in the Exten
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal
 
+import torch
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 from PIL import Image
@@ -212,6 +215,37 @@ class ExtensionAPI:
         self._reg.samplers.append(spec)
 
 
+def _private_copy(request: GenerationRequest) -> GenerationRequest:
+    """A copy a hook may edit freely; shallow only if some control value cannot be deep-copied."""
+    try:
+        return copy.deepcopy(request)
+    except Exception:  # an exotic control value: the request's own fields are still copied
+        return copy.copy(request)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, list):
+        return f"a list of {len(value)} ({', '.join(sorted({type(v).__name__ for v in value})) or 'empty'})"
+    return f"a {type(value).__name__}"
+
+
+def _snapshot(state: StepState) -> dict[str, tuple[Any, torch.Tensor | None]]:
+    """Every field of the step state, with a copy of each tensor's values: hooks may assign or edit in place."""
+    saved: dict[str, tuple[Any, torch.Tensor | None]] = {}
+    for item in dataclasses.fields(state):
+        value = getattr(state, item.name)
+        saved[item.name] = (value, value.clone() if isinstance(value, torch.Tensor) else None)
+    return saved
+
+
+def _restore(state: StepState, saved: dict[str, tuple[Any, torch.Tensor | None]]) -> None:
+    """Put back the original objects and their original values (the sampling loop keeps using `latents`)."""
+    for name, (value, values) in saved.items():
+        setattr(state, name, value)
+        if values is not None and value.shape == values.shape:
+            value.copy_(values)
+
+
 class ExtensionManager:
     """Finds extension folders, loads the enabled ones, and dispatches their hooks with containment."""
 
@@ -262,7 +296,7 @@ class ExtensionManager:
     def load_all(self) -> list[ExtensionRecord]:
         disabled = self._disabled()
         self.records = []
-        seen: set[str] = set()
+        seen: dict[str, Path] = {}
         for record in self.discover():
             self.records.append(record)
             try:
@@ -271,9 +305,12 @@ class ExtensionManager:
                 record.fail("reading the manifest", exc)
                 continue
             if record.name in seen:
-                record.fail("loading", ExtensionError(f"another extension is already called {record.name!r}"))
+                record.fail("loading", ExtensionError(
+                    f"duplicate extension name {record.name!r}: the extension in {seen[record.name]} already has it; "
+                    f"rename one of them (the `name` in {MANIFEST}) or remove {record.folder}"
+                ))
                 continue
-            seen.add(record.name)
+            seen[record.name] = record.folder
             record.enabled = record.name not in disabled
             if not record.enabled:
                 record.status = "disabled"
@@ -301,6 +338,11 @@ class ExtensionManager:
             return
         module_name = f"latent_studio_extensions.{record.name.replace('-', '_')}"
         entry = record.folder / record.manifest.entry
+        if not entry.resolve().is_relative_to(record.folder.resolve()):
+            record.fail("importing", ExtensionError(
+                f"entry {record.manifest.entry!r} leads outside the extension folder (a symlink?); refused"
+            ))
+            return
         try:
             spec = importlib.util.spec_from_file_location(module_name, entry, submodule_search_locations=None)
             if spec is None or spec.loader is None or not entry.is_file():
@@ -317,11 +359,15 @@ class ExtensionManager:
             record.fail("importing", ExtensionError("the entry module has no register(api) function"))
             return
         api = ExtensionAPI(record, self.settings, self.app_version, self.models)
+        added: list[str] = []
         try:
             register(api)
             for sampler in record.registrations.samplers:
                 self.samplers.register(sampler)
+                added.append(sampler.name)
         except BaseException as exc:
+            for name in added:  # a sampler registered before the failure must not stay in the app's table
+                self.samplers.unregister(name)
             record.registrations = Registrations()  # nothing half-registered stays active
             for key in [k for k, s in self.settings.specs.items() if s.owner == record.name]:
                 del self.settings.specs[key]
@@ -341,14 +387,22 @@ class ExtensionManager:
             return None
 
     def before_generate(self, request: GenerationRequest) -> GenerationRequest:
+        """Each hook edits a private copy, so one that changes the request in place and then raises leaves no trace."""
         for record in self.active():
             for hook in record.registrations.before_generate:
                 if record.status != "active":
                     break
-                controls = request.extensions.get(record.name, {})
-                edited = self._guarded(record, "in a before-generate hook", lambda h=hook: h(request, controls))
-                if isinstance(edited, GenerationRequest):
-                    request = edited
+                working = _private_copy(request)
+                controls = working.extensions.get(record.name, {})
+                edited = self._guarded(record, "in a before-generate hook", lambda h=hook: h(working, controls))
+                if record.status != "active":
+                    continue
+                if edited is None or isinstance(edited, GenerationRequest):
+                    request = working if edited is None else edited
+                else:
+                    record.fail("in a before-generate hook", ExtensionError(
+                        f"the hook must return None or a GenerationRequest, not {_describe(edited)}"
+                    ))
         return request
 
     def step_hooks(self, request: GenerationRequest) -> list[StepHook]:
@@ -358,10 +412,10 @@ class ExtensionManager:
             for hook in record.registrations.on_step:
                 def call(state: StepState, record=record, hook=hook, controls=controls) -> None:
                     if record.status == "active":
-                        before = state.denoised
+                        saved = _snapshot(state)
                         self._guarded(record, "in a per-step hook", lambda: hook(state, controls))
                         if record.status != "active":
-                            state.denoised = before  # a failing hook leaves no trace
+                            _restore(state, saved)  # a failing hook leaves no trace, even an in-place edit
                 hooks.append(call)
         return hooks
 
@@ -369,15 +423,29 @@ class ExtensionManager:
         for record in self.active():
             controls = request.extensions.get(record.name, {})
             for hook in record.registrations.after_decode:
-                edited = self._guarded(record, "in an after-decode hook", lambda h=hook: h(list(images), request, controls))
-                if isinstance(edited, list) and len(edited) == len(images):
-                    images = edited
+                if record.status != "active":
+                    break
+                working = [image.copy() for image in images]  # an in-place edit before a raise must not stick
+                edited = self._guarded(record, "in an after-decode hook", lambda h=hook: h(working, request, controls))
+                if record.status != "active":
+                    continue
+                result = working if edited is None else edited  # None: edited in place (or untouched)
+                if isinstance(result, list) and len(result) == len(images) and all(
+                    isinstance(image, Image.Image) for image in result
+                ):
+                    images = result
+                else:
+                    record.fail("in an after-decode hook", ExtensionError(
+                        f"the hook must return None or a list of {len(images)} PIL images, not {_describe(result)}"
+                    ))
         return images
 
     def on_save(self, params: dict[str, Any], request: GenerationRequest) -> dict[str, Any]:
         for record in self.active():
             controls = request.extensions.get(record.name, {})
             for hook in record.registrations.on_save:
+                if record.status != "active":
+                    break
                 working = dict(params)
                 self._guarded(record, "in an on-save hook", lambda h=hook: h(working, request, controls))
                 if record.status == "active":

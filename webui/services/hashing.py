@@ -7,15 +7,21 @@ keyed by (resolved path, size, mtime_ns): a replaced or edited file is hashed ag
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; saving still merges, a rare concurrent write may lose an entry
+    fcntl = None  # type: ignore[assignment]
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +100,9 @@ class HashCache:
     """Thread-safe, persistent cache of file hashes, stored as JSON in `cache_file`.
 
     Entries are keyed by resolved path and invalidated by a size or mtime_ns change. A missing or corrupt cache
-    file only means hashes are computed again; it is never an error.
+    file only means hashes are computed again; it is never an error. Several processes may share one cache file
+    (the app and a CLI run, say): every save re-reads the file and merges under an exclusive lock on
+    `.<name>.lock` beside it, so nobody's entries are dropped.
     """
 
     def __init__(self, cache_file: Path) -> None:
@@ -174,7 +182,30 @@ class HashCache:
             entry = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
             entries[key] = entry
         entry[kind] = value
-        self._save(entries)
+        with self._file_lock():
+            self._entries = _merge(self._read_file(), entries, key)
+            self._save(self._entries)
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """Exclusive across processes while the file is re-read, merged and replaced. Never fatal: without a lock
+        (no fcntl, unwritable folder) the save goes ahead and may, rarely, lose another process's newest entry."""
+        handle = None
+        if fcntl is not None:
+            try:
+                self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+                handle = open(self.cache_file.with_name(f".{self.cache_file.name}.lock"), "a+b")
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            except OSError as exc:
+                logger.warning("could not lock hash cache %s (%s); saving without the lock", self.cache_file, exc)
+                if handle is not None:
+                    handle.close()
+                    handle = None
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.close()  # closing releases the flock
 
     def _load(self) -> dict[str, dict[str, object]]:
         if self._entries is None:
@@ -214,3 +245,23 @@ class HashCache:
                 temp.unlink()
             except OSError:
                 pass
+
+
+def _same_file_state(a: dict[str, object], b: dict[str, object]) -> bool:
+    return (a.get("size"), a.get("mtime_ns")) == (b.get("size"), b.get("mtime_ns"))
+
+
+def _merge(
+    on_disk: dict[str, dict[str, object]], ours: dict[str, dict[str, object]], changed: str
+) -> dict[str, dict[str, object]]:
+    """Everything another process saved plus everything we know. For the same file in the same state the kinds of
+    hash are united; in different states our entry wins for the file just hashed (its state was checked a moment
+    ago), the one on disk for the others (another process wrote it more recently than we read it)."""
+    merged = {key: dict(entry) for key, entry in on_disk.items()}
+    for key, entry in ours.items():
+        theirs = merged.get(key)
+        if theirs is None or (key == changed and not _same_file_state(theirs, entry)):
+            merged[key] = dict(entry)
+        elif _same_file_state(theirs, entry):
+            merged[key] = {**theirs, **entry}
+    return merged

@@ -7,6 +7,7 @@ a few recently used ones in RAM (LRU), and never lets a failed load disturb the 
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from webui.engine.loader import (
 )
 from webui.services.hashing import HashCache
 
+log = logging.getLogger("webui.models")
 DEFAULT_MODEL_NAME = "latent-studio-shapes"
 Precision = Literal["fp32", "fp16", "bf16"]
 _DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -225,20 +227,55 @@ class ModelManager:
             info = self.resolve(name)
             if self._active and self._active[0] == info.name:
                 return self._active[1]
-            model = self._ram_cache.pop(info.name, None) or self._load_fresh(info)
-            self._place(model)
+            model = self._ram_cache.pop(info.name, None)
+            if model is None:
+                model = self._load_fresh(info)
+            try:
+                self._place(model)
+            except RuntimeError as exc:  # torch.OutOfMemoryError included; the weights are still in RAM
+                raise self._placement_failed(info.name, model, exc) from exc
             previous = self._active
             self._active = (info.name, model)
             if previous is not None:
                 self._cache_in_ram(*previous)
             return model
 
+    def _placement_failed(self, name: str, model: LoadedModel, exc: RuntimeError) -> ModelError:
+        """Moving `model` to the device failed part-way: bring it back to the CPU into the RAM cache (so a retry does
+        not read the file again), free what it held on the device, and explain. The active model is untouched."""
+        try:
+            model.to("cpu", self._ram_dtype)  # frees whatever part already reached the device
+        except RuntimeError as cleanup:  # could not even move it back: drop it rather than keep a split model
+            log.warning("dropping %s after a failed move back to the CPU: %s", name, cleanup)
+        else:
+            if self.ram_cache_size > 0:
+                self._cache_in_ram(name, model)
+        del model
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        kept = f"{self._active[0]!r} is still loaded" if self._active else "no model is loaded"
+        if isinstance(exc, torch.OutOfMemoryError):
+            advice = ("free memory on the GPU (close other programs using it, or start with --precision fp16), "
+                      "then try again, or use --device cpu" if self.device.type == "cuda"
+                      else "free RAM (a smaller --ram-cache keeps fewer models in memory), then try again")
+            return ModelError(
+                f"not enough memory on {self.device} to load {name!r}; {kept}. {advice[0].upper()}{advice[1:]}."
+            )
+        return ModelError(f"could not move {name!r} to {self.device} ({type(exc).__name__}: {exc}); {kept}.")
+
+    @property
+    def _ram_dtype(self) -> torch.dtype:
+        """Models parked in RAM keep the compute dtype (fp16 halves RAM use); on a CPU-only run they are fp32."""
+        return torch.float32 if self.device.type == "cpu" else self.dtype
+
     def _cache_in_ram(self, name: str, model: LoadedModel) -> None:
         if self.ram_cache_size <= 0:
             del model
         else:
-            model.to("cpu", torch.float32 if self.device.type == "cpu" else self.dtype)
+            model.to("cpu", self._ram_dtype)
             self._ram_cache[name] = model
+            self._ram_cache.move_to_end(name)
             while len(self._ram_cache) > self.ram_cache_size:
                 self._ram_cache.popitem(last=False)
         gc.collect()
