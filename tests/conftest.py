@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ offline.enforce()
 os.environ.setdefault("GRADIO_TEMP_DIR", str(Path(__file__).resolve().parent.parent / "scratch" / "gradio-tmp"))
 
 from webui.engine.synthetic import SyntheticModel, write_synthetic_checkpoint  # noqa: E402
+from webui.engine.loader import LoadedModel, load_checkpoint  # noqa: E402
 
 
 class TinyCheckpoint:
@@ -52,3 +54,51 @@ def tiny_sdxl(checkpoint_dir: Path) -> TinyCheckpoint:
 @pytest.fixture(scope="session")
 def tiny_sd1_inpaint(checkpoint_dir: Path) -> TinyCheckpoint:
     return _make(checkpoint_dir, "tiny-sd1-inpaint", "sd1", inpaint=True, seed=4)
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_inpaint(checkpoint_dir: Path) -> TinyCheckpoint:
+    """A 9-channel SDXL inpainting checkpoint (noisy latent + mask + masked-image latent in the U-Net input)."""
+    return _make(checkpoint_dir, "tiny-sdxl-inpaint", "sdxl", inpaint=True, seed=5)
+
+
+class ParityModels:
+    """The project's model and diffusers' reference pipeline per checkpoint file, each loaded once per session.
+
+    Loading is not what the parity tests compare, and test_parity.py and test_parity_img2img.py use the same files.
+    Tests may replace the reference pipeline's scheduler; derived pipelines (`Cls.from_pipe`) share its modules.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._loaded: dict[tuple[Path, str], tuple[LoadedModel, object]] = {}
+
+    def get(self, tiny: TinyCheckpoint, prediction: str = "epsilon") -> tuple[LoadedModel, object]:
+        from tests.reference import load_reference_pipeline
+
+        key = (tiny.path, prediction)
+        if key not in self._loaded:
+            ours = load_checkpoint(tiny.path, prediction_override=prediction)
+            folder = self._folder / f"{tiny.path.stem}-{prediction}"
+            self._loaded[key] = (ours, load_reference_pipeline(tiny.path, tiny.model, folder))
+        return self._loaded[key]
+
+
+@pytest.fixture(scope="session")
+def parity_models(tmp_path_factory: pytest.TempPathFactory) -> ParityModels:
+    return ParityModels(tmp_path_factory.mktemp("reference-config"))
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread() -> Iterator[None]:
+    """One intra-op thread for modules of tiny-model runs, restored afterwards.
+
+    On tiny models a second thread gains little on an idle machine, while on a busy one (parallel test runs) OpenMP
+    spin-waiting made the parity modules ~10x slower. Both sides of a parity test run under the same setting.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

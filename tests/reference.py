@@ -2,6 +2,8 @@
 
 The config-only folder written here is what a user would ship for offline `from_single_file`; it is built from the
 test's ground-truth modules, never from the project's architecture inference, so the two paths stay independent.
+Everything else the reference needs (scheduler, start noise, long-prompt embeddings, init-image latents) is computed
+here from diffusers/transformers and the hand-written table in tests/sampler_table.py, never by project engine code.
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ import json
 from pathlib import Path
 
 import diffusers
+import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from open_clip.tokenizer import SimpleTokenizer
 from transformers import CLIPTokenizer
 
-from webui.engine.samplers import BASE_SCHEDULER_CONFIG
+from tests.sampler_table import expected_scheduler
 from webui.engine.synthetic import SyntheticModel
+
+LATENT_FACTOR = 8  # every SD family VAE (the tiny ones too) downsamples by 8
+CHUNK = 75  # A1111: 75 prompt tokens per 77-token window
 
 _HF_SPECIALS = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
 
@@ -67,7 +74,8 @@ def write_config_dir(model: SyntheticModel, folder: Path) -> Path:
         configs[1].save_pretrained(str(folder / "text_encoder_2"))
         write_clip_tokenizer(folder / "tokenizer_2", "!")
     (folder / "scheduler").mkdir(exist_ok=True)
-    scheduler = {"_class_name": "DDIMScheduler", **BASE_SCHEDULER_CONFIG, "timestep_spacing": "leading"}
+    cls, config = expected_scheduler("DDIM", "Automatic")  # replaced by each test; only needed to load the pipeline
+    scheduler = {"_class_name": cls, **config}
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
     return folder
 
@@ -81,3 +89,75 @@ def load_reference_pipeline(checkpoint: Path, model: SyntheticModel, folder: Pat
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def reference_scheduler(sampler: str, schedule: str, prediction_type: str, first_seed: int) -> SchedulerMixin:
+    """The scheduler the expected table names, built by diffusers from the literal config.
+
+    DPM++ SDE's Brownian tree is seeded with the batch's first seed (the project's documented rule, docs/samplers.md).
+    """
+    cls_name, config = expected_scheduler(sampler, schedule, prediction_type)
+    if cls_name == "DPMSolverSDEScheduler":
+        config["noise_sampler_seed"] = first_seed
+    return getattr(diffusers, cls_name).from_config(config)
+
+
+def batch_seeds(seed: int, batch: int) -> list[int]:
+    """A1111: image i of a batch uses seed + i."""
+    return [seed + i for i in range(batch)]
+
+
+def reference_noise(seeds: list[int], height: int, width: int) -> torch.Tensor:
+    """A1111's start noise: image i is randn((4, H/8, W/8)) from its own CPU generator seeded with its seed."""
+    shape = (4, height // LATENT_FACTOR, width // LATENT_FACTOR)
+    return torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed)) for seed in seeds])
+
+
+def reference_generators(seeds: list[int]) -> list[torch.Generator]:
+    """Fresh per-image CPU generators: diffusers draws the img2img start noise (and any step noise) from them."""
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+
+
+def prompt_windows(tokenizer: CLIPTokenizer, text: str) -> torch.Tensor:
+    """A1111 chunking for a prompt without commas or BREAK: [bos] + 75 ids + [eos] per window, pad after the last."""
+    ids = tokenizer(text, add_special_tokens=False, verbose=False).input_ids
+    chunks = [ids[i:i + CHUNK] for i in range(0, len(ids), CHUNK)] or [[]]
+    windows = [
+        [tokenizer.bos_token_id, *chunk, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * (CHUNK - len(chunk))
+        for chunk in chunks
+    ]
+    return torch.tensor(windows, dtype=torch.long)
+
+
+@torch.no_grad()
+def long_prompt_embeds(pipe, prompt: str, negative: str) -> dict[str, torch.Tensor]:
+    """`prompt_embeds`/`negative_prompt_embeds` (+ pooled for SDXL) for prompts over 75 tokens, window by window.
+
+    SD1: the text encoder's final hidden states. SDXL: hidden_states[-2] of both encoders side by side, and the
+    first window's projected pooled output of text_encoder_2. Windows are concatenated along the sequence axis.
+    """
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    out: dict[str, torch.Tensor] = {}
+    for key, text in (("prompt_embeds", prompt), ("negative_prompt_embeds", negative)):
+        windows = prompt_windows(pipe.tokenizer, text)
+        if not sdxl:
+            hidden = pipe.text_encoder(windows)[0]
+            out[key] = hidden.reshape(1, -1, hidden.shape[-1])
+            continue
+        first = pipe.text_encoder(windows, output_hidden_states=True).hidden_states[-2]
+        second = pipe.text_encoder_2(prompt_windows(pipe.tokenizer_2, text), output_hidden_states=True)
+        hidden = torch.cat([first, second.hidden_states[-2]], dim=-1)
+        out[key] = hidden.reshape(1, -1, hidden.shape[-1])
+        pooled_key = "pooled_prompt_embeds" if key == "prompt_embeds" else "negative_pooled_prompt_embeds"
+        out[pooled_key] = second.text_embeds[:1]
+    return out
+
+
+@torch.no_grad()
+def reference_latents(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """The reference VAE's posterior mode, scaled: A1111 encodes the init image deterministically.
+
+    diffusers' pipelines would *sample* the posterior with the seed generators (shifting the start noise too), so the
+    tests hand them latents made by the reference pipeline's own VAE instead; the pipelines accept 4-channel latents.
+    """
+    return pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor

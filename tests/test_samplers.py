@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import diffusers
 import pytest
 
+from tests.sampler_table import expected_pairs, expected_scheduler, is_stochastic
 from webui.engine.samplers import SamplerError, SamplerRegistry
 
 REGISTRY = SamplerRegistry()
@@ -46,3 +48,55 @@ def test_unknown_names_and_unsupported_combinations_are_clear() -> None:
     spec, _ = REGISTRY.resolve("DDIM")
     with pytest.raises(SamplerError, match="does not support schedule type 'Karras'"):
         spec.config_for("Karras", "epsilon")
+
+
+# --- The project's table against the hand-written one in tests/sampler_table.py -------------------------------------
+
+
+def _project_pairs() -> set[tuple[str, str]]:
+    specs = [REGISTRY.resolve(name)[0] for name in REGISTRY.names()]
+    return {(spec.name, schedule) for spec in specs for schedule in spec.supported_schedules()}
+
+
+def test_supported_pairs_equal_the_expected_table() -> None:
+    """A sampler or schedule type added (or dropped) without a row in tests/sampler_table.py fails here."""
+    project = _project_pairs()
+    assert project - expected_pairs() == set(), "pairs the project offers but the expected table lacks"
+    assert expected_pairs() - project == set(), "pairs the expected table lists but the project does not offer"
+
+
+@pytest.mark.parametrize(
+    "sampler,schedule,prediction",
+    [(*pair, "epsilon") for pair in sorted(expected_pairs())]
+    + [(*pair, "v_prediction") for pair in [("DPM++ 2M", "Karras"), ("DDIM", "Automatic"), ("Euler a", "Simple")]],
+)
+def test_every_pair_builds_exactly_the_expected_scheduler(sampler: str, schedule: str, prediction: str) -> None:
+    cls_name, expected = expected_scheduler(sampler, schedule, prediction)
+    spec, label = REGISTRY.resolve(sampler, schedule)
+    scheduler = spec.build(label, prediction, noise_seed=7)
+    assert type(scheduler) is getattr(diffusers, cls_name)
+    actual = {key: scheduler.config.get(key, "<missing>") for key in expected}
+    wrong = {key: (actual[key], value) for key, value in expected.items() if actual[key] != value}
+    assert wrong == {}, f"{sampler} / {schedule}: config key -> (project, expected)"
+    assert spec.ancestral == is_stochastic(sampler)
+
+
+@pytest.mark.parametrize(
+    "sampler,schedule,expected",
+    [
+        # linspace(0, 999, 10), reversed: k-diffusion's evenly spaced ("Uniform") timesteps
+        ("Euler", "Automatic", [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]),
+        # trailing: round(arange(1000, 0, -100)) - 1
+        ("Euler", "SGM Uniform", [999, 899, 799, 699, 599, 499, 399, 299, 199, 99]),
+        # leading with steps_offset 1: arange(10) * 100 + 1, reversed
+        ("DDIM", "Automatic", [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]),
+        # multistep solvers' linspace: round(linspace(0, 999, 11))[::-1][:-1] (trailing would end in 99)
+        ("UniPC", "Automatic", [999, 899, 799, 699, 599, 500, 400, 300, 200, 100]),
+    ],
+)
+def test_timesteps_for_ten_steps(sampler: str, schedule: str, expected: list[int]) -> None:
+    """The spacing itself, so a change fails even if the config key that selects it were renamed."""
+    spec, label = REGISTRY.resolve(sampler, schedule)
+    scheduler = spec.build(label, "epsilon")
+    scheduler.set_timesteps(10)
+    assert [round(float(t), 3) for t in scheduler.timesteps] == expected
