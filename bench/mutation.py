@@ -11,6 +11,7 @@ each group's with a 95% Wilson interval. `--all` runs every mutant.
 
     .venv/bin/pip install -r requirements-mutation.txt
     .venv/bin/python bench/mutation.py --per-module 12 --seed 0 --out bench/results/mutation.json
+    .venv/bin/python bench/mutation.py --per-module 12 --seed 0 --rerun-not-killed   # after adding tests
 
 Counting: "killed" and "timeout" are kills (the tests noticed); "survived", "no tests" and "suspicious" are not.
 Results go to the JSON file and a Markdown table on stdout; docs/testing.md records them with a reason for every
@@ -119,28 +120,40 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def draw_sample(results: dict[str, dict[str, int | None]], per_module: int, seed: int) -> set[str]:
+    """The same seed and size always draw the same mutants from the same tree."""
+    rng = random.Random(seed)
+    chosen: set[str] = set()
+    for module, codes in sorted(results.items()):
+        if module_group(module) is not None:
+            names = sorted(codes)
+            chosen.update(rng.sample(names, min(per_module, len(names))))
+    return chosen
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-module", type=int, default=12, help="mutants sampled from each module")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (the same seed draws the same mutants)")
     parser.add_argument("--all", action="store_true", help="run every mutant instead of a sample (many hours)")
+    parser.add_argument("--rerun-not-killed", action="store_true",
+                        help="after adding tests: run again only the sampled mutants that were not killed last time")
     parser.add_argument("--children", type=int, default=2, help="parallel mutmut workers")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "mutation.json")
     args = parser.parse_args()
 
-    run_mutmut([BOOTSTRAP_MUTANT], args.children)
+    if not args.rerun_not_killed:
+        run_mutmut([BOOTSTRAP_MUTANT], args.children)
     results = read_results()
     chosen: set[str] | None = None
-    if args.all:
-        run_mutmut([], args.children)
+    if not args.all:
+        chosen = draw_sample(results, args.per_module, args.seed)
+    if args.rerun_not_killed:
+        names = _not_killed(results, chosen)
+        if names:
+            run_mutmut(names, args.children)
     else:
-        rng = random.Random(args.seed)
-        chosen = set()
-        for module, codes in sorted(results.items()):
-            if module_group(module) is not None:
-                names = sorted(codes)
-                chosen.update(rng.sample(names, min(args.per_module, len(names))))
-        run_mutmut(sorted(chosen), args.children)
+        run_mutmut([] if args.all else sorted(chosen), args.children)
     summary = summarise(read_results(), chosen)
     summary["sample"] = None if args.all else {"per_module": args.per_module, "seed": args.seed}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -149,6 +162,11 @@ def main() -> None:
     for module, row in summary["modules"].items():
         for name, status in sorted(row["not_killed"].items()):
             print(f"{status}: {name}")
+
+
+def _not_killed(results: dict[str, dict[str, int | None]], chosen: set[str] | None) -> list[str]:
+    return sorted(name for codes in results.values() for name, code in codes.items()
+                  if (chosen is None or name in chosen) and code not in KILLED_CODES)
 
 
 if __name__ == "__main__":

@@ -40,3 +40,10 @@ def test_image_i_uses_seed_plus_i_across_batches() -> None:
     request = validate_request(GenerationRequest(seed=100, batch_size=3, n_iter=2), (512, 512))
     assert seeds_for_iteration(request, 0) == [100, 101, 102]
     assert seeds_for_iteration(request, 1) == [103, 104, 105]
+
+
+def test_from_dict_refuses_unknown_fields_by_name() -> None:
+    assert GenerationRequest.from_dict({"prompt": "a cat", "steps": 4}) == GenerationRequest(prompt="a cat", steps=4)
+    with pytest.raises(RequestError) as info:
+        GenerationRequest.from_dict({"prompt": "a cat", "stepz": 4, "zz_top": 1})
+    assert str(info.value) == "stepz: unknown field"
