@@ -219,3 +219,39 @@ def test_exif_rotated_upload_through_the_ui_components(tmp_path: Path, orientati
     _assert_upright(image, orientation)
     assert mask is not None and mask.size == image.size
     assert np.asarray(mask)[: size[1] // 2, : size[0] // 2].all() and not np.asarray(mask)[size[1] // 2 :].any()
+
+
+def test_float_and_32bit_modes_become_8bit_grey() -> None:
+    """Mode F in 0..1 is scaled up, mode I above 255 (16-bit data) scaled down, NaN becomes black."""
+    unit = Image.fromarray(np.array([[0.0, 0.5, 1.0, np.nan]], np.float32), "F")
+    assert np.asarray(load_image(unit, "image")).tolist() == [[0, 128, 255, 0]]
+    wide = Image.fromarray(np.array([[0, 257 * 100, 65535]], np.int32), "I")
+    assert np.asarray(load_image(wide, "image")).tolist() == [[0, 100, 255]]
+    small = Image.fromarray(np.array([[3, 200]], np.int32), "I")
+    assert np.asarray(load_image(small, "image")).tolist() == [[3, 200]]  # already 8-bit range: kept
+
+
+def test_palette_alpha_and_premultiplied_modes_keep_their_transparency() -> None:
+    opaque = Image.new("P", (2, 2), 0)
+    assert load_image(opaque, "image").mode == "RGB"
+    see_through = Image.new("P", (2, 2), 0)
+    see_through.info["transparency"] = 0
+    assert load_image(see_through, "image").mode == "RGBA"
+    assert load_image(Image.new("PA", (2, 2)), "image").mode == "RGBA"
+    assert load_image(Image.new("RGBa", (2, 2)), "image").mode == "RGBA"
+
+
+def test_numpy_uploads_and_empty_images() -> None:
+    array = np.zeros((3, 5, 3), np.float64)
+    array[0, 0] = (300.0, 20.4, -5.0)  # out-of-range values are clipped, not wrapped
+    image = load_image(array, "image")
+    assert image.size == (5, 3) and image.getpixel((0, 0)) == (255, 20, 0)
+    with pytest.raises(UploadError, match=r"^image: the image has no pixels \(0x3\)"):
+        load_image(np.zeros((3, 0, 3), np.uint8), "image")
+    with pytest.raises(UploadError, match="image: not an image"):
+        load_image(np.zeros(4, np.uint8), "image")
+
+
+def test_data_url_without_base64_is_refused() -> None:
+    with pytest.raises(UploadError, match="^init_images: only base64 data URLs are accepted"):
+        load_image_base64("data:image/png,%89PNG", "init_images")
