@@ -256,3 +256,17 @@ def test_two_processes_writing_one_cache_keep_every_entry(tmp_path: Path) -> Non
     # A fresh process reads every hash without touching the files.
     fresh = HashCache(cache_file)
     assert all(fresh.cached_short_hash(path) == entries[key]["sha256"][:10] for key, path in expected.items())
+
+
+def test_two_caches_on_one_file_unite_their_kinds_of_hash_for_the_same_file(tmp_path: Path) -> None:
+    """B read the cache before A saved X's sha256; B then saves X's addnet hash: X must keep both kinds."""
+    x, y = tmp_path / "x.safetensors", tmp_path / "y.safetensors"
+    write_safetensors(x, os.urandom(1000))
+    write_safetensors(y, os.urandom(1000))
+    cache_file = tmp_path / "hashes.json"
+    b = HashCache(cache_file)
+    b.sha256(y)  # B has now read the (empty) file
+    HashCache(cache_file).sha256(x)  # A saves X's sha256 behind B's back
+    b.lora_addnet_hash(x)
+    entries = json.loads(cache_file.read_text())["entries"]
+    assert {"sha256", "addnet"} <= set(entries[str(x.resolve())]) and "sha256" in entries[str(y.resolve())]
