@@ -229,12 +229,17 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+# The step-state tensors the sampling loop reads after the hooks: only their values need a copy (work in the loop).
+_READ_AFTER_HOOKS = ("denoised", "latents", "timestep")
+
+
 def _snapshot(state: StepState) -> dict[str, tuple[Any, torch.Tensor | None]]:
-    """Every field of the step state, with a copy of each tensor's values: hooks may assign or edit in place."""
+    """Every field of the step state, and a copy of the values the loop reads on: hooks may assign or edit in place."""
     saved: dict[str, tuple[Any, torch.Tensor | None]] = {}
     for item in dataclasses.fields(state):
         value = getattr(state, item.name)
-        saved[item.name] = (value, value.clone() if isinstance(value, torch.Tensor) else None)
+        copied = value.clone() if item.name in _READ_AFTER_HOOKS and isinstance(value, torch.Tensor) else None
+        saved[item.name] = (value, copied)
     return saved
 
 
