@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from webui.engine.denoise_extensions import Progress
 from webui.engine.generation import SamplingParams, latents_to_images, txt2img
 from webui.engine.img2img import Img2ImgOptions, encode_images, img2img, img2img_steps
 from webui.engine.loader import load_checkpoint
@@ -42,7 +43,7 @@ def test_a1111_step_rule(steps: int, strength: float, expected: int) -> None:
 def test_steps_actually_run_follow_the_rule(model) -> None:
     seen: list[tuple[int, int]] = []
     img2img(model, params(steps=10), REGISTRY, noise_image(), Img2ImgOptions(denoising_strength=0.45),
-            on_progress=lambda step, total, _: seen.append((step, total)))
+            [Progress(lambda step, total, _: seen.append((step, total)))])
     assert seen[-1] == (5, 5) and len(seen) == 5 == img2img_steps(10, 0.45)
 
 

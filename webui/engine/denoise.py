@@ -1,14 +1,25 @@
-"""One denoising loop for every mode (txt2img now; img2img/inpaint plug in through start latents and extra inputs).
+"""One denoising loop for every mode, with typed extension points where per-step work plugs in.
 
 The loop mirrors diffusers' StableDiffusion(XL)Pipeline step for step, so a project image equals the reference
-pipeline's image for the same scheduler, noise and conditioning. Hooks see every step and may change the CFG result.
+pipeline's image for the same scheduler, noise and conditioning. Everything a mode or feature adds to it (inpaint
+blending, 9-channel inputs, ControlNet residuals, previews, interrupt, CFG rescale, extension step hooks) is a
+`DenoiseExtension` acting on one shared `DenoiseContext` at these points, in list order:
+
+    before_loop(ctx)                      once, before the first step
+    before_step(ctx)                      each step, before any U-Net call (interrupt lives here)
+    before_unet(ctx, call)                each U-Net call: may change its inputs or add residuals / input channels
+    after_cfg(ctx)                        each step, once `ctx.denoised` holds the CFG-combined prediction
+    after_step(ctx)                       each step, after the scheduler step (`ctx.latents` is the new sample)
+    after_loop(ctx)                       once, after the last step
+
+The shape follows InvokeAI's diffusion backend (one context, callbacks by type) and ComfyUI's hook names.
 """
 
 from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Literal, Sequence
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -16,64 +27,101 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from .conditioning import Conditioning
 from .loader import LoadedModel
 
+Half = Literal["uncond", "cond"]
+
 
 class Interrupted(Exception):
     """The caller asked the loop to stop; finished work elsewhere is kept."""
 
 
 @dataclass
-class StepState:
-    """What a per-step hook sees. Hooks may replace `denoised` (the CFG-combined model output)."""
-
-    step: int
-    total_steps: int
-    timestep: torch.Tensor
-    sigma: float | None
-    latents: torch.Tensor
-    cond_output: torch.Tensor
-    uncond_output: torch.Tensor | None
-    cfg_scale: float
-    denoised: torch.Tensor
-
-
-class StepHook(Protocol):
-    def __call__(self, state: StepState) -> None: ...
-
-
-ProgressCallback = Callable[[int, int, torch.Tensor], None]
-# (index of the step just taken within the steps run, latents after it) -> latents; inpainting blends the known region.
-LatentBlend = Callable[[int, torch.Tensor], torch.Tensor]
-
-
-@dataclass
 class DenoiseInputs:
-    """Everything the loop needs besides the model and scheduler."""
+    """What the loop samples from besides the model and scheduler."""
 
     latents: torch.Tensor  # already scaled by the scheduler's initial sigma (img2img: noised to timesteps[start_index])
     cond: Conditioning
     uncond: Conditioning | None  # None when CFG is off
     cfg_scale: float
     add_time_ids: torch.Tensor | None = None  # SDXL
-    extra_channels: torch.Tensor | None = None  # 9-channel inpaint models: mask + masked-image latent
     generators: list[torch.Generator] | None = None
-    step_hooks: list[StepHook] = field(default_factory=list)
-    on_progress: ProgressCallback | None = None
-    should_stop: Callable[[], bool] | None = None
     start_index: int = 0  # img2img: skip the schedule's first entries (the caller sets the scheduler's begin index)
-    latent_blend: LatentBlend | None = None  # called after every scheduler step
 
 
-def _unet_call(
-    model: LoadedModel, latents: torch.Tensor, t: torch.Tensor, cond: Conditioning, inputs: DenoiseInputs
-) -> torch.Tensor:
-    if inputs.extra_channels is not None:
-        extra = inputs.extra_channels.repeat(latents.shape[0] // inputs.extra_channels.shape[0], 1, 1, 1)
-        latents = torch.cat([latents, extra], dim=1)
-    added = None
-    if cond.pooled is not None:
-        time_ids = inputs.add_time_ids.repeat(latents.shape[0] // inputs.add_time_ids.shape[0], 1)
-        added = {"text_embeds": cond.pooled, "time_ids": time_ids}
-    return model.unet(latents, t, encoder_hidden_states=cond.context, added_cond_kwargs=added, return_dict=False)[0]
+@dataclass
+class UNetCall:
+    """One U-Net evaluation, as `before_unet` extensions see it.
+
+    `halves` names the CFG half of each equal batch chunk, in order (("uncond", "cond") for the batched call), so an
+    extension can treat the halves differently (ControlNet's "ControlNet is more important" zeroes the uncond half).
+    """
+
+    sample: torch.Tensor  # the scheduler-scaled latents (4 channels); what a ControlNet sees
+    timestep: torch.Tensor
+    conditioning: Conditioning
+    halves: tuple[Half, ...]
+    added_cond_kwargs: dict[str, torch.Tensor] | None  # SDXL text_embeds / time_ids
+    channel_inputs: list[torch.Tensor] = field(default_factory=list)  # concatenated to `sample` for the U-Net only
+    down_residuals: list[torch.Tensor] | None = None
+    mid_residual: torch.Tensor | None = None
+
+    def half_mask(self, half: Half) -> torch.Tensor:
+        """[B, 1, 1, 1] of 1 for the rows of `half`, 0 elsewhere (dtype and device of `sample`)."""
+        rows = self.sample.shape[0] // len(self.halves)
+        values = [1.0 if name == half else 0.0 for name in self.halves for _ in range(rows)]
+        return torch.tensor(values, device=self.sample.device, dtype=self.sample.dtype).view(-1, 1, 1, 1)
+
+    def add_residuals(self, down: Sequence[torch.Tensor], mid: torch.Tensor) -> None:
+        """Sum residuals into the call (several ControlNets add up, as diffusers' MultiControlNetModel does)."""
+        if self.down_residuals is None or self.mid_residual is None:
+            self.down_residuals, self.mid_residual = list(down), mid
+        else:
+            self.down_residuals = [a + b for a, b in zip(self.down_residuals, down)]
+            self.mid_residual = self.mid_residual + mid
+
+
+@dataclass
+class DenoiseContext:
+    """The loop's state, shared by every extension. Extensions read it and may replace the documented fields."""
+
+    model: LoadedModel
+    scheduler: SchedulerMixin
+    inputs: DenoiseInputs
+    timesteps: torch.Tensor  # the timesteps this run takes (after img2img's start index)
+    latents: torch.Tensor  # replaceable in after_step (inpaint blend)
+    step: int = 0  # index within `timesteps`
+    timestep: torch.Tensor | None = None
+    sigma: float | None = None
+    cond_output: torch.Tensor | None = None
+    uncond_output: torch.Tensor | None = None
+    denoised: torch.Tensor | None = None  # replaceable in after_cfg
+    pred_original: torch.Tensor | None = None  # the scheduler's x0 estimate after a step, when it gives one
+    extras: dict[str, Any] = field(default_factory=dict)  # per-run scratch space for extensions
+
+    @property
+    def total_steps(self) -> int:
+        return len(self.timesteps)
+
+
+class DenoiseExtension:
+    """Base class: override only the points you need; every method is a no-op here."""
+
+    def before_loop(self, ctx: DenoiseContext) -> None:
+        pass
+
+    def before_step(self, ctx: DenoiseContext) -> None:
+        pass
+
+    def before_unet(self, ctx: DenoiseContext, call: UNetCall) -> None:
+        pass
+
+    def after_cfg(self, ctx: DenoiseContext) -> None:
+        pass
+
+    def after_step(self, ctx: DenoiseContext) -> None:
+        pass
+
+    def after_loop(self, ctx: DenoiseContext) -> None:
+        pass
 
 
 def _cat(a: Conditioning, b: Conditioning) -> Conditioning:
@@ -88,51 +136,90 @@ def _sigma_at(scheduler: SchedulerMixin, step: int) -> float | None:
     return float(sigmas[step])
 
 
-@torch.inference_mode()
-def run_denoise(model: LoadedModel, scheduler: SchedulerMixin, inputs: DenoiseInputs) -> torch.Tensor:
-    """Run the scheduler's timesteps and return the final latents."""
-    latents = inputs.latents
-    timesteps = scheduler.timesteps[inputs.start_index:]
-    step_params = inspect.signature(scheduler.step).parameters
-    step_kwargs = {}
-    if "generator" in step_params:
-        step_kwargs["generator"] = inputs.generators
-    if "eta" in step_params:
-        step_kwargs["eta"] = 0.0
-    same_shape = inputs.uncond is not None and inputs.uncond.context.shape == inputs.cond.context.shape
-    for index, t in enumerate(timesteps):
-        if inputs.should_stop is not None and inputs.should_stop():
-            raise Interrupted()
+class _Loop:
+    """Runs the steps; a class only so the extension dispatch and the U-Net call share the context."""
+
+    def __init__(self, ctx: DenoiseContext, extensions: Sequence[DenoiseExtension]) -> None:
+        self.ctx = ctx
+        self.extensions = list(extensions)
+        step_params = inspect.signature(ctx.scheduler.step).parameters
+        self.step_kwargs: dict[str, Any] = {}
+        if "generator" in step_params:
+            self.step_kwargs["generator"] = ctx.inputs.generators
+        if "eta" in step_params:
+            self.step_kwargs["eta"] = 0.0
+
+    def unet(self, sample: torch.Tensor, cond: Conditioning, halves: tuple[Half, ...]) -> torch.Tensor:
+        ctx, inputs = self.ctx, self.ctx.inputs
+        added = None
+        if cond.pooled is not None:
+            time_ids = inputs.add_time_ids.repeat(sample.shape[0] // inputs.add_time_ids.shape[0], 1)
+            added = {"text_embeds": cond.pooled, "time_ids": time_ids}
+        call = UNetCall(sample, ctx.timestep, cond, halves, added)
+        for extension in self.extensions:
+            extension.before_unet(ctx, call)
+        model_input = torch.cat([call.sample, *call.channel_inputs], dim=1) if call.channel_inputs else call.sample
+        return ctx.model.unet(
+            model_input,
+            call.timestep,
+            encoder_hidden_states=call.conditioning.context,
+            added_cond_kwargs=call.added_cond_kwargs,
+            down_block_additional_residuals=call.down_residuals,
+            mid_block_additional_residual=call.mid_residual,
+            return_dict=False,
+        )[0]
+
+    def predict(self) -> None:
+        """The U-Net call(s) for one step and the CFG combination, into ctx.cond_output/uncond_output/denoised."""
+        ctx, inputs = self.ctx, self.ctx.inputs
+        scheduler, latents, t = ctx.scheduler, ctx.latents, ctx.timestep
         if inputs.uncond is None:
+            ctx.cond_output = self.unet(scheduler.scale_model_input(latents, t), inputs.cond, ("cond",))
+            ctx.uncond_output = None
+            ctx.denoised = ctx.cond_output
+            return
+        if inputs.uncond.context.shape == inputs.cond.context.shape:  # one batched call, [uncond, cond] as diffusers
+            scaled = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            both = self.unet(scaled, _cat(inputs.uncond, inputs.cond), ("uncond", "cond"))
+            ctx.uncond_output, ctx.cond_output = both.chunk(2)
+        else:  # different prompt lengths: two calls, as A1111 does without padding
             scaled = scheduler.scale_model_input(latents, t)
-            cond_out, uncond_out = _unet_call(model, scaled, t, inputs.cond, inputs), None
-            denoised = cond_out
-        else:
-            if same_shape:  # one batched call, [uncond, cond] as in diffusers
-                scaled = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-                both = _unet_call(model, scaled, t, _cat(inputs.uncond, inputs.cond), inputs)
-                uncond_out, cond_out = both.chunk(2)
-            else:  # different prompt lengths: two calls, as A1111 does without padding
-                scaled = scheduler.scale_model_input(latents, t)
-                uncond_out = _unet_call(model, scaled, t, inputs.uncond, inputs)
-                cond_out = _unet_call(model, scaled, t, inputs.cond, inputs)
-            denoised = uncond_out + inputs.cfg_scale * (cond_out - uncond_out)
-        if inputs.step_hooks:
-            state = StepState(
-                index, len(timesteps), t, _sigma_at(scheduler, inputs.start_index + index), latents, cond_out, uncond_out,
-                inputs.cfg_scale, denoised,
-            )
-            for hook in inputs.step_hooks:
-                hook(state)
-            denoised = state.denoised
-        output = scheduler.step(denoised, t, latents, **step_kwargs, return_dict=True)
-        latents = output.prev_sample
-        if inputs.latent_blend is not None:
-            latents = inputs.latent_blend(index, latents)
-        if inputs.on_progress is not None:
-            preview = getattr(output, "pred_original_sample", None)
-            inputs.on_progress(index + 1, len(timesteps), preview if preview is not None else latents)
-    return latents
+            ctx.uncond_output = self.unet(scaled, inputs.uncond, ("uncond",))
+            ctx.cond_output = self.unet(scaled, inputs.cond, ("cond",))
+        ctx.denoised = ctx.uncond_output + inputs.cfg_scale * (ctx.cond_output - ctx.uncond_output)
+
+    def run(self) -> torch.Tensor:
+        ctx = self.ctx
+        for extension in self.extensions:
+            extension.before_loop(ctx)
+        for index, t in enumerate(ctx.timesteps):
+            ctx.step, ctx.timestep = index, t
+            ctx.sigma = _sigma_at(ctx.scheduler, ctx.inputs.start_index + index)
+            for extension in self.extensions:
+                extension.before_step(ctx)
+            self.predict()
+            for extension in self.extensions:
+                extension.after_cfg(ctx)
+            output = ctx.scheduler.step(ctx.denoised, t, ctx.latents, **self.step_kwargs, return_dict=True)
+            ctx.latents = output.prev_sample
+            ctx.pred_original = getattr(output, "pred_original_sample", None)
+            for extension in self.extensions:
+                extension.after_step(ctx)
+        for extension in self.extensions:
+            extension.after_loop(ctx)
+        return ctx.latents
+
+
+@torch.inference_mode()
+def run_denoise(
+    model: LoadedModel,
+    scheduler: SchedulerMixin,
+    inputs: DenoiseInputs,
+    extensions: Sequence[DenoiseExtension] = (),
+) -> torch.Tensor:
+    """Run the scheduler's timesteps (from `inputs.start_index`) and return the final latents."""
+    ctx = DenoiseContext(model, scheduler, inputs, scheduler.timesteps[inputs.start_index:], inputs.latents)
+    return _Loop(ctx, extensions).run()
 
 
 def decode_latents(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 from PIL import Image
 from diffusers.image_processor import VaeImageProcessor
 
 from .conditioning import Conditioning, encode_prompts
-from .denoise import DenoiseInputs, ProgressCallback, StepHook, decode_latents, run_denoise
+from .denoise import DenoiseExtension, DenoiseInputs, decode_latents, run_denoise
+from .denoise_extensions import InpaintChannels
 from .loader import LoadedModel
 from .samplers import SamplerRegistry
 
@@ -58,17 +60,7 @@ def inpaint_txt2img_channels(model: LoadedModel, batch: int, height: int, width:
     return torch.cat([mask, latent], dim=1).repeat(batch, 1, 1, 1).to(model.dtype)
 
 
-def denoise_inputs(
-    model: LoadedModel,
-    params: SamplingParams,
-    latents: torch.Tensor,
-    extra_channels: torch.Tensor | None,
-    step_hooks: list[StepHook] | None,
-    on_progress: ProgressCallback | None,
-    should_stop,
-    start_index: int = 0,
-    latent_blend=None,
-) -> DenoiseInputs:
+def denoise_inputs(model: LoadedModel, params: SamplingParams, latents: torch.Tensor, start_index: int = 0) -> DenoiseInputs:
     """Prompt conditioning, CFG and SDXL micro-conditioning for one batch: the part every mode shares."""
     batch = len(params.seeds)
     cond = encode_prompts(model, [params.prompt] * batch)
@@ -83,13 +75,8 @@ def denoise_inputs(
         add_time_ids=sdxl_time_ids(params.width, params.height, batch, model.device, model.dtype)
         if model.family.is_sdxl
         else None,
-        extra_channels=extra_channels,
         generators=step_generators(params.seeds),
-        step_hooks=list(step_hooks or []),
-        on_progress=on_progress,
-        should_stop=should_stop,
         start_index=start_index,
-        latent_blend=latent_blend,
     )
 
 
@@ -105,18 +92,18 @@ def generate_latents(
     model: LoadedModel,
     params: SamplingParams,
     samplers: SamplerRegistry,
-    step_hooks: list[StepHook] | None = None,
-    on_progress: ProgressCallback | None = None,
-    should_stop=None,
+    extensions: Sequence[DenoiseExtension] = (),
 ) -> torch.Tensor:
+    """txt2img latents; `extensions` (ControlNet, progress, interrupt, hooks) run after the mode's own."""
     scheduler = build_scheduler(model, params, samplers)
     batch = len(params.seeds)
     factor = model.vae_downscale
     noise = initial_noise(params.seeds, model.latent_channels, params.height // factor, params.width // factor)
     latents = (noise.to(model.device, model.dtype)) * scheduler.init_noise_sigma
-    extra = inpaint_txt2img_channels(model, batch, params.height, params.width) if model.variant == "inpaint" else None
-    inputs = denoise_inputs(model, params, latents, extra, step_hooks, on_progress, should_stop)
-    return run_denoise(model, scheduler, inputs)
+    mode_extensions: list[DenoiseExtension] = []
+    if model.variant == "inpaint":
+        mode_extensions.append(InpaintChannels(inpaint_txt2img_channels(model, batch, params.height, params.width)))
+    return run_denoise(model, scheduler, denoise_inputs(model, params, latents), [*mode_extensions, *extensions])
 
 
 _postprocessor = VaeImageProcessor(do_normalize=True)
@@ -131,10 +118,7 @@ def txt2img(
     model: LoadedModel,
     params: SamplingParams,
     samplers: SamplerRegistry,
-    step_hooks: list[StepHook] | None = None,
-    on_progress: ProgressCallback | None = None,
-    should_stop=None,
+    extensions: Sequence[DenoiseExtension] = (),
 ) -> list[Image.Image]:
     """One batch: len(params.seeds) images generated together."""
-    latents = generate_latents(model, params, samplers, step_hooks, on_progress, should_stop)
-    return latents_to_images(model, latents)
+    return latents_to_images(model, generate_latents(model, params, samplers, extensions))

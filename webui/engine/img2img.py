@@ -10,13 +10,15 @@ the blurred mask in pixel space, so outside the mask and its blur band the outpu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .denoise import ProgressCallback, StepHook, run_denoise
+from .denoise import DenoiseExtension, run_denoise
+from .denoise_extensions import InpaintChannels, KnownRegionBlend
 from .generation import (
     SamplingParams,
     build_scheduler,
@@ -166,9 +168,7 @@ def img2img_latents(
     samplers: SamplerRegistry,
     prepared: _Prepared,
     options: Img2ImgOptions,
-    step_hooks: list[StepHook] | None = None,
-    on_progress: ProgressCallback | None = None,
-    should_stop=None,
+    extensions: Sequence[DenoiseExtension] = (),
 ) -> torch.Tensor:
     """Encode, noise to the strength's start step, denoise (blending the known region), return final latents."""
     batch, factor = len(params.seeds), model.vae_downscale
@@ -203,28 +203,17 @@ def img2img_latents(
     else:
         latents = scheduler.add_noise(init, noise, timesteps[start:start + 1].repeat(batch))
 
-    blend = None
-    if latent_mask is not None and model.variant != "inpaint":
-        keep = 1 - latent_mask
-        remaining = timesteps[start:]
-
-        def blend(index: int, current: torch.Tensor) -> torch.Tensor:
-            """Put the known region back, noised to the level the next step expects (clean after the last)."""
-            if index + 1 >= len(remaining):
-                known = init
-            else:
-                known = scheduler.add_noise(init, noise, remaining[index + 1:index + 2].repeat(batch))
-            return known * keep + current * latent_mask
-
-    extra = None
+    mode_extensions: list[DenoiseExtension] = []
     if model.variant == "inpaint":
         if prepared.mask is not None:
             extra = inpaint_conditioning(model, prepared.image, prepared.mask, batch)
         else:
             extra = inpaint_txt2img_channels(model, batch, params.height, params.width)
-
-    inputs = denoise_inputs(model, params, latents, extra, step_hooks, on_progress, should_stop, start, blend)
-    return run_denoise(model, scheduler, inputs)
+        mode_extensions.append(InpaintChannels(extra))
+    elif latent_mask is not None:
+        mode_extensions.append(KnownRegionBlend(init, noise, latent_mask, scheduler))
+    inputs = denoise_inputs(model, params, latents, start)
+    return run_denoise(model, scheduler, inputs, [*mode_extensions, *extensions])
 
 
 def finish(images: list[Image.Image], prepared: _Prepared, options: Img2ImgOptions) -> list[Image.Image]:
@@ -250,11 +239,9 @@ def img2img(
     samplers: SamplerRegistry,
     image: Image.Image,
     options: Img2ImgOptions,
-    step_hooks: list[StepHook] | None = None,
-    on_progress: ProgressCallback | None = None,
-    should_stop=None,
+    extensions: Sequence[DenoiseExtension] = (),
 ) -> list[Image.Image]:
     """One batch of img2img (or inpaint, when `options.mask` is set): len(params.seeds) images."""
     prepared = prepare_inputs(image, options, params.width, params.height)
-    latents = img2img_latents(model, params, samplers, prepared, options, step_hooks, on_progress, should_stop)
+    latents = img2img_latents(model, params, samplers, prepared, options, extensions)
     return finish(latents_to_images(model, latents), prepared, options)

@@ -31,7 +31,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 from PIL import Image
 
-from webui.engine.denoise import StepHook, StepState
+from webui.engine.denoise_extensions import StepHook, StepState
 from webui.engine.samplers import SamplerRegistry, SamplerSpec
 from webui.services.model_manager import ModelManager
 from webui.services.requests import GenerationRequest

@@ -8,12 +8,13 @@ while the service owns everything modes share: model choice, seeds, batches, job
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from PIL import Image
 
-from webui.engine.denoise import Interrupted, StepHook
+from webui.engine.denoise import DenoiseExtension, Interrupted
+from webui.engine.denoise_extensions import Interrupt, Progress, StepHook, StepHooks
 from webui.engine.generation import SamplingParams, txt2img
 from webui.engine.loader import LoadedModel
 from webui.engine.preview import fit_latent_to_rgb
@@ -42,9 +43,7 @@ class ModeRunner(Protocol):
         model: LoadedModel,
         request: GenerationRequest,
         params: SamplingParams,
-        hooks: list[StepHook],
-        on_progress: ProgressFn,
-        should_stop: Callable[[], bool],
+        extensions: Sequence[DenoiseExtension],
     ) -> list[Image.Image]: ...
 
     def infotext_params(self, request: GenerationRequest) -> dict[str, Any]: ...
@@ -89,8 +88,8 @@ class Txt2ImgRunner:
     def validate(self, request: GenerationRequest, model: LoadedModel) -> GenerationRequest:
         return request
 
-    def sample(self, model, request, params, hooks, on_progress, should_stop) -> list[Image.Image]:
-        return txt2img(model, params, self.samplers, hooks, on_progress, should_stop)
+    def sample(self, model, request, params, extensions) -> list[Image.Image]:
+        return txt2img(model, params, self.samplers, extensions)
 
     def infotext_params(self, request: GenerationRequest) -> dict[str, Any]:
         return {}
@@ -205,7 +204,8 @@ class GenerationService:
                             job.preview_latents = latents
                             job.preview_version += 1
 
-                    images = runner.sample(model, valid, params, step_hooks, on_progress, lambda: job.interrupted)
+                    extensions = [Interrupt(lambda: job.interrupted), StepHooks(step_hooks), Progress(on_progress)]
+                    images = runner.sample(model, valid, params, extensions)
                     images = self.hooks.after_decode(images, valid)
                     for image, seed in zip(images, seeds):
                         self._keep(result, image, self.infotext(valid, model, seed, extra_info), seed, runner.mode)

@@ -9,11 +9,11 @@ accepts and the output is cropped back (`restore_size`).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from webui.engine.denoise import StepHook
+from webui.engine.denoise import DenoiseExtension
 from webui.engine.generation import SamplingParams
 from webui.engine.img2img import (
     INPAINTING_FILL_LABELS,
@@ -152,12 +152,9 @@ class Img2ImgRunner:
         model: LoadedModel,
         request: Img2ImgRequest,
         params: SamplingParams,
-        hooks: list[StepHook],
-        on_progress,
-        should_stop: Callable[[], bool],
+        extensions: Sequence[DenoiseExtension],
     ) -> list[Image.Image]:
-        return img2img(model, params, self.samplers, request.init_image, self.options(request), hooks, on_progress,
-                       should_stop)
+        return img2img(model, params, self.samplers, request.init_image, self.options(request), extensions)
 
     def infotext_params(self, request: Img2ImgRequest) -> dict[str, Any]:
         """A1111's keys: Denoising strength always; the inpaint keys only where A1111 writes them."""
@@ -218,10 +215,10 @@ class OutpaintRunner(Img2ImgRunner):
         options.inpainting_fill = self._fill(request)
         return options
 
-    def sample(self, model, request: Img2ImgRequest, params, hooks, on_progress, should_stop) -> list[Image.Image]:
+    def sample(self, model, request: Img2ImgRequest, params, extensions) -> list[Image.Image]:
         canvas, mask = self.canvas(request)
         filled = replace(request, init_image=canvas, mask=mask, inpainting_mask_invert=0)
-        return img2img(model, params, self.samplers, canvas, self.options(filled), hooks, on_progress, should_stop)
+        return img2img(model, params, self.samplers, canvas, self.options(filled), extensions)
 
     def infotext_params(self, request: Img2ImgRequest) -> dict[str, Any]:
         as_inpaint = replace(request, mask=Image.new("L", (1, 1), 255), inpainting_mask_invert=0,
