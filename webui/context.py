@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from webui.engine.samplers import SamplerRegistry
+from webui.services.controlnet import ControlNetService
 from webui.services.extensions import ExtensionManager
 from webui.services.generation import APP_VERSION, GenerationService
 from webui.services.hashing import HashCache
@@ -33,6 +34,15 @@ class AppPaths:
     def vae_dir(self) -> Path:
         return self.models_dir / "VAE"
 
+    @property
+    def controlnet_dir(self) -> Path:
+        return self.models_dir / "ControlNet"
+
+    @property
+    def preprocessor_dir(self) -> Path:
+        """Weights for the preprocessors that need them (file names as in lllyasviel/Annotators)."""
+        return self.models_dir / "ControlNetPreprocessor"
+
     @classmethod
     def default(
         cls,
@@ -59,6 +69,7 @@ class AppContext:
     generation: GenerationService
     settings: SettingsStore
     extensions: ExtensionManager
+    controlnet: ControlNetService
 
 
 def build_context(
@@ -72,14 +83,16 @@ def build_context(
     torch_device = choose_device(device)
     dtype = choose_dtype(torch_device, precision)
     paths.data_dir.mkdir(parents=True, exist_ok=True)
+    hashes = HashCache(paths.data_dir / "hashes.json")
     models = ModelManager(
         paths.checkpoint_dir,
         paths.vae_dir,
-        HashCache(paths.data_dir / "hashes.json"),
+        hashes,
         torch_device,
         dtype,
         ram_cache_size=ram_cache_size,
     )
+    controlnet = ControlNetService(paths.controlnet_dir, paths.preprocessor_dir, hashes, torch_device, dtype)
     samplers = SamplerRegistry()
     jobs = JobManager()
     outputs = outputs or OutputStore(paths.outputs_dir)
@@ -91,8 +104,9 @@ def build_context(
         paths.data_dir / "extensions.json",
         APP_VERSION,
         models,
+        services={"controlnet": controlnet},
     )
     if load_extensions:
         extensions.load_all()
     generation = GenerationService(models, outputs, samplers, jobs, hooks=extensions)
-    return AppContext(paths, models, samplers, jobs, outputs, generation, settings, extensions)
+    return AppContext(paths, models, samplers, jobs, outputs, generation, settings, extensions, controlnet)

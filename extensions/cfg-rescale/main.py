@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import gradio as gr
 
+from webui.engine.denoise_extensions import CfgRescale
+
 
 def register(api) -> None:
     def build(mode: str) -> dict:
@@ -16,20 +18,16 @@ def register(api) -> None:
             strength = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="Rescale φ", elem_id=f"{mode}_cfg_rescale_phi")
         return {"enabled": enabled, "phi": strength}
 
-    def rescale(state, controls: dict) -> None:
-        if not controls.get("enabled") or state.uncond_output is None:
-            return
-        phi = float(controls.get("phi", 0.7))
-        dims = tuple(range(1, state.denoised.ndim))
-        cond_std = state.cond_output.std(dim=dims, keepdim=True)
-        guided_std = state.denoised.std(dim=dims, keepdim=True).clamp_min(1e-8)
-        rescaled = state.denoised * (cond_std / guided_std)
-        state.denoised = phi * rescaled + (1 - phi) * state.denoised
+    def rescale(request, model, controls: dict):
+        """A denoise extension for this job (the engine's CfgRescale acts after CFG, every step)."""
+        if not controls.get("enabled"):
+            return None
+        return CfgRescale(float(controls.get("phi", 0.7)))
 
     def note_in_infotext(params: dict, request, controls: dict) -> None:
         if controls.get("enabled"):
             params["CFG Rescale phi"] = float(controls.get("phi", 0.7))
 
     api.add_section("CFG rescale", build)
-    api.on_step(rescale)
+    api.on_denoise(rescale)
     api.on_save(note_in_infotext)

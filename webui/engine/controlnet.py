@@ -61,10 +61,19 @@ class ControlUnit:
 
 def control_image(image: Image.Image, width: int, height: int, resize_mode: ResizeMode | int) -> torch.Tensor:
     """A control map -> [1, 3, height, width] in [0, 1], fitted with A1111's resize modes (as diffusers' control
-    image processor scales it: pixel / 255, no normalisation)."""
-    fitted = resize_image(image.convert("RGB"), ResizeMode(resize_mode), width, height)
+    image processor scales it: pixel / 255, no normalisation).
+
+    An RGBA map is an inpaint hint (the `inpaint` preprocessors): pixels whose alpha marks them as masked become -1,
+    the value inpaint ControlNets were trained to read as "to be filled" (sd-webui-controlnet does the same).
+    """
+    has_mask = image.mode == "RGBA"
+    fitted = resize_image(image.convert("RGBA" if has_mask else "RGB"), ResizeMode(resize_mode), width, height)
     array = np.asarray(fitted, dtype=np.float32) / 255.0
-    return torch.from_numpy(array).permute(2, 0, 1)[None]
+    if has_mask:
+        rgb, alpha = array[..., :3].copy(), array[..., 3]
+        rgb[alpha > 0.5] = -1.0
+        array = rgb
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
 
 
 class ControlNetExtension(DenoiseExtension):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable, Literal
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from safetensors.torch import save_file
 
 from .families import UNET_PREFIX, VAE_PREFIX
@@ -36,51 +36,102 @@ def _rename_within(key: str, table: dict[str, str]) -> str:
     return key
 
 
+# Parts a diffusers U-Net and a ControlNet's encoder copy share, by owning module; the key's last part is appended.
+_ENCODER_FIXED = {
+    "time_embedding.linear_1": "time_embed.0",
+    "time_embedding.linear_2": "time_embed.2",
+    "add_embedding.linear_1": "label_emb.0.0",
+    "add_embedding.linear_2": "label_emb.0.2",
+    "conv_in": "input_blocks.0.0",
+}
+_UNET_OUTPUT_FIXED = {"conv_norm_out": "out.0", "conv_out": "out.2"}
+
+
+def _encoder_key_to_ldm(key: str, per_level: int) -> str | None:
+    """LDM name of a diffusers encoder key (time/addition embedding, conv_in, down and mid blocks); None otherwise.
+
+    One renaming for `unet_to_ldm` and `controlnet_to_ldm`, because a ControlNet's encoder is a copy of the U-Net's.
+    """
+    parts = key.split(".")
+    owner = ".".join(parts[:-1])
+    if owner in _ENCODER_FIXED:
+        return f"{_ENCODER_FIXED[owner]}.{parts[-1]}"
+    if parts[0] == "down_blocks":
+        level, kind, index, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+        if kind == "resnets":
+            return f"input_blocks.{1 + level * (per_level + 1) + index}.0.{_rename_within(rest, _RESNET_UNET)}"
+        if kind == "attentions":
+            return f"input_blocks.{1 + level * (per_level + 1) + index}.1.{rest}"
+        return f"input_blocks.{(level + 1) * (per_level + 1)}.0.op.{parts[-1]}"  # downsamplers.0.conv.*
+    if parts[0] == "mid_block":
+        kind, index, rest = parts[1], int(parts[2]), ".".join(parts[3:])
+        if kind == "resnets":
+            return f"middle_block.{2 * index}.{_rename_within(rest, _RESNET_UNET)}"
+        return f"middle_block.1.{rest}"
+    return None
+
+
+def _unet_decoder_key_to_ldm(unet: UNet2DConditionModel, key: str, per_level: int) -> str:
+    """LDM name of a U-Net key outside the encoder: up blocks and the output head."""
+    parts = key.split(".")
+    owner = ".".join(parts[:-1])
+    if owner in _UNET_OUTPUT_FIXED:
+        return f"{_UNET_OUTPUT_FIXED[owner]}.{parts[-1]}"
+    if parts[0] == "up_blocks":
+        level, kind, index, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+        base = level * (per_level + 1)
+        if kind == "resnets":
+            return f"output_blocks.{base + index}.0.{_rename_within(rest, _RESNET_UNET)}"
+        if kind == "attentions":
+            return f"output_blocks.{base + index}.1.{rest}"
+        # upsamplers.0.conv.*: after the attention when the level has one
+        has_attention = hasattr(unet.up_blocks[level], "attentions")
+        return f"output_blocks.{base + per_level}.{2 if has_attention else 1}.conv.{parts[-1]}"
+    raise ValueError(f"unexpected U-Net key {key!r}")
+
+
 def unet_to_ldm(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     """diffusers U-Net -> `model.diffusion_model.*` keys."""
     per_level = unet.config.layers_per_block
     out: dict[str, torch.Tensor] = {}
-    fixed = {
-        "time_embedding.linear_1": "time_embed.0",
-        "time_embedding.linear_2": "time_embed.2",
-        "add_embedding.linear_1": "label_emb.0.0",
-        "add_embedding.linear_2": "label_emb.0.2",
-        "conv_in": "input_blocks.0.0",
-        "conv_norm_out": "out.0",
-        "conv_out": "out.2",
-    }
     for key, tensor in unet.state_dict().items():
-        parts = key.split(".")
-        owner = ".".join(parts[:-1])
-        if owner in fixed:
-            new = f"{fixed[owner]}.{parts[-1]}"
-        elif parts[0] == "down_blocks":
-            level, kind, index, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
-            if kind == "resnets":
-                new = f"input_blocks.{1 + level * (per_level + 1) + index}.0.{_rename_within(rest, _RESNET_UNET)}"
-            elif kind == "attentions":
-                new = f"input_blocks.{1 + level * (per_level + 1) + index}.1.{rest}"
-            else:  # downsamplers.0.conv.*
-                new = f"input_blocks.{(level + 1) * (per_level + 1)}.0.op.{parts[-1]}"
-        elif parts[0] == "mid_block":
-            kind, index, rest = parts[1], int(parts[2]), ".".join(parts[3:])
-            if kind == "resnets":
-                new = f"middle_block.{2 * index}.{_rename_within(rest, _RESNET_UNET)}"
-            else:
-                new = f"middle_block.1.{rest}"
-        elif parts[0] == "up_blocks":
-            level, kind, index, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
-            base = level * (per_level + 1)
-            if kind == "resnets":
-                new = f"output_blocks.{base + index}.0.{_rename_within(rest, _RESNET_UNET)}"
-            elif kind == "attentions":
-                new = f"output_blocks.{base + index}.1.{rest}"
-            else:  # upsamplers.0.conv.*: after the attention when the level has one
-                has_attention = hasattr(unet.up_blocks[level], "attentions")
-                new = f"output_blocks.{base + per_level}.{2 if has_attention else 1}.conv.{parts[-1]}"
-        else:
-            raise ValueError(f"unexpected U-Net key {key!r}")
+        new = _encoder_key_to_ldm(key, per_level)
+        if new is None:
+            new = _unet_decoder_key_to_ldm(unet, key, per_level)
         out[UNET_PREFIX + new] = tensor
+    return out
+
+
+def _controlnet_part_key_to_ldm(key: str, hint_conv_out_index: int) -> str:
+    """cldm name of a ControlNet-only key: hint encoder, zero convs, middle output conv."""
+    parts = key.split(".")
+    if parts[0] == "controlnet_cond_embedding":
+        if parts[1] == "conv_in":
+            return f"input_hint_block.0.{parts[-1]}"
+        if parts[1] == "blocks":
+            return f"input_hint_block.{2 * int(parts[2]) + 2}.{parts[-1]}"
+        if parts[1] == "conv_out":
+            return f"input_hint_block.{hint_conv_out_index}.{parts[-1]}"
+    elif parts[0] == "controlnet_down_blocks":
+        return f"zero_convs.{int(parts[1])}.0.{parts[-1]}"
+    elif parts[0] == "controlnet_mid_block":
+        return f"middle_block_out.0.{parts[-1]}"
+    raise ValueError(f"unexpected ControlNet key {key!r}")
+
+
+def controlnet_to_ldm(controlnet: ControlNetModel) -> dict[str, torch.Tensor]:
+    """diffusers ControlNetModel -> ControlNet 1.1 (cldm) keys, without a prefix; 1.0 files add `control_model.`.
+
+    Written by hand because diffusers only has the cldm -> diffusers direction (`convert_controlnet_checkpoint`).
+    The hint encoder is a Sequential of convs and SiLUs in cldm, so conv k sits at index 2k: conv_in -> 0,
+    blocks.j -> 2j + 2, conv_out -> 2 * len(blocks) + 2 (14 for the stock 16-32-96-256 encoder, as diffusers expects).
+    """
+    per_level = controlnet.config.layers_per_block
+    hint_conv_out_index = 2 * len(controlnet.controlnet_cond_embedding.blocks) + 2
+    out: dict[str, torch.Tensor] = {}
+    for key, tensor in controlnet.state_dict().items():
+        new = _encoder_key_to_ldm(key, per_level)
+        out[new if new is not None else _controlnet_part_key_to_ldm(key, hint_conv_out_index)] = tensor
     return out
 
 

@@ -14,6 +14,7 @@ from .architecture import AttentionRule
 Shapes = Mapping[str, tuple[int, ...]]
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
+CLDM_PREFIX = "control_model."  # ControlNet 1.0 files (diffusers' LDM_CONTROLNET_KEY)
 
 
 class UnsupportedCheckpointError(ValueError):

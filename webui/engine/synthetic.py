@@ -12,13 +12,16 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from .export import save_checkpoint, to_ldm_state_dict
-from .families import SD1, SD2, SDXL, ModelFamily
+from .checkpoint_io import PICKLE_SUFFIXES
+from .export import controlnet_to_ldm, save_checkpoint, to_ldm_state_dict
+from .families import CLDM_PREFIX, SD1, SD2, SDXL, ModelFamily
 
 FamilyName = Literal["sd1", "sd2", "sdxl"]
+ControlNetVariant = Literal["full", "small"]
+ControlNetFileLayout = Literal["cldm-1.0", "cldm-1.1", "diffusers"]
 VOCAB_SIZE = 49408
 
 
@@ -143,3 +146,88 @@ def write_synthetic_checkpoint(
     model = build_synthetic_model(family, size=size, inpaint=inpaint, seed=seed)
     save_checkpoint(Path(path), model.state_dict(dtype=dtype), metadata)
     return model
+
+
+def _per_level(value: int | tuple[int, ...] | list[int], levels: int) -> list[int]:
+    return [value] * levels if isinstance(value, int) else list(value)
+
+
+def build_synthetic_controlnet(base: SyntheticModel, seed: int, variant: ControlNetVariant = "full") -> ControlNetModel:
+    """A seeded random ControlNet whose residuals fit `base.unet` (like `ControlNetModel.from_unet`, new weights).
+
+    The zero convolutions (and the hint encoder's last conv) are zero in a fresh ControlNet, which would make every
+    output zero whatever the loader did with them; they get random weights so a test sees every tensor.
+    `small` keeps the residual structure (widths, res blocks per level: the U-Net adds the residuals one by one)
+    but has one transformer block less per attention level (down to none) and a middle block without attention,
+    like the reduced SDXL ControlNets.
+    """
+    unet = base.unet.config
+    levels = len(unet.block_out_channels)
+    depths = _per_level(unet.transformer_layers_per_block, levels)
+    if variant == "small":
+        depths = [max(0, d - 1) for d in depths]
+    elif variant != "full":
+        raise ValueError(f"unknown ControlNet variant {variant!r}")
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel(
+        in_channels=base.vae.config.latent_channels,  # the noisy latent only, also for inpainting U-Nets
+        conditioning_channels=3,
+        down_block_types=list(unet.down_block_types),
+        block_out_channels=list(unet.block_out_channels),
+        layers_per_block=unet.layers_per_block,
+        cross_attention_dim=unet.cross_attention_dim,
+        attention_head_dim=unet.attention_head_dim,
+        use_linear_projection=unet.use_linear_projection,
+        transformer_layers_per_block=depths,
+        mid_block_type="UNetMidBlock2D" if variant == "small" else "UNetMidBlock2DCrossAttn",
+        addition_embed_type=unet.addition_embed_type,
+        addition_time_embed_dim=unet.addition_time_embed_dim,
+        projection_class_embeddings_input_dim=unet.projection_class_embeddings_input_dim,
+        conditioning_embedding_out_channels=(16, 32, 96, 256),
+    )
+    generator = torch.Generator().manual_seed(seed + 1)
+    zero_initialised = [
+        *controlnet.controlnet_down_blocks,
+        controlnet.controlnet_mid_block,
+        controlnet.controlnet_cond_embedding.conv_out,
+    ]
+    with torch.no_grad():
+        for module in zero_initialised:
+            fan_in = module.weight[0].numel()
+            module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / fan_in**0.5)
+            module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.1)
+    return controlnet.eval()
+
+
+def write_synthetic_controlnet(
+    path: Path,
+    base: SyntheticModel,
+    layout: ControlNetFileLayout,
+    seed: int = 0,
+    variant: ControlNetVariant = "full",
+    extra_state: dict[str, torch.Tensor] | None = None,
+) -> ControlNetModel:
+    """Write a ControlNet file the way the community ships them; returns the ground-truth module.
+
+    cldm-1.1 is the bare cldm layout; cldm-1.0 puts it under `control_model.` and `extra_state` (typically a whole
+    SD checkpoint) beside it; diffusers is the module's own state dict. `.safetensors` or a pickle suffix such as
+    `.pth` (a plain dict of tensors written by `torch.save`).
+    """
+    controlnet = build_synthetic_controlnet(base, seed, variant)
+    if layout == "diffusers":
+        state = dict(controlnet.state_dict())
+    elif layout == "cldm-1.1":
+        state = controlnet_to_ldm(controlnet)
+    elif layout == "cldm-1.0":
+        state = {CLDM_PREFIX + k: v for k, v in controlnet_to_ldm(controlnet).items()}
+    else:
+        raise ValueError(f"unknown ControlNet layout {layout!r}")
+    state = {**(extra_state or {}), **state}
+    state = {k: v.detach().contiguous() for k, v in state.items()}
+    path = Path(path)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, str(path))
+    else:
+        save_checkpoint(path, state)
+    return controlnet

@@ -24,17 +24,20 @@ import traceback
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from types import MappingProxyType
+from typing import Any, Callable, Iterable, Literal, Mapping
 
 import torch
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 from PIL import Image
 
+from webui.engine.denoise import DenoiseContext, DenoiseExtension, UNetCall
 from webui.engine.denoise_extensions import StepHook, StepState
+from webui.engine.loader import LoadedModel
 from webui.engine.samplers import SamplerRegistry, SamplerSpec
 from webui.services.model_manager import ModelManager
-from webui.services.requests import GenerationRequest
+from webui.services.requests import GenerationRequest, RequestError
 from webui.services.settings import SettingKind, SettingSpec, SettingsStore
 
 log = logging.getLogger("webui.extensions")
@@ -101,12 +104,19 @@ class RouteSpec:
     methods: tuple[str, ...]
 
 
+# (request, model, controls) -> denoise extensions for this job (ControlNet units, custom guidance, ...)
+DenoiseFactory = Callable[
+    [GenerationRequest, LoadedModel, dict[str, Any]], "DenoiseExtension | list[DenoiseExtension] | None"
+]
+
+
 @dataclass
 class Registrations:
     tabs: list[TabSpec] = field(default_factory=list)
     sections: list[SectionSpec] = field(default_factory=list)
     before_generate: list[Callable[[GenerationRequest, dict[str, Any]], GenerationRequest | None]] = field(default_factory=list)
     on_step: list[Callable[[StepState, dict[str, Any]], None]] = field(default_factory=list)
+    denoise: list[DenoiseFactory] = field(default_factory=list)
     after_decode: list[Callable[[list[Image.Image], GenerationRequest, dict[str, Any]], list[Image.Image] | None]] = field(default_factory=list)
     on_save: list[Callable[[dict[str, Any], GenerationRequest, dict[str, Any]], None]] = field(default_factory=list)
     routes: list[RouteSpec] = field(default_factory=list)
@@ -141,11 +151,18 @@ class ExtensionAPI:
     """The one object an extension receives. Everything it adds is recorded, namespaced by its name."""
 
     def __init__(
-        self, record: ExtensionRecord, settings: SettingsStore, app_version: str, models: ModelManager | None
+        self,
+        record: ExtensionRecord,
+        settings: SettingsStore,
+        app_version: str,
+        models: ModelManager | None,
+        services: Mapping[str, Any] | None = None,
     ) -> None:
         self._record = record
         self._settings = settings
         self.models = models  # the app's model manager: list, inspect and switch checkpoints
+        # The app's shared services by name (e.g. "controlnet", "uploads"); read-only for extensions.
+        self.services: Mapping[str, Any] = MappingProxyType(dict(services or {}))
         self.name = record.name
         self.app_version = app_version
         self.folder = record.folder
@@ -174,6 +191,13 @@ class ExtensionAPI:
     def on_step(self, hook: Callable[[StepState, dict[str, Any]], None]) -> None:
         """`hook(state, controls)` runs every sampling step; it may replace `state.denoised` (the CFG result)."""
         self._reg.on_step.append(hook)
+
+    def on_denoise(self, factory: DenoiseFactory) -> None:
+        """`factory(request, model, controls)` runs once per job, before sampling, and returns `DenoiseExtension`s
+        (webui.engine.denoise) that act inside the denoising loop: before each U-Net call (add ControlNet residuals,
+        input channels), after CFG, after each step. Raise `RequestError` for a bad control value: the job does not
+        start and the user sees the message; any other failure disables the extension, never the job."""
+        self._reg.denoise.append(factory)
 
     def on_after_decode(
         self, hook: Callable[[list[Image.Image], GenerationRequest, dict[str, Any]], list[Image.Image] | None]
@@ -251,6 +275,63 @@ def _restore(state: StepState, saved: dict[str, tuple[Any, torch.Tensor | None]]
             value.copy_(values)
 
 
+class _ContainedDenoise(DenoiseExtension):
+    """An extension's denoise extension, contained: if a callback raises, what it changed is put back, the extension
+    is disabled (shown in the Extensions tab) and the loop goes on without it."""
+
+    def __init__(self, record: ExtensionRecord, inner: DenoiseExtension) -> None:
+        self.record, self.inner = record, inner
+
+    def _run(self, where: str, call: Callable[[], None], restore: Callable[[], None]) -> None:
+        if self.record.status != "active":
+            return
+        try:
+            call()
+        except Exception as exc:
+            restore()
+            self.record.fail(f"in a denoise extension ({where})", exc)
+
+    def before_loop(self, ctx: DenoiseContext) -> None:
+        self._run("before the loop", lambda: self.inner.before_loop(ctx), lambda: None)
+
+    def before_step(self, ctx: DenoiseContext) -> None:
+        self._run("before a step", lambda: self.inner.before_step(ctx), lambda: None)
+
+    def before_unet(self, ctx: DenoiseContext, call: UNetCall) -> None:
+        saved = (call.sample, call.timestep, call.conditioning, call.added_cond_kwargs, list(call.channel_inputs),
+                 call.down_residuals, call.mid_residual)
+
+        def restore() -> None:
+            (call.sample, call.timestep, call.conditioning, call.added_cond_kwargs, call.channel_inputs,
+             call.down_residuals, call.mid_residual) = saved
+
+        self._run("before a U-Net call", lambda: self.inner.before_unet(ctx, call), restore)
+
+    def after_cfg(self, ctx: DenoiseContext) -> None:
+        denoised = ctx.denoised.clone()
+
+        def restore() -> None:
+            ctx.denoised = denoised
+
+        self._run("after CFG", lambda: self.inner.after_cfg(ctx), restore)
+
+    def after_step(self, ctx: DenoiseContext) -> None:
+        latents = ctx.latents.clone()
+
+        def restore() -> None:
+            ctx.latents = latents
+
+        self._run("after a step", lambda: self.inner.after_step(ctx), restore)
+
+    def after_loop(self, ctx: DenoiseContext) -> None:
+        latents = ctx.latents.clone()
+
+        def restore() -> None:
+            ctx.latents = latents
+
+        self._run("after the loop", lambda: self.inner.after_loop(ctx), restore)
+
+
 class ExtensionManager:
     """Finds extension folders, loads the enabled ones, and dispatches their hooks with containment."""
 
@@ -262,9 +343,11 @@ class ExtensionManager:
         state_file: Path,
         app_version: str,
         models: ModelManager | None = None,
+        services: Mapping[str, Any] | None = None,
     ) -> None:
         self.folders = folders  # (folder of extensions, builtin?)
         self.models = models
+        self.services = dict(services or {})
         self.settings = settings
         self.samplers = samplers
         self.state_file = state_file
@@ -363,7 +446,7 @@ class ExtensionManager:
         if not callable(register):
             record.fail("importing", ExtensionError("the entry module has no register(api) function"))
             return
-        api = ExtensionAPI(record, self.settings, self.app_version, self.models)
+        api = ExtensionAPI(record, self.settings, self.app_version, self.models, self.services)
         added: list[str] = []
         try:
             register(api)
@@ -423,6 +506,30 @@ class ExtensionManager:
                             _restore(state, saved)  # a failing hook leaves no trace, even an in-place edit
                 hooks.append(call)
         return hooks
+
+    def denoise_extensions(self, request: GenerationRequest, model: LoadedModel) -> list[DenoiseExtension]:
+        """Every active extension's denoise extensions for this job, each contained (see `_ContainedDenoise`)."""
+        extensions: list[DenoiseExtension] = []
+        for record in self.active():
+            controls = request.extensions.get(record.name, {})
+            for factory in record.registrations.denoise:
+                if record.status != "active":
+                    break
+                try:
+                    made = factory(request, model, controls)
+                except RequestError:
+                    raise  # the user's input is wrong: the job does not start, the extension stays on
+                except Exception as exc:
+                    record.fail("in a denoise factory", exc)
+                    break
+                made = [] if made is None else [made] if isinstance(made, DenoiseExtension) else made
+                if not isinstance(made, list) or not all(isinstance(m, DenoiseExtension) for m in made):
+                    record.fail("in a denoise factory", ExtensionError(
+                        f"the factory must return None, a DenoiseExtension or a list of them, not {_describe(made)}"
+                    ))
+                    break
+                extensions.extend(_ContainedDenoise(record, m) for m in made)
+        return extensions
 
     def after_decode(self, images: list[Image.Image], request: GenerationRequest) -> list[Image.Image]:
         for record in self.active():

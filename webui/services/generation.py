@@ -56,6 +56,8 @@ class GenerationHooks(Protocol):
 
     def step_hooks(self, request: GenerationRequest) -> list[StepHook]: ...
 
+    def denoise_extensions(self, request: GenerationRequest, model: LoadedModel) -> list[DenoiseExtension]: ...
+
     def after_decode(self, images: list[Image.Image], request: GenerationRequest) -> list[Image.Image]: ...
 
     def on_save(self, params: dict[str, Any], request: GenerationRequest) -> dict[str, Any]: ...
@@ -68,6 +70,9 @@ class NoHooks:
         return request
 
     def step_hooks(self, request: GenerationRequest) -> list[StepHook]:
+        return []
+
+    def denoise_extensions(self, request: GenerationRequest, model: LoadedModel) -> list[DenoiseExtension]:
         return []
 
     def after_decode(self, images: list[Image.Image], request: GenerationRequest) -> list[Image.Image]:
@@ -183,6 +188,7 @@ class GenerationService:
                 result.request = valid
                 job.batches_total = valid.n_iter
                 step_hooks = self.hooks.step_hooks(valid)
+                feature_extensions = self.hooks.denoise_extensions(valid, model)  # ControlNet units, ...
                 for iteration in range(valid.n_iter):
                     seeds = seeds_for_iteration(valid, iteration)
                     params = SamplingParams(
@@ -204,7 +210,9 @@ class GenerationService:
                             job.preview_latents = latents
                             job.preview_version += 1
 
-                    extensions = [Interrupt(lambda: job.interrupted), StepHooks(step_hooks), Progress(on_progress)]
+                    extensions = [
+                        Interrupt(lambda: job.interrupted), *feature_extensions, StepHooks(step_hooks), Progress(on_progress)
+                    ]
                     images = runner.sample(model, valid, params, extensions)
                     images = self.hooks.after_decode(images, valid)
                     for image, seed in zip(images, seeds):

@@ -52,25 +52,31 @@ def with_extension_controls(handler: Callable[..., Iterator[Any]], controls: lis
         extensions = collect_values(controls, args[fixed:fixed + extra])
         yield from handler(*args[:fixed], extensions=extensions, request=request, progress=progress)
 
-    declare_inputs(wrapped, [*names, *(f"{ext}_{name}" for ext, name, _ in controls)])
+    # Extension controls get their component's initial value as the default, so API clients written before an
+    # extension was installed keep working (gradio_client treats parameters without a default as required).
+    defaults = {f"{ext}_{name}": getattr(component, "value", None) for ext, name, component in controls}
+    declare_inputs(wrapped, [*names, *defaults], defaults)
     return wrapped
 
 
-def declare_inputs(handler: Any, names: list[str]) -> None:
+def declare_inputs(handler: Any, names: list[str], defaults: dict[str, Any] | None = None) -> None:
     """Give `handler(*args)` an explicit signature: `names`, then `request` and `progress` (see handler_signature)."""
-    handler.__signature__ = handler_signature(names)
+    handler.__signature__ = handler_signature(names, defaults)
     handler.__annotations__ = {"request": gr.Request}  # Gradio reads type hints to find the request parameter
 
 
-def handler_signature(names: list[str]) -> inspect.Signature:
+def handler_signature(names: list[str], defaults: dict[str, Any] | None = None) -> inspect.Signature:
     """A signature for a handler taking a variable number of controls, then `request` and `progress`.
 
     Gradio finds where to pass the request and the progress tracker by reading the handler's signature, so a handler
     whose input count depends on the installed extensions declares its parameters explicitly.
     """
-    params = [
-        inspect.Parameter(re.sub(r"\W", "_", name), inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in names
-    ]
-    params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request))
+    defaults = defaults or {}
+    params = []
+    for name in names:
+        kwargs = {"default": defaults[name]} if name in defaults else {}
+        params.append(inspect.Parameter(re.sub(r"\W", "_", name), inspect.Parameter.POSITIONAL_OR_KEYWORD, **kwargs))
+    params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request,
+                                    default=None))
     params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
     return inspect.Signature(params)
