@@ -24,6 +24,46 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--models-dir", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
+    parser.add_argument(
+        "--controlnet", action="append", default=[], metavar="SPEC",
+        help="a ControlNet unit, repeatable: 'model=NAME,image=PATH,module=canny,weight=1,start=0,end=1,"
+             "mode=balanced' (also resize=just-resize|crop-and-resize|resize-and-fill, res=512, "
+             "threshold-a=100, threshold-b=200, pixel-perfect=true; mode: balanced, prompt, controlnet; "
+             "in img2img a unit without image= uses the input image)",
+    )
+
+
+# --controlnet keys -> sd-webui-controlnet's API field names (what ControlUnitRequest.from_dict reads)
+CONTROLNET_KEYS = {
+    "model": "model", "image": "image", "module": "module", "weight": "weight", "start": "guidance_start",
+    "end": "guidance_end", "mode": "control_mode", "resize": "resize_mode", "res": "processor_res",
+    "threshold-a": "threshold_a", "threshold-b": "threshold_b", "pixel-perfect": "pixel_perfect",
+    "mask": "mask_image",
+}
+
+
+def parse_controlnet_spec(spec: str, index: int, limits=None) -> dict:
+    """One `--controlnet` value -> a unit dict in the API spelling; image files are read with the upload checks."""
+    from webui.services.uploads import load_image
+
+    unit: dict = {"enabled": True}
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        key, sep, value = part.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in CONTROLNET_KEYS:
+            raise ValueError(f"--controlnet #{index + 1}: {part!r} is not KEY=VALUE with KEY one of "
+                             f"{', '.join(CONTROLNET_KEYS)}")
+        field = CONTROLNET_KEYS[key]
+        value = value.strip()
+        if field in ("image", "mask_image"):
+            unit[field] = load_image(Path(value), f"--controlnet #{index + 1} {key}", limits)
+        elif field == "resize_mode":
+            unit[field] = value.replace("-", " ")
+        else:
+            unit[field] = value
+    if "model" not in unit:
+        raise ValueError(f"--controlnet #{index + 1}: give model=NAME (a file in models/ControlNet)")
+    return unit
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +87,17 @@ def request_fields(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         n_iter=args.batch_count,
         model=args.model,
+        extensions=controlnet_extension_controls(args),
     )
+
+
+def controlnet_extension_controls(args: argparse.Namespace) -> dict:
+    """The ControlNet extension's controls for the request (A1111's alwayson_scripts shape), or none."""
+    from webui.services.uploads import UploadLimits
+
+    limits = UploadLimits(args.max_image_pixels) if getattr(args, "max_image_pixels", None) else None
+    units = [parse_controlnet_spec(spec, i, limits) for i, spec in enumerate(args.controlnet)]
+    return {"controlnet": {"args": units}} if units else {}
 
 
 def run_and_print(args: argparse.Namespace, request, runner=None) -> int:
