@@ -170,3 +170,59 @@ def sampler_extension(*names: str) -> str:
     def register(api):
 {specs}
 """
+
+# A denoise extension that adds residuals in place and then raises: the residuals must not reach the U-Net.
+RESIDUALS_THEN_RAISE = """
+import torch
+from webui.engine.denoise import DenoiseExtension
+
+
+class Broken(DenoiseExtension):
+    def before_unet(self, ctx, call):
+        call.channel_inputs.append(torch.zeros_like(call.sample))  # would break the U-Net's input width
+        call.down_residuals, call.mid_residual = [torch.ones(1)], torch.ones(1)
+        raise RuntimeError("denoise extension exploded")
+
+
+def register(api):
+    api.on_denoise(lambda request, model, controls: Broken() if controls.get("enabled") else None)
+"""
+
+# Edits the CFG result, then raises: the edit must be rolled back.
+DENOISED_THEN_RAISE = """
+from webui.engine.denoise import DenoiseExtension
+
+
+class Broken(DenoiseExtension):
+    def after_cfg(self, ctx):
+        ctx.denoised.mul_(-1)
+        raise RuntimeError("after-cfg exploded")
+
+
+def register(api):
+    api.on_denoise(lambda request, model, controls: [Broken()] if controls.get("enabled") else [])
+"""
+
+DENOISE_FACTORY_RAISES = """
+def register(api):
+    def factory(request, model, controls):
+        raise KeyError("factory exploded")
+    api.on_denoise(factory)
+"""
+
+DENOISE_FACTORY_WRONG_TYPE = """
+def register(api):
+    api.on_denoise(lambda request, model, controls: "not an extension")
+"""
+
+DENOISE_FACTORY_REFUSES_INPUT = """
+from webui.services.requests import RequestError
+
+
+def register(api):
+    def factory(request, model, controls):
+        if controls.get("strength", 0) > 1:
+            raise RequestError("strength", "must be at most 1")
+        return None
+    api.on_denoise(factory)
+"""

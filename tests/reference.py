@@ -161,3 +161,29 @@ def reference_latents(pipe, pixels: torch.Tensor) -> torch.Tensor:
     tests hand them latents made by the reference pipeline's own VAE instead; the pipelines accept 4-channel latents.
     """
     return pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
+
+
+class PosteriorModeDepth2ImgPipeline(diffusers.StableDiffusionDepth2ImgPipeline):
+    """diffusers' depth2img pipeline, except that the init image's latent is the VAE posterior's mode.
+
+    Its `prepare_latents` would *sample* the posterior with the seed generators (shifting the start noise too);
+    unlike the img2img pipelines it cannot simply be handed latents, because it sizes the depth map from `image`.
+    So the image goes in as pixels and only this step swaps in `reference_latents` from the pipeline's own VAE;
+    diffusers' 4-channel path then draws the start noise from the generators and noises them as usual.
+    """
+
+    def prepare_latents(self, image, timestep, batch_size, num_images_per_prompt, dtype, device, generator=None):
+        if image.shape[1] != 4:
+            latents = reference_latents(self, image.to(device=device, dtype=dtype))
+            image = latents.repeat(batch_size * num_images_per_prompt // latents.shape[0], 1, 1, 1)
+        return super().prepare_latents(image, timestep, batch_size, num_images_per_prompt, dtype, device, generator)
+
+
+def depth_reference_pipeline(pipe) -> PosteriorModeDepth2ImgPipeline:
+    """The depth2img pipeline on a loaded reference pipeline's modules; no depth estimator (tests pass `depth_map`)."""
+    depth = PosteriorModeDepth2ImgPipeline(
+        vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+        scheduler=pipe.scheduler, depth_estimator=None, feature_extractor=None,
+    )
+    depth.set_progress_bar_config(disable=True)
+    return depth

@@ -232,3 +232,35 @@ def test_a_half_failed_sampler_registration_leaves_no_sampler(tmp_path: Path, ti
     assert context.samplers.resolve("Euler")[0] == builtin_euler == context.samplers.resolve("k_euler")[0]
     assert status["whole"].status == "active" and context.samplers.resolve("whole sampler")[0].name == "Whole Sampler"
     assert status["half"].registrations.samplers == []
+
+
+def test_denoise_extensions_are_contained_and_bad_input_stops_only_the_job(tmp_path: Path, tiny_sd1) -> None:
+    """A denoise extension that raises after editing the U-Net call or the CFG result leaves no trace; a factory
+    that raises or returns junk disables its extension; a RequestError from a factory is the user's error: the job
+    does not start and the extension stays on."""
+    from tests.extension_folders import (
+        DENOISE_FACTORY_RAISES, DENOISE_FACTORY_REFUSES_INPUT, DENOISE_FACTORY_WRONG_TYPE, DENOISED_THEN_RAISE,
+        RESIDUALS_THEN_RAISE,
+    )
+    from webui.services.requests import RequestError
+
+    root = tmp_path / "ext"
+    write_extension(root, "bad-residuals", RESIDUALS_THEN_RAISE)
+    write_extension(root, "bad-cfg", DENOISED_THEN_RAISE)
+    write_extension(root, "bad-factory", DENOISE_FACTORY_RAISES)
+    write_extension(root, "bad-factory-type", DENOISE_FACTORY_WRONG_TYPE)
+    write_extension(root, "strict", DENOISE_FACTORY_REFUSES_INPUT)
+    context = _context(tmp_path, tiny_sd1, root)
+    baseline, _ = _generate(context)  # the factories that always fail are now disabled
+    status = _records(context)
+    assert "in a denoise factory: KeyError" in status["bad-factory"].error
+    assert "must return None, a DenoiseExtension or a list" in status["bad-factory-type"].error
+    with pytest.raises(RequestError, match="strength: must be at most 1"):
+        _generate(context, strict={"strength": 2})
+    assert status["strict"].status == "active"
+
+    image, result = _generate(context, **{"bad-residuals": {"enabled": True}, "bad-cfg": {"enabled": True}})
+    assert np.array_equal(image, baseline) and len(result.images) == 1
+    assert "before a U-Net call" in status["bad-residuals"].error and "denoise extension exploded" in status["bad-residuals"].error
+    assert "after CFG" in status["bad-cfg"].error
+    assert status["controlnet"].status == status["pnginfo"].status == "active"
