@@ -193,3 +193,47 @@ def test_control_modes_follow_sd_webui_controlnet(
     balanced, _, _ = _run(parity_models, tiny, controlnet_files, [{"file": file, "weight": weight}])
     assert _diff(ours, ref) <= MAX_PIXEL_DIFF
     assert _diff(ours, balanced) > MAX_PIXEL_DIFF
+
+
+def test_sd2_unit_matches(parity_models: ParityModels, tiny_sd2, tmp_path: Path) -> None:
+    path = tmp_path / "sd2-cldm11.safetensors"
+    truth = write_synthetic_controlnet(path, tiny_sd2.model, "cldm-1.1", seed=38)
+    files = {"sd2": (path, truth)}
+    ours, ref, without = _run(parity_models, tiny_sd2, files, [{"file": "sd2"}])
+    assert _diff(ours, ref) <= MAX_PIXEL_DIFF and _diff(ours, without) > 10
+
+
+@pytest.mark.parametrize("family,file", [("sd1", "sd1-cldm10"), ("sdxl", "sdxl-diffusers")])
+def test_img2img_unit_matches_diffusers_controlnet_img2img(
+    family: str, file: str, parity_models: ParityModels, controlnet_files, request: pytest.FixtureRequest
+) -> None:
+    """img2img at strength 0.7 (A1111 runs 4 of 5 steps): the window counts the steps actually run, as diffusers."""
+    from tests.reference import reference_generators, reference_latents
+    from webui.engine.img2img import Img2ImgOptions, img2img
+
+    tiny = request.getfixturevalue(f"tiny_{family}")
+    model, pipe = parity_models.get(tiny, "epsilon")
+    width, height, seeds = 64, 96, batch_seeds(9, 2)
+    init = control_picture(width, height).transpose(Image.Transpose.FLIP_TOP_BOTTOM).convert("RGB")
+    init = Image.fromarray((np.asarray(init, dtype=np.uint8) // 2 + np.array([90, 20, 60], dtype=np.uint8)))
+    path, truth = controlnet_files[file]
+    unit = ControlUnit(load_controlnet(path).model, control_image(control_picture(width, height), width, height, 0),
+                       weight=0.9, guidance_end=0.6)
+    params = SamplingParams(prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler", steps=STEPS, cfg_scale=CFG,
+                            width=width, height=height, seeds=seeds)
+    ours = img2img(model, params, REGISTRY, init, Img2ImgOptions(denoising_strength=0.7), [ControlNetExtension([unit])])
+
+    cls = (diffusers.StableDiffusionXLControlNetImg2ImgPipeline if model.family.is_sdxl
+           else diffusers.StableDiffusionControlNetImg2ImgPipeline)
+    reference = cls.from_pipe(pipe, controlnet=truth)
+    reference.set_progress_bar_config(disable=True)
+    reference.scheduler = reference_scheduler("Euler", "Automatic", "epsilon", seeds[0])
+    latents = reference_latents(reference, reference.image_processor.preprocess(init)).repeat(2, 1, 1, 1)
+    run = int(0.7 * STEPS) + 1  # A1111's step count, 4; diffusers runs int(steps * strength)
+    ref = reference(
+        prompt=PROMPT, negative_prompt=NEGATIVE, image=latents, control_image=control_picture(width, height),
+        strength=(run + 0.5) / STEPS, num_inference_steps=STEPS, guidance_scale=CFG, width=width, height=height,
+        num_images_per_prompt=2, generator=reference_generators(seeds), controlnet_conditioning_scale=0.9,
+        control_guidance_end=0.6 + 1.0 / run,
+    ).images
+    assert _diff(ours, ref) <= MAX_PIXEL_DIFF
