@@ -1,0 +1,164 @@
+"""Benchmark: one ControlNet unit, the project against diffusers' ControlNet pipeline on the very same modules.
+
+    .venv/bin/python bench/controlnet_vs_diffusers.py              # CPU, tiny SD1-layout model + cldm-1.1 ControlNet
+    .venv/bin/python bench/controlnet_vs_diffusers.py --gpu        # CUDA fp16, SD1.5-size random weights
+
+Three timings per round, interleaved in a shuffled order so machine noise hits all of them alike:
+  diffusers  StableDiffusionControlNetPipeline built from our loaded unet/vae/text encoder and loaded ControlNet
+  engine     webui.engine.generation.txt2img with the ControlNet denoise extension (the loop the app runs)
+  service    GenerationService.run with the unit as the API sends it: validation, preprocessor "none", the cached
+             ControlNet, job bookkeeping, infotext and an atomic PNG save
+Reports medians and the ratios engine/diffusers and service/diffusers (goal: <= 1.05). Not a test: nothing is asserted.
+`--json FILE` also writes the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from webui import offline  # noqa: E402
+
+offline.enforce()
+
+import base64  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+from diffusers import StableDiffusionControlNetPipeline  # noqa: E402
+from PIL import Image  # noqa: E402
+from transformers import CLIPTokenizer  # noqa: E402
+
+from tests.reference import write_clip_tokenizer  # noqa: E402
+from webui.context import AppPaths, build_context  # noqa: E402
+from webui.engine.controlnet import ControlNetExtension, ControlUnit, control_image  # noqa: E402
+from webui.engine.generation import SamplingParams, initial_noise, step_generators, txt2img  # noqa: E402
+from webui.engine.synthetic import build_synthetic_model, write_synthetic_controlnet  # noqa: E402
+from webui.engine.export import save_checkpoint  # noqa: E402
+from webui.services.requests import GenerationRequest  # noqa: E402
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--gpu", action="store_true", help="CUDA fp16 with SD1.5-size random weights")
+    parser.add_argument("--model", type=Path, help="an SD1-layout checkpoint (default: a synthetic one)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--size", type=int, help="image side (default 64 on CPU, 512 on GPU)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sampler", default="DPM++ 2M")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    if args.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu: no CUDA device here")
+
+    work = Path(tempfile.mkdtemp(prefix="ls-bench-"))
+    checkpoints = work / "models" / "Stable-diffusion"
+    base = build_synthetic_model("sd1", size="real" if args.gpu else "tiny")
+    model_path = args.model
+    if model_path is None:
+        model_path = checkpoints / "bench.safetensors"
+        save_checkpoint(model_path, base.state_dict(dtype=torch.float16 if args.gpu else None))
+    controlnet_path = work / "models" / "ControlNet" / "bench_control.safetensors"
+    write_synthetic_controlnet(controlnet_path, base, "cldm-1.1", seed=7)
+    size = args.size or (512 if args.gpu else 64)
+    context = build_context(AppPaths(work / "models", work / "outputs", work / "data"),
+                            device="cuda" if args.gpu else "cpu", precision="fp16" if args.gpu else "fp32")
+    model = context.models.get(str(model_path))
+    device = model.device
+
+    write_clip_tokenizer(work / "tokenizer", "<|endoftext|>")
+    spec, schedule = context.samplers.resolve(args.sampler)
+    controlnet = context.controlnet.load(controlnet_path)  # the service's cached copy: the same module for all three
+    pipe = StableDiffusionControlNetPipeline(
+        vae=model.vae, text_encoder=model.text_encoders[0].model,
+        tokenizer=CLIPTokenizer.from_pretrained(str(work / "tokenizer")), unet=model.unet, controlnet=controlnet.model,
+        scheduler=spec.build(schedule, model.prediction_type), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    array = np.zeros((size, size, 3), dtype=np.uint8)
+    array[size // 4: 3 * size // 4, size // 3: 2 * size // 3] = 255
+    control = Image.fromarray(array)
+    buffer = io.BytesIO()
+    control.save(buffer, format="PNG")
+    unit = {"enabled": True, "module": "none", "model": controlnet_path.stem,
+            "image": base64.b64encode(buffer.getvalue()).decode(), "resize_mode": "Just Resize"}
+    pipe.set_progress_bar_config(disable=True)
+
+    prompt, negative, seeds = "a red circle on a blue background", "blurry", [1]
+    factor = model.vae_downscale
+    params = SamplingParams(prompt=prompt, negative_prompt=negative, sampler=args.sampler, steps=args.steps,
+                            cfg_scale=7.0, width=size, height=size, seeds=seeds)
+    request = GenerationRequest(prompt=prompt, negative_prompt=negative, sampler_name=args.sampler, steps=args.steps,
+                                cfg_scale=7.0, width=size, height=size, seed=seeds[0], model=str(model_path),
+                                extensions={"controlnet": {"args": [unit]}})
+    engine_units = [ControlUnit(controlnet.model, control_image(control, size, size, 0))]
+
+    def run_diffusers() -> None:
+        noise = initial_noise(seeds, model.latent_channels, size // factor, size // factor).to(device, model.dtype)
+        with torch.inference_mode():
+            # The model manager keeps the VAE in fp32 under fp16 (fp16 VAEs overflow); diffusers' pipeline would feed
+            # it fp16 latents, so its latents are decoded here the way the engine decodes them.
+            latents = pipe(prompt=prompt, negative_prompt=negative, image=control, num_inference_steps=args.steps,
+                           guidance_scale=7.0,
+                           width=size, height=size, latents=noise, generator=step_generators(seeds),
+                           output_type="latent").images
+            image = model.vae.decode(latents.to(model.vae.dtype) / model.vae_scale).sample
+            pipe.image_processor.postprocess(image, output_type="pil")
+
+    def run_engine() -> None:
+        txt2img(model, params, context.samplers, [ControlNetExtension(engine_units)])
+
+    def run_service() -> None:
+        context.generation.run(context.jobs.create("bench", "txt2img"), request)
+
+    runs = {"diffusers": run_diffusers, "engine": run_engine, "service": run_service}
+    for fn in runs.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    order_rng = random.Random(0)
+    for _ in range(args.rounds):
+        order = list(runs.items())
+        order_rng.shuffle(order)  # no run always follows the same one (caches, allocator state)
+        for name, fn in order:
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    for name, values in times.items():
+        print(f"  {name:9s} rounds: " + " ".join(f"{v * 1000:.0f}" for v in values))
+    label = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {label}; model: {model_path.name} + {controlnet_path.name}; {size}x{size}, {args.steps} steps {args.sampler}, CFG 7, "
+          f"batch 1, {args.rounds} rounds (median)")
+    for name, value in medians.items():
+        print(f"  {name:9s} {value * 1000:9.1f} ms")
+    print(f"  ratio engine/diffusers  = {medians['engine'] / medians['diffusers']:.3f}")
+    print(f"  ratio service/diffusers = {medians['service'] / medians['diffusers']:.3f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "device": label, "size": size, "steps": args.steps, "sampler": args.sampler, "rounds": args.rounds,
+            "median_ms": {k: round(v * 1000, 1) for k, v in medians.items()},
+            "engine_over_diffusers": round(medians["engine"] / medians["diffusers"], 3),
+            "service_over_diffusers": round(medians["service"] / medians["diffusers"], 3),
+        }, indent=1) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
