@@ -109,7 +109,8 @@ def run_and_print(args: argparse.Namespace, request, runner=None) -> int:
     context = build_context(
         paths, device=args.device, precision=args.precision, outputs=OutputStore(args.out, flat=True)
     )
-    runner = runner(context.samplers) if runner else None
+    # img2img runners get the preprocessors, so depth models can estimate their depth map
+    runner = runner(context.samplers, context.controlnet.preprocessors) if runner else None
     job = context.jobs.create(owner="cli", kind=runner.mode if runner else "txt2img")
     result = context.generation.run(job, request, runner)
     for path in result.paths:

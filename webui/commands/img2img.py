@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="whole picture, or only the masked area scaled up to the generation size")
     parser.add_argument("--padding", type=int, default=32, help="padding around the masked area, px (default 32)")
     parser.add_argument("--invert-mask", action="store_true", help="repaint what is NOT masked")
+    parser.add_argument("--depth", type=Path, help="depth map for SD 2 depth models (brighter = nearer); without it "
+                                                   "one is estimated with depth_midas when its weights are installed")
     parser.set_defaults(run=run_img2img)
 
     outpaint = subparsers.add_parser("outpaint", help="extend the image on any side; prints every written file")
@@ -63,6 +65,7 @@ def _run(args: argparse.Namespace, outpaint: bool) -> int:
             inpaint_full_res=args.inpaint_area == "masked",
             inpaint_full_res_padding=args.padding,
             inpainting_mask_invert=int(args.invert_mask),
+            depth_image=load_image(args.depth, "depth", limits) if args.depth else None,
         )
     request = Img2ImgRequest(
         **request_fields(args), init_image=init, denoising_strength=args.denoise, mask_blur=args.mask_blur, **extra

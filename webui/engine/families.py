@@ -137,14 +137,18 @@ def detect_family(shapes: Shapes, file_name: str) -> ModelFamily:
     raise UnsupportedCheckpointError(f"{file_name}: unknown architecture (U-Net found, but no known text encoder)")
 
 
-def detect_variant(shapes: Shapes, file_name: str) -> Literal["normal", "inpaint"]:
-    """Variant by U-Net input channels: 4 normal, 9 inpainting (noisy latent + mask + masked-image latent)."""
+def detect_variant(shapes: Shapes, file_name: str) -> Literal["normal", "inpaint", "depth"]:
+    """Variant by U-Net input channels: 4 normal, 9 inpainting (noisy latent + mask + masked-image latent),
+    5 depth (noisy latent + a depth map; SD 2's 512-depth model, whose file also carries a MiDaS copy that is not
+    ours to use). A depth model is not an inpainting model: it has no mask input."""
     channels = shapes[f"{UNET_PREFIX}input_blocks.0.0.weight"][1]
     if channels == 4:
         return "normal"
     if channels == 9:
         return "inpaint"
-    kinds = {8: "instruct-pix2pix", 5: "depth-conditioned"}
+    if channels == 5:
+        return "depth"
+    kinds = {8: "instruct-pix2pix"}
     raise UnsupportedCheckpointError(
         f"{file_name}: {kinds.get(channels, f'{channels}-channel')} checkpoints are not supported"
     )

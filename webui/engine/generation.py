@@ -12,7 +12,7 @@ from diffusers.image_processor import VaeImageProcessor
 from .conditioning import Conditioning, encode_prompts
 from .denoise import DenoiseExtension, DenoiseInputs, decode_latents, run_denoise
 from .denoise_extensions import InpaintChannels
-from .loader import LoadedModel
+from .loader import DepthMapRequired, LoadedModel
 from .samplers import SamplerRegistry
 
 
@@ -95,6 +95,8 @@ def generate_latents(
     extensions: Sequence[DenoiseExtension] = (),
 ) -> torch.Tensor:
     """txt2img latents; `extensions` (ControlNet, progress, interrupt, hooks) run after the mode's own."""
+    if model.variant == "depth":
+        raise DepthMapRequired(model.name)  # its 5th input channel only exists in img2img
     scheduler = build_scheduler(model, params, samplers)
     batch = len(params.seeds)
     factor = model.vae_downscale

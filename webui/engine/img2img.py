@@ -5,6 +5,7 @@ img2img: the init image is encoded, noised to the point of the schedule that the
 region blended back into the latents after every step; 9-channel inpainting models see the mask and the masked
 image's latent as extra U-Net input, as they were trained. Either way the result is composited with the input through
 the blurred mask in pixel space, so outside the mask and its blur band the output is the input, pixel for pixel.
+Depth models (SD 2 depth) take img2img only, with a depth map as their 5th U-Net channel (see depth.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from PIL import Image
 
 from .denoise import DenoiseExtension, run_denoise
 from .denoise_extensions import InpaintChannels, KnownRegionBlend
+from .depth import DepthChannels, DepthMap, DepthModelCannotInpaint, depth_conditioning, depth_image
 from .generation import (
     SamplingParams,
     build_scheduler,
@@ -27,7 +29,7 @@ from .generation import (
     inpaint_txt2img_channels,
     latents_to_images,
 )
-from .loader import LoadedModel
+from .loader import DepthMapRequired, LoadedModel
 from .masking import (
     Box,
     ResizeMode,
@@ -66,6 +68,9 @@ class Img2ImgOptions:
     # Set when the generation size came from the image: the image is padded (edge pixels) up to width x height
     # instead of resized, and the output is cropped back to this size.
     restore_size: tuple[int, int] | None = None
+    # Depth models only (ignored by others): a depth image aligned with the input image (larger = nearer), fitted
+    # to the generation size as the image is; or a tensor already in the generation frame (diffusers' `depth_map`).
+    depth_map: DepthMap | None = None
 
 
 def img2img_steps(steps: int, strength: float) -> int:
@@ -106,12 +111,32 @@ class _Prepared:
     overlay: Image.Image | None  # blurred mask at `original` size; None for plain img2img
     mask: Image.Image | None  # blurred mask at width x height (after the "only masked" crop)
     paste_box: Box | None  # "only masked": where the generated crop goes back into `original`
+    depth: DepthMap | None = None  # the depth map in the generation frame (a float image, or the caller's tensor)
+
+
+def _fit_depth(depth: DepthMap | None, image_size: tuple[int, int], options: Img2ImgOptions, width: int,
+               height: int) -> DepthMap | None:
+    """Bring a depth image into the generation frame the way the init image goes there, so the two stay aligned.
+
+    A depth image of another size is first stretched onto the input image (as a mask is); tensors are the caller's
+    own frame and pass through.
+    """
+    if depth is None or isinstance(depth, torch.Tensor):
+        return depth
+    values = depth_image(depth)
+    if values.size != image_size:
+        values = values.resize(image_size, Image.Resampling.BICUBIC)
+    if options.restore_size is not None:
+        return pad_to(values, width, height)
+    mode = ResizeMode(options.resize_mode)
+    return resize_image(values, ResizeMode.JUST_RESIZE if mode == ResizeMode.LATENT_UPSCALE else mode, width, height)
 
 
 def prepare_inputs(image: Image.Image, options: Img2ImgOptions, width: int, height: int) -> _Prepared:
     """Resize (or pad) the image and mask to the generation size, blur the mask, and crop for "only masked"."""
     image = image.convert("RGB")
     mode = ResizeMode(options.resize_mode)
+    depth = _fit_depth(options.depth_map, image.size, options, width, height)
     if options.restore_size is not None:
         fitted = pad_to(image, width, height)
     else:
@@ -120,7 +145,7 @@ def prepare_inputs(image: Image.Image, options: Img2ImgOptions, width: int, heig
         encode = fitted
         if mode == ResizeMode.LATENT_UPSCALE and options.restore_size is None:
             encode = image.resize((_multiple_of(image.width, 8), _multiple_of(image.height, 8)), Image.Resampling.LANCZOS)
-        return _Prepared(encode, fitted, None, None, None)
+        return _Prepared(encode, fitted, None, None, None, depth)
 
     mask = binary_mask(options.mask)
     if mask.size != image.size:
@@ -136,13 +161,13 @@ def prepare_inputs(image: Image.Image, options: Img2ImgOptions, width: int, heig
         mask = binary_mask(resize_image(mask, mask_mode, width, height))
     overlay = blur_mask(mask, options.mask_blur)
     if not options.inpaint_full_res:
-        return _Prepared(fitted, fitted, overlay, overlay, None)
+        return _Prepared(fitted, fitted, overlay, overlay, None, depth)
     box = crop_region(overlay, options.inpaint_full_res_padding)
     assert box is not None  # the mask is not empty
     box = expand_to_ratio(box, width, height, *fitted.size)
     crop = fitted.crop(box).resize((width, height), Image.Resampling.LANCZOS)
     crop_mask = overlay.crop(box).resize((width, height), Image.Resampling.LANCZOS)
-    return _Prepared(crop, fitted, overlay, crop_mask, box)
+    return _Prepared(crop, fitted, overlay, crop_mask, box, depth)
 
 
 def _latent_mask(mask: Image.Image, size: tuple[int, int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -171,6 +196,12 @@ def img2img_latents(
     extensions: Sequence[DenoiseExtension] = (),
 ) -> torch.Tensor:
     """Encode, noise to the strength's start step, denoise (blending the known region), return final latents."""
+    run = img2img_steps(params.steps, options.denoising_strength)
+    if model.variant == "depth":  # refused before any work
+        if prepared.mask is not None:
+            raise DepthModelCannotInpaint(model.name)
+        if prepared.depth is None and run > 0:
+            raise DepthMapRequired(model.name)
     batch, factor = len(params.seeds), model.vae_downscale
     latent_size = (params.height // factor, params.width // factor)
     image = prepared.image
@@ -189,7 +220,6 @@ def img2img_latents(
     elif latent_mask is not None and options.inpainting_fill == LATENT_NOTHING:
         init = init * (1 - latent_mask)
 
-    run = img2img_steps(params.steps, options.denoising_strength)
     if run == 0:
         return init
 
@@ -210,6 +240,9 @@ def img2img_latents(
         else:
             extra = inpaint_txt2img_channels(model, batch, params.height, params.width)
         mode_extensions.append(InpaintChannels(extra))
+    elif model.variant == "depth":
+        mode_extensions.append(DepthChannels(depth_conditioning(prepared.depth, latent_size, batch, model.device,
+                                                                model.dtype)))
     elif latent_mask is not None:
         mode_extensions.append(KnownRegionBlend(init, noise, latent_mask, scheduler))
     inputs = denoise_inputs(model, params, latents, start)

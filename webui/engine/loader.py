@@ -35,6 +35,10 @@ from .checkpoint_io import RawCheckpoint, read_checkpoint
 from .families import UNET_PREFIX, VAE_PREFIX, ModelFamily, TextEncoderSlot, detect_family, detect_variant
 
 PredictionType = Literal["epsilon", "v_prediction"]
+Variant = Literal["normal", "inpaint", "depth"]
+# SD 2's only depth model (512-depth-ema) is an epsilon model trained at 512, unlike the family's 768-v default.
+DEPTH_PREDICTION: PredictionType = "epsilon"
+DEPTH_RESOLUTION = 512
 
 
 @dataclass
@@ -52,7 +56,7 @@ class LoadedModel:
     name: str
     path: Path
     family: ModelFamily
-    variant: Literal["normal", "inpaint"]
+    variant: Variant
     prediction_type: PredictionType
     unet: UNet2DConditionModel
     vae: AutoencoderKL
@@ -94,6 +98,16 @@ class ModelLoadError(ValueError):
     """A checkpoint's tensors do not fit the architecture inferred from them."""
 
 
+class DepthMapRequired(ValueError):
+    """A depth model was asked to sample without its depth map (txt2img, or img2img with none)."""
+
+    def __init__(self, model_name: str) -> None:
+        super().__init__(
+            f"{model_name} is a depth model: it needs a depth map, so it works only in img2img; use img2img with a "
+            "depth image (or with the depth_midas preprocessor's weights installed to estimate one)"
+        )
+
+
 def _assign(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], dtype: torch.dtype, what: str) -> None:
     expected = set(module.state_dict().keys())
     missing = sorted(expected - state_dict.keys())
@@ -115,9 +129,9 @@ def declared_resolution(metadata: dict[str, str]) -> tuple[int, int] | None:
 
 
 def resolve_prediction_type(
-    raw: RawCheckpoint, family: ModelFamily, override: PredictionType | None
+    raw: RawCheckpoint, family: ModelFamily, override: PredictionType | None, variant: Variant = "normal"
 ) -> PredictionType:
-    """User override, then marker keys, then modelspec metadata, then the family default."""
+    """User override, then marker keys, then modelspec metadata, then the family default (epsilon for depth)."""
     if override:
         return override
     if "v_pred" in raw.state_dict:
@@ -127,7 +141,7 @@ def resolve_prediction_type(
         return "v_prediction"
     if declared in ("epsilon", "eps"):
         return "epsilon"
-    return family.default_prediction
+    return DEPTH_PREDICTION if variant == "depth" else family.default_prediction
 
 
 def _build_text_encoder(raw: RawCheckpoint, shapes: dict, slot: TextEncoderSlot, dtype: torch.dtype) -> TextEncoder:
@@ -167,8 +181,9 @@ def build_model(
     name = raw.path.name
     shapes = shapes_of(raw.state_dict)
     family = detect_family(shapes, name)
-    variant = detect_variant(shapes, name)
-    resolution = declared_resolution(raw.metadata) or (family.native_resolution, family.native_resolution)
+    variant = detect_variant(shapes, name)  # a depth file's `depth_model.*` (MiDaS) tensors are never read
+    native = DEPTH_RESOLUTION if variant == "depth" else family.native_resolution
+    resolution = declared_resolution(raw.metadata) or (native, native)
     try:
         unet_config = infer_unet_config(strip_prefix(shapes, UNET_PREFIX), family.attention, resolution[1] // 8)
         vae_state = raw.state_dict if vae_override is None else {VAE_PREFIX + k: v for k, v in vae_override.items()}
@@ -192,7 +207,7 @@ def build_model(
         path=raw.path,
         family=family,
         variant=variant,
-        prediction_type=resolve_prediction_type(raw, family, prediction_override),
+        prediction_type=resolve_prediction_type(raw, family, prediction_override, variant),
         unet=unet,
         vae=vae,
         text_encoders=text_encoders,

@@ -23,6 +23,7 @@ FamilyName = Literal["sd1", "sd2", "sdxl"]
 ControlNetVariant = Literal["full", "small"]
 ControlNetFileLayout = Literal["cldm-1.0", "cldm-1.1", "diffusers"]
 VOCAB_SIZE = 49408
+DEPTH_MODEL_PREFIX = "depth_model."  # the MiDaS (DPT-Hybrid) copy inside SD 2's 512-depth-ema file
 
 
 @dataclass
@@ -69,10 +70,14 @@ def _vae(channels: tuple[int, ...], layers: int, seed: int, scale: float) -> Aut
 
 
 def build_synthetic_model(
-    family: FamilyName, size: Literal["tiny", "real"] = "tiny", inpaint: bool = False, seed: int = 0
+    family: FamilyName, size: Literal["tiny", "real"] = "tiny", inpaint: bool = False, seed: int = 0,
+    depth: bool = False,
 ) -> SyntheticModel:
-    """Seeded random modules for `family`; `inpaint` gives the 9-channel U-Net input."""
-    in_channels = 9 if inpaint else 4
+    """Seeded random modules for `family`; `inpaint` gives the 9-channel U-Net input, `depth` the 5-channel one
+    (latents + depth map, as SD 2's depth model)."""
+    if inpaint and depth:
+        raise ValueError("a model is either an inpainting or a depth model, not both")
+    in_channels = 9 if inpaint else 5 if depth else 4
     real = size == "real"
     if family == "sd1":
         te, te_config = _clip(768 if real else 64, 12 if real else 2, "quick_gelu", False, seed)
@@ -133,6 +138,28 @@ def build_synthetic_model(
     raise ValueError(f"unknown family {family!r}")
 
 
+def synthetic_midas_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
+    """A few random tensors under the names SD 2's 512-depth-ema file stores its MiDaS copy with.
+
+    The real file carries a whole DPT-Hybrid (`depth_model.model.pretrained.*` ViT-hybrid encoder and
+    `depth_model.model.scratch.*` decoder); a handful of its key names is enough to prove a loader ignores them.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    shapes = {
+        "model.pretrained.model.cls_token": (1, 1, 16),
+        "model.pretrained.model.pos_embed": (1, 5, 16),
+        "model.pretrained.model.patch_embed.backbone.stem.conv.weight": (8, 3, 7, 7),
+        "model.pretrained.model.blocks.0.norm1.weight": (16,),
+        "model.pretrained.model.blocks.0.attn.qkv.weight": (48, 16),
+        "model.pretrained.act_postprocess1.0.project.0.weight": (16, 32),
+        "model.scratch.layer1_rn.weight": (8, 16, 3, 3),
+        "model.scratch.refinenet1.resConfUnit1.conv1.weight": (8, 8, 3, 3),
+        "model.scratch.output_conv.0.weight": (4, 8, 3, 3),
+        "model.scratch.output_conv.4.bias": (1,),
+    }
+    return {DEPTH_MODEL_PREFIX + k: torch.randn(shape, generator=generator) for k, shape in shapes.items()}
+
+
 def write_synthetic_checkpoint(
     path: Path,
     family: FamilyName,
@@ -141,10 +168,19 @@ def write_synthetic_checkpoint(
     seed: int = 0,
     dtype: torch.dtype | None = None,
     metadata: dict[str, str] | None = None,
+    depth: bool = False,
+    midas: bool = True,
 ) -> SyntheticModel:
-    """Build and save; returns the modules so a test can compare against them."""
-    model = build_synthetic_model(family, size=size, inpaint=inpaint, seed=seed)
-    save_checkpoint(Path(path), model.state_dict(dtype=dtype), metadata)
+    """Build and save; returns the modules so a test can compare against them.
+
+    `depth` writes a depth model in the real layout: the 5-channel U-Net plus, unless `midas` is False, MiDaS
+    tensors under `depth_model.` as SD 2's 512-depth-ema carries them.
+    """
+    model = build_synthetic_model(family, size=size, inpaint=inpaint, seed=seed, depth=depth)
+    state = model.state_dict(dtype=dtype)
+    if depth and midas:
+        state.update({k: v.to(dtype) if dtype else v for k, v in synthetic_midas_tensors(seed).items()})
+    save_checkpoint(Path(path), state, metadata)
     return model
 
 

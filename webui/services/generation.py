@@ -16,7 +16,7 @@ from PIL import Image
 from webui.engine.denoise import DenoiseExtension, Interrupted
 from webui.engine.denoise_extensions import Interrupt, Progress, StepHook, StepHooks
 from webui.engine.generation import SamplingParams, txt2img
-from webui.engine.loader import LoadedModel
+from webui.engine.loader import DepthMapRequired, LoadedModel
 from webui.engine.preview import fit_latent_to_rgb
 from webui.engine.samplers import SamplerError, SamplerRegistry
 from webui.services.infotext import format_infotext
@@ -91,6 +91,8 @@ class Txt2ImgRunner:
         self.samplers = samplers
 
     def validate(self, request: GenerationRequest, model: LoadedModel) -> GenerationRequest:
+        if model.variant == "depth":
+            raise RequestError("model", str(DepthMapRequired(model.name)))
         return request
 
     def sample(self, model, request, params, extensions) -> list[Image.Image]:

@@ -4,11 +4,16 @@
 API and the CLI share it. The images in it are already decoded and checked (`webui.services.uploads`). When neither
 width nor height is given, the generation size is the input's own size: the image is padded up to a size the model
 accepts and the output is cropped back (`restore_size`).
+
+Depth models (SD 2 depth) need a depth map: the request's `depth_image` when one was uploaded, otherwise the
+depth_midas preprocessor's estimate from the init image, when the runner was given a preprocessor runner and the
+MiDaS weights are in its folder. They cannot inpaint or outpaint.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from PIL import Image
@@ -24,12 +29,14 @@ from webui.engine.img2img import (
 )
 from webui.engine.loader import LoadedModel
 from webui.engine.masking import RESIZE_MODE_LABELS, binary_mask, blur_reach, is_empty, outpaint_canvas
+from webui.engine.preprocessors import PreprocessorError, PreprocessorRunner, default_preprocessors
 from webui.engine.samplers import SamplerRegistry
 from webui.services.requests import GenerationRequest, RequestError, as_float, as_int, int_in_range
 
 MAX_OUTPAINT = 2048
 ASPECT_TOLERANCE = 0.01
 OUTPAINT_FILLS = ("edge", "noise")
+DEPTH_PREPROCESSOR = "depth_midas"
 
 
 def _ceil(value: int, multiple: int) -> int:
@@ -55,6 +62,7 @@ class Img2ImgRequest(GenerationRequest):
     outpaint_down: int = 0
     outpaint_fill: str = "edge"  # the new border starts as "edge" extension, or as latent "noise"
     restore_size: tuple[int, int] | None = None  # set from the image when width and height are not given
+    depth_image: Image.Image | None = None  # depth models: decoded depth map aligned with init_image, larger = nearer
 
     def __post_init__(self) -> None:
         if self.init_image is None or self.restore_size is not None:
@@ -83,13 +91,31 @@ def _mask_for(request: Img2ImgRequest) -> Image.Image | None:
     return mask
 
 
+def _same_shape(field: str, what: str, size: tuple[int, int], image_size: tuple[int, int]) -> None:
+    """A map drawn for the image may be another size, but not another shape (it would no longer line up)."""
+    (iw, ih), (mw, mh) = image_size, size
+    if (mw, mh) != (iw, ih) and abs(mw / mh - iw / ih) > ASPECT_TOLERANCE * iw / ih:
+        raise RequestError(field, f"the {what} is {mw}x{mh} but the image is {iw}x{ih}; use a {what} with the "
+                                  f"image's shape (a same-shaped {what} of another size is scaled)")
+
+
 class Img2ImgRunner:
-    """img2img, and inpainting when the request has a mask. Results go to outputs/img2img/<date>/ like A1111."""
+    """img2img, and inpainting when the request has a mask. Results go to outputs/img2img/<date>/ like A1111.
+
+    `depth_estimator` estimates depth maps for depth models when no depth image is uploaded: the app's
+    PreprocessorRunner (the ControlNet service's, so networks are cached once), or the folder of preprocessor weights
+    (models/ControlNetPreprocessor) to build one on the CPU. Without it, depth models need an uploaded depth image.
+    """
 
     mode = "img2img"
 
-    def __init__(self, samplers: SamplerRegistry) -> None:
+    def __init__(
+        self, samplers: SamplerRegistry, depth_estimator: PreprocessorRunner | Path | str | None = None
+    ) -> None:
         self.samplers = samplers
+        if isinstance(depth_estimator, (str, Path)):
+            depth_estimator = PreprocessorRunner(default_preprocessors(), Path(depth_estimator))
+        self.depth_estimator = depth_estimator
 
     def validate(self, request: GenerationRequest, model: LoadedModel) -> Img2ImgRequest:
         if not isinstance(request, Img2ImgRequest):
@@ -118,6 +144,7 @@ class Img2ImgRunner:
             inpaint_full_res=bool(request.inpaint_full_res),
         )
         self._validate_mask(valid)
+        valid = self._with_depth(valid, model)
         if valid.restore_size is not None:  # size from the image: pad up to what this model accepts
             multiple = model.vae_downscale * 2 ** (len(model.unet.config.block_out_channels) - 1)
             valid = replace(valid, width=_ceil(valid.width, multiple), height=_ceil(valid.height, multiple))
@@ -127,12 +154,35 @@ class Img2ImgRunner:
         mask = _mask_for(request)
         if mask is None:
             return
-        (iw, ih), (mw, mh) = request.init_image.size, mask.size
-        if (mw, mh) != (iw, ih) and abs(mw / mh - iw / ih) > ASPECT_TOLERANCE * iw / ih:
-            raise RequestError("mask", f"the mask is {mw}x{mh} but the image is {iw}x{ih}; use a mask with the "
-                                       "image's shape (a same-shaped mask of another size is scaled)")
+        _same_shape("mask", "mask", mask.size, request.init_image.size)
         if is_empty(mask):
             raise RequestError("mask", "the mask is empty: nothing to inpaint (paint over the area to change)")
+
+    def _with_depth(self, request: Img2ImgRequest, model: LoadedModel) -> Img2ImgRequest:
+        """Depth models: refuse a mask, check an uploaded depth image, or estimate one (once per request)."""
+        if model.variant != "depth":
+            if request.depth_image is not None:
+                raise RequestError("depth_image", f"{model.name} is not a depth model, so it cannot use a depth image; "
+                                                  "remove the depth image or choose a depth model (SD 2 depth)")
+            return request
+        if request.mask is not None:
+            raise RequestError("mask", f"{model.name} is a depth model, which cannot inpaint (it has no mask input); "
+                                       "remove the mask for depth-guided img2img, or inpaint with another model")
+        if request.depth_image is not None:
+            _same_shape("depth_image", "depth image", request.depth_image.size, request.init_image.size)
+            return request
+        if request.denoising_strength <= 0:  # nothing is denoised, so nothing reads a depth map
+            return request
+        return replace(request, depth_image=self._estimate_depth(request.init_image, model))
+
+    def _estimate_depth(self, image: Image.Image, model: LoadedModel) -> Image.Image:
+        need = f"{model.name} is a depth model and needs a depth map"
+        if self.depth_estimator is None:
+            raise RequestError("depth_image", f"{need}: upload a depth image (no depth preprocessor is set up here)")
+        try:
+            return self.depth_estimator.run(DEPTH_PREPROCESSOR, image, -1)  # -1: the preprocessor's own resolution
+        except PreprocessorError as exc:  # weights missing (the message names the file and folder) or refused
+            raise RequestError("depth_image", f"{need}: {exc}; or upload a depth image") from exc
 
     def options(self, request: Img2ImgRequest) -> Img2ImgOptions:
         return Img2ImgOptions(
@@ -145,6 +195,7 @@ class Img2ImgRunner:
             inpaint_full_res=request.inpaint_full_res,
             inpaint_full_res_padding=request.inpaint_full_res_padding,
             restore_size=request.restore_size,
+            depth_map=request.depth_image,
         )
 
     def sample(
@@ -179,6 +230,9 @@ class OutpaintRunner(Img2ImgRunner):
     def validate(self, request: GenerationRequest, model: LoadedModel) -> Img2ImgRequest:
         if not isinstance(request, Img2ImgRequest):
             raise RequestError("init_image", "outpaint needs an image request")
+        if model.variant == "depth":
+            raise RequestError("model", f"{model.name} is a depth model, which cannot outpaint (it has no mask input); "
+                                        "choose an inpainting or normal model")
         sides = {}
         for side in ("left", "right", "up", "down"):
             name = f"outpaint_{side}"

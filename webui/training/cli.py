@@ -1,4 +1,5 @@
-"""`python -m webui make-dataset | train-ae | train-ldm | export-default | eval-adherence` subcommands."""
+"""`python -m webui make-dataset | train-ae | train-ldm | export-default | train-controlnet | export-controlnet |
+eval-adherence | eval-controlnet` subcommands."""
 
 from __future__ import annotations
 
@@ -33,6 +34,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         train_ldm.add_export_arguments(parser)
         parser.set_defaults(run=_lazy("webui.training.train_ldm", "run_export"))
 
+    try:
+        from . import train_controlnet
+    except ImportError:
+        train_controlnet = None
+    if train_controlnet is not None:
+        parser = subparsers.add_parser("train-controlnet", help="train a ControlNet (Canny edges) for the default model")
+        train_controlnet.add_arguments(parser)
+        parser.set_defaults(run=_lazy("webui.training.train_controlnet"))
+        parser = subparsers.add_parser("export-controlnet", help="write a train-controlnet run as a cldm-1.1 file")
+        train_controlnet.add_export_arguments(parser)
+        parser.set_defaults(run=_lazy("webui.training.train_controlnet", "run_export"))
+
     parser = subparsers.add_parser("make-dataset", help="render synthetic captioned shapes to a folder (PNG + captions)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--count", type=int, default=64)
@@ -48,6 +61,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser = subparsers.add_parser("eval-adherence", help="prompt-adherence benchmark (no learned model)")
         adherence.add_arguments(parser)
         parser.set_defaults(run=_lazy("webui.evaluation.adherence"))
+        parser = subparsers.add_parser("eval-controlnet", help="ControlNet benchmark: IoU with the control map, on/off")
+        from webui.evaluation import controlnet_eval
+
+        controlnet_eval.add_arguments(parser)
+        parser.set_defaults(run=_lazy("webui.evaluation.controlnet_eval"))
 
 
 def _make_dataset(args: argparse.Namespace) -> int:

@@ -72,8 +72,10 @@ def build_controlnet_section(service: ControlNetService, unit_count: Callable[[]
                 with gr.Row():
                     resolution = gr.Slider(-1, 2048, value=-1, step=1, label="Preprocessor Resolution (-1: default)",
                                            elem_id=f"{prefix}_processor_res")
-                    threshold_a = gr.Number(value=None, label="Threshold A", elem_id=f"{prefix}_threshold_a")
-                    threshold_b = gr.Number(value=None, label="Threshold B", elem_id=f"{prefix}_threshold_b")
+                    threshold_a = gr.Number(value=-1, label="Threshold A (-1: default)",
+                                            elem_id=f"{prefix}_threshold_a")
+                    threshold_b = gr.Number(value=-1, label="Threshold B (-1: default)",
+                                            elem_id=f"{prefix}_threshold_b")
                 control_mode = gr.Radio([m.value for m in ControlMode], value=ControlMode.BALANCED.value,
                                         label="Control Mode", elem_id=f"{prefix}_control_mode")
                 resize_mode = gr.Radio([m.value for m in ControlResizeMode],
@@ -104,8 +106,10 @@ def build_controlnet_tab(service: ControlNetService) -> Callable[[Any], None]:
                 resolution = gr.Slider(64, 2048, value=512, step=8, label="Preprocessor Resolution",
                                        elem_id="controlnet_workbench_resolution")
                 with gr.Row():
-                    threshold_a = gr.Number(value=None, label="Threshold A", elem_id="controlnet_workbench_threshold_a")
-                    threshold_b = gr.Number(value=None, label="Threshold B", elem_id="controlnet_workbench_threshold_b")
+                    threshold_a = gr.Number(value=-1, label="Threshold A (-1: default)",
+                                            elem_id="controlnet_workbench_threshold_a")
+                    threshold_b = gr.Number(value=-1, label="Threshold B (-1: default)",
+                                            elem_id="controlnet_workbench_threshold_b")
                 run = gr.Button("Run preprocessor", variant="primary", elem_id="controlnet_workbench_run")
             with gr.Column():
                 detected = gr.Image(label="Detected map", type="pil", format="png", interactive=False,

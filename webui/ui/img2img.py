@@ -216,7 +216,9 @@ def _base_request(checkpoint: str, values: list[Any]) -> dict[str, Any]:
 def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown) -> Img2ImgControls:
     """The "img2img" and "Inpaint" tabs; call inside the app's `gr.Tabs`."""
     limits = UploadLimits.from_env()
-    img2img_runner, outpaint_runner = Img2ImgRunner(context.samplers), OutpaintRunner(context.samplers)
+    # Depth models estimate their depth map with the depth_midas preprocessor when its weights are installed.
+    depth = context.controlnet.preprocessors
+    img2img_runner, outpaint_runner = Img2ImgRunner(context.samplers, depth), OutpaintRunner(context.samplers, depth)
 
     with gr.Tab("img2img", id="img2img"):
         i2i, (generate, *inputs), outputs, i2i_extension_controls = _panel(context, "img2img", False, limits)
