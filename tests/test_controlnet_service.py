@@ -193,3 +193,29 @@ def test_pixel_perfect_sets_the_preprocessor_resolution(app) -> None:
     assert job.units[0].processor_res == 64
     assert job.units[0].detected_map.size == (85, 64)
     assert torch.is_tensor(job.extension.units[0].image) and job.extension.units[0].image.shape == (1, 3, 64, 64)
+
+
+def test_inpaint_with_a_unit_changes_only_the_masked_region(app) -> None:
+    """Units work in inpaint too; with the inpaint preprocessor the unit reads the job's mask (RGBA hint, -1 inside)."""
+    init = Image.fromarray(np.full((64, 64, 3), (30, 60, 200), dtype=np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    base = dict(prompt="a red circle", negative_prompt="blue", steps=3, width=64, height=64, seed=5,
+                sampler_name="Euler", cfg_scale=6.0, init_image=init, mask=mask, mask_blur=0, denoising_strength=0.9)
+    runner = Img2ImgRunner(app.samplers)
+    with_unit = app.generation.run(app.jobs.create("t", "img2img"), Img2ImgRequest(
+        **base, extensions={"controlnet": {"args": [unit(image=None, module="inpaint_only")]}}), runner)
+    plain = app.generation.run(app.jobs.create("t", "img2img"), Img2ImgRequest(**base), runner)
+    ours, other = np.asarray(with_unit.images[0], dtype=int), np.asarray(plain.images[0], dtype=int)
+    inside = np.asarray(mask) > 127
+    assert np.abs(ours - other)[inside].max() > 10
+    assert np.array_equal(ours[~inside], np.asarray(init, dtype=int)[~inside])
+    assert "Module: inpaint_only" in with_unit.infotexts[0]
+
+
+def test_inpaint_hint_marks_masked_pixels_minus_one() -> None:
+    hint = Image.new("RGBA", (8, 8), (255, 255, 255, 0))
+    hint.paste((10, 20, 30, 255), (0, 0, 4, 8))
+    tensor = control_image(hint, 8, 8, 0)
+    assert tensor.shape == (1, 3, 8, 8)
+    assert torch.all(tensor[..., :4] == -1.0) and torch.all(tensor[..., 4:] == 1.0)
