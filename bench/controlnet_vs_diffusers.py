@@ -15,11 +15,8 @@ Reports medians and the ratios engine/diffusers and service/diffusers (goal: <= 
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -39,6 +36,7 @@ from diffusers import StableDiffusionControlNetPipeline  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers import CLIPTokenizer  # noqa: E402
 
+from bench.timing import device_label, interleaved_medians, report  # noqa: E402
 from tests.reference import write_clip_tokenizer  # noqa: E402
 from webui.context import AppPaths, build_context  # noqa: E402
 from webui.engine.controlnet import ControlNetExtension, ControlUnit, control_image  # noqa: E402
@@ -46,11 +44,6 @@ from webui.engine.generation import SamplingParams, initial_noise, step_generato
 from webui.engine.synthetic import build_synthetic_model, write_synthetic_controlnet  # noqa: E402
 from webui.engine.export import save_checkpoint  # noqa: E402
 from webui.services.requests import GenerationRequest  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -114,8 +107,7 @@ def main() -> None:
             # The model manager keeps the VAE in fp32 under fp16 (fp16 VAEs overflow); diffusers' pipeline would feed
             # it fp16 latents, so its latents are decoded here the way the engine decodes them.
             latents = pipe(prompt=prompt, negative_prompt=negative, image=control, num_inference_steps=args.steps,
-                           guidance_scale=7.0,
-                           width=size, height=size, latents=noise, generator=step_generators(seeds),
+                           guidance_scale=7.0, width=size, height=size, latents=noise, generator=step_generators(seeds),
                            output_type="latent").images
             image = model.vae.decode(latents.to(model.vae.dtype) / model.vae_scale).sample
             pipe.image_processor.postprocess(image, output_type="pil")
@@ -127,29 +119,11 @@ def main() -> None:
         context.generation.run(context.jobs.create("bench", "txt2img"), request)
 
     runs = {"diffusers": run_diffusers, "engine": run_engine, "service": run_service}
-    for fn in runs.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    order_rng = random.Random(0)
-    for _ in range(args.rounds):
-        order = list(runs.items())
-        order_rng.shuffle(order)  # no run always follows the same one (caches, allocator state)
-        for name, fn in order:
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    for name, values in times.items():
-        print(f"  {name:9s} rounds: " + " ".join(f"{v * 1000:.0f}" for v in values))
-    label = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {label}; model: {model_path.name} + {controlnet_path.name}; {size}x{size}, {args.steps} steps {args.sampler}, CFG 7, "
-          f"batch 1, {args.rounds} rounds (median)")
-    for name, value in medians.items():
-        print(f"  {name:9s} {value * 1000:9.1f} ms")
-    print(f"  ratio engine/diffusers  = {medians['engine'] / medians['diffusers']:.3f}")
-    print(f"  ratio service/diffusers = {medians['service'] / medians['diffusers']:.3f}")
+    medians = interleaved_medians(runs, args.rounds, device)
+    label = device_label(device)
+    print(f"device: {label}; model: {model_path.name} + {controlnet_path.name}; {size}x{size}, {args.steps} steps "
+          f"{args.sampler}, CFG 7, batch 1, {args.rounds} rounds (median)")
+    report(medians)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({

@@ -13,11 +13,8 @@ Reports medians and the ratios engine/diffusers and service/diffusers (goal: <= 
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -31,16 +28,12 @@ offline.enforce()
 from diffusers import StableDiffusionPipeline  # noqa: E402
 from transformers import CLIPTokenizer  # noqa: E402
 
+from bench.timing import device_label, interleaved_medians, report  # noqa: E402
 from tests.reference import write_clip_tokenizer  # noqa: E402
 from webui.context import AppPaths, build_context  # noqa: E402
 from webui.engine.generation import SamplingParams, initial_noise, step_generators, txt2img  # noqa: E402
 from webui.engine.synthetic import write_synthetic_checkpoint  # noqa: E402
 from webui.services.requests import GenerationRequest  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -103,29 +96,11 @@ def main() -> None:
         context.generation.run(context.jobs.create("bench", "txt2img"), request)
 
     runs = {"diffusers": run_diffusers, "engine": run_engine, "service": run_service}
-    for fn in runs.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    order_rng = random.Random(0)
-    for _ in range(args.rounds):
-        order = list(runs.items())
-        order_rng.shuffle(order)  # no run always follows the same one (caches, allocator state)
-        for name, fn in order:
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    for name, values in times.items():
-        print(f"  {name:9s} rounds: " + " ".join(f"{v * 1000:.0f}" for v in values))
-    label = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    medians = interleaved_medians(runs, args.rounds, device)
+    label = device_label(device)
     print(f"device: {label}; model: {model_path.name}; {size}x{size}, {args.steps} steps {args.sampler}, CFG 7, "
           f"batch 1, {args.rounds} rounds (median)")
-    for name, value in medians.items():
-        print(f"  {name:9s} {value * 1000:9.1f} ms")
-    print(f"  ratio engine/diffusers  = {medians['engine'] / medians['diffusers']:.3f}")
-    print(f"  ratio service/diffusers = {medians['service'] / medians['diffusers']:.3f}")
+    report(medians)
 
 
 if __name__ == "__main__":
