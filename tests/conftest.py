@@ -102,3 +102,23 @@ def single_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def browser_app(tmp_path_factory: pytest.TempPathFactory):
+    """One real app server (launch.py) for every browser test module: a tiny SD1 checkpoint and a ControlNet for it.
+
+    Starting the app costs tens of seconds on 2 cores, so the browser modules share it; each test looks only at its
+    own outputs.
+    """
+    from tests.server_process import AppServer
+    from webui.engine.synthetic import write_synthetic_controlnet
+
+    root = tmp_path_factory.mktemp("browser-app")
+    base = write_synthetic_checkpoint(root / "models" / "Stable-diffusion" / "tiny.safetensors", "sd1", seed=9,
+                                      metadata={"modelspec.resolution": "64x64"})
+    write_synthetic_controlnet(root / "models" / "ControlNet" / "control_tiny.safetensors", base, "cldm-1.1", seed=3)
+    app = AppServer(root / "models", root / "outputs").wait_ready()
+    app.root = root
+    yield app
+    app.stop()

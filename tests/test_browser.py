@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from tests.server_process import AppServer
-from webui.engine.synthetic import write_synthetic_checkpoint
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -40,13 +39,8 @@ def chromium() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("browser")
-    write_synthetic_checkpoint(root / "models" / "Stable-diffusion" / "tiny.safetensors", "sd1", seed=9,
-                               metadata={"modelspec.resolution": "64x64"})
-    app = AppServer(root / "models", root / "outputs").wait_ready()
-    yield app
-    app.stop()
+def server(browser_app: AppServer) -> AppServer:
+    return browser_app  # shared by the browser modules (tests/conftest.py)
 
 
 def test_prompt_generate_and_see_image_in_gallery(server: AppServer) -> None:

@@ -11,8 +11,6 @@ from PIL import Image
 
 from tests.server_process import AppServer
 from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, require_chromium
-from webui.engine.synthetic import build_synthetic_model, write_synthetic_controlnet
-from webui.engine.export import save_checkpoint
 from webui.services.infotext import parse_infotext
 from webui.services.outputs import read_infotext
 
@@ -23,16 +21,8 @@ def chromium() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("browser-controlnet")
-    base = build_synthetic_model("sd1", seed=9)
-    save_checkpoint(root / "models" / "Stable-diffusion" / "tiny.safetensors", base.state_dict(),
-                    {"modelspec.resolution": "64x64"})
-    write_synthetic_controlnet(root / "models" / "ControlNet" / "control_tiny.safetensors", base, "cldm-1.1", seed=3)
-    app = AppServer(root / "models", root / "outputs").wait_ready()
-    app.root = root
-    yield app
-    app.stop()
+def server(browser_app: AppServer) -> AppServer:
+    return browser_app  # shared by the browser modules (tests/conftest.py); it has control_tiny.safetensors
 
 
 def _control(path: Path) -> Path:
@@ -78,8 +68,8 @@ def test_upload_preview_map_enable_unit_and_generate(server: AppServer, tmp_path
         finally:
             browser.close()
     assert 'ControlNet 0: "Module: none, Model: control_tiny [' in infotext
-    saved = sorted((server.root / "outputs").rglob("*.png"))
-    assert saved and "ControlNet 0" in parse_infotext(read_infotext(saved[-1]))
+    saved = [read_infotext(path) for path in (server.root / "outputs" / "txt2img").rglob("*.png")]
+    assert any("ControlNet 0" in parse_infotext(text) for text in saved)
 
 
 def test_workbench_through_gradio_client(server: AppServer, tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from PIL import Image
 
 from tests.server_process import AppServer
 from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, require_chromium
-from webui.engine.synthetic import write_synthetic_checkpoint
 from webui.services.infotext import parse_infotext
 from webui.services.outputs import read_infotext
 
@@ -21,14 +20,8 @@ def chromium() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("browser-inpaint")
-    write_synthetic_checkpoint(root / "models" / "Stable-diffusion" / "tiny.safetensors", "sd1", seed=9,
-                               metadata={"modelspec.resolution": "64x64"})
-    app = AppServer(root / "models", root / "outputs").wait_ready()
-    app.root = root
-    yield app
-    app.stop()
+def server(browser_app: AppServer) -> AppServer:
+    return browser_app  # shared by the browser modules (tests/conftest.py)
 
 
 @pytest.fixture()

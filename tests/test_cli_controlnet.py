@@ -38,16 +38,16 @@ def _common(tiny_sd1, models_dir: Path, out: Path) -> list[str]:
             "--out", str(out)]
 
 
-def test_generate_with_two_units_records_both_and_changes_the_image(tiny_sd1, models_dir: Path, tmp_path: Path) -> None:
+def test_generate_with_two_units_records_both_and_changes_the_image(tiny_sd1, models_dir: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture) -> None:
     control = _picture(tmp_path / "control.png")
     other = _picture(tmp_path / "other.png", flip=True)
     result = run_cli("generate", *_common(tiny_sd1, models_dir, tmp_path / "with"),
                      "--controlnet", f"model=cn_a,image={control},module=canny,weight=0.8,start=0,end=0.9,mode=prompt",
                      "--controlnet", f"model=cn_b,image={other},mode=controlnet,resize=just-resize")
     assert result.returncode == 0, result.stderr
-    plain = run_cli("generate", *_common(tiny_sd1, models_dir, tmp_path / "plain"))
-    assert plain.returncode == 0, plain.stderr
-    with_path, plain_path = Path(result.stdout.split()[0]), Path(plain.stdout.split()[0])
+    assert main(["generate", *_common(tiny_sd1, models_dir, tmp_path / "plain")]) == 0  # in-process: no import cost
+    with_path, plain_path = Path(result.stdout.split()[0]), Path(capsys.readouterr().out.split()[0])
     info = parse_infotext(read_infotext(with_path))
     assert info["ControlNet 0"].startswith("Module: canny, Model: cn_a [")
     assert "Weight: 0.8" in info["ControlNet 0"] and "Control Mode: My prompt is more important" in info["ControlNet 0"]
@@ -57,12 +57,15 @@ def test_generate_with_two_units_records_both_and_changes_the_image(tiny_sd1, mo
     assert diff.max() > 10
 
 
-def test_img2img_unit_without_image_uses_the_input(tiny_sd1, models_dir: Path, tmp_path: Path) -> None:
+def test_img2img_unit_without_image_uses_the_input(tiny_sd1, models_dir: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    """The CLI's entry point in this process (a subprocess costs ~20 s of imports; the one above covers that path)."""
     init = _picture(tmp_path / "init.png")
-    result = run_cli("img2img", *_common(tiny_sd1, models_dir, tmp_path / "out"), "--init", str(init),
-                     "--controlnet", "model=cn_a")
-    assert result.returncode == 0, result.stderr
-    info = parse_infotext(read_infotext(Path(result.stdout.split()[0])))
+    code = main(["img2img", *_common(tiny_sd1, models_dir, tmp_path / "out"), "--init", str(init),
+                 "--controlnet", "model=cn_a"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    info = parse_infotext(read_infotext(Path(captured.out.split()[0])))
     assert info["ControlNet 0"].startswith("Module: none, Model: cn_a [")
 
 
