@@ -10,6 +10,10 @@ from webui.services.jobs import Job, JobManager
 def test_progress_counts_finished_batches_and_the_running_step() -> None:
     job = Job("job-1", "alice", "txt2img")
     assert job.progress_fraction() == 0.0  # nothing known yet
+    job.batches_total = 4  # between batches the step count is not known yet
+    assert job.progress_fraction() == 0.0
+    job.batches_total, job.total_steps = 0, 10
+    assert job.progress_fraction() == 0.0
     job.batches_total, job.total_steps = 4, 10
     assert job.progress_fraction() == 0.0
     job.batches_done, job.step = 1, 5

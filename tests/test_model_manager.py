@@ -81,6 +81,13 @@ def test_default_size_comes_from_the_header(manager: ModelManager) -> None:
     assert manager.default_size("sub/two") == (768, 768)
 
 
+def test_default_size_of_another_model_while_one_is_active(manager: ModelManager) -> None:
+    """The active model answers only for itself: asking for the other one reads that file's header."""
+    manager.get("one")
+    assert manager.default_size() == (512, 512)
+    assert manager.default_size("sub/two") == (768, 768)
+
+
 def test_vae_override_replaces_the_checkpoint_vae(manager: ModelManager, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 

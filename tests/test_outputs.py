@@ -342,3 +342,17 @@ def test_no_infotext_gives_none() -> None:
         small_image().convert("P" if fmt == "GIF" else "RGB").save(buffer, format=fmt)
         assert read_infotext(buffer.getvalue()) is None, fmt
     assert read_infotext(small_image()) is None
+
+
+
+@pytest.mark.parametrize(("comment", "expected"), [
+    # A byte-order mark: trailing spaces and newlines belong to the text; only padding zeros go.
+    (b"UNICODE\x00\xff\xfe" + "a prompt \n".encode("utf-16-le") + b"\x00\x00", "a prompt \n"),
+    (b"UNICODE\x00\xfe\xff" + "a prompt \n".encode("utf-16-be") + b"\x00\x00", "a prompt \n"),
+    # An odd stray byte at the end (a truncating writer) is dropped; the last character survives.
+    (b"UNICODE\x00" + "Steps: 20".encode("utf-16-be") + b"\x00", "Steps: 20"),
+])
+def test_utf16_user_comments_keep_their_text_exactly(comment: bytes, expected: str) -> None:
+    buffer = io.BytesIO()
+    small_image().save(buffer, format="JPEG", exif=exif_with_user_comment(comment))
+    assert read_infotext(buffer.getvalue()) == expected

@@ -11,7 +11,8 @@ import pytest
 from webui.services.settings import SettingSpec, SettingsStore
 
 
-@pytest.mark.parametrize("value,expected", [("yes", True), (" On ", True), ("1", True), ("false", False),
+@pytest.mark.parametrize("value,expected", [("yes", True), (" On ", True), ("1", True), ("true", True),
+                                            ("True", True), ("false", False),
                                             ("", False), (1, True), (0, False), (True, True)])
 def test_checkbox_accepts_ui_and_json_forms(value, expected: bool) -> None:
     assert SettingSpec("a.flag", False, "Flag", "checkbox").coerce(value) is expected

@@ -18,7 +18,7 @@ from webui.training import train_controlnet
 from webui.training.dataset import eval_scenes, render, scene_at
 
 BASE = train_controlnet.DEFAULT_BASE
-pytestmark = [pytest.mark.skipif(not BASE.exists(), reason="the default model is a shipped file; run from the repo root"),
+pytestmark = [pytest.mark.skipif(not BASE.exists(), reason="the default model ships with the repo; run from its root"),
               pytest.mark.usefixtures("single_torch_thread")]
 
 
@@ -62,6 +62,7 @@ def test_train_controlnet_smoke_checkpoints_resumes_samples_and_logs(tmp_path: P
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines() if '"loss"' in line]
     assert steps == [1, 2, 3]  # the resumed run went on from step 2, it did not start over
     assert (tmp_path / "loss.csv").read_text().splitlines()[0] == "step,loss,smoothed,seconds"
+    assert (tmp_path / "loss.png").exists()
     exported = train_controlnet.export_run(tmp_path, tmp_path / "control.safetensors")
     assert load_controlnet(exported).layout == "cldm-1.1"
 

@@ -255,3 +255,18 @@ def test_numpy_uploads_and_empty_images() -> None:
 def test_data_url_without_base64_is_refused() -> None:
     with pytest.raises(UploadError, match="^init_images: only base64 data URLs are accepted"):
         load_image_base64("data:image/png,%89PNG", "init_images")
+
+
+
+def test_a_refused_header_names_the_field() -> None:
+    with pytest.raises(UploadError) as caught:
+        check_header(png_header_only(300, 300), "controlnet unit 2 image", UploadLimits(max_pixels=1000))
+    assert caught.value.field_name == "controlnet unit 2 image"
+
+
+def test_animated_images_give_their_first_frame() -> None:
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    image = to_rgb(load_image(buffer.getvalue(), "image"))
+    assert image.getpixel((4, 4))[0] > 200 and image.getpixel((4, 4))[2] < 50
