@@ -92,7 +92,8 @@ def test_the_shipped_controlnet_loads_is_small_and_fits_the_default_model(shippe
     assert DEFAULT_CONTROLNET.with_suffix(".md").exists()  # its model card
 
 
-# Measured on 100 held-out scenes (bench/results/controlnet-default.json): IoU ON_MEASURED on, OFF_MEASURED off.
+# Measured: on 100 held-out scenes at 20 steps (bench/results/controlnet-default.json) mean IoU 0.862 on, 0.151 off,
+# colour 98%; on these 6 scenes at 10 steps 0.803 on, 0.010 off, colour 6/6. The thresholds leave a margin below that.
 def test_the_shipped_controlnet_places_the_shape_where_the_map_says(shipped) -> None:
     controlnet, model = shipped
     result = evaluate(model, controlnet.model, eval_scenes(6), steps=10)["summary"]

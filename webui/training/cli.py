@@ -39,10 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     except ImportError:
         train_controlnet = None
     if train_controlnet is not None:
-        parser = subparsers.add_parser("train-controlnet", help="train a ControlNet (Canny edges) for the default model")
+        parser = subparsers.add_parser("train-controlnet", help="train a ControlNet (Canny maps) for the default model")
         train_controlnet.add_arguments(parser)
         parser.set_defaults(run=_lazy("webui.training.train_controlnet"))
-        parser = subparsers.add_parser("export-controlnet", help="write a train-controlnet run as a cldm-1.1 file")
+        parser = subparsers.add_parser("export-controlnet", help="write a train-controlnet run as one cldm-1.1 file")
         train_controlnet.add_export_arguments(parser)
         parser.set_defaults(run=_lazy("webui.training.train_controlnet", "run_export"))
 
