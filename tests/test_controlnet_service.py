@@ -219,3 +219,17 @@ def test_inpaint_hint_marks_masked_pixels_minus_one() -> None:
     tensor = control_image(hint, 8, 8, 0)
     assert tensor.shape == (1, 3, 8, 8)
     assert torch.all(tensor[..., :4] == -1.0) and torch.all(tensor[..., 4:] == 1.0)
+
+
+def test_outpaint_passes_the_units_on(app) -> None:
+    """Outpainting samples through the same extensions: a unit changes the new border."""
+    from webui.services.img2img import OutpaintRunner
+
+    init = Image.fromarray(np.full((64, 48, 3), (30, 60, 200), dtype=np.uint8))
+    base = dict(prompt="a red circle", negative_prompt="blue", steps=3, width=64, height=64, seed=5,
+                sampler_name="Euler", cfg_scale=6.0, init_image=init, outpaint_right=16, denoising_strength=0.9)
+    runner = OutpaintRunner(app.samplers)
+    with_unit = app.generation.run(app.jobs.create("t", "img2img"), Img2ImgRequest(
+        **base, extensions={"controlnet": {"args": [unit()]}}), runner)
+    plain = app.generation.run(app.jobs.create("t", "img2img"), Img2ImgRequest(**base), runner)
+    assert np.abs(np.asarray(with_unit.images[0], dtype=int) - np.asarray(plain.images[0], dtype=int)).max() > 10

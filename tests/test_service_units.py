@@ -78,3 +78,22 @@ def test_one_given_side_keeps_the_image_aspect() -> None:
     assert _request(height=64).width == 128
     with pytest.raises(RequestError, match="^width: 'wide' is not a whole number"):
         _request(width="wide")
+
+
+def test_a_one_pixel_mask_blur_is_recorded() -> None:
+    mask = Image.new("L", (100, 50), 255)
+    params = Img2ImgRunner(None).infotext_params(_request(mask=mask, mask_blur=1))
+    assert params["Mask blur"] == 1
+    assert "Mask blur" not in Img2ImgRunner(None).infotext_params(_request(mask=mask, mask_blur=0))
+
+
+def test_manifest_defaults_for_missing_fields(tmp_path) -> None:
+    from webui.services.extensions import ExtensionError, read_manifest
+
+    (tmp_path / "ext").mkdir()
+    (tmp_path / "ext" / "extension.toml").write_text('name = "plain"\n', encoding="utf-8")
+    manifest = read_manifest(tmp_path / "ext")
+    assert (manifest.version, manifest.description, manifest.entry) == ("0", "", "main.py")
+    (tmp_path / "ext" / "extension.toml").write_text('version = "1"\n', encoding="utf-8")
+    with pytest.raises(ExtensionError, match=r"^ext: name '' must be lowercase"):
+        read_manifest(tmp_path / "ext")
