@@ -307,3 +307,29 @@ def test_service_refuses_what_a_depth_model_cannot_do(depth: DepthPair) -> None:
     normal = replace(depth.ours, variant="normal")  # validation reads only the variant and the sizes
     with pytest.raises(RequestError, match="depth_image: tiny-sd2-depth is not a depth model"):
         runner.validate(_request(depth_image=upload), normal)
+
+
+def test_depth_map_section_of_the_builtin_extension_reaches_the_request(tmp_path: Path, depth: DepthPair) -> None:
+    """The img2img UI's depth upload (the builtin `depth` extension) works through the real extension manager; an
+    upload over the limit stops the job with the upload's message and leaves the extension on."""
+    from webui.context import AppPaths, build_context
+    from webui.services.img2img import Img2ImgRequest, Img2ImgRunner
+    from webui.services.requests import RequestError
+
+    models = tmp_path / "models"
+    (models / "Stable-diffusion").mkdir(parents=True)
+    (models / "Stable-diffusion" / "depth.safetensors").symlink_to(depth.path)
+    context = build_context(AppPaths(models, tmp_path / "out", tmp_path / "data", ()), device="cpu")
+    assert {r.name: r.status for r in context.extensions.records}["depth"] == "active"
+    request = dict(prompt="x", steps=2, width=64, height=64, seed=1, sampler_name="Euler", init_image=picture(64, 64),
+                   denoising_strength=0.6)
+    runner = Img2ImgRunner(context.samplers)  # no estimator: without the upload the depth model could not run
+    result = context.generation.run(context.jobs.create("t", "img2img"), Img2ImgRequest(
+        **request, extensions={"depth": {"image": depth_picture(64, 64)}}), runner)
+    assert len(result.images) == 1 and result.request.depth_image is not None
+    with pytest.raises(RequestError, match="depth_image"):
+        context.generation.run(context.jobs.create("t", "img2img"), Img2ImgRequest(**request), runner)
+    with pytest.raises(RequestError, match="depth_image"):
+        context.generation.run(context.jobs.create("t", "img2img"), Img2ImgRequest(
+            **request, extensions={"depth": {"image": Image.new("L", (9000, 9000))}}), runner)
+    assert {r.name: r.status for r in context.extensions.records}["depth"] == "active"

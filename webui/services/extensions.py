@@ -468,8 +468,12 @@ class ExtensionManager:
 
     # ----- hook dispatch -----
     def _guarded(self, record: ExtensionRecord, where: str, call: Callable[[], Any]) -> Any:
+        """Run a hook; a failure disables its extension. A RequestError is the user's input being wrong (an upload
+        over the limit, a bad control value): it stops the job with its message and the extension stays on."""
         try:
             return call()
+        except RequestError:
+            raise
         except Exception as exc:
             record.fail(where, exc)
             return None
