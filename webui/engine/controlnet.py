@@ -24,6 +24,7 @@ from PIL import Image
 
 from .denoise import DenoiseContext, DenoiseExtension, UNetCall
 from .masking import ResizeMode, resize_image
+from .preprocessors import inpaint_control_hint
 
 SOFT_INJECTION_BASE = 0.825
 SOFT_INJECTION_DEPTH = 12  # the deepest residual of an SD1.5 ControlNet (12 down + 1 mid)
@@ -66,13 +67,11 @@ def control_image(image: Image.Image, width: int, height: int, resize_mode: Resi
     An RGBA map is an inpaint hint (the `inpaint` preprocessors): pixels whose alpha marks them as masked become -1,
     the value inpaint ControlNets were trained to read as "to be filled" (sd-webui-controlnet does the same).
     """
-    has_mask = image.mode == "RGBA"
-    fitted = resize_image(image.convert("RGBA" if has_mask else "RGB"), ResizeMode(resize_mode), width, height)
-    array = np.asarray(fitted, dtype=np.float32) / 255.0
-    if has_mask:
-        rgb, alpha = array[..., :3].copy(), array[..., 3]
-        rgb[alpha > 0.5] = -1.0
-        array = rgb
+    if image.mode == "RGBA":
+        array = inpaint_control_hint(resize_image(image, ResizeMode(resize_mode), width, height))
+    else:
+        fitted = resize_image(image.convert("RGB"), ResizeMode(resize_mode), width, height)
+        array = np.asarray(fitted, dtype=np.float32) / 255.0
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None]
 
 
@@ -81,18 +80,23 @@ class ControlNetExtension(DenoiseExtension):
 
     def __init__(self, units: list[ControlUnit]) -> None:
         self.units = list(units)
+        self._hints: list[torch.Tensor] = []
+
+    def before_loop(self, ctx: DenoiseContext) -> None:
+        """Each control image on the device, in its network's dtype, once per run rather than once per U-Net call."""
+        self._hints = [
+            unit.image.to(ctx.model.device, next(unit.controlnet.parameters()).dtype) for unit in self.units
+        ]
 
     def before_unet(self, ctx: DenoiseContext, call: UNetCall) -> None:
-        for unit in self.units:
+        for unit, hint in zip(self.units, self._hints):
             if not unit.active_at(ctx.step, ctx.total_steps) or unit.weight == 0:
                 continue
             if unit.mode == ControlMode.CONTROLNET and "cond" not in call.halves:
                 continue  # an unconditional-only call (prompts of different lengths) gets no control in this mode
-            network = unit.controlnet
-            dtype = next(network.parameters()).dtype
-            hint = unit.image.to(call.sample.device, dtype)
+            dtype = hint.dtype
             hint = hint.repeat(call.sample.shape[0] // hint.shape[0], 1, 1, 1)
-            down, mid = network(
+            down, mid = unit.controlnet(
                 call.sample.to(dtype),
                 call.timestep,
                 encoder_hidden_states=call.conditioning.context.to(dtype),

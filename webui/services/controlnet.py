@@ -94,8 +94,11 @@ class ControlUnitRequest:
     pixel_perfect: bool = False
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], index: int, limits: UploadLimits | None = None) -> "ControlUnitRequest":
-        """Parse one unit from the API/UI/CLI; `index` (0-based) names the unit in every message."""
+    def from_dict(
+        cls, data: dict[str, Any], index: int, limits: UploadLimits | None = None, with_images: bool = True
+    ) -> "ControlUnitRequest":
+        """Parse one unit from the API/UI/CLI; `index` (0-based) names the unit in every message. Without
+        `with_images` the images are not decoded (infotext needs only the other fields)."""
         where = f"controlnet unit {index + 1}"
         if not isinstance(data, dict):
             raise RequestError(where, f"a unit must be an object of fields, not {type(data).__name__}")
@@ -120,7 +123,7 @@ class ControlUnitRequest:
             unit.weight = as_float(values["weight"], f"{where} weight")
         for name in ("image", "mask_image"):
             value = values.get(name)
-            if value is None or value == "":
+            if value is None or value == "" or not with_images:
                 continue
             limits = limits or UploadLimits.from_env()
             if isinstance(value, dict) and "image" in value:  # sd-webui-controlnet's {"image": ..., "mask": ...}
@@ -151,7 +154,9 @@ class ControlUnitRequest:
         return unit
 
 
-def units_from_controls(controls: dict[str, Any], limits: UploadLimits | None = None) -> list[ControlUnitRequest]:
+def units_from_controls(
+    controls: dict[str, Any], limits: UploadLimits | None = None, with_images: bool = True
+) -> list[ControlUnitRequest]:
     """The enabled units of a request's `controlnet` controls: `{"args": [unit, ...]}` (A1111's alwayson_scripts
     shape), `{"units": [...]}`, or the UI's flat `unit<i>.<field>` values."""
     if "args" in controls or "units" in controls:
@@ -165,7 +170,7 @@ def units_from_controls(controls: dict[str, Any], limits: UploadLimits | None = 
             if prefix.startswith("unit") and prefix[4:].isdigit() and name:
                 grouped.setdefault(int(prefix[4:]), {})[name] = value
         raw = [grouped[i] for i in sorted(grouped)]
-    units = [ControlUnitRequest.from_dict(item, index, limits) for index, item in enumerate(raw)]
+    units = [ControlUnitRequest.from_dict(item, index, limits, with_images) for index, item in enumerate(raw)]
     return [unit for unit in units if unit.enabled]
 
 

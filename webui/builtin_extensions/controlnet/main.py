@@ -35,7 +35,7 @@ def register(api: ExtensionAPI) -> None:
         return job.extension if job else None
 
     def on_save(params: dict[str, Any], request: GenerationRequest, controls: dict[str, Any]) -> None:
-        params.update(service.infotext(units_from_controls(controls)))
+        params.update(service.infotext(units_from_controls(controls, with_images=False)))  # no image decoding per PNG
 
     api.on_denoise(denoise)
     api.on_save(on_save)
