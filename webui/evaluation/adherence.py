@@ -83,12 +83,22 @@ def _size(extent_px: int, side: int) -> str:
     return "large" if extent_px >= 0.85 * (SIZES["small"] + SIZES["large"]) * side else "small"
 
 
-def detect(image: Image.Image | np.ndarray, count: int = 1, min_area: int = 12) -> tuple[list[Detection], set[str]]:
-    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    side = array.shape[0]
+@dataclass
+class Component:
+    """The largest connected blob of one non-background palette colour."""
+
+    colour: str
+    mask: np.ndarray
+    area: int
+    centroid: tuple[float, float]
+    extent_px: int  # the longer bounding-box side
+
+
+def colour_components(array: np.ndarray, min_area: int = 12) -> tuple[list[Component], set[str]]:
+    """Per non-background palette colour, its largest component of at least `min_area` pixels; and the background."""
     labels = label_pixels(array)
     background = background_colours(labels)
-    candidates = []
+    found = []
     for index, name in enumerate(_NAMES):
         if name in background:
             continue
@@ -102,10 +112,20 @@ def detect(image: Image.Image | np.ndarray, count: int = 1, min_area: int = 12) 
         area = int(stats[biggest, cv2.CC_STAT_AREA])
         if area < min_area:
             continue
-        component = components == biggest
-        cx, cy = centroids[biggest]
         extent_px = max(int(stats[biggest, cv2.CC_STAT_WIDTH]), int(stats[biggest, cv2.CC_STAT_HEIGHT]))
-        candidates.append(Detection(name, classify_shape(component), _position(cx, cy, side), _size(extent_px, side), area))
+        cx, cy = centroids[biggest]
+        found.append(Component(name, components == biggest, area, (float(cx), float(cy)), extent_px))
+    return found, background
+
+
+def detect(image: Image.Image | np.ndarray, count: int = 1, min_area: int = 12) -> tuple[list[Detection], set[str]]:
+    array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
+    side = array.shape[0]
+    components, background = colour_components(array, min_area)
+    candidates = [
+        Detection(c.colour, classify_shape(c.mask), _position(*c.centroid, side), _size(c.extent_px, side), c.area)
+        for c in components
+    ]
     candidates.sort(key=lambda d: -d.area)
     return candidates[:count], background
 

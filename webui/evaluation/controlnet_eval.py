@@ -17,11 +17,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 from PIL import Image
 
-from webui.evaluation.adherence import _NAMES, background_colours, label_pixels
+from webui.evaluation.adherence import colour_components
 from webui.training.dataset import Scene, eval_scenes, render
 
 DEFAULT_CONTROLNET = Path("models/ControlNet/latent-studio-shapes-control.safetensors")
@@ -42,24 +41,11 @@ def dominant_object(image: Image.Image | np.ndarray, min_area: int = 12) -> Segm
     """The largest connected component of any non-background palette colour (the evaluator's `detect`, with the
     mask kept), so generated images and ground truth are segmented the same way."""
     array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
-    labels = label_pixels(array)
-    background = background_colours(labels)
-    best = Segment(None, np.zeros(labels.shape, dtype=bool))
-    best_area = min_area - 1
-    for index, name in enumerate(_NAMES):
-        if name in background:
-            continue
-        mask = (labels == index).astype(np.uint8)
-        if mask.sum() <= best_area:
-            continue
-        count, components, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-        if count < 2:
-            continue
-        biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-        area = int(stats[biggest, cv2.CC_STAT_AREA])
-        if area > best_area:
-            best, best_area = Segment(name, components == biggest), area
-    return best
+    components, _ = colour_components(array, min_area)
+    if not components:
+        return Segment(None, np.zeros(array.shape[:2], dtype=bool))
+    largest = max(components, key=lambda c: c.area)  # the first colour wins a tie, as in `detect`
+    return Segment(largest.colour, largest.mask)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
