@@ -50,10 +50,10 @@ def test_upload_preview_map_enable_unit_and_generate(server: AppServer, tmp_path
             page.locator(f"{unit}_module input").first.press("Enter")
             page.click(f"{unit}_run")
             page.wait_for_selector(f"{unit}_preview img", timeout=60_000)
-            page.locator(f"{unit}_module input").first.fill("none")
-            page.locator(f"{unit}_module input").first.press("Enter")
             page.locator(f"{unit}_model input").first.fill("control_tiny")
             page.locator(f"{unit}_model input").first.press("Enter")
+            page.wait_for_function(  # the dropdown has committed the choice before generating
+                f"() => document.querySelector('{unit}_model input').value === 'control_tiny'", timeout=10_000)
             page.locator(f"{unit}_enabled input").check()
 
             page.fill("#txt2img_prompt textarea", "a red circle")
@@ -67,7 +67,7 @@ def test_upload_preview_map_enable_unit_and_generate(server: AppServer, tmp_path
             infotext = page.input_value("#txt2img_infotext textarea")
         finally:
             browser.close()
-    assert 'ControlNet 0: "Module: none, Model: control_tiny [' in infotext
+    assert 'ControlNet 0: "Module: canny, Model: control_tiny [' in infotext  # the previewed preprocessor stays
     saved = [read_infotext(path) for path in (server.root / "outputs" / "txt2img").rglob("*.png")]
     assert any("ControlNet 0" in parse_infotext(text) for text in saved)
 
