@@ -303,9 +303,11 @@ def test_unknown_and_unsupported_names(runner: PreprocessorRunner, registry: Pre
         runner.run("cany", picture(), 512)
     for name in ("none", "canny", "depth_midas", "softedge_hed", "lineart_realistic", "openpose_full"):
         assert name in str(err.value)
-    for name in ("seg_ofade20k", "seg_ufade20k", "segmentation", "oneformer_ade20k"):
-        with pytest.raises(PreprocessorUnsupported, match="controlnet-aux"):
-            runner.run(name, picture(), 512)
+    assert registry.unsupported() == {}  # every name sd-webui-controlnet's seg units send can run (test_segmentation)
+    with pytest.raises(PreprocessorUnsupported, match="no offline build"):
+        reg = PreprocessorRegistry()
+        reg.mark_unsupported("seg_anime_face", "no offline build")
+        PreprocessorRunner(reg, runner.weights_dir).run("seg_anime_face", picture(), 512)
     # sd-webui-controlnet's internal names and display labels resolve to the same preprocessor.
     assert registry.get("depth").name == "depth_midas"
     assert registry.get("hed").name == "softedge_hed"
@@ -370,7 +372,8 @@ def test_missing_weights_name_the_exact_file_and_folder(registry: PreprocessorRe
     needing = [spec for spec in registry.specs() if spec.needs_weights]
     assert {s.name for s in needing} >= {
         "openpose", "openpose_hand", "openpose_face", "openpose_full", "depth_midas", "depth_zoe", "softedge_hed",
-        "softedge_pidinet", "lineart_realistic", "lineart_coarse", "lineart_anime", "normal_bae", "mlsd"}
+        "softedge_pidinet", "lineart_realistic", "lineart_coarse", "lineart_anime", "normal_bae", "mlsd",
+        "seg_ofade20k", "seg_ofcoco", "seg_ufade20k"}
     expected_files = {
         "openpose": ["body_pose_model.pth"], "openpose_full": ["body_pose_model.pth", "hand_pose_model.pth",
                                                                "facenet.pth"],
@@ -378,13 +381,18 @@ def test_missing_weights_name_the_exact_file_and_folder(registry: PreprocessorRe
         "softedge_hed": ["ControlNetHED.pth"], "softedge_pidinet": ["table5_pidinet.pth"],
         "lineart_realistic": ["sk_model.pth"], "lineart_coarse": ["sk_model2.pth"], "lineart_anime": ["netG.pth"],
         "normal_bae": ["scannet.pt"], "mlsd": ["mlsd_large_512_fp32.pth"],
+        "seg_ofade20k": ["oneformer_ade20k_swin_large/config.json", "oneformer_ade20k_swin_large/model.safetensors "
+                         "(or oneformer_ade20k_swin_large/pytorch_model.bin)", "shi-labs/oneformer_ade20k_swin_large"],
+        "seg_ofcoco": ["oneformer_coco_swin_large/config.json", "shi-labs/oneformer_coco_swin_large"],
+        "seg_ufade20k": ["upernet-convnext-small/config.json", "openmmlab/upernet-convnext-small"],
     }
     for spec in needing:
         with pytest.raises(PreprocessorWeightsMissing) as err:
             runner.run(spec.name, picture(), 64)
         message = str(err.value)
         assert message.startswith(f"{spec.name} needs ")
-        assert f"in {folder}/ " in message and "lllyasviel/Annotators" in message
+        assert f"in {folder}/ " in message
+        assert ("on Hugging Face" if spec.name.startswith("seg_") else "lllyasviel/Annotators") in message
         assert message.endswith("nothing was run")
         for weight in spec.needs_weights:
             assert weight.file_name in message

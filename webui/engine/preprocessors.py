@@ -16,6 +16,7 @@ timm, scipy, skimage), so it is imported inside the functions that need it.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import threading
 import types
@@ -60,7 +61,7 @@ class PreprocessorWeightsMissing(PreprocessorError):
         self.preprocessor = preprocessor
         self.folder = folder
         self.missing = missing
-        names = [w.file_name for w in missing]
+        names = [w.display_name for w in missing]
         files = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         sources = sorted({w.source_hint for w in missing})
         super().__init__(f"{preprocessor} needs {files} in {folder}{'' if str(folder).endswith('/') else '/'} "
@@ -214,19 +215,41 @@ def _image_to_rgb(image: Image.Image) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------- specs, registry
 
 
+_PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+
+
 @dataclass(frozen=True)
 class WeightFile:
-    """One weight file a preprocessor needs, under the exact name controlnet_aux's `from_pretrained` uses."""
+    """One file a preprocessor needs, relative to the weights folder, under the name its source publishes.
+
+    `file_name` may sit in a sub-folder (a Hugging Face model folder such as `oneformer_ade20k_swin_large/`);
+    `alternatives` are other names the same weights go by there (`pytorch_model.bin` for `model.safetensors`).
+    """
 
     file_name: str
     source_hint: str = ANNOTATORS
+    alternatives: tuple[str, ...] = ()
 
-    def candidates(self) -> tuple[str, str]:
-        """A same-stem `.safetensors` conversion is preferred (no unpickling at all); the original name next."""
-        return (Path(self.file_name).stem + ".safetensors", self.file_name)
+    def candidates(self) -> tuple[str, ...]:
+        """Names to look for, best first: for a pickle file a same-stem `.safetensors` conversion (no unpickling at
+        all), then the name itself, then the alternatives."""
+        names = []
+        for name in (self.file_name, *self.alternatives):
+            path = Path(name)
+            if path.suffix.lower() in _PICKLE_SUFFIXES:
+                names.append(str(path.with_suffix(".safetensors")))
+            names.append(name)
+        return tuple(dict.fromkeys(names))
+
+    @property
+    def display_name(self) -> str:
+        """How messages name the file: `a/model.safetensors (or a/pytorch_model.bin)`."""
+        if not self.alternatives:
+            return self.file_name
+        return f"{self.file_name} (or {' or '.join(self.alternatives)})"
 
     def find(self, weights_dir: Path) -> Path | None:
-        """The file to load from `weights_dir`, or None when neither spelling is there."""
+        """The file to load from `weights_dir`, or None when no spelling of it is there."""
         for name in self.candidates():
             path = Path(weights_dir) / name
             if path.is_file():
@@ -285,7 +308,9 @@ NetworkBuilder = Callable[[dict[str, Any], str], Any]
 class NetworkSource(Protocol):
     """Where a preprocessor function gets its networks; the runner caches them per weight file."""
 
-    def network(self, file_name: str, build: NetworkBuilder) -> Any: ...
+    def network(self, weight: WeightFile | str, build: NetworkBuilder) -> Any: ...
+
+    def read_json(self, weight: WeightFile) -> dict[str, Any] | None: ...
 
 
 PreprocessorFn = Callable[[PreprocessorInput, NetworkSource], np.ndarray]
@@ -741,8 +766,84 @@ def _openpose(body: bool, hand: bool, face: bool) -> PreprocessorFn:
     return run
 
 
+@dataclass(frozen=True)
+class SegmenterFolder:
+    """A Hugging Face segmentation model folder in the weights folder, and the seg preprocessor it serves."""
+
+    preprocessor: str  # sd-webui-controlnet's name, e.g. seg_ofade20k
+    aliases: tuple[str, ...]
+    folder: str  # sub-folder of the weights folder, named like the Hugging Face repo
+    repo: str
+    kind: str  # segmentation.load_segmenter_network kind
+    dataset: str  # whose palette the map is painted in: "ADE20K" or "COCO"
+
+    @property
+    def _hint(self) -> str:
+        return f"{self.repo} on Hugging Face"
+
+    @property
+    def config(self) -> WeightFile:
+        return WeightFile(f"{self.folder}/config.json", self._hint)
+
+    @property
+    def weights(self) -> WeightFile:
+        return WeightFile(f"{self.folder}/model.safetensors", self._hint,
+                          alternatives=(f"{self.folder}/pytorch_model.bin",))
+
+    @property
+    def preprocessor_config(self) -> WeightFile:
+        """Optional: its image_mean/image_std override ImageNet's."""
+        return WeightFile(f"{self.folder}/preprocessor_config.json", self._hint)
+
+    def palette(self) -> np.ndarray:
+        from webui.engine import segmentation
+
+        return segmentation.ade20k_palette() if self.dataset == "ADE20K" else segmentation.coco_panoptic_palette()
+
+
+# sd-webui-controlnet's seg preprocessors. UniFormer has no maintained implementation in any library, so seg_ufade20k
+# runs transformers' UperNet (UniFormer's ADE20K model is a UperNet head too) on ConvNeXt: the same 150 ADE20K classes
+# and colours, a different backbone.
+ONEFORMER_ADE20K = SegmenterFolder("seg_ofade20k", ("oneformer_ade20k",), "oneformer_ade20k_swin_large",
+                                   "shi-labs/oneformer_ade20k_swin_large", "oneformer", "ADE20K")
+ONEFORMER_COCO = SegmenterFolder("seg_ofcoco", ("oneformer_coco",), "oneformer_coco_swin_large",
+                                 "shi-labs/oneformer_coco_swin_large", "oneformer", "COCO")
+UPERNET_ADE20K = SegmenterFolder("seg_ufade20k", ("segmentation", "uniformer"), "upernet-convnext-small",
+                                 "openmmlab/upernet-convnext-small", "upernet", "ADE20K")
+
+
+def _segmentation(folder: SegmenterFolder) -> PreprocessorFn:
+    def run(inp: PreprocessorInput, nets: NetworkSource) -> np.ndarray:
+        from webui.engine import segmentation
+
+        palette = folder.palette()
+
+        def build(state: dict[str, torch.Tensor], file_name: str) -> torch.nn.Module:
+            config = nets.read_json(folder.config)
+            if config is None:
+                raise PreprocessorWeightsMissing(folder.preprocessor, Path("."), (folder.config,))
+            network = segmentation.load_segmenter_network(config, state, folder.kind, f"{folder.folder}/{file_name}")
+            if network.config.num_labels != len(palette):  # checked before the runner caches the network
+                raise PreprocessorWeightsInvalid(
+                    f"{folder.folder}: the model there has {network.config.num_labels} classes, but "
+                    f"{folder.preprocessor} paints {folder.dataset}'s {len(palette)}; put the {folder.repo} folder "
+                    f"there; {NOTHING_RUN}")
+            return network
+
+        try:
+            network = nets.network(folder.weights, build)
+            segmenter = segmentation.make_segmenter(network, folder.kind, nets.read_json(folder.preprocessor_config))
+        except segmentation.SegmenterError as exc:
+            raise PreprocessorWeightsInvalid(f"{folder.folder}: {exc}; {NOTHING_RUN}") from exc
+        padded, remove_pad = _resize_with_pad(inp.image, inp.resolution)
+        return remove_pad(segmentation.colorize(segmentation.segment(segmenter, padded), palette))
+
+    return run
+
+
 def default_preprocessors() -> PreprocessorRegistry:
-    """The built-in set: weight-free preprocessors first, then those that need files from lllyasviel/Annotators."""
+    """The built-in set: weight-free preprocessors first, then those that need files from lllyasviel/Annotators, then
+    the segmenters, which need a Hugging Face model folder each."""
     reg = PreprocessorRegistry()
     body = WeightFile("body_pose_model.pth")
     hand = WeightFile("hand_pose_model.pth")
@@ -808,11 +909,10 @@ def default_preprocessors() -> PreprocessorRegistry:
         threshold_a=ThresholdParam("MLSD Value Threshold", 0.1, 0.01, 2.0, 0.01),
         threshold_b=ThresholdParam("MLSD Distance Threshold", 0.1, 0.01, 20.0, 0.01)), _mlsd)
 
-    no_seg = ("controlnet-aux 0.0.10 has no {} segmenter, so this build cannot run it offline; "
-              "use a ready-made segmentation map with the 'none' preprocessor")
-    reg.mark_unsupported("seg_ofade20k", no_seg.format("OneFormer"), aliases=("oneformer_ade20k",))
-    reg.mark_unsupported("seg_ofcoco", no_seg.format("OneFormer"), aliases=("oneformer_coco",))
-    reg.mark_unsupported("seg_ufade20k", no_seg.format("UniFormer"), aliases=("segmentation",))
+    for folder in (ONEFORMER_ADE20K, ONEFORMER_COCO, UPERNET_ADE20K):
+        reg.register(PreprocessorSpec(folder.preprocessor, folder.preprocessor,
+                                      needs_weights=(folder.config, folder.weights), aliases=folder.aliases),
+                     _segmentation(folder))
     return reg
 
 
@@ -854,14 +954,16 @@ class PreprocessorRunner:
         self._lock = threading.Lock()
 
     # -- NetworkSource
-    def network(self, file_name: str, build: NetworkBuilder) -> Any:
+    def network(self, weight: WeightFile | str, build: NetworkBuilder) -> Any:
         """The network for one weight file, loaded safely on first use and cached."""
+        weight = WeightFile(weight) if isinstance(weight, str) else weight
+        file_name = weight.file_name
         with self._lock:
             if file_name in self._networks:
                 return self._networks[file_name]
-            path = WeightFile(file_name).find(self.weights_dir)
+            path = weight.find(self.weights_dir)
             if path is None:
-                raise PreprocessorWeightsMissing("this preprocessor", self.weights_dir, (WeightFile(file_name),))
+                raise PreprocessorWeightsMissing("this preprocessor", self.weights_dir, (weight,))
             state = load_weight_file(path)
             try:
                 module = build(state, path.name)
@@ -871,6 +973,19 @@ class PreprocessorRunner:
             self._networks[file_name] = module
             self._loads[file_name] = self._loads.get(file_name, 0) + 1
             return module
+
+    def read_json(self, weight: WeightFile) -> dict[str, Any] | None:
+        """A JSON settings file from the weights folder (a model folder's config.json), or None when absent."""
+        path = weight.find(self.weights_dir)
+        if path is None:
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise PreprocessorWeightsInvalid(f"{weight.file_name}: not readable JSON ({exc}); {NOTHING_RUN}") from exc
+        if not isinstance(data, dict):
+            raise PreprocessorWeightsInvalid(f"{weight.file_name}: expected a JSON object; {NOTHING_RUN}")
+        return data
 
     def loaded_files(self) -> tuple[str, ...]:
         return tuple(self._networks)
