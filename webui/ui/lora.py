@@ -1,5 +1,6 @@
-"""The LoRA picker in txt2img/img2img: a card per LoRA (preview, name, base model, trigger words); a click adds its
-`<lora:name:1>` tag to the prompt of the tab it is in. Built by the LoRA builtin extension through the extension API.
+"""The extra-networks picker in txt2img/img2img: a card per LoRA (preview, name, base model, trigger words) and per
+textual-inversion embedding; a click adds the LoRA's `<lora:name:1>` tag, or the embedding's name, to the prompt of the
+tab it is in. Built by the LoRA builtin extension through the extension API.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from typing import Any, Callable
 import gradio as gr
 from PIL import Image, ImageDraw
 
+from webui.services.embeddings import EmbeddingLibrary
 from webui.services.lora import LoraInfo, LoraLibrary
+from webui.services.model_manager import ModelManager
 
 # Adds the tag to the visible prompt box (the active tab's), unless it is there already, and tells Gradio the value
 # changed. In JavaScript because the picker is an extension section and does not own the prompt component.
@@ -57,20 +60,40 @@ def _details(library: LoraLibrary, info: LoraInfo) -> str:
     return "\n\n".join(lines)
 
 
-def build_lora_picker(library: LoraLibrary) -> Callable[[str], dict[str, Any]]:
-    """`build(mode)` for the extension API. The picker adds no generation controls: the tags live in the prompt."""
+def _embedding_cards(embeddings: EmbeddingLibrary, models: ModelManager | None) -> tuple[list[tuple[Any, str]], list[str]]:
+    """Cards for the embeddings that fit the active model, then the skipped and unreadable ones (labelled)."""
+    listing = embeddings.listing(models.active if models else None)
+    items: list[tuple[Any, str]] = []
+    names: list[str] = []
+    for name, embedding in sorted(listing.loaded.items()):
+        preview = next((p for p in (embedding.path.with_suffix(".preview.png"), embedding.path.with_suffix(".png"))
+                        if p.is_file()), None)
+        items.append((str(preview) if preview else _placeholder(name), f"{name} ({embedding.vector_count} vectors)"))
+        names.append(name)
+    for name in listing.skipped:
+        items.append((_placeholder(name), f"{name} (skipped: made for another model family)"))
+        names.append("")
+    for name, why in sorted(listing.broken.items()):
+        items.append((_placeholder(name), f"{name} (unreadable: {why})"))
+        names.append("")
+    return items, names
+
+
+def build_lora_picker(library: LoraLibrary, embeddings: EmbeddingLibrary | None = None,
+                      models: ModelManager | None = None) -> Callable[[str], dict[str, Any]]:
+    """`build(mode)` for the extension API. The picker adds no generation controls: tags and names live in the
+    prompt."""
 
     def build(mode: str) -> dict[str, Any]:
         items, infos = _cards(library)
         shown = gr.State(infos)
+        empty = f"No LoRAs yet: put `.safetensors` files in `{library.folder}`, then press Refresh."
         with gr.Accordion(f"LoRA ({len(infos)})", open=False, elem_id=f"{mode}_lora_picker") as accordion:
-            empty = f"No LoRAs yet: put `.safetensors` files in `{library.folder}`, then press Refresh."
             message = gr.Markdown("" if infos else empty, elem_id=f"{mode}_lora_message")
             gallery = gr.Gallery(items, columns=6, height="auto", allow_preview=False, show_label=False,
                                  elem_id=f"{mode}_lora_cards")
-            with gr.Row():
-                refresh = gr.Button("🔄 Refresh", size="sm", elem_id=f"{mode}_lora_refresh")
-            tag = gr.Textbox(visible=False, elem_id=f"{mode}_lora_tag")
+            refresh = gr.Button("🔄 Refresh", size="sm", elem_id=f"{mode}_lora_refresh")
+        tag = gr.Textbox(visible=False, elem_id=f"{mode}_lora_tag")
 
         def on_select(current: list[LoraInfo], event: gr.SelectData) -> tuple[str, str]:
             index = event.index if isinstance(event.index, int) else event.index[0]
@@ -89,6 +112,35 @@ def build_lora_picker(library: LoraLibrary) -> Callable[[str], dict[str, Any]]:
             return gr.update(value=new_items), new_infos, text, gr.update(label=f"LoRA ({len(new_infos)})")
 
         refresh.click(on_refresh, outputs=[gallery, shown, message, accordion], queue=False)
+
+        if embeddings is not None:
+            ti_items, ti_names = _embedding_cards(embeddings, models)
+            ti_shown = gr.State(ti_names)
+            with gr.Accordion(f"Textual Inversion ({sum(1 for n in ti_names if n)})", open=False,
+                              elem_id=f"{mode}_ti_picker") as ti_accordion:
+                ti_message = gr.Markdown("" if ti_names else
+                                         f"No embeddings yet: put `.pt`/`.safetensors` files in `{embeddings.folder}`.",
+                                         elem_id=f"{mode}_ti_message")
+                ti_gallery = gr.Gallery(ti_items, columns=6, height="auto", allow_preview=False, show_label=False,
+                                        elem_id=f"{mode}_ti_cards")
+                ti_refresh = gr.Button("🔄 Refresh", size="sm", elem_id=f"{mode}_ti_refresh")
+
+            def on_ti_select(current: list[str], event: gr.SelectData) -> tuple[str, str]:
+                index = event.index if isinstance(event.index, int) else event.index[0]
+                name = current[index] if 0 <= index < len(current) else ""
+                if not name:
+                    return "", "This embedding cannot be used with the current model (see its card)."
+                return name, f"Added `{name}` to the prompt: the embedding is used wherever its name appears."
+
+            ti_gallery.select(on_ti_select, inputs=[ti_shown], outputs=[tag, ti_message], queue=False).then(
+                None, inputs=[tag], outputs=None, js=APPEND_TAG_JS)
+
+            def on_ti_refresh() -> tuple[Any, list[str], Any]:
+                new_items, new_names = _embedding_cards(embeddings, models)
+                return (gr.update(value=new_items), new_names,
+                        gr.update(label=f"Textual Inversion ({sum(1 for n in new_names if n)})"))
+
+            ti_refresh.click(on_ti_refresh, outputs=[ti_gallery, ti_shown, ti_accordion], queue=False)
         return {}
 
     return build

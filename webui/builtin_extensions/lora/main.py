@@ -16,4 +16,4 @@ def register(api: ExtensionAPI) -> None:
     library: LoraLibrary = api.services["lora"]
     api.add_extra_network("lora", library.activate)
     api.add_extra_network("lyco", library.activate)  # old LyCORIS extension's tag, an alias in A1111 too
-    api.add_section("LoRA", build_lora_picker(library))
+    api.add_section("LoRA", build_lora_picker(library, api.services.get("embeddings"), api.models))
