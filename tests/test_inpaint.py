@@ -142,3 +142,50 @@ def test_blur_band_reach_matches_the_kernel() -> None:
     blurred = np.asarray(blur_mask(mask, 4))
     cols = np.nonzero(blurred[32])[0]
     assert cols.min() >= 30 - blur_reach(4) and cols.max() < 34 + blur_reach(4)
+
+
+def test_an_opaque_rgba_mask_is_read_by_brightness() -> None:
+    """A mask saved as RGBA with no transparency (a flattened drawing) is read like a grey mask."""
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 255))
+    rgba.putpixel((5, 2), (250, 250, 250, 255))
+    rgba.putpixel((1, 6), (90, 90, 90, 255))  # dark: not masked
+    assert np.argwhere(np.asarray(binary_mask(rgba))).tolist() == [[2, 5]]
+
+
+def test_latent_noise_fill_starts_from_the_seed_noise_inside_and_the_image_outside(sd1) -> None:
+    """At strength 0 the starting latents come back unchanged: inside the mask they must be the seed's noise
+    (torch.Generator("cpu").manual_seed(seed), computed here), outside the image's own latents."""
+    from webui.engine.img2img import img2img_latents, prepare_inputs
+
+    mask = box_mask(box=(32, 0, 64, 64))  # the right half
+    run = params(seeds=(17,))
+    latents = {}
+    for fill in (LATENT_NOISE, ORIGINAL):
+        options = Img2ImgOptions(denoising_strength=0.0, mask=mask, mask_blur=0, inpainting_fill=fill)
+        latents[fill] = img2img_latents(sd1, run, REGISTRY, prepare_inputs(picture(), options, 64, 64), options)
+    noise = torch.randn((4, 8, 8), generator=torch.Generator("cpu").manual_seed(17))
+    inside, outside = (slice(None), slice(None), slice(5, 8)), (slice(None), slice(None), slice(0, 3))
+    torch.testing.assert_close(latents[LATENT_NOISE][0][inside], noise[inside])
+    torch.testing.assert_close(latents[LATENT_NOISE][0][outside], latents[ORIGINAL][0][outside])
+
+
+def test_only_masked_pastes_the_generated_crop_back_with_lanczos(sd1) -> None:
+    """"Only masked" renders the crop at the generation size; it goes back into the original resized with LANCZOS
+    (A1111's paste), then through the mask. Checked on a known crop image instead of a sampled one."""
+    from webui.engine.img2img import finish, prepare_inputs
+
+    image, mask = picture(64, 64), box_mask((64, 64), (24, 24, 40, 40))
+    options = Img2ImgOptions(mask=mask, mask_blur=0, inpaint_full_res=True, inpaint_full_res_padding=8)
+    prepared = prepare_inputs(image, options, 64, 64)
+    assert prepared.paste_box is not None
+    left, top, right, bottom = prepared.paste_box
+    assert (right - left, bottom - top) != (64, 64)  # the crop is scaled on the way back
+    rng = np.random.default_rng(0)
+    generated = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    out = np.asarray(finish([generated], prepared, options)[0], dtype=int)
+    pasted = np.asarray(generated.resize((right - left, bottom - top), Image.Resampling.LANCZOS), dtype=int)
+    inside = np.asarray(mask) > 0
+    expected = np.asarray(image, dtype=int).copy()
+    expected[top:bottom, left:right] = pasted
+    assert np.array_equal(out[inside], expected[inside])
+    assert np.array_equal(out[~inside], np.asarray(image, dtype=int)[~inside])

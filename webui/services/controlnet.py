@@ -212,7 +212,7 @@ class ControlNetService:
         self.device = torch.device(device)
         self.dtype = dtype
         self.cache_size = cache_size
-        self.limits = limits
+        self.limits = limits  # upload limits for control images (None: UploadLimits.from_env())
         self.preprocessors = PreprocessorRunner(default_preprocessors(), self.preprocessor_dir, self.device)
         self._cache: OrderedDict[tuple[Path, float], LoadedControlNet] = OrderedDict()
         self._lock = threading.Lock()

@@ -25,7 +25,7 @@ def register(api: ExtensionAPI) -> None:
     api.add_section("ControlNet", build_controlnet_section(service, lambda: int(api.setting("units") or DEFAULT_UNITS)))
 
     def denoise(request: GenerationRequest, model: LoadedModel, controls: dict[str, Any]):
-        units = units_from_controls(controls)
+        units = units_from_controls(controls, service.limits)  # the app's upload limits, not only the default
         if not units:
             return None
         job = service.prepare(
