@@ -97,3 +97,15 @@ def test_size_from_image_is_padded_then_restored(model) -> None:
     out = img2img(model, params(size=(64, 80)), REGISTRY, image,
                   Img2ImgOptions(denoising_strength=0.5, restore_size=(50, 70)))[0]
     assert out.size == (50, 70)
+
+
+def test_crop_and_resize_centres_in_both_directions() -> None:
+    """A tall image cropped to a square keeps its middle rows (A1111 crops equally from top and bottom)."""
+    rows = np.repeat(np.arange(100, dtype=np.uint8)[:, None], 50, axis=1)  # row index as the grey value
+    tall = Image.fromarray(np.stack([rows] * 3, axis=-1))
+    crop = np.asarray(resize_image(tall, ResizeMode.CROP_AND_RESIZE, 50, 50))
+    expected = np.asarray(tall.crop((0, 25, 50, 75)))  # scale 1: the crop is exactly the middle 50 rows
+    assert np.array_equal(crop, expected)
+    wide = Image.fromarray(np.stack([rows.T] * 3, axis=-1))  # 100 wide, 50 tall
+    assert np.array_equal(np.asarray(resize_image(wide, ResizeMode.CROP_AND_RESIZE, 50, 50)),
+                          np.asarray(wide.crop((25, 0, 75, 50))))

@@ -189,3 +189,20 @@ def test_only_masked_pastes_the_generated_crop_back_with_lanczos(sd1) -> None:
     expected[top:bottom, left:right] = pasted
     assert np.array_equal(out[inside], expected[inside])
     assert np.array_equal(out[~inside], np.asarray(image, dtype=int)[~inside])
+
+
+def test_an_empty_mask_is_refused_with_a_message_saying_so(sd1) -> None:
+    from webui.engine.img2img import NothingToInpaint
+
+    with pytest.raises(NothingToInpaint, match="the mask is empty: nothing to inpaint"):
+        img2img(sd1, params(), REGISTRY, picture(), Img2ImgOptions(mask=Image.new("L", (64, 64), 0)))
+
+
+def test_nine_channel_model_does_plain_img2img_with_an_all_masked_grey_input(sd1_inpaint) -> None:
+    """Without a mask a 9-channel model gets txt2img's extra channels (mask 1, grey masked image), as in A1111:
+    its img2img at strength 1 then equals its txt2img from the same seed."""
+    from webui.engine.generation import txt2img
+
+    out = img2img(sd1_inpaint, params(), REGISTRY, picture(), Img2ImgOptions(denoising_strength=1.0))
+    reference = txt2img(sd1_inpaint, params(), REGISTRY)
+    assert np.array_equal(np.asarray(out[0]), np.asarray(reference[0]))

@@ -110,3 +110,13 @@ def test_modelspec_resolution_sets_default_size(tmp_path: Path) -> None:
     path = tmp_path / "declared.safetensors"
     write_synthetic_checkpoint(path, "sd1", metadata={"modelspec.resolution": "64x96"})
     assert load_checkpoint(path).default_resolution == (64, 96)
+
+
+@pytest.mark.parametrize(("declared", "expected"), [("epsilon", "epsilon"), ("eps", "epsilon"), ("v", "v_prediction"),
+                                                    ("", "v_prediction")])
+def test_sd2_prediction_type_from_modelspec_metadata(tmp_path: Path, declared: str, expected: str) -> None:
+    from webui.engine.synthetic import write_synthetic_checkpoint
+
+    path = tmp_path / "declared-sd2.safetensors"
+    write_synthetic_checkpoint(path, "sd2", metadata={"modelspec.prediction_type": declared} if declared else None)
+    assert load_checkpoint(path).prediction_type == expected

@@ -101,3 +101,10 @@ def test_timesteps_for_ten_steps(sampler: str, schedule: str, expected: list[int
     scheduler = spec.build(label, "epsilon")
     scheduler.set_timesteps(10)
     assert [round(float(t), 3) for t in scheduler.timesteps] == expected
+
+
+def test_an_explicit_schedule_wins_over_an_old_combined_name() -> None:
+    registry = SamplerRegistry()
+    assert registry.resolve("DPM++ 2M Karras", "Exponential") == (registry.resolve("DPM++ 2M")[0], "Exponential")
+    assert registry.resolve("DPM++ 2M Karras", "Automatic")[1] == "Karras"
+    assert registry.resolve("DPM++ 2M Karras")[1] == "Karras"
