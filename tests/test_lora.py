@@ -95,6 +95,19 @@ def with_loras(pair: Pair, loras: list[tuple[Path, float, float]]) -> list[np.nd
     return images
 
 
+def diffusers_with_loras(pair: Pair, loras: list[tuple[Path, float]]) -> list[np.ndarray]:
+    """diffusers' images with the files loaded by its own `load_lora_weights` at the given weights, then unloaded
+    (the pipeline is this module's, reused by the next test)."""
+    names = [f"l{index}" for index in range(len(loras))]
+    for name, (path, _) in zip(names, loras):
+        pair.pipe.load_lora_weights(str(path), adapter_name=name)
+    try:
+        pair.pipe.set_adapters(names, adapter_weights=[weight for _, weight in loras])
+        return reference_images(pair.pipe)
+    finally:
+        pair.pipe.unload_lora_weights()
+
+
 # ------------------------------------------------------------------------------------------------------- parity
 
 
@@ -105,12 +118,7 @@ def test_kohya_lora_matches_diffusers_load_lora_weights(family: str, conv: bool,
     path = write_kohya_lora(tmp_path / f"k-{family}.safetensors", pair.tiny.model, conv=conv, alpha=2.0, seed=1)
     plain = ours_images(pair.ours)
     ours = with_loras(pair, [(path, 0.8, 0.8)])
-    pair.pipe.load_lora_weights(str(path), adapter_name="k")
-    try:
-        pair.pipe.set_adapters(["k"], adapter_weights=[0.8])
-        ref = reference_images(pair.pipe)
-    finally:
-        pair.pipe.unload_lora_weights()
+    ref = diffusers_with_loras(pair, [(path, 0.8)])
     diff = max_diff(ours, ref)
     effect = max_diff(ours, plain)
     print(f"\nkohya {family} conv={conv}: max diff {diff}/255, LoRA effect {effect}/255")
@@ -122,13 +130,7 @@ def test_stacked_loras_with_a_negative_weight_match_diffusers(sd1: Pair, tmp_pat
     first = write_kohya_lora(tmp_path / "a.safetensors", sd1.tiny.model, seed=2)
     second = write_kohya_lora(tmp_path / "b.safetensors", sd1.tiny.model, seed=3, alpha=None, te=False)
     ours = with_loras(sd1, [(first, 0.7, 0.7), (second, -0.5, -0.5)])
-    sd1.pipe.load_lora_weights(str(first), adapter_name="a")
-    sd1.pipe.load_lora_weights(str(second), adapter_name="b")
-    try:
-        sd1.pipe.set_adapters(["a", "b"], adapter_weights=[0.7, -0.5])
-        ref = reference_images(sd1.pipe)
-    finally:
-        sd1.pipe.unload_lora_weights()
+    ref = diffusers_with_loras(sd1, [(first, 0.7), (second, -0.5)])
     assert max_diff(ours, ref) <= MAX_PIXEL_DIFF
 
 
@@ -148,12 +150,7 @@ def test_peft_file_from_diffusers_matches_load_lora_weights(sd1: Pair, tmp_path:
     assert lora.style == "peft" and any(k.startswith("text_encoder.") for k in lora.layers)
     assert {layer.scale() for layer in lora.layers.values()} == {2.0}  # lora_alpha 8 / r 4, from the metadata
     ours = with_loras(sd1, [(path, 0.6, 0.6)])
-    sd1.pipe.load_lora_weights(str(path), adapter_name="p")
-    try:
-        sd1.pipe.set_adapters(["p"], adapter_weights=[0.6])
-        ref = reference_images(sd1.pipe)
-    finally:
-        sd1.pipe.unload_lora_weights()
+    ref = diffusers_with_loras(sd1, [(path, 0.6)])
     assert max_diff(ours, ref) <= MAX_PIXEL_DIFF
     assert max_diff(ours, ours_images(sd1.ours)) >= 10
 
