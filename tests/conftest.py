@@ -106,7 +106,8 @@ def single_torch_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def browser_app(tmp_path_factory: pytest.TempPathFactory):
-    """One real app server (launch.py) for every browser test module: a tiny SD1 checkpoint and a ControlNet for it.
+    """One real app server (launch.py) for every browser test module: a tiny SD1 checkpoint, a ControlNet, a LoRA and
+    an embedding for it.
 
     Starting the app costs tens of seconds on 2 cores, so the browser modules share it; each test looks only at its
     own outputs.
@@ -118,6 +119,15 @@ def browser_app(tmp_path_factory: pytest.TempPathFactory):
     base = write_synthetic_checkpoint(root / "models" / "Stable-diffusion" / "tiny.safetensors", "sd1", seed=9,
                                       metadata={"modelspec.resolution": "64x64"})
     write_synthetic_controlnet(root / "models" / "ControlNet" / "control_tiny.safetensors", base, "cldm-1.1", seed=3)
+    from tests.lora_files import write_kohya_lora
+
+    write_kohya_lora(root / "models" / "Lora" / "tiny_style.safetensors", base, seed=21,
+                     metadata={"ss_tag_frequency": '{"5_hexagon": {"hexagon": 9}}'})
+    (root / "models" / "embeddings").mkdir(parents=True)
+    import torch
+
+    torch.save({"string_to_param": {"*": torch.randn(2, base.text_configs[0].hidden_size)}},
+               str(root / "models" / "embeddings" / "tiny_emb.pt"))
     app = AppServer(root / "models", root / "outputs").wait_ready()
     app.root = root
     yield app

@@ -88,25 +88,42 @@ def test_default_size_of_another_model_while_one_is_active(manager: ModelManager
     assert manager.default_size("sub/two") == (768, 768)
 
 
-def test_vae_override_replaces_the_checkpoint_vae(manager: ModelManager, tmp_path: Path) -> None:
+def test_a_job_checks_out_its_vae_and_the_cached_model_keeps_its_own(manager: ModelManager, tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     from webui.engine.export import vae_to_ldm
     from webui.engine.synthetic import build_synthetic_model
+    from webui.services.model_manager import ModelRecipe
 
     other = build_synthetic_model("sd1", seed=99).vae
     manager.vae_dir.mkdir(parents=True, exist_ok=True)
     state = {k.removeprefix("first_stage_model."): v.contiguous() for k, v in vae_to_ldm(other).items()}
     save_file(state, str(manager.vae_dir / "other.vae.safetensors"))
     assert manager.vae_names() == ["Automatic", "None", "other.vae.safetensors"]
-    original = manager.get("one").vae.state_dict()
-    manager.set_vae("other.vae.safetensors")
-    replaced = manager.get("one").vae.state_dict()
+    base = manager.get("one")
+    original = {k: v.clone() for k, v in base.vae.state_dict().items()}
+    with manager.checkout(ModelRecipe("one", "other.vae.safetensors")) as model:
+        replaced = model.vae.state_dict()
+        assert model.unet is base.unet and model.vae is not base.vae
     reference = other.state_dict()
     assert all(torch.equal(replaced[k], reference[k]) for k in reference)
     assert not all(torch.equal(replaced[k], original[k]) for k in reference)
+    assert all(torch.equal(manager.get("one").vae.state_dict()[k], original[k]) for k in original)
+    with manager.checkout(ModelRecipe("one", "Automatic")) as model:
+        assert model.vae is base.vae
+    manager.set_vae("other.vae.safetensors")  # only the default for requests without a VAE
+    assert manager.vae_choice == "other.vae.safetensors" and manager.get("one").vae is base.vae
     with pytest.raises(ModelError, match="not found"):
         manager.set_vae("missing.safetensors")
+    with pytest.raises(ModelError, match="not found"):
+        with manager.checkout(ModelRecipe("one", "missing.safetensors")):
+            pass
+    # A VAE file of another latent layout is refused by name.
+    bad = {k: v for k, v in state.items() if not k.startswith("decoder.")}
+    save_file(bad, str(manager.vae_dir / "half.safetensors"))
+    with pytest.raises(ModelError, match="half.safetensors"):
+        with manager.checkout(ModelRecipe("one", "half.safetensors")):
+            pass
 
 
 def test_listing_does_not_hash_files_until_they_are_used(manager: ModelManager) -> None:

@@ -11,6 +11,8 @@ from webui.services.extensions import ExtensionManager
 from webui.services.generation import APP_VERSION, GenerationService
 from webui.services.hashing import HashCache
 from webui.services.jobs import JobManager
+from webui.services.embeddings import EmbeddingLibrary
+from webui.services.lora import LoraLibrary
 from webui.services.model_manager import ModelManager, choose_device, choose_dtype
 from webui.services.outputs import OutputStore
 from webui.services.settings import SettingsStore
@@ -37,6 +39,15 @@ class AppPaths:
     @property
     def controlnet_dir(self) -> Path:
         return self.models_dir / "ControlNet"
+
+    @property
+    def lora_dir(self) -> Path:
+        return self.models_dir / "Lora"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        """Textual-inversion embeddings (A1111 keeps them in `embeddings/` at its root; ours live with the models)."""
+        return self.models_dir / "embeddings"
 
     @property
     def preprocessor_dir(self) -> Path:
@@ -70,6 +81,8 @@ class AppContext:
     settings: SettingsStore
     extensions: ExtensionManager
     controlnet: ControlNetService
+    loras: LoraLibrary
+    embeddings: EmbeddingLibrary
 
 
 def build_context(
@@ -93,6 +106,8 @@ def build_context(
         ram_cache_size=ram_cache_size,
     )
     controlnet = ControlNetService(paths.controlnet_dir, paths.preprocessor_dir, hashes, torch_device, dtype)
+    loras = LoraLibrary(paths.lora_dir, hashes)
+    embeddings = EmbeddingLibrary(paths.embeddings_dir, hashes)
     samplers = SamplerRegistry()
     jobs = JobManager()
     outputs = outputs or OutputStore(paths.outputs_dir)
@@ -104,9 +119,10 @@ def build_context(
         paths.data_dir / "extensions.json",
         APP_VERSION,
         models,
-        services={"controlnet": controlnet},
+        services={"controlnet": controlnet, "lora": loras, "embeddings": embeddings},
     )
     if load_extensions:
         extensions.load_all()
-    generation = GenerationService(models, outputs, samplers, jobs, hooks=extensions)
-    return AppContext(paths, models, samplers, jobs, outputs, generation, settings, extensions, controlnet)
+    generation = GenerationService(models, outputs, samplers, jobs, hooks=extensions, embeddings=embeddings)
+    return AppContext(paths, models, samplers, jobs, outputs, generation, settings, extensions, controlnet, loras,
+                      embeddings)

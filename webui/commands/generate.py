@@ -9,7 +9,10 @@ from pathlib import Path
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every generating command (generate, and later img2img/outpaint)."""
     parser.add_argument("--model", help="checkpoint name in models/Stable-diffusion, or a path to a file")
-    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--vae", help="a file in models/VAE for this job (default: the checkpoint's own VAE)")
+    parser.add_argument("--prompt", required=True,
+                        help="the prompt; <lora:NAME:WEIGHT> tags apply LoRAs from models/Lora, and an embedding's "
+                             "file stem (models/embeddings) uses it")
     parser.add_argument("--negative-prompt", default="")
     parser.add_argument("--sampler", default="DPM++ 2M", help="A1111 sampler name, e.g. 'Euler a', 'DPM++ 2M Karras'")
     parser.add_argument("--schedule", default="Automatic", help="schedule type: Automatic, Karras, Exponential, ...")
@@ -87,6 +90,7 @@ def request_fields(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         n_iter=args.batch_count,
         model=args.model,
+        vae=args.vae,
         extensions=controlnet_extension_controls(args),
     )
 

@@ -90,6 +90,17 @@ def _unet_decoder_key_to_ldm(unet: UNet2DConditionModel, key: str, per_level: in
     raise ValueError(f"unexpected U-Net key {key!r}")
 
 
+def unet_module_to_ldm(unet: UNet2DConditionModel, module_path: str) -> str:
+    """LDM (SGM) name of a diffusers U-Net module, e.g. `down_blocks.1.attentions.0.proj_in` ->
+    `input_blocks.4.1.proj_in`; kohya SDXL LoRAs name their layers this way."""
+    per_level = unet.config.layers_per_block
+    key = f"{module_path}.weight"
+    new = _encoder_key_to_ldm(key, per_level)
+    if new is None:
+        new = _unet_decoder_key_to_ldm(unet, key, per_level)
+    return new.removesuffix(".weight")
+
+
 def unet_to_ldm(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     """diffusers U-Net -> `model.diffusion_model.*` keys."""
     per_level = unet.config.layers_per_block

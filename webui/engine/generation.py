@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from PIL import Image
@@ -14,6 +14,9 @@ from .denoise import DenoiseExtension, DenoiseInputs, decode_latents, run_denois
 from .denoise_extensions import InpaintChannels
 from .loader import DepthMapRequired, LoadedModel
 from .samplers import SamplerRegistry
+
+if TYPE_CHECKING:
+    from .embeddings import EmbeddingSet
 
 
 @dataclass
@@ -29,6 +32,7 @@ class SamplingParams:
     width: int = 512
     height: int = 512
     seeds: list[int] = field(default_factory=lambda: [0])
+    embeddings: EmbeddingSet | None = None  # textual-inversion embeddings that fit the model
 
 
 def initial_noise(seeds: list[int], channels: int, height: int, width: int) -> torch.Tensor:
@@ -63,10 +67,11 @@ def inpaint_txt2img_channels(model: LoadedModel, batch: int, height: int, width:
 def denoise_inputs(model: LoadedModel, params: SamplingParams, latents: torch.Tensor, start_index: int = 0) -> DenoiseInputs:
     """Prompt conditioning, CFG and SDXL micro-conditioning for one batch: the part every mode shares."""
     batch = len(params.seeds)
-    cond = encode_prompts(model, [params.prompt] * batch)
+    cond = encode_prompts(model, [params.prompt] * batch, embeddings=params.embeddings)
     uncond: Conditioning | None = None
     if params.cfg_scale != 1.0:
-        uncond = encode_prompts(model, [params.negative_prompt] * batch, zero_if_empty=model.family.is_sdxl)
+        uncond = encode_prompts(model, [params.negative_prompt] * batch, zero_if_empty=model.family.is_sdxl,
+                                embeddings=params.embeddings)
     return DenoiseInputs(
         latents=latents,
         cond=cond,

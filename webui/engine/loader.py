@@ -171,13 +171,37 @@ def _build_text_encoder(raw: RawCheckpoint, shapes: dict, slot: TextEncoderSlot,
     return TextEncoder(slot=slot, model=model)
 
 
+def build_vae(vae_tensors: dict[str, torch.Tensor], like: LoadedModel, what: str) -> AutoencoderKL:
+    """An AutoencoderKL from a standalone VAE's tensors (`encoder.*`/`decoder.*`, see `read_vae_override`), with the
+    scaling factor and sample size of the model it will decode for. A per-job VAE choice is built this way, so the
+    model's own VAE is never replaced."""
+    state = {VAE_PREFIX + k: v for k, v in vae_tensors.items()}
+    try:
+        config = infer_vae_config(strip_prefix(shapes_of(state), VAE_PREFIX), like.vae_scale, like.default_resolution[1])
+    except ArchitectureError as exc:
+        raise ModelLoadError(f"{what}: {exc}") from exc
+    if config.get("latent_channels") != like.latent_channels:
+        raise ModelLoadError(f"{what}: a VAE with {config.get('latent_channels')} latent channels cannot decode "
+                             f"{like.name!r} ({like.latent_channels} channels); choose a VAE made for this model family")
+    with init_empty_weights(include_buffers=False):
+        vae = AutoencoderKL(**config)
+    try:
+        _assign(vae, convert_ldm_vae_checkpoint(state, config), torch.float32, "VAE")
+    except (RuntimeError, KeyError) as exc:
+        raise ModelLoadError(f"{what}: weights do not fit the inferred VAE ({str(exc).splitlines()[0]})") from exc
+    return vae
+
+
 def build_model(
     raw: RawCheckpoint,
     dtype: torch.dtype = torch.float32,
     prediction_override: PredictionType | None = None,
     vae_override: dict[str, torch.Tensor] | None = None,
+    name: str | None = None,
 ) -> LoadedModel:
-    """Turn a raw checkpoint into ready modules on the CPU (the caller moves them to a device)."""
+    """Turn a raw checkpoint into ready modules on the CPU (the caller moves them to a device). `name` is how the
+    app lists it (default: the file stem)."""
+    display_name = name or raw.path.stem
     name = raw.path.name
     shapes = shapes_of(raw.state_dict)
     family = detect_family(shapes, name)
@@ -203,7 +227,7 @@ def build_model(
     except (ModelLoadError, RuntimeError, KeyError, ArchitectureError) as exc:
         raise ModelLoadError(f"{name}: weights do not fit the inferred architecture ({str(exc).splitlines()[0]})") from exc
     return LoadedModel(
-        name=raw.path.stem,
+        name=display_name,
         path=raw.path,
         family=family,
         variant=variant,

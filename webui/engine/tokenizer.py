@@ -29,53 +29,119 @@ def _comma_id() -> int:
     return _bpe().encode(",")[0]
 
 
+EMBEDDING_PLACEHOLDER_ID = 0  # what A1111 puts where an embedding's vectors go; the vectors replace its lookup
+
+
+@dataclass(frozen=True)
+class EmbeddingFix:
+    """Where an embedding's vectors go: window index, position in the window (BOS is position 0), and its name."""
+
+    window: int
+    offset: int
+    name: str
+
+
 @dataclass(frozen=True)
 class TokenChunks:
-    """Token ids of a prompt split into 77-id windows: BOS, up to 75 tokens, EOS, padding."""
+    """Token ids of a prompt split into 77-id windows: BOS, up to 75 tokens, EOS, padding; and where textual-inversion
+    embeddings replace the placeholder ids."""
 
     windows: tuple[tuple[int, ...], ...]
     token_count: int
+    fixes: tuple[EmbeddingFix, ...] = ()
 
 
 def encode_text(text: str) -> list[int]:
     return list(_bpe().encode(text))
 
 
-def _split_chunks(tokens: list[int]) -> list[list[int]]:
-    chunks: list[list[int]] = []
-    current: list[int] = []
-    last_comma = -1
-    for token in tokens:
-        if token == _comma_id():
-            last_comma = len(current)
-        elif len(current) == CHUNK_TOKENS and last_comma != -1 and len(current) - last_comma <= COMMA_BACKTRACK:
-            # Move the words after the last comma to the next chunk so a phrase is not cut in half.
-            chunks.append(current[: last_comma + 1])
-            current, last_comma = current[last_comma + 1:], -1
-        if len(current) == CHUNK_TOKENS:
-            chunks.append(current)
-            current, last_comma = [], -1
-        current.append(token)
-    if current or not chunks:
-        chunks.append(current)
-    return chunks
+class EmbeddingMatcher:
+    """Finds embeddings in a token sequence by the token ids of their names (A1111 matches names as token sequences,
+    so `EasyNegative` and `easynegative` are the same), longest name first."""
+
+    def __init__(self, vector_counts: dict[str, int]) -> None:
+        self._by_first: dict[int, list[tuple[tuple[int, ...], str, int]]] = {}
+        for name, count in vector_counts.items():
+            ids = tuple(encode_text(name))
+            if ids:
+                self._by_first.setdefault(ids[0], []).append((ids, name, count))
+        for candidates in self._by_first.values():
+            candidates.sort(key=lambda item: -len(item[0]))
+
+    def at(self, tokens: list[int], position: int) -> tuple[str, int, int] | None:
+        """(name, vector count, name length in tokens) of the embedding starting at `position`, if any."""
+        for ids, name, count in self._by_first.get(tokens[position], ()):
+            if tuple(tokens[position:position + len(ids)]) == ids:
+                return name, count, len(ids)
+        return None
 
 
-def tokenize_prompt(prompt: str, pad_id: int) -> TokenChunks:
-    """A1111 chunking: text before/after an uppercase `BREAK` never shares a chunk."""
+class _Chunker:
+    """A1111's `tokenize_line`: 75-token chunks, comma backtracking, embeddings never split across chunks."""
+
+    def __init__(self, matcher: EmbeddingMatcher | None) -> None:
+        self.matcher = matcher
+        self.chunks: list[tuple[list[int], list[tuple[int, str]]]] = []
+        self.tokens: list[int] = []
+        self.fixes: list[tuple[int, str]] = []  # (offset in chunk tokens, name)
+        self.last_comma = -1
+
+    def next_chunk(self) -> None:
+        self.chunks.append((self.tokens, self.fixes))
+        self.tokens, self.fixes, self.last_comma = [], [], -1
+
+    def add(self, tokens: list[int]) -> None:
+        position = 0
+        while position < len(tokens):
+            token = tokens[position]
+            if token == _comma_id():
+                self.last_comma = len(self.tokens)
+            elif len(self.tokens) == CHUNK_TOKENS and self.last_comma != -1 and \
+                    len(self.tokens) - self.last_comma <= COMMA_BACKTRACK:
+                # Move the words after the last comma to the next chunk so a phrase is not cut in half.
+                cut = self.last_comma + 1
+                moved, moved_fixes = self.tokens[cut:], [(o - cut, n) for o, n in self.fixes if o >= cut]
+                self.tokens, self.fixes = self.tokens[:cut], [(o, n) for o, n in self.fixes if o < cut]
+                self.next_chunk()
+                self.tokens, self.fixes = moved, moved_fixes
+            if len(self.tokens) == CHUNK_TOKENS:
+                self.next_chunk()
+            found = self.matcher.at(tokens, position) if self.matcher else None
+            if found is None:
+                self.tokens.append(token)
+                position += 1
+                continue
+            name, vectors, name_length = found
+            if vectors > CHUNK_TOKENS:
+                raise ValueError(f"embedding {name!r} has {vectors} vectors; at most {CHUNK_TOKENS} fit a prompt chunk")
+            if len(self.tokens) + vectors > CHUNK_TOKENS:
+                self.next_chunk()
+            self.fixes.append((len(self.tokens), name))
+            self.tokens += [EMBEDDING_PLACEHOLDER_ID] * vectors
+            position += name_length
+
+
+def tokenize_prompt(prompt: str, pad_id: int, embeddings: EmbeddingMatcher | None = None) -> TokenChunks:
+    """A1111 chunking: text before/after an uppercase `BREAK` never shares a chunk. With `embeddings`, an embedding's
+    name is replaced by placeholder ids, one per vector, and its place is recorded in `fixes`."""
     pieces = re.split(r"\bBREAK\b", prompt)
-    chunks: list[list[int]] = []
+    chunker = _Chunker(embeddings)
     count = 0
-    for piece in pieces:
+    for index, piece in enumerate(pieces):
+        if index:
+            chunker.next_chunk()
         tokens = encode_text(piece)
         count += len(tokens)
-        chunks.extend(_split_chunks(tokens))
-    windows = []
-    for chunk in chunks:
+        chunker.add(tokens)
+    if chunker.tokens or not chunker.chunks:
+        chunker.next_chunk()
+    windows, fixes = [], []
+    for window_index, (chunk, chunk_fixes) in enumerate(chunker.chunks):
         window = [BOS_ID, *chunk, EOS_ID]
         window += [pad_id] * (WINDOW - len(window))
         windows.append(tuple(window))
-    return TokenChunks(windows=tuple(windows), token_count=count)
+        fixes += [EmbeddingFix(window_index, offset + 1, name) for offset, name in chunk_fixes]
+    return TokenChunks(windows=tuple(windows), token_count=count, fixes=tuple(fixes))
 
 
 def count_tokens(prompt: str) -> tuple[int, int]:

@@ -36,6 +36,7 @@ from webui.engine.denoise import DenoiseContext, DenoiseExtension, UNetCall
 from webui.engine.denoise_extensions import StepHook, StepState
 from webui.engine.loader import LoadedModel
 from webui.engine.samplers import SamplerRegistry, SamplerSpec
+from webui.services.extra_networks import ExtraNetworkActivation, ExtraNetworkTag, group_by_kind
 from webui.services.model_manager import ModelManager
 from webui.services.requests import GenerationRequest, RequestError
 from webui.services.settings import SettingKind, SettingSpec, SettingsStore
@@ -104,6 +105,9 @@ class RouteSpec:
     methods: tuple[str, ...]
 
 
+# (tags of this kind, request) -> patches/infotext/warnings for the job (e.g. LoRAs from `<lora:name:w>`)
+ExtraNetworkHandler = Callable[[list[ExtraNetworkTag], GenerationRequest], "ExtraNetworkActivation | None"]
+
 # (request, model, controls) -> denoise extensions for this job (ControlNet units, custom guidance, ...)
 DenoiseFactory = Callable[
     [GenerationRequest, LoadedModel, dict[str, Any]], "DenoiseExtension | list[DenoiseExtension] | None"
@@ -121,6 +125,7 @@ class Registrations:
     on_save: list[Callable[[dict[str, Any], GenerationRequest, dict[str, Any]], None]] = field(default_factory=list)
     routes: list[RouteSpec] = field(default_factory=list)
     samplers: list[SamplerSpec] = field(default_factory=list)
+    extra_networks: dict[str, ExtraNetworkHandler] = field(default_factory=dict)
 
 
 @dataclass
@@ -198,6 +203,15 @@ class ExtensionAPI:
         input channels), after CFG, after each step. Raise `RequestError` for a bad control value: the job does not
         start and the user sees the message; any other failure disables the extension, never the job."""
         self._reg.denoise.append(factory)
+
+    def add_extra_network(self, kind: str, handler: ExtraNetworkHandler) -> None:
+        """Handle `<kind:name:args>` prompt tags (A1111's extra networks). The app removes every tag from the prompt
+        before encoding; `handler(tags, request)` gets this kind's tags of the job (positive and negative prompt) and
+        returns an `ExtraNetworkActivation`: weight patches (applied only while the job runs), infotext fields and
+        warnings. Raise `RequestError` for a bad tag (unknown name, bad number): the job does not start."""
+        if not kind.isidentifier():
+            raise ExtensionError(f"{self.name}: extra-network kind {kind!r} must be a word (letters, digits, _)")
+        self._reg.extra_networks[kind] = handler
 
     def on_after_decode(
         self, hook: Callable[[list[Image.Image], GenerationRequest, dict[str, Any]], list[Image.Image] | None]
@@ -496,6 +510,31 @@ class ExtensionManager:
                         f"the hook must return None or a GenerationRequest, not {_describe(edited)}"
                     ))
         return request
+
+    def extra_networks(self, tags: list[ExtraNetworkTag], request: GenerationRequest) -> ExtraNetworkActivation:
+        """Hand each kind's tags to the extension that registered it; tags no one handles become warnings."""
+        activation = ExtraNetworkActivation()
+        handled: set[str] = set()
+        for kind, kind_tags in group_by_kind(tags).items():
+            for record in self.active():
+                handler = record.registrations.extra_networks.get(kind)
+                if handler is None:
+                    continue
+                handled.add(kind)
+                made = self._guarded(record, f"handling <{kind}:...> tags", lambda h=handler: h(kind_tags, request))
+                if made is None:
+                    continue
+                if isinstance(made, ExtraNetworkActivation):
+                    activation.merge(made)
+                else:
+                    record.fail(f"handling <{kind}:...> tags", ExtensionError(
+                        f"the handler must return None or an ExtraNetworkActivation, not {_describe(made)}"))
+                break
+        for tag in tags:
+            if tag.kind not in handled:
+                activation.warnings.append(f"{tag.text}: no extension handles <{tag.kind}:...> tags; it was removed "
+                                           "from the prompt")
+        return activation
 
     def step_hooks(self, request: GenerationRequest) -> list[StepHook]:
         hooks: list[StepHook] = []

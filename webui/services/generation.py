@@ -7,7 +7,7 @@ while the service owns everything modes share: model choice, seeds, batches, job
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
@@ -19,9 +19,11 @@ from webui.engine.generation import SamplingParams, txt2img
 from webui.engine.loader import DepthMapRequired, LoadedModel
 from webui.engine.preview import fit_latent_to_rgb
 from webui.engine.samplers import SamplerError, SamplerRegistry
+from webui.services.embeddings import EmbeddingLibrary
+from webui.services.extra_networks import ExtraNetworkActivation, ExtraNetworkTag, extract_tags
 from webui.services.infotext import format_infotext
 from webui.services.jobs import Job, JobManager
-from webui.services.model_manager import ModelManager
+from webui.services.model_manager import ModelManager, ModelRecipe
 from webui.services.outputs import OutputSaveError, OutputStore
 from webui.services.requests import GenerationRequest, RequestError, seeds_for_iteration, validate_request
 
@@ -54,6 +56,8 @@ class GenerationHooks(Protocol):
 
     def before_generate(self, request: GenerationRequest) -> GenerationRequest: ...
 
+    def extra_networks(self, tags: list[ExtraNetworkTag], request: GenerationRequest) -> ExtraNetworkActivation: ...
+
     def step_hooks(self, request: GenerationRequest) -> list[StepHook]: ...
 
     def denoise_extensions(self, request: GenerationRequest, model: LoadedModel) -> list[DenoiseExtension]: ...
@@ -68,6 +72,10 @@ class NoHooks:
 
     def before_generate(self, request: GenerationRequest) -> GenerationRequest:
         return request
+
+    def extra_networks(self, tags: list[ExtraNetworkTag], request: GenerationRequest) -> ExtraNetworkActivation:
+        return ExtraNetworkActivation(warnings=[f"{tag.text}: no extension handles <{tag.kind}:...> tags; it was "
+                                                "removed from the prompt" for tag in tags])
 
     def step_hooks(self, request: GenerationRequest) -> list[StepHook]:
         return []
@@ -126,6 +134,7 @@ class GenerationService:
         jobs: JobManager,
         preview_every: int = 3,
         hooks: GenerationHooks | None = None,
+        embeddings: EmbeddingLibrary | None = None,
     ) -> None:
         self.models = models
         self.outputs = outputs
@@ -133,14 +142,13 @@ class GenerationService:
         self.jobs = jobs
         self.preview_every = preview_every
         self.hooks: GenerationHooks = hooks or NoHooks()
+        self.embeddings = embeddings  # textual inversion (models/embeddings), a core feature as in A1111
         self._preview_factors: dict[int, torch.Tensor] = {}
         self.txt2img = Txt2ImgRunner(samplers)
 
-    def prepare(
-        self, request: GenerationRequest, runner: ModeRunner | None = None
-    ) -> tuple[GenerationRequest, LoadedModel]:
-        """Load the model and validate against it; raises RequestError/ModelError with a one-line message."""
-        model = self.models.get(request.model)
+    def validate(self, request: GenerationRequest, model: LoadedModel, runner: ModeRunner | None = None
+                 ) -> GenerationRequest:
+        """Check a request against the model it will run on; raises RequestError with a one-line message."""
         valid = (runner or self.txt2img).validate(validate_request(request, model.default_resolution), model)
         try:
             spec, schedule = self.samplers.resolve(valid.sampler_name, valid.scheduler)
@@ -151,7 +159,12 @@ class GenerationService:
         for name in ("width", "height"):
             if getattr(valid, name) % multiple:
                 raise RequestError(name, f"{getattr(valid, name)} must be a multiple of {multiple} for this model")
-        return valid, model
+        return valid
+
+    def recipe(self, request: GenerationRequest, activation: ExtraNetworkActivation) -> ModelRecipe:
+        """The model a request runs on: its checkpoint, its VAE (or the app's default), its LoRA patches."""
+        vae = self.models.check_vae(request.vae) if request.vae else self.models.vae_choice
+        return ModelRecipe(checkpoint=request.model, vae=vae, patches=tuple(activation.patches))
 
     def infotext(
         self, request: GenerationRequest, model: LoadedModel, seed: int, extra: dict[str, Any] | None = None
@@ -166,6 +179,8 @@ class GenerationService:
             "Size": f"{request.width}x{request.height}",
             "Model hash": self.models.model_hash(model),
             "Model": model.name,
+            "VAE hash": self.models.vae_hash(request.vae or ""),
+            "VAE": self.models.vae_title(request.vae or ""),
             **(extra or {}),
             "Version": f"LatentStudio {APP_VERSION}",
         }
@@ -178,51 +193,26 @@ class GenerationService:
         return self._preview_factors[key]
 
     def run(self, job: Job, request: GenerationRequest, runner: ModeRunner | None = None) -> GenerationResult:
-        """Run a job to completion (or interruption) under the device lock; txt2img unless a runner is given."""
+        """Run a job to completion (or interruption) under the device lock; txt2img unless a runner is given.
+
+        The job's model is checked out for it alone: its VAE and its LoRAs (from `<lora:...>` tags, which are removed
+        from the prompt the text encoder sees but kept in the infotext) apply only while it runs.
+        """
         runner = runner or self.txt2img
         result = GenerationResult()
         job.status = "queued"
+        if not request.vae:  # the default VAE is the one chosen when the job was submitted, not when it starts
+            request = replace(request, vae=self.models.vae_choice)
         with self.jobs.device_lock:
             job.status = "running"
             try:
-                valid, model = self.prepare(self.hooks.before_generate(request), runner)
-                extra_info = runner.infotext_params(valid)
-                result.request = valid
-                job.batches_total = valid.n_iter
-                step_hooks = self.hooks.step_hooks(valid)
-                feature_extensions = self.hooks.denoise_extensions(valid, model)  # ControlNet units, ...
-                for iteration in range(valid.n_iter):
-                    seeds = seeds_for_iteration(valid, iteration)
-                    params = SamplingParams(
-                        prompt=valid.prompt,
-                        negative_prompt=valid.negative_prompt,
-                        sampler=valid.sampler_name,
-                        schedule=valid.scheduler,
-                        steps=valid.steps,
-                        cfg_scale=valid.cfg_scale,
-                        width=valid.width,
-                        height=valid.height,
-                        seeds=seeds,
-                    )
-
-                    def on_progress(step: int, total: int, latents: torch.Tensor) -> None:
-                        job.step, job.total_steps = step, total
-                        if self.preview_every and (step % self.preview_every == 0) and step < total:
-                            job.preview_factors = self._preview_factors_for(model)
-                            job.preview_latents = latents
-                            job.preview_version += 1
-
-                    extensions = [
-                        Interrupt(lambda: job.interrupted), *feature_extensions, StepHooks(step_hooks), Progress(on_progress)
-                    ]
-                    images = runner.sample(model, valid, params, extensions)
-                    images = self.hooks.after_decode(images, valid)
-                    for image, seed in zip(images, seeds):
-                        self._keep(result, image, self.infotext(valid, model, seed, extra_info), seed, runner.mode)
-                    job.batches_done = iteration + 1
-                    job.step = 0
-                    if job.interrupted:
-                        raise Interrupted()
+                request = self.hooks.before_generate(request)
+                prompt, tags = extract_tags(request.prompt)
+                negative, negative_tags = extract_tags(request.negative_prompt)
+                activation = self.hooks.extra_networks([*tags, *negative_tags], request)
+                result.warnings.extend(activation.warnings)
+                with self.models.checkout(self.recipe(request, activation)) as model:
+                    self._generate(job, request, runner, model, prompt, negative, activation, result)
                 job.status = "done"
             except Interrupted:
                 result.interrupted = True
@@ -234,6 +224,51 @@ class GenerationService:
             finally:
                 job.result = result
         return result
+
+    def _generate(self, job: Job, request: GenerationRequest, runner: ModeRunner, model: LoadedModel, prompt: str,
+                  negative: str, activation: ExtraNetworkActivation, result: GenerationResult) -> None:
+        valid = self.validate(request, model, runner)
+        embeddings = self.embeddings.for_model(model) if self.embeddings else None
+        extra_info = {**activation.infotext, **runner.infotext_params(valid)}
+        if self.embeddings and embeddings:
+            extra_info.update(self.embeddings.infotext(embeddings, prompt, negative))
+        result.request = valid
+        job.batches_total = valid.n_iter
+        step_hooks = self.hooks.step_hooks(valid)
+        feature_extensions = self.hooks.denoise_extensions(valid, model)  # ControlNet units, ...
+        for iteration in range(valid.n_iter):
+            seeds = seeds_for_iteration(valid, iteration)
+            params = SamplingParams(
+                prompt=prompt,
+                negative_prompt=negative,
+                sampler=valid.sampler_name,
+                schedule=valid.scheduler,
+                steps=valid.steps,
+                cfg_scale=valid.cfg_scale,
+                width=valid.width,
+                height=valid.height,
+                seeds=seeds,
+                embeddings=embeddings,
+            )
+
+            def on_progress(step: int, total: int, latents: torch.Tensor) -> None:
+                job.step, job.total_steps = step, total
+                if self.preview_every and (step % self.preview_every == 0) and step < total:
+                    job.preview_factors = self._preview_factors_for(model)
+                    job.preview_latents = latents
+                    job.preview_version += 1
+
+            extensions = [
+                Interrupt(lambda: job.interrupted), *feature_extensions, StepHooks(step_hooks), Progress(on_progress)
+            ]
+            images = runner.sample(model, valid, params, extensions)
+            images = self.hooks.after_decode(images, valid)
+            for image, seed in zip(images, seeds):
+                self._keep(result, image, self.infotext(valid, model, seed, extra_info), seed, runner.mode)
+            job.batches_done = iteration + 1
+            job.step = 0
+            if job.interrupted:
+                raise Interrupted()
 
     def _keep(self, result: GenerationResult, image: Image.Image, infotext: str, seed: int, mode: str) -> None:
         result.images.append(image)

@@ -2,6 +2,10 @@
 
 It scans `models/Stable-diffusion/` and `models/VAE/`, loads on demand, keeps the active model on the compute device and
 a few recently used ones in RAM (LRU), and never lets a failed load disturb the model that was working.
+
+The cache holds base models only. A job gets its model through `checkout(recipe)`: the base model with the recipe's VAE
+and weight patches (LoRAs) applied for as long as the job holds the device, and restored exactly afterwards
+(ComfyUI's clone-and-patch, InvokeAI's LayerPatcher). Nothing a job chooses is process-wide.
 """
 
 from __future__ import annotations
@@ -10,9 +14,11 @@ import gc
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 
@@ -29,9 +35,11 @@ from webui.engine.loader import (
     ModelLoadError,
     PredictionType,
     build_model,
+    build_vae,
     declared_resolution,
     read_vae_override,
 )
+from webui.engine.patching import PatchError, WeightPatch, patched
 from webui.services.hashing import HashCache
 
 log = logging.getLogger("webui.models")
@@ -54,6 +62,25 @@ class CheckpointInfo:
     @property
     def file_name(self) -> str:
         return self.path.name
+
+
+AUTOMATIC_VAE = "Automatic"  # the checkpoint's own VAE (A1111: a same-named VAE file would win; not yet)
+NO_VAE = "None"  # also the checkpoint's own VAE, as in A1111
+
+
+class PatchSource(Protocol):
+    """Something a job applies to the model's weights, e.g. one LoRA at its strengths."""
+
+    def patches(self, model: LoadedModel) -> list[WeightPatch]: ...
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """What one job runs on: a checkpoint, a VAE choice and weight patches. Built per request, never stored."""
+
+    checkpoint: str | None = None  # None: the active (or default) checkpoint
+    vae: str = AUTOMATIC_VAE
+    patches: tuple[PatchSource, ...] = ()
 
 
 def choose_device(requested: str | None) -> torch.device:
@@ -95,8 +122,9 @@ class ModelManager:
         self.dtype = dtype
         self.ram_cache_size = ram_cache_size
         self.prediction_overrides: dict[str, PredictionType] = {}
-        self.vae_choice: str = "Automatic"
+        self.vae_choice: str = AUTOMATIC_VAE  # the default for requests that name no VAE (A1111's sd_vae setting)
         self._lock = threading.RLock()
+        self._vaes: OrderedDict[tuple[Path, float, int], torch.nn.Module] = OrderedDict()  # per-job VAE choices
         self._checkpoints: dict[str, CheckpointInfo] = {}
         self._active: tuple[str, LoadedModel] | None = None
         self._ram_cache: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -189,24 +217,13 @@ class ModelManager:
         with self._lock:
             return self._active[0] if self._active else None
 
-    def _vae_tensors(self) -> dict[str, torch.Tensor] | None:
-        if self.vae_choice in ("Automatic", "None"):
-            return None
-        return read_vae_override(self.vae_dir / self.vae_choice)
-
     def _load_fresh(self, info: CheckpointInfo) -> LoadedModel:
         try:
             raw = read_checkpoint(info.path)
-            model = build_model(
-                raw,
-                dtype=torch.float32,
-                prediction_override=self.prediction_overrides.get(info.name),
-                vae_override=self._vae_tensors(),
-            )
+            return build_model(raw, dtype=torch.float32, prediction_override=self.prediction_overrides.get(info.name),
+                               name=info.name)
         except (CheckpointReadError, UnsupportedCheckpointError, ModelLoadError) as exc:
             raise ModelError(str(exc)) from exc
-        model.name = info.name
-        return model
 
     def _place(self, model: LoadedModel) -> LoadedModel:
         model.to(self.device, self.dtype)
@@ -296,14 +313,69 @@ class ModelManager:
                 self.prediction_overrides.pop(info.name, None)
             self._forget(info.name)
 
+    def check_vae(self, choice: str) -> str:
+        """A VAE name from `vae_names()`, or a ModelError saying what exists."""
+        names = self.vae_names()
+        if choice not in names:
+            raise ModelError(f"VAE {choice!r} not found in {self.vae_dir}; choose one of: {', '.join(names)}")
+        return choice
+
     def set_vae(self, choice: str) -> None:
-        if choice not in self.vae_names():
-            raise ModelError(f"VAE {choice!r} not found in {self.vae_dir}")
+        """The default VAE for requests that do not name one; loaded models are not touched."""
+        self.vae_choice = self.check_vae(choice)
+
+    def _vae_for(self, choice: str, model: LoadedModel) -> torch.nn.Module | None:
+        """The VAE module a job with `choice` decodes with (None: the checkpoint's own), on the compute device.
+
+        Built from the file for this model's scale and size and kept in a one-entry cache, so switching LoRAs or
+        prompts does not reread it.
+        """
+        if choice in (AUTOMATIC_VAE, NO_VAE):
+            return None
+        path = self.vae_dir / self.check_vae(choice)
+        key = (path, model.vae_scale, model.latent_channels)
         with self._lock:
-            self.vae_choice = choice
-            if self._active:
-                self._forget(self._active[0])
-            self._ram_cache.clear()
+            if key in self._vaes:
+                self._vaes.move_to_end(key)
+                return self._vaes[key]
+            try:
+                vae = build_vae(read_vae_override(path), model, choice)
+            except (CheckpointReadError, ModelLoadError) as exc:
+                raise ModelError(str(exc)) from exc
+            torch.nn.Module.to(vae, self.device, torch.float32 if self.dtype == torch.float16 else self.dtype)
+            self._vaes.clear()  # one alternative VAE at a time
+            self._vaes[key] = vae
+            return vae
+
+    @contextmanager
+    def checkout(self, recipe: ModelRecipe) -> Iterator[LoadedModel]:
+        """The model a job runs on: the base model with the recipe's VAE and patches, restored on exit.
+
+        Call it while holding the device (the job lock): the patches change the cached base weights in place for the
+        job's duration and are undone exactly, even on an error or an interrupt. The yielded object is a view; the
+        cached base model itself never has its VAE replaced.
+        """
+        base = self.get(recipe.checkpoint)
+        vae = self._vae_for(recipe.vae, base)
+        model = base if vae is None else replace(base, vae=vae)
+        weight_patches: list[WeightPatch] = []
+        for source in recipe.patches:
+            weight_patches.extend(source.patches(base))
+        with ExitStack() as stack:
+            try:
+                stack.enter_context(patched(weight_patches))
+            except PatchError as exc:
+                raise ModelError(str(exc)) from exc
+            yield model
+
+    def vae_title(self, choice: str) -> str | None:
+        """What the infotext's `VAE:` says for a choice (None for the checkpoint's own)."""
+        return None if choice in (AUTOMATIC_VAE, NO_VAE, "") else choice
+
+    def vae_hash(self, choice: str) -> str | None:
+        """The infotext's `VAE hash:` (A1111: first 10 hex of the file's sha256), None for the checkpoint's own."""
+        title = self.vae_title(choice)
+        return None if title is None else self.hashes.short_hash(self.vae_dir / title)
 
     def _forget(self, name: str) -> None:
         self._ram_cache.pop(name, None)

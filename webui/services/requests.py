@@ -39,6 +39,7 @@ class GenerationRequest:
     batch_size: int = 1
     n_iter: int = 1
     model: str | None = None  # None: the currently selected checkpoint
+    vae: str | None = None  # A1111's sd_vae override: "Automatic", "None" or a file in models/VAE; None: app default
     extensions: dict[str, dict[str, Any]] = field(default_factory=dict)  # extension controls, by name
 
     def to_dict(self) -> dict[str, Any]:
