@@ -145,6 +145,7 @@ def main() -> None:
     if not args.rerun_not_killed:
         run_mutmut([BOOTSTRAP_MUTANT], args.children)
     results = read_results()
+    before = {module: dict(codes) for module, codes in results.items()}  # mutmut forgets codes it does not rerun
     chosen: set[str] | None = None
     if not args.all:
         chosen = draw_sample(results, args.per_module, args.seed)
@@ -154,7 +155,11 @@ def main() -> None:
             run_mutmut(names, args.children)
     else:
         run_mutmut([] if args.all else sorted(chosen), args.children)
-    summary = summarise(read_results(), chosen)
+    after = read_results()
+    if args.rerun_not_killed:  # keep the kills of the first pass; take the rerun's codes where it has them
+        after = {module: {name: after.get(module, {}).get(name) if after.get(module, {}).get(name) is not None
+                          else code for name, code in codes.items()} for module, codes in before.items()}
+    summary = summarise(after, chosen)
     summary["sample"] = None if args.all else {"per_module": args.per_module, "seed": args.seed}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1, sort_keys=True), encoding="utf-8")
