@@ -36,7 +36,7 @@ from webui.engine.denoise import DenoiseContext, DenoiseExtension, UNetCall
 from webui.engine.denoise_extensions import StepHook, StepState
 from webui.engine.loader import LoadedModel
 from webui.engine.samplers import SamplerRegistry, SamplerSpec
-from webui.services.extra_networks import ExtraNetworkActivation, ExtraNetworkTag, group_by_kind
+from webui.services.extra_networks import ExtraNetworkActivation, ExtraNetworkTag, group_by_kind, unhandled
 from webui.services.model_manager import ModelManager
 from webui.services.requests import GenerationRequest, RequestError
 from webui.services.settings import SettingKind, SettingSpec, SettingsStore
@@ -530,10 +530,7 @@ class ExtensionManager:
                     record.fail(f"handling <{kind}:...> tags", ExtensionError(
                         f"the handler must return None or an ExtraNetworkActivation, not {_describe(made)}"))
                 break
-        for tag in tags:
-            if tag.kind not in handled:
-                activation.warnings.append(f"{tag.text}: no extension handles <{tag.kind}:...> tags; it was removed "
-                                           "from the prompt")
+        activation.merge(unhandled([tag for tag in tags if tag.kind not in handled]))
         return activation
 
     def step_hooks(self, request: GenerationRequest) -> list[StepHook]:

@@ -80,6 +80,12 @@ class ExtraNetworkActivation:
         self.warnings.extend(other.warnings)
 
 
+def unhandled(tags: Sequence[ExtraNetworkTag]) -> ExtraNetworkActivation:
+    """Tags no extension handles: removed from the prompt like every tag, and reported to the user."""
+    return ExtraNetworkActivation(warnings=[f"{tag.text}: no extension handles <{tag.kind}:...> tags; it was "
+                                            "removed from the prompt" for tag in tags])
+
+
 def group_by_kind(tags: Sequence[ExtraNetworkTag]) -> dict[str, list[ExtraNetworkTag]]:
     grouped: dict[str, list[ExtraNetworkTag]] = {}
     for tag in tags:

@@ -20,7 +20,7 @@ from webui.engine.loader import DepthMapRequired, LoadedModel
 from webui.engine.preview import fit_latent_to_rgb
 from webui.engine.samplers import SamplerError, SamplerRegistry
 from webui.services.embeddings import EmbeddingLibrary
-from webui.services.extra_networks import ExtraNetworkActivation, ExtraNetworkTag, extract_tags
+from webui.services.extra_networks import ExtraNetworkActivation, ExtraNetworkTag, extract_tags, unhandled
 from webui.services.infotext import format_infotext
 from webui.services.jobs import Job, JobManager
 from webui.services.model_manager import ModelManager, ModelRecipe
@@ -74,8 +74,7 @@ class NoHooks:
         return request
 
     def extra_networks(self, tags: list[ExtraNetworkTag], request: GenerationRequest) -> ExtraNetworkActivation:
-        return ExtraNetworkActivation(warnings=[f"{tag.text}: no extension handles <{tag.kind}:...> tags; it was "
-                                                "removed from the prompt" for tag in tags])
+        return unhandled(tags)
 
     def step_hooks(self, request: GenerationRequest) -> list[StepHook]:
         return []
