@@ -9,7 +9,7 @@ import pytest
 
 from tests.cli import run_cli
 from webui.evaluation.adherence import detect, ground_truth_accuracy, parse_prompt, score
-from webui.training.dataset import Scene, ShapeObject, caption_for, eval_scenes, render, scene_at
+from webui.shapes import Scene, ShapeObject, caption_for, eval_scenes, render, scene_at
 
 
 def test_evaluator_is_exact_on_single_object_ground_truth():

@@ -57,7 +57,7 @@ def test_is_the_apps_default_model():
 def adherence_20(model):
     """20 held-out single-object prompts, the app's own sampler (Euler a, 20 steps, CFG 6), scored model-free."""
     from webui.evaluation.adherence import generate_and_score
-    from webui.training.dataset import eval_scenes
+    from webui.shapes import eval_scenes
 
     return generate_and_score(model, eval_scenes(20, objects=1), cfg=6.0, steps=20, sampler="Euler a")
 
@@ -66,7 +66,7 @@ def adherence_20(model):
 def adherence_20_unguided(model):
     """The same 20 prompts and seeds at CFG 1 (no classifier-free guidance)."""
     from webui.evaluation.adherence import generate_and_score
-    from webui.training.dataset import eval_scenes
+    from webui.shapes import eval_scenes
 
     return generate_and_score(model, eval_scenes(20, objects=1), cfg=1.0, steps=20, sampler="Euler a")
 

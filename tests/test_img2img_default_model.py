@@ -18,7 +18,7 @@ from webui.engine.generation import SamplingParams
 from webui.engine.img2img import Img2ImgOptions, img2img
 from webui.engine.loader import load_checkpoint
 from webui.engine.samplers import SamplerRegistry
-from webui.training.dataset import COLOURS, Scene, ShapeObject, render
+from webui.shapes import COLOURS, Scene, ShapeObject, render
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "models" / "Stable-diffusion" / "latent-studio-shapes.safetensors"
 # The input shows a red circle on blue; the prompt asks for something else entirely, so the more of the schedule

@@ -29,7 +29,7 @@ def model():
 
 def _scene(colour: str) -> tuple[Image.Image, Image.Image]:
     """A large circle at the centre on a blue background, and a mask a little larger than the circle."""
-    from webui.training.dataset import COLOURS, Scene, ShapeObject, render
+    from webui.shapes import COLOURS, Scene, ShapeObject, render
 
     scene = Scene((ShapeObject("circle", colour, "center", "large"),), ("blue",))
     image = render(scene, 64)
@@ -40,7 +40,7 @@ def _scene(colour: str) -> tuple[Image.Image, Image.Image]:
 
 
 def _closest_colour(rgb: np.ndarray) -> str:
-    from webui.training.dataset import COLOURS
+    from webui.shapes import COLOURS
 
     return min(COLOURS, key=lambda name: float(np.sum((np.asarray(COLOURS[name], float) - rgb) ** 2)))
 

@@ -15,7 +15,7 @@ from webui.engine.controlnet_loader import check_compatible, load_controlnet
 from webui.engine.loader import load_checkpoint
 from webui.evaluation.controlnet_eval import DEFAULT_CONTROLNET, dominant_object, evaluate, iou
 from webui.training import train_controlnet
-from webui.training.dataset import eval_scenes, render, scene_at
+from webui.shapes import eval_scenes, render, scene_at
 
 BASE = train_controlnet.DEFAULT_BASE
 pytestmark = [pytest.mark.skipif(not BASE.exists(), reason="the default model ships with the repo; run from its root"),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from webui.training import train_ae, train_ldm
-from webui.training.dataset import COLOURS, POSITIONS, SHAPES, SIZES, make_arrays, scene_at
+from webui.shapes import COLOURS, POSITIONS, SHAPES, SIZES, make_arrays, scene_at
 
 
 def _parse(module, argv):
@@ -104,7 +104,7 @@ def test_ldm_loss_goes_down_resumes_and_exports_a_loadable_sd1_file(tiny_ae, tmp
 
 
 def test_parallel_rendering_matches_serial_rendering():
-    from webui.training.dataset import make_arrays_parallel
+    from webui.shapes import make_arrays_parallel
 
     serial, serial_captions = make_arrays(2001, seed=3, size=16, start=5)
     parallel, parallel_captions = make_arrays_parallel(2001, seed=3, size=16, start=5, workers=2)

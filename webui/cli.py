@@ -13,9 +13,9 @@ CommandRegistrar = Callable[[argparse._SubParsersAction], None]
 
 def _registrars() -> list[CommandRegistrar]:
     """Imported lazily so `--help` stays fast and a command's heavy imports load only when it runs."""
-    from webui.commands import generate, img2img, training
+    from webui.commands import evaluation, generate, img2img, training
 
-    return [generate.register, img2img.register, training.register]
+    return [generate.register, img2img.register, training.register, evaluation.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from webui.services.hashing import HashCache
 from webui.services.jobs import JobManager
 from webui.services.embeddings import EmbeddingLibrary
 from webui.services.lora import LoraLibrary
+from webui.services.lora_training import LoraTrainingService
 from webui.services.model_manager import ModelManager, choose_device, choose_dtype
 from webui.services.outputs import OutputStore
 from webui.services.settings import SettingsStore
@@ -50,6 +51,12 @@ class AppPaths:
         return self.models_dir / "embeddings"
 
     @property
+    def lora_training_dir(self) -> Path:
+        """LoRA training runs (resumable state, snapshots, samples, loss log): inside the outputs, so samples can be
+        shown in the browser without serving any other folder."""
+        return self.outputs_dir / "lora-training"
+
+    @property
     def preprocessor_dir(self) -> Path:
         """Weights for the preprocessors that need them (file names as in lllyasviel/Annotators)."""
         return self.models_dir / "ControlNetPreprocessor"
@@ -83,6 +90,7 @@ class AppContext:
     controlnet: ControlNetService
     loras: LoraLibrary
     embeddings: EmbeddingLibrary
+    lora_training: LoraTrainingService
 
 
 def build_context(
@@ -111,6 +119,7 @@ def build_context(
     samplers = SamplerRegistry()
     jobs = JobManager()
     outputs = outputs or OutputStore(paths.outputs_dir)
+    lora_training = LoraTrainingService(jobs, models, loras, paths.lora_dir, paths.lora_training_dir)
     settings = SettingsStore(paths.data_dir / "config.json")
     extensions = ExtensionManager(
         [(BUILTIN_EXTENSIONS, True), *((folder, False) for folder in paths.extension_dirs)],
@@ -119,10 +128,10 @@ def build_context(
         paths.data_dir / "extensions.json",
         APP_VERSION,
         models,
-        services={"controlnet": controlnet, "lora": loras, "embeddings": embeddings},
+        services={"controlnet": controlnet, "lora": loras, "embeddings": embeddings, "lora_training": lora_training},
     )
     if load_extensions:
         extensions.load_all()
     generation = GenerationService(models, outputs, samplers, jobs, hooks=extensions, embeddings=embeddings)
     return AppContext(paths, models, samplers, jobs, outputs, generation, settings, extensions, controlnet, loras,
-                      embeddings)
+                      embeddings, lora_training)

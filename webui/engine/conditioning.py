@@ -53,6 +53,12 @@ def _encode_windows(encoder: TextEncoder, windows: torch.Tensor, fixes: Sequence
     return hidden, pooled
 
 
+def encode_training_windows(encoder: TextEncoder, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[B, 77] ids -> (hidden state the U-Net sees, pooled or None), with gradients: the trainers' text path, by the
+    same slot rule as generation so that a trained LoRA sees at inference exactly what it saw in training."""
+    return _encode_windows(encoder, ids)
+
+
 @torch.inference_mode()
 def encode_prompts(model: LoadedModel, prompts: list[str], zero_if_empty: bool = False,
                    embeddings: EmbeddingSet | None = None) -> Conditioning:

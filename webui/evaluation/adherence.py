@@ -26,12 +26,23 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from webui.training.dataset import (
-    PALETTE, POSITIONS, SIZES, Scene, ShapeObject, eval_scenes, render,
+from webui.shapes import (
+    NEW_COLOURS, PALETTE, POSITIONS, SIZES, Scene, ShapeObject, eval_scenes, render,
 )
 
 _NAMES = list(PALETTE)
-_RGB = np.array([PALETTE[n] for n in _NAMES], dtype=np.float32)
+
+
+def palette_for(scene: Scene | None) -> list[str]:
+    """The trained palette, plus any new colour (`shapes.NEW_COLOURS`) the scene names: a prompt in the trained
+    colours is labelled exactly as before, so old scores do not move when a new colour is taught."""
+    extra = [] if scene is None else [c for c in dict.fromkeys(
+        [o.colour for o in scene.objects] + list(scene.background)) if c in NEW_COLOURS]
+    return _NAMES + extra
+
+
+def _rgb(names: list[str]) -> np.ndarray:
+    return np.array([{**PALETTE, **NEW_COLOURS}[n] for n in names], dtype=np.float32)
 
 
 @dataclass
@@ -43,17 +54,18 @@ class Detection:
     area: int
 
 
-def label_pixels(image: np.ndarray) -> np.ndarray:
-    """[H, W] indices into the palette (nearest colour)."""
+def label_pixels(image: np.ndarray, names: list[str] | None = None) -> np.ndarray:
+    """[H, W] indices into the palette `names` (nearest colour; default the trained palette)."""
     pixels = image.astype(np.float32)
-    distances = ((pixels[:, :, None, :] - _RGB[None, None]) ** 2).sum(-1)
+    distances = ((pixels[:, :, None, :] - _rgb(names or _NAMES)[None, None]) ** 2).sum(-1)
     return distances.argmin(-1)
 
 
-def background_colours(labels: np.ndarray, share: float = 0.2) -> set[str]:
+def background_colours(labels: np.ndarray, share: float = 0.2, names: list[str] | None = None) -> set[str]:
+    names = names or _NAMES
     border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
-    counts = np.bincount(border, minlength=len(_NAMES))
-    return {_NAMES[i] for i in np.flatnonzero(counts >= share * len(border))}
+    counts = np.bincount(border, minlength=len(names))
+    return {names[i] for i in np.flatnonzero(counts >= share * len(border))}
 
 
 def classify_shape(mask: np.ndarray) -> str:
@@ -94,12 +106,14 @@ class Component:
     extent_px: int  # the longer bounding-box side
 
 
-def colour_components(array: np.ndarray, min_area: int = 12) -> tuple[list[Component], set[str]]:
+def colour_components(array: np.ndarray, min_area: int = 12,
+                      names: list[str] | None = None) -> tuple[list[Component], set[str]]:
     """Per non-background palette colour, its largest component of at least `min_area` pixels; and the background."""
-    labels = label_pixels(array)
-    background = background_colours(labels)
+    names = names or _NAMES
+    labels = label_pixels(array, names)
+    background = background_colours(labels, names=names)
     found = []
-    for index, name in enumerate(_NAMES):
+    for index, name in enumerate(names):
         if name in background:
             continue
         mask = (labels == index).astype(np.uint8)
@@ -118,10 +132,11 @@ def colour_components(array: np.ndarray, min_area: int = 12) -> tuple[list[Compo
     return found, background
 
 
-def detect(image: Image.Image | np.ndarray, count: int = 1, min_area: int = 12) -> tuple[list[Detection], set[str]]:
+def detect(image: Image.Image | np.ndarray, count: int = 1, min_area: int = 12,
+           names: list[str] | None = None) -> tuple[list[Detection], set[str]]:
     array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     side = array.shape[0]
-    components, background = colour_components(array, min_area)
+    components, background = colour_components(array, min_area, names)
     candidates = [
         Detection(c.colour, classify_shape(c.mask), _position(*c.centroid, side), _size(c.extent_px, side), c.area)
         for c in components
@@ -148,7 +163,7 @@ def parse_prompt(prompt: str) -> Scene:
 
 def score(image: Image.Image, scene: Scene) -> dict[str, bool]:
     """Per-attribute correctness; multi-object prompts match detections to objects by colour."""
-    detections, background = detect(image, count=len(scene.objects))
+    detections, background = detect(image, count=len(scene.objects), names=palette_for(scene))
     by_colour = {d.colour: d for d in detections}
     result: dict[str, bool] = {k: True for k in ("colour", "shape", "position", "size", "shape_colour", "all")}
     for obj in scene.objects:

@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from webui.evaluation.adherence import colour_components
-from webui.training.dataset import Scene, eval_scenes, render
+from webui.shapes import Scene, eval_scenes, render, short_caption
 
 DEFAULT_CONTROLNET = Path("models/ControlNet/latent-studio-shapes-control.safetensors")
 DEFAULT_MODEL = Path("models/Stable-diffusion/latent-studio-shapes.safetensors")
@@ -61,7 +61,7 @@ def evaluate(model, controlnet, scenes: list[Scene], steps: int = 20, sampler: s
     from webui.engine.generation import SamplingParams, txt2img
     from webui.engine.masking import ResizeMode
     from webui.engine.samplers import SamplerRegistry
-    from webui.training.train_controlnet import make_control_maps, short_caption
+    from webui.training.train_controlnet import make_control_maps
 
     registry = SamplerRegistry()
     width, height = model.default_resolution

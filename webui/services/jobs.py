@@ -15,6 +15,44 @@ from typing import Any
 from PIL import Image
 
 
+class FairLock:
+    """A first-come, first-served lock for the device.
+
+    A LoRA training run takes the device for one step at a time; with a plain `threading.Lock` it could take it back
+    at once, every time, and a waiting generation would starve. Tickets make whoever asked first go next, so a
+    generation waits at most one training step.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    def acquire(self) -> None:
+        with self._condition:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while self._serving != ticket:
+                self._condition.wait()
+
+    def release(self) -> None:
+        with self._condition:
+            self._serving += 1
+            self._condition.notify_all()
+
+    def waiting(self) -> int:
+        """How many holders are queued behind the current one."""
+        with self._condition:
+            return max(0, self._next_ticket - self._serving - 1)
+
+    def __enter__(self) -> "FairLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 @dataclass
 class Job:
     id: str
@@ -22,6 +60,7 @@ class Job:
     kind: str
     created: float = field(default_factory=time.time)
     status: str = "queued"  # queued | running | done | interrupted | failed
+    eta_seconds: float | None = None  # long jobs (training) estimate it; generation shows steps instead
     step: int = 0
     total_steps: int = 0
     batches_done: int = 0
@@ -67,7 +106,7 @@ class JobManager:
         self._jobs: dict[str, Job] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self.device_lock = threading.Lock()
+        self.device_lock = FairLock()
         self._keep_finished = keep_finished
 
     def create(self, owner: str, kind: str) -> Job:

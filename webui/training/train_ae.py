@@ -11,6 +11,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from .common import (
     JsonLog, TimeBudget, load_training_state, lr_at, make_accelerator, psnr, save_grid, save_training_state, setup_torch, to_tensor,
     to_uint8,
 )
-from .dataset import EVAL_SEED, TRAIN_SEED, eval_scenes, make_arrays, make_arrays_parallel, render
+from webui.shapes import EVAL_SEED, TRAIN_SEED, make_arrays, make_arrays_parallel
 from .models import AEConfig, config_dict, count_parameters
 
 
@@ -83,19 +84,12 @@ def evaluate_reconstruction(vae, images: torch.Tensor) -> float:
     return float(psnr(reconstruct(vae, images), images).mean())
 
 
-@torch.no_grad()
-def reconstruction_adherence(vae, count: int = 400, size: int = 64) -> dict[str, float]:
-    """The adherence evaluator run on reconstructions of held-out single-object scenes: the ceiling that any latent
-    diffusion model on this autoencoder can reach (PSNR alone misses blunted star points and crosses)."""
-    from webui.evaluation.adherence import score, summarise
-
-    scenes = eval_scenes(count, objects=1)
-    images = to_tensor(np.stack([np.asarray(render(s, size)) for s in scenes]))
-    outputs = to_uint8(reconstruct(vae, images))
-    return summarise([score(image, scene) for image, scene in zip(outputs, scenes)])
+Judge = Callable[[torch.nn.Module, int], dict]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, judges: dict[str, Judge] | None = None) -> int:
+    """Trains stage 1. `judges` name extra scores of the finished VAE (called with the VAE and the image side) that go
+    into metrics.json; the commands layer passes the adherence evaluator, so training never imports its judge."""
     setup_torch(args.seed, args.threads)
     accelerator = make_accelerator(cpu=args.cpu)
     config = AEConfig(block_out_channels=tuple(int(c) for c in args.channels.split(",")),
@@ -184,10 +178,10 @@ def run(args: argparse.Namespace) -> int:
         score = evaluate_reconstruction(model, held_out)
         model.save_pretrained(out / "vae")
         summary = {"psnr_db": round(score, 2), "held_out_images": len(held_out), "steps": done,
-                   "train_seconds_this_session": round(time.time() - started, 1),
-                   "reconstruction_adherence": reconstruction_adherence(model, size=args.size)}
+                   "train_seconds_this_session": round(time.time() - started, 1)}
+        summary.update({name: judge(model, args.size) for name, judge in (judges or {}).items()})
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
         log.write(**summary)
-        print(f"held-out reconstruction PSNR: {score:.2f} dB; evaluator on reconstructions: "
-              f"{json.dumps(summary['reconstruction_adherence'])}")
+        print(f"held-out reconstruction PSNR: {score:.2f} dB; "
+              + "; ".join(f"{name}: {json.dumps(summary[name])}" for name in judges or {}))
     return 0

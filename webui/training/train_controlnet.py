@@ -38,9 +38,10 @@ from .common import (
     JsonLog, TimeBudget, load_training_state, lr_at, make_accelerator, save_grid, save_training_state, setup_torch,
     to_tensor, to_uint8,
 )
-from .dataset import EVAL_SEED, TRAIN_SEED, Scene, make_arrays_parallel, render, scene_at
+from webui.shapes import EVAL_SEED, TRAIN_SEED, Scene, make_arrays_parallel, render, scene_at, short_caption
 from .models import SD_TRAIN_TIMESTEPS, count_parameters, sd_noise_scheduler, token_ids
-from .train_ldm import _ema_update, epsilon_loss_weights, signal_free_top, training_noise
+from .diffusion_loss import epsilon_loss_weights, training_noise
+from .train_ldm import _ema_update, signal_free_top
 
 DEFAULT_BASE = Path("models/Stable-diffusion/latent-studio-shapes.safetensors")
 DEFAULT_EXPORT = Path("models/ControlNet/latent-studio-shapes-control.safetensors")
@@ -48,15 +49,6 @@ CONTROL_PREPROCESSOR = "canny"
 # The hint encoder must downsample the 64 px map to the 16x16 latent: two stride-2 convs (factor 4), where SD's stock
 # 16-32-96-256 encoder has three (factor 8, 512 -> 64).
 HINT_CHANNELS = (16, 32, 64)
-
-
-def short_caption(scene: Scene) -> str:
-    """Colour, shape and background only: the prompt cannot say where the shape goes or how big it is."""
-    objects = " and ".join(f"a {o.colour} {o.shape}" for o in scene.objects)
-    background = scene.background
-    tail = f"on a {background[0]} background" if len(background) == 1 else \
-        f"on a {background[0]} and {background[1]} background"
-    return f"{objects} {tail}"
 
 
 def make_control_maps(images: np.ndarray, preprocessor: str = CONTROL_PREPROCESSOR) -> np.ndarray:

@@ -28,7 +28,8 @@ from .common import (
     JsonLog, TimeBudget, load_training_state, lr_at, make_accelerator, save_grid, save_training_state, setup_torch, to_tensor,
     to_uint8,
 )
-from .dataset import TRAIN_SEED, make_arrays_parallel
+from webui.shapes import TRAIN_SEED, make_arrays_parallel
+from .diffusion_loss import epsilon_loss_weights, training_noise
 from .models import SD_TRAIN_TIMESTEPS, LDMConfig, config_dict, count_parameters, sd_noise_scheduler, token_ids
 
 TEXT_PREFIX = "cond_stage_model.transformer."
@@ -169,26 +170,6 @@ def sample_images(unet, text_encoder, vae, scale: float, prompts: list[str], ste
     return to_uint8(vae.decode(latents / scale).sample)
 
 
-def training_noise(shape: torch.Size, offset: float, generator: torch.Generator, pyramid: float = 0.0) -> torch.Tensor:
-    """Gaussian noise, plus `offset` x a per-sample, per-channel constant ("offset noise"), plus `pyramid` x smooth
-    noise on 2x2, 4x4 and 8x8 grids upsampled to the latent size.
-
-    SD's schedule keeps ~7% of the signal at t=999, so a model learns to read the background colour (the latent's mean)
-    and the object's position (its low frequencies) from the starting noise instead of from the prompt. Noise with
-    more power at those frequencies makes that shortcut unreliable, so the model has to learn them from the text.
-    """
-    noise = torch.randn(shape, generator=generator)
-    if offset > 0:
-        noise = noise + offset * torch.randn((*shape[:2], 1, 1), generator=generator)
-    if pyramid > 0:
-        height, width = shape[-2:]
-        for grid in (2, 4, 8):
-            if grid < min(height, width):
-                coarse = torch.randn((*shape[:2], grid, grid), generator=generator)
-                noise = noise + pyramid * torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")
-    return noise
-
-
 SIGNAL_FREE_FROM = 950
 
 
@@ -214,17 +195,6 @@ def signal_free_top(noise: torch.Tensor, timesteps: torch.Tensor, latents: torch
     alpha = alphas_cumprod[timesteps].view(-1, 1, 1, 1).to(noise.dtype)
     leak_free = (pure - alpha.sqrt() * latents) / (1 - alpha).sqrt()
     return torch.where(chosen.view(-1, 1, 1, 1), leak_free, noise), timesteps
-
-
-def epsilon_loss_weights(alphas_cumprod: torch.Tensor, gamma: float, snr_floor: float) -> torch.Tensor:
-    """Per-sample weights for the ε-MSE: x0-loss weighted by clamp(snr, snr_floor, gamma).
-
-    ε-MSE equals snr * x0-MSE, so the plain loss barely rewards getting the layout right at high noise, where colour and
-    position are decided. The upper clamp is Min-SNR-γ (Hang et al. 2023: don't spend capacity on easy low-noise
-    steps); the floor lifts the high-noise steps. Both 0 gives weight 1 (plain ε-loss).
-    """
-    snr = alphas_cumprod / (1 - alphas_cumprod)
-    return snr.clamp(min=max(snr_floor, 0.0), max=gamma if gamma > 0 else float("inf")) / snr
 
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:

@@ -1,5 +1,8 @@
 """Deterministic synthetic captioned shapes: the default model's training data and the evaluator's ground truth.
 
+A module of its own, below both `webui.training` and `webui.evaluation`: the trainers draw scenes from it and the
+evaluator scores against it, and neither has to import the other.
+
 Every scene is a pure function of (seed, index): a `random.Random` seeded from both picks the objects, and PIL draws
 them at 4x resolution, downsampled with a box filter (anti-aliased edges). Held-out evaluation scenes use a disjoint
 seed, so no evaluation prompt's exact image was seen in training (prompts themselves may repeat; the space is small).
@@ -28,6 +31,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "black": (15, 15, 15),
 }
 BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {**COLOURS, "gray": (128, 128, 128)}
+# Colours the default model never saw in training: what a LoRA teaches it (docs/lora-training.md). Cyan is at least
+# 130 RGB units from every trained colour, so the evaluator cannot confuse them.
+NEW_COLOURS: dict[str, tuple[int, int, int]] = {"cyan": (0, 200, 220)}
+ALL_COLOURS: dict[str, tuple[int, int, int]] = {**BACKGROUND_COLOURS, **NEW_COLOURS}
 PALETTE: dict[str, tuple[int, int, int]] = BACKGROUND_COLOURS
 # Object centres as fractions of the image side.
 POSITIONS: dict[str, tuple[float, float]] = {
@@ -68,6 +75,15 @@ def _background_phrase(background: tuple[str, ...]) -> str:
 
 def caption_for(objects: tuple[ShapeObject, ...], background: tuple[str, ...]) -> str:
     return " and ".join(o.phrase() for o in objects) + " " + _background_phrase(background)
+
+
+def short_caption(scene: Scene) -> str:
+    """Colour, shape and background only: the prompt cannot say where the shape goes or how big it is."""
+    objects = " and ".join(f"a {o.colour} {o.shape}" for o in scene.objects)
+    background = scene.background
+    tail = f"on a {background[0]} background" if len(background) == 1 else \
+        f"on a {background[0]} and {background[1]} background"
+    return f"{objects} {tail}"
 
 
 def sample_scene(rng: random.Random, two_object_prob: float = 0.3, two_tone_prob: float = 0.25) -> Scene:
@@ -113,14 +129,14 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
 
 def render(scene: Scene, size: int = 64) -> Image.Image:
     big = size * SUPERSAMPLE
-    image = Image.new("RGB", (big, big), BACKGROUND_COLOURS[scene.background[0]])
+    image = Image.new("RGB", (big, big), ALL_COLOURS[scene.background[0]])
     draw = ImageDraw.Draw(image)
     if len(scene.background) == 2:
-        draw.rectangle([big // 2, 0, big, big], fill=BACKGROUND_COLOURS[scene.background[1]])
+        draw.rectangle([big // 2, 0, big, big], fill=ALL_COLOURS[scene.background[1]])
     for obj in scene.objects:
         fx, fy = POSITIONS[obj.position]
         cx, cy, r = fx * big, fy * big, SIZES[obj.size] * big
-        fill = COLOURS[obj.colour]
+        fill = ALL_COLOURS[obj.colour]
         polygon = _polygon(obj.shape, cx, cy, r)
         if polygon is None:
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -159,3 +175,31 @@ def eval_scenes(count: int, objects: int = 1, seed: int = EVAL_SEED) -> list[Sce
     """Held-out scenes with exactly `objects` objects (the ground truth of the adherence benchmark)."""
     prob = 0.0 if objects == 1 else 1.0
     return [scene_at(i, seed, two_object_prob=prob) for i in range(count)]
+
+
+CONCEPT_SEED = 2_000_003
+
+
+def concept_scenes(count: int, colour: str = "cyan", seed: int = CONCEPT_SEED) -> list[Scene]:
+    """Single-object scenes whose object has a colour from NEW_COLOURS, on a plain trained background: the data a
+    LoRA learns the new word from (`seed`) and the held-out prompts it is judged on (another seed)."""
+    if colour not in NEW_COLOURS:
+        raise ValueError(f"{colour!r} is not one of the new colours {sorted(NEW_COLOURS)}")
+    scenes = []
+    for index in range(count):
+        rng = random.Random(seed * 1_000_003 + index)
+        obj = ShapeObject(rng.choice(SHAPES), colour, rng.choice(list(POSITIONS)), rng.choice(list(SIZES)))
+        background = (rng.choice(list(BACKGROUND_COLOURS)),)
+        scenes.append(Scene((obj,), background, caption_for((obj,), background)))
+    return scenes
+
+
+def write_captioned_folder(folder, scenes: list[Scene], size: int = 64) -> None:
+    """PNG images with same-stem .txt captions: the folder layout LoRA training reads."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, scene in enumerate(scenes):
+        render(scene, size).save(folder / f"{index:04d}.png")
+        (folder / f"{index:04d}.txt").write_text(scene.caption + "\n")

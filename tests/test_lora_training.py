@@ -1,0 +1,256 @@
+"""LoRA training through `train_lora`: the file diffusers loads equals the model trained in memory, loss falls on the
+shipped model, resume replays exactly, and every bad input has a message and leaves nothing half-written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from tests.reference import load_reference_pipeline
+from webui.engine.loader import LoadedModel, load_checkpoint
+from webui.engine.lora import lora_patches, read_lora
+from webui.engine.patching import patched
+from webui.shapes import concept_scenes, write_captioned_folder
+from webui.training.lora_dataset import DatasetError, make_buckets, nearest_bucket, scan_dataset
+from webui.training.train_lora import LoraTrainingSettings, TrainingError, train_lora
+
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models/Stable-diffusion/latent-studio-shapes.safetensors"
+KOHYA_KEY = r"^lora_(unet|te|te1|te2)_[A-Za-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)$"
+
+
+class Quiet:
+    """An observer that keeps what it is told (and prints nothing)."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.steps: list[int] = []
+        self.losses: list[float] = []
+        self.samples: list[Path] = []
+        self.messages: list[str] = []
+        self.warnings: list[str] = []
+        self.stop_after = stop_after
+
+    def started(self, total_steps, dataset, resumed_from) -> None:
+        self.warnings = list(dataset.warnings)
+
+    def stepped(self, progress) -> None:
+        self.steps.append(progress.step)
+        self.losses.append(progress.loss)
+
+    def sampled(self, step, images, paths) -> None:
+        self.samples.extend(paths)
+
+    def message(self, text: str) -> None:
+        self.messages.append(text)
+
+    def should_stop(self) -> bool:
+        return self.stop_after is not None and bool(self.steps) and self.steps[-1] >= self.stop_after
+
+
+@pytest.fixture(scope="module")
+def cyan_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cyan") / "8_cyan"
+    write_captioned_folder(folder, concept_scenes(8))
+    return folder.parent
+
+
+def settings_for(base: Path, data: Path, tmp_path: Path, **changes) -> LoraTrainingSettings:
+    values = dict(base=base, data=data, name="trained", output_dir=tmp_path / "Lora", run_dir=tmp_path / "run",
+                  sample_every=0, save_every=0, batch_size=2, max_steps=4, rank=4, alpha=4.0)
+    values.update(changes)
+    return LoraTrainingSettings(**values)
+
+
+def _unet_inputs(model: LoadedModel, seed: int = 0) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn((1, model.latent_channels, 8, 8), generator=g)
+    width = sum(e.model.config.hidden_size for e in model.text_encoders)
+    context = torch.randn((1, 77, width), generator=g)
+    extra = {}
+    if model.family.is_sdxl:
+        pooled = model.text_encoders[-1].model.config.projection_dim
+        extra = {"added_cond_kwargs": {"text_embeds": torch.randn((1, pooled), generator=g),
+                                       "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}}
+    return latents, torch.tensor([500]), context, extra
+
+
+@pytest.mark.parametrize("family", ["tiny_sd1", "tiny_sdxl"])
+def test_the_file_diffusers_loads_equals_the_model_trained_in_memory(family: str, request: pytest.FixtureRequest,
+                                                                     cyan_folder: Path, tmp_path: Path) -> None:
+    tiny = request.getfixturevalue(family)
+    trained = load_checkpoint(tiny.path)
+    result = train_lora(settings_for(tiny.path, cyan_folder, tmp_path, learning_rate=2e-2, max_steps=3), Quiet(),
+                        model=trained)
+    assert result.output == tmp_path / "Lora" / "trained.safetensors" and result.steps == 3
+
+    with safe_open(str(result.output), "pt") as handle:
+        keys = list(handle.keys())
+        metadata = handle.metadata()
+    import re
+
+    assert keys and all(re.match(KOHYA_KEY, key) for key in keys), [k for k in keys if not re.match(KOHYA_KEY, k)][:3]
+    unet_keys = [k for k in keys if k.startswith("lora_unet_")]
+    # kohya's own spelling per family: diffusers paths in SD1 files, SGM paths in SDXL files
+    assert all(("input_blocks" in k or "output_blocks" in k or "middle_block" in k) == (family == "tiny_sdxl")
+               for k in unet_keys)
+    te_prefixes = {k.split("_text_model")[0] for k in keys if "_text_model_" in k}
+    assert te_prefixes == ({"lora_te1", "lora_te2"} if family == "tiny_sdxl" else {"lora_te"})
+    for key in ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_base_model_version", "ss_output_name",
+                "ss_resolution", "ss_num_train_images", "ss_steps", "ss_learning_rate", "ss_tag_frequency",
+                "modelspec.architecture", "sshs_model_hash"):
+        assert metadata.get(key), key
+    assert metadata["ss_network_dim"] == "4" and metadata["ss_steps"] == "3" and metadata["ss_num_train_images"] == "64"
+    assert json.loads(metadata["ss_tag_frequency"])["8_cyan"]
+    assert metadata["ss_base_model_version"] == ("sdxl_base_v1-0" if family == "tiny_sdxl" else "sd_v1")
+
+    # diffusers' own loader, on diffusers' own pipeline of the base file, reproduces the trained modules
+    pipe = load_reference_pipeline(tiny.path, tiny.model, tmp_path / "ref")
+    latents, t, context, extra = _unet_inputs(trained)
+    with torch.no_grad():
+        base_out = pipe.unet(latents, t, context, **extra).sample
+        pipe.load_lora_weights(str(result.output))
+        lora_out = pipe.unet(latents, t, context, **extra).sample
+        ours = trained.unet(latents, t, context, **extra).sample
+        ids = torch.randint(0, 49000, (1, 77), generator=torch.Generator().manual_seed(1))
+        te_pairs = [(pipe.text_encoder, trained.text_encoders[0].model)]
+        if family == "tiny_sdxl":
+            te_pairs.append((pipe.text_encoder_2, trained.text_encoders[1].model))
+        for theirs, mine in te_pairs:
+            a = theirs(ids, output_hidden_states=True).hidden_states[-2]
+            b = mine(ids, output_hidden_states=True).hidden_states[-2]
+            assert (a - b).abs().max() < 2e-3 * b.abs().max()
+    change = (ours - base_out).abs().max()
+    assert change > 1e-3  # the trained LoRA does something
+    assert (lora_out - ours).abs().max() < 0.02 * change  # fp16 file vs fp32 training weights
+
+    # our own loader agrees too: base model + the file's patches = the trained model
+    base = load_checkpoint(tiny.path)
+    with patched(lora_patches(read_lora(result.output), base, 1.0, 1.0)), torch.no_grad():
+        patched_out = base.unet(latents, t, context, **extra).sample
+    assert (patched_out - ours).abs().max() < 0.02 * change
+
+
+def test_default_model_loss_falls_and_samples_are_drawn(cyan_folder: Path, tmp_path: Path) -> None:
+    observer = Quiet()
+    settings = settings_for(DEFAULT_MODEL, cyan_folder, tmp_path, max_steps=40, batch_size=4, sample_every=20,
+                            sample_steps=4, sample_prompts=["a large cyan circle at the center on a black background"])
+    result = train_lora(settings, observer)
+    assert result.output is not None and result.output.exists()
+    early, late = np.mean(observer.losses[:8]), np.mean(observer.losses[-8:])
+    assert late < 0.7 * early, (early, late)
+    assert [p.name for p in observer.samples] == ["step000020-00.png", "step000040-00.png"]
+    assert Image.open(observer.samples[0]).size == (64, 64)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log if "step" in entry] == list(range(1, 41))
+
+
+def test_interrupt_then_resume_gives_the_uninterrupted_result(cyan_folder: Path, tmp_path: Path) -> None:
+    straight = train_lora(settings_for(DEFAULT_MODEL, cyan_folder, tmp_path / "a", max_steps=6, save_every=2), Quiet())
+
+    observer = Quiet(stop_after=3)
+    first = settings_for(DEFAULT_MODEL, cyan_folder, tmp_path / "b", max_steps=6, save_every=2)
+    stopped = train_lora(first, observer, should_stop=observer.should_stop)
+    assert stopped.interrupted and stopped.output is None and stopped.steps == 3
+    assert not (tmp_path / "b" / "Lora").exists() or not list((tmp_path / "b" / "Lora").iterdir())
+    assert torch.load(tmp_path / "b" / "run" / "checkpoint-latest.pt", weights_only=True)["step"] == 3
+    assert (tmp_path / "b" / "run" / "trained-step000002.safetensors").exists()
+
+    resumed = train_lora(settings_for(DEFAULT_MODEL, cyan_folder, tmp_path / "b", max_steps=6, save_every=2,
+                                      resume=True), Quiet())
+    assert resumed.steps == 6 and resumed.output is not None
+    a, b = read_lora(straight.output), read_lora(resumed.output)
+    assert a.layers.keys() == b.layers.keys()
+    for name in a.layers:
+        for key, tensor in a.layers[name].tensors.items():
+            assert torch.allclose(tensor.float(), b.layers[name].tensors[key].float(), atol=2e-3), (name, key)
+
+
+def test_buckets_keep_the_aspect_ratio(tmp_path: Path) -> None:
+    buckets = make_buckets(64, 16)
+    assert (64, 64) in buckets and all(w % 16 == 0 and h % 16 == 0 and w * h <= 64 * 64 for w, h in buckets)
+    assert nearest_bucket((300, 200), buckets) == (80, 48)  # 1.5 -> 1.67 is the nearest ratio with area <= 64²
+    assert nearest_bucket((200, 300), buckets) == (48, 80)
+    data = tmp_path / "data"
+    data.mkdir()
+    for index, size in enumerate([(96, 64), (64, 64), (64, 96)]):
+        Image.new("RGB", size, (0, 200, 220)).save(data / f"{index}.png")
+        (data / f"{index}.txt").write_text("a cyan block")
+    result = train_lora(settings_for(DEFAULT_MODEL, data, tmp_path, max_steps=2, batch_size=1), Quiet())
+    with safe_open(str(result.output), "pt") as handle:
+        info = json.loads(handle.metadata()["ss_bucket_info"])["buckets"]
+    assert info == {"80x48": 1, "64x64": 1, "48x80": 1}
+
+
+def test_dataset_folder_rules_and_their_warnings(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "3_cyanthing").mkdir(parents=True)
+    Image.new("RGB", (64, 64), "red").save(data / "a.png")
+    (data / "a.txt").write_text("a red  square\n")
+    Image.new("RGB", (64, 64), "blue").save(data / "3_cyanthing" / "b.jpg")  # no caption: the folder's class word
+    (data / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (data / "notes.pdf").write_bytes(b"%PDF-1.4")
+    dataset = scan_dataset(data, trigger="sks")
+    assert [(i.path.name, i.caption, i.repeats) for i in dataset.images] == [
+        ("a.png", "sks, a red square", 1), ("b.jpg", "sks, cyanthing", 3)]
+    text = "\n".join(dataset.warnings)
+    assert "broken.png: cannot be read as an image" in text and "skipped" in text
+    assert "notes.pdf: not an image" in text
+    assert "b.jpg: no caption file" in text and "'cyanthing'" in text
+    assert dataset.tag_frequency() == {"data": {"sks": 1, "a red square": 1}, "3_cyanthing": {"sks": 1, "cyanthing": 1}}
+
+
+@pytest.mark.parametrize(("setup", "message"), [
+    ("missing", "does not exist"),
+    ("empty", "has no usable images"),
+    ("only_broken", "has no usable images (1 file(s) could not be used: broken.png: cannot be read"),
+])
+def test_unusable_folders_are_refused(setup: str, message: str, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    if setup != "missing":
+        data.mkdir()
+    if setup == "only_broken":
+        (data / "broken.png").write_bytes(b"garbage")
+    with pytest.raises(DatasetError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train_lora(settings_for(DEFAULT_MODEL, data, tmp_path), Quiet())
+    assert not (tmp_path / "Lora").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"rank": 0}, "rank must be at least 1"),
+    ({"learning_rate": float("nan")}, "learning rate must be a number"),
+    ({"learning_rate": -1.0}, "learning rate must be above 0"),
+    ({"train_unet": False, "train_text_encoder": False}, "neither is selected"),
+    ({"optimizer": "SGD"}, "optimizer 'SGD' is not one of AdamW, AdamW8bit, Prodigy"),
+    ({"mixed_precision": "fp16"}, "fp16 mixed precision needs a CUDA GPU"),
+    ({"name": "../escape"}, "name '../escape' must be"),
+    ({"batch_size": 0}, "batch size must be at least 1"),
+    ({"resume": True}, "nothing to resume"),
+])
+def test_impossible_settings_are_refused_before_anything_is_written(change: dict, message: str, cyan_folder: Path,
+                                                                    tmp_path: Path) -> None:
+    if torch.cuda.is_available() and "mixed_precision" in change:
+        pytest.skip("this machine has CUDA, so fp16 is possible")  # never on CI (no GPU)
+    with pytest.raises(TrainingError, match=message.replace("(", r"\(")):
+        train_lora(settings_for(DEFAULT_MODEL, cyan_folder, tmp_path, **change), Quiet())
+    assert not (tmp_path / "Lora").exists()
+
+
+def test_a_loss_that_explodes_stops_with_advice_and_keeps_the_saved_state(cyan_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="lower the learning rate; the last saved state"):
+        train_lora(settings_for(DEFAULT_MODEL, cyan_folder, tmp_path, learning_rate=1e30, max_steps=6, save_every=1),
+                   Quiet())
+    assert not (tmp_path / "Lora").exists()
+
+
+def test_prodigy_trains(cyan_folder: Path, tmp_path: Path) -> None:
+    observer = Quiet()
+    result = train_lora(settings_for(DEFAULT_MODEL, cyan_folder, tmp_path, optimizer="Prodigy", learning_rate=1.0,
+                                     lr_scheduler="cosine", max_steps=3), observer)
+    assert result.output is not None and len(observer.losses) == 3 and all(np.isfinite(observer.losses))

@@ -1,0 +1,180 @@
+"""LoRA training as a job: one run at a time, sharing the device with generation one step at a time.
+
+The run trains on its own copy of the base checkpoint (loaded from disk), so cached models that generation uses are
+never touched. Progress (steps, ETA, the loss history, the latest sample images) is kept on the run for any interface
+to show; when the run completes, the LoRA library rescans so the new file is in the picker at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from PIL import Image
+
+from webui.services.jobs import Job, JobManager
+from webui.services.lora import LoraLibrary
+from webui.services.model_manager import ModelManager
+from webui.training.lora_dataset import DatasetError, LoraDataset, scan_dataset
+from webui.training.lora_network import LoraShapeError
+from webui.training.train_lora import LoraTrainingSettings, TrainingError, TrainingProgress, TrainingResult, train_lora
+
+MAX_LOSS_POINTS = 2000  # the plot keeps every point up to this, then every other one
+
+
+class TrainingBusyError(RuntimeError):
+    """Another training run holds the trainer."""
+
+
+@dataclass
+class TrainingRun:
+    job: Job
+    settings: LoraTrainingSettings
+    started: float = field(default_factory=time.time)
+    losses: list[tuple[int, float, float]] = field(default_factory=list)  # (step, loss, smoothed)
+    samples: list[tuple[Path, str]] = field(default_factory=list)  # (image file, caption), newest first
+    messages: list[str] = field(default_factory=list)
+    progress: TrainingProgress | None = None
+    total_steps: int = 0
+    result: TrainingResult | None = None
+    error: str | None = None
+    version: int = 0  # bumps on every change, so a poller redraws only when something moved
+
+    def status_line(self) -> str:
+        state = self.job.status
+        if self.error:
+            return f"failed: {self.error}"
+        if self.result is not None and self.result.output is not None:
+            return (f"done: {self.result.output.name} ({self.result.steps} steps, {self.result.seconds:.0f} s, "
+                    f"{self.result.samples_per_second:.1f} samples/s); it is in the LoRA picker now")
+        if state == "interrupted":
+            return f"interrupted at step {self.result.steps if self.result else 0}: tick Resume and start to continue"
+        if self.progress is None:
+            return "preparing (loading the model, caching latents)…" if state == "running" else state
+        p = self.progress
+        eta = "" if p.eta_seconds != p.eta_seconds else f", ETA {_duration(p.eta_seconds)}"
+        return (f"step {p.step}/{p.total_steps}, loss {p.smoothed_loss:.4f}, lr {p.learning_rate:.2e}, "
+                f"{p.samples_per_second:.1f} samples/s{eta}")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+class _RunObserver:
+    def __init__(self, run: TrainingRun) -> None:
+        self.run = run
+
+    def started(self, total_steps: int, dataset: LoraDataset, resumed_from: int) -> None:
+        self.run.total_steps = total_steps
+        self.run.job.total_steps = total_steps
+        self.run.job.step = resumed_from
+        self.run.messages.extend(dataset.warnings)
+        self.run.version += 1
+
+    def stepped(self, progress: TrainingProgress) -> None:
+        run = self.run
+        run.progress = progress
+        run.job.step = progress.step
+        run.job.eta_seconds = progress.eta_seconds
+        run.losses.append((progress.step, progress.loss, progress.smoothed_loss))
+        if len(run.losses) > MAX_LOSS_POINTS:
+            run.losses = run.losses[::2]
+        run.version += 1
+
+    def sampled(self, step: int, images: list[Image.Image], paths: list[Path]) -> None:
+        prompts = self.run.settings.sample_prompts
+        fresh = [(path, f"step {step}: {prompts[i] if i < len(prompts) else ''}") for i, path in enumerate(paths)]
+        self.run.samples = (fresh + self.run.samples)[:48]
+        self.run.version += 1
+
+    def message(self, text: str) -> None:
+        self.run.messages.append(text)
+        self.run.version += 1
+
+
+class LoraTrainingService:
+    """Starts, tracks and interrupts LoRA training runs."""
+
+    def __init__(self, jobs: JobManager, models: ModelManager, loras: LoraLibrary, lora_dir: Path,
+                 runs_dir: Path) -> None:
+        self.jobs = jobs
+        self.models = models
+        self.loras = loras
+        self.lora_dir = Path(lora_dir)
+        self.runs_dir = Path(runs_dir)
+        self._lock = threading.Lock()
+        self._runs: list[TrainingRun] = []
+
+    def prepare(self, settings: LoraTrainingSettings, base_title: str) -> tuple[LoraTrainingSettings, LoraDataset]:
+        """Resolve the base model and folders and check everything that can be checked before a job starts."""
+        info = self.models.resolve(base_title)
+        settings = replace(settings, base=info.path, output_dir=self.lora_dir,
+                           run_dir=self.runs_dir / settings.name if settings.name else None)
+        settings.check()
+        dataset = scan_dataset(settings.data, settings.trigger)
+        if not settings.sample_prompts and settings.sample_every:
+            captions = list(dict.fromkeys(image.caption for image in dataset.images))
+            settings = replace(settings, sample_prompts=captions[:2])
+        if settings.output_path.exists() and not settings.resume:
+            raise TrainingError(f"{settings.output_path.name} already exists in {self.lora_dir}: choose another "
+                                "name, or delete the old file first")
+        return settings, dataset
+
+    def start(self, owner: str, settings: LoraTrainingSettings, base_title: str) -> TrainingRun:
+        """Validate, then train on a worker thread. Raises a ValueError subclass for any bad input."""
+        settings, _ = self.prepare(settings, base_title)
+        with self._lock:
+            busy = next((r for r in self._runs if not r.job.finished), None)
+            if busy is not None:
+                raise TrainingBusyError(f"LoRA {busy.settings.name!r} is training now (one run at a time): wait for "
+                                        "it or interrupt it")
+            run = TrainingRun(self.jobs.create(owner=owner, kind="train-lora"), settings)
+            self._runs.append(run)
+            self._runs = self._runs[-20:]
+        run.job.status = "running"
+        threading.Thread(target=self._work, args=(run,), name=f"{run.job.id}-train", daemon=True).start()
+        return run
+
+    def _work(self, run: TrainingRun) -> None:
+        try:
+            run.result = train_lora(run.settings, _RunObserver(run), should_stop=lambda: run.job.interrupted,
+                                    device_guard=lambda: self.jobs.device_lock)
+            run.job.result = run.result
+            if run.result.output is not None:
+                self.loras.refresh()  # before the status says done: the picker has it when anyone looks
+            run.job.status = "interrupted" if run.result.interrupted else "done"
+        except (TrainingError, DatasetError, LoraShapeError, ValueError) as exc:
+            run.error = str(exc)
+            run.job.status, run.job.error = "failed", run.error
+        except Exception as exc:  # reported on the run; the app stays up
+            run.error = f"{type(exc).__name__}: {exc}"
+            run.job.status, run.job.error = "failed", run.error
+        finally:
+            run.version += 1
+
+    def latest(self, owner: str | None = None) -> TrainingRun | None:
+        """The owner's newest run, else the newest of anyone's (everyone may watch; only the owner interrupts)."""
+        with self._lock:
+            runs = list(self._runs)
+        mine = [r for r in runs if owner is not None and r.job.owner == owner]
+        return (mine or runs or [None])[-1]
+
+    def interrupt(self, owner: str) -> bool:
+        run = self.latest(owner)
+        if run is None or run.job.owner != owner or run.job.finished:
+            return False
+        run.job.interrupt()
+        return True
+
+    def wait(self, run: TrainingRun, timeout: float | None = None) -> bool:
+        """Block until the run finishes (tests, CLI); True if it did."""
+        deadline = None if timeout is None else time.time() + timeout
+        while not run.job.finished:
+            if deadline is not None and time.time() > deadline:
+                return False
+            time.sleep(0.05)
+        return True

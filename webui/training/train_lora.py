@@ -1,0 +1,663 @@
+"""LoRA training on a folder of captioned images: peft adapters, accelerate, a kohya-format file at the end.
+
+The same function runs the CLI (`python -m webui train-lora`) and the app's training tab (a job); the caller passes
+an observer for progress, a stop flag, and a device guard that makes each step wait for the device in turn with
+generation jobs. `accelerate launch -m webui train-lora ...` trains on several GPUs (data-parallel over the adapters).
+
+Files: `<run_dir>/checkpoint-latest.pt` (the resumable state, written atomically every `save_every` steps and when
+interrupted), `<run_dir>/<name>-step000100.safetensors` snapshots, `<run_dir>/log.jsonl`, `<run_dir>/samples/`, and
+the final `<output_dir>/<name>.safetensors`, written only when training completes (temp file, then rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import json
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import ContextManager, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+from webui.engine.conditioning import Conditioning, encode_training_windows
+from webui.engine.generation import sdxl_time_ids
+from webui.engine.loader import LoadedModel, load_checkpoint
+from webui.engine.tokenizer import tokenize_prompt
+
+from .common import JsonLog, load_training_state, save_training_state
+from .diffusion_loss import min_snr_weights, training_noise
+from .lora_dataset import DatasetError, LoraDataset, epoch_batches, load_for_bucket, make_buckets, nearest_bucket, scan_dataset
+from .lora_network import LoraNetwork, LoraShape, LoraShapeError, kohya_metadata, save_lora
+from .models import sd_noise_scheduler
+
+OPTIMIZERS = ("AdamW", "AdamW8bit", "Prodigy")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
+PRECISIONS = ("no", "fp16", "bf16")
+NAME_PATTERN = re.compile(r"^[\w][\w.\- ]{0,99}$")
+
+
+class TrainingError(ValueError):
+    """Training cannot start or go on; the message says what to change. Saved state is never lost by one."""
+
+
+@dataclass
+class LoraTrainingSettings:
+    """Everything a run needs. Defaults train the shipped model's new concepts in minutes on a CPU and suit SD1.5."""
+
+    base: Path
+    data: Path
+    name: str
+    output_dir: Path = Path("models/Lora")
+    run_dir: Path | None = None  # default: outputs/lora-training/<name>
+    trigger: str = ""
+    resolution: int = 0  # 0 = the model's native resolution
+    buckets: bool = True
+    rank: int = 16
+    alpha: float = 16.0
+    train_unet: bool = True
+    train_text_encoder: bool = True
+    optimizer: str = "AdamW"
+    learning_rate: float = 1e-3
+    text_encoder_lr: float = 0.0  # 0 = the same as learning_rate
+    lr_scheduler: str = "constant_with_warmup"
+    warmup_steps: int = 10
+    epochs: int = 10
+    max_steps: int = 0  # > 0 overrides epochs
+    batch_size: int = 4
+    gradient_accumulation: int = 1
+    caption_dropout: float = 0.05
+    noise_offset: float = 0.0
+    min_snr_gamma: float = 5.0
+    cache_latents: bool = True
+    gradient_checkpointing: bool = False
+    mixed_precision: str = "no"
+    seed: int = 0
+    save_every: int = 100  # steps between resumable saves and snapshots (0 = only at the end)
+    sample_every: int = 100  # steps between sample images (0 = none)
+    sample_prompts: list[str] = field(default_factory=list)
+    sample_steps: int = 20
+    sample_cfg: float = 6.0
+    sample_sampler: str = "Euler a"
+    resume: bool = False
+    threads: int = 0  # CPU threads (0 = torch's default)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else Path("outputs/lora-training") / self.name
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir) / f"{self.name}.safetensors"
+
+    @property
+    def shape(self) -> LoraShape:
+        return LoraShape(self.rank, self.alpha, self.train_unet, self.train_text_encoder)
+
+    def check(self) -> None:
+        """Refuse impossible settings before anything is loaded or written."""
+        problems = []
+        if not NAME_PATTERN.match(self.name or "") or self.name.endswith("."):
+            problems.append(f"name {self.name!r} must be 1-100 letters, digits, spaces, '.', '_' or '-' (it becomes "
+                            "the file name)")
+        for label, value in (("learning rate", self.learning_rate), ("text-encoder learning rate", self.text_encoder_lr),
+                             ("caption dropout", self.caption_dropout), ("noise offset", self.noise_offset),
+                             ("min-SNR gamma", self.min_snr_gamma), ("alpha", self.alpha)):
+            if not math.isfinite(value):
+                problems.append(f"{label} must be a number (got {value})")
+        if math.isfinite(self.learning_rate) and self.learning_rate <= 0:
+            problems.append(f"learning rate must be above 0 (got {self.learning_rate})")
+        if self.text_encoder_lr < 0:
+            problems.append(f"text-encoder learning rate must be 0 (same as the U-Net) or above (got {self.text_encoder_lr})")
+        if not 0 <= self.caption_dropout < 1:
+            problems.append(f"caption dropout must be in [0, 1) (got {self.caption_dropout})")
+        if self.noise_offset < 0 or self.min_snr_gamma < 0:
+            problems.append("noise offset and min-SNR gamma must be 0 (off) or above")
+        for label, value, low in (("rank", self.rank, 1), ("batch size", self.batch_size, 1),
+                                  ("gradient accumulation", self.gradient_accumulation, 1), ("epochs", self.epochs, 1),
+                                  ("max steps", self.max_steps, 0), ("warm-up steps", self.warmup_steps, 0),
+                                  ("save every", self.save_every, 0), ("sample every", self.sample_every, 0),
+                                  ("sample steps", self.sample_steps, 1)):
+            if value < low:
+                problems.append(f"{label} must be at least {low} (got {value})")
+        if self.resolution and not 32 <= self.resolution <= 4096:
+            problems.append(f"resolution must be between 32 and 4096 pixels, or 0 for the model's own (got {self.resolution})")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            problems.append(f"LR schedule {self.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}")
+        if self.mixed_precision not in PRECISIONS:
+            problems.append(f"mixed precision {self.mixed_precision!r} is not one of {', '.join(PRECISIONS)}")
+        elif self.mixed_precision != "no" and not torch.cuda.is_available():
+            problems.append(f"{self.mixed_precision} mixed precision needs a CUDA GPU; choose 'no' on this machine")
+        if self.optimizer == "AdamW8bit" and not torch.cuda.is_available():
+            problems.append("AdamW8bit (bitsandbytes) runs only on a CUDA GPU; choose AdamW or Prodigy here")
+        try:
+            self.shape.check()
+        except LoraShapeError as exc:
+            problems.append(str(exc))
+        if problems:
+            raise TrainingError("; ".join(dict.fromkeys(problems)))
+
+    def to_json(self) -> dict:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class TrainingProgress:
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    smoothed_loss: float
+    learning_rate: float
+    elapsed: float
+    samples_per_second: float
+
+    @property
+    def eta_seconds(self) -> float:
+        if not self.step:
+            return float("nan")
+        return self.elapsed / self.step * (self.total_steps - self.step)
+
+
+class TrainingObserver(Protocol):
+    def started(self, total_steps: int, dataset: LoraDataset, resumed_from: int) -> None: ...
+    def stepped(self, progress: TrainingProgress) -> None: ...
+    def sampled(self, step: int, images: list[Image.Image], paths: list[Path]) -> None: ...
+    def message(self, text: str) -> None: ...
+
+
+class PrintObserver:
+    """The CLI's observer: a line every `every` steps."""
+
+    def __init__(self, every: int = 10) -> None:
+        self.every = every
+
+    def started(self, total_steps: int, dataset: LoraDataset, resumed_from: int) -> None:
+        for warning in dataset.warnings:
+            print(f"warning: {warning}")
+        start = f" (resuming at step {resumed_from})" if resumed_from else ""
+        print(f"{len(dataset.images)} images x repeats = {dataset.total_repeats} per epoch; {total_steps} steps{start}")
+
+    def stepped(self, progress: TrainingProgress) -> None:
+        if progress.step % self.every == 0 or progress.step == progress.total_steps:
+            print(f"step {progress.step}/{progress.total_steps} loss {progress.smoothed_loss:.4f} "
+                  f"lr {progress.learning_rate:.2e} {progress.samples_per_second:.2f} samples/s "
+                  f"eta {progress.eta_seconds:.0f}s", flush=True)
+
+    def sampled(self, step: int, images: list[Image.Image], paths: list[Path]) -> None:
+        print(f"samples at step {step}: {paths[0].parent if paths else ''}")
+
+    def message(self, text: str) -> None:
+        print(text)
+
+
+@dataclass
+class TrainingResult:
+    output: Path | None  # None when interrupted
+    steps: int
+    total_steps: int
+    interrupted: bool
+    final_loss: float
+    seconds: float
+    samples_per_second: float
+    warnings: list[str]
+
+
+# -- the pieces of a step ----------------------------------------------------------------------------------------------
+
+def caption_ids(model: LoadedModel, captions: Sequence[str]) -> list[torch.Tensor]:
+    """Per text encoder, [N, 77] token ids of each caption's first window (kohya trains 75 tokens by default)."""
+    return [torch.tensor([tokenize_prompt(c, encoder.slot.pad_token_id).windows[0] for c in captions], dtype=torch.long)
+            for encoder in model.text_encoders]
+
+
+def encode_batch(model: LoadedModel, ids: Sequence[torch.Tensor]) -> Conditioning:
+    """Training-mode text conditioning by each family's rule (gradients flow into text-encoder adapters)."""
+    contexts, pooled = [], None
+    for encoder, encoder_ids in zip(model.text_encoders, ids):
+        hidden, pool = encode_training_windows(encoder, encoder_ids.to(model.device))
+        contexts.append(hidden)
+        pooled = pool if pool is not None else pooled
+    return Conditioning(context=torch.cat(contexts, dim=-1), pooled=pooled)
+
+
+def _make_optimizer(settings: LoraTrainingSettings, groups: list[dict]) -> torch.optim.Optimizer:
+    if settings.optimizer == "AdamW":
+        return torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=1e-2)
+    if settings.optimizer == "AdamW8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise TrainingError("AdamW8bit needs bitsandbytes: pip install -r requirements-optional.txt") from exc
+        return bnb.optim.AdamW8bit(groups, lr=settings.learning_rate, weight_decay=1e-2)
+    from prodigyopt import Prodigy
+
+    # Prodigy estimates the step size itself; its lr is a multiplier (1.0 is the authors' advice).
+    return Prodigy(groups, lr=settings.learning_rate, weight_decay=1e-2, safeguard_warmup=True,
+                   use_bias_correction=True)
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+class _Denoiser(torch.nn.Module):
+    """Text encoders + U-Net in one forward, so accelerate's DDP syncs every adapter's gradient."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        super().__init__()
+        self.unet = model.unet
+        self.text_encoders = torch.nn.ModuleList([encoder.model for encoder in model.text_encoders])
+        self.model = [model]  # in a list: not a sub-module
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, ids: list[torch.Tensor],
+                time_ids: torch.Tensor | None) -> torch.Tensor:
+        model = self.model[0]
+        cond = encode_batch(model, ids)
+        extra = {}
+        if model.family.is_sdxl:
+            extra["added_cond_kwargs"] = {"text_embeds": cond.pooled, "time_ids": time_ids}
+        return self.unet(noisy, timesteps, cond.context, **extra).sample
+
+
+def _encode_latents(model: LoadedModel, pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior (mean, std) of uint8 [N, H, W, 3] images."""
+    x = torch.from_numpy(np.ascontiguousarray(pixels).copy()).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    with torch.no_grad():
+        dist = model.vae.encode(x.to(model.device, model.vae.dtype)).latent_dist
+    return dist.mean.float().cpu(), dist.std.float().cpu()
+
+
+def _sample(model: LoadedModel, settings: LoraTrainingSettings, width: int, height: int) -> list[Image.Image]:
+    from webui.engine.generation import SamplingParams, txt2img
+    from webui.engine.samplers import SamplerRegistry
+
+    images = []
+    registry = SamplerRegistry()
+    was_training = model.unet.training
+    model.unet.eval()
+    try:
+        for index, prompt in enumerate(settings.sample_prompts):
+            params = SamplingParams(prompt=prompt, sampler=settings.sample_sampler, steps=settings.sample_steps,
+                                    cfg_scale=settings.sample_cfg, width=width, height=height,
+                                    seeds=[settings.seed + index])
+            images.extend(txt2img(model, params, registry))
+    finally:
+        model.unet.train(was_training)
+    return images
+
+
+# -- the run -----------------------------------------------------------------------------------------------------------
+
+def train_lora(
+    settings: LoraTrainingSettings,
+    observer: TrainingObserver | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+    device_guard: Callable[[], ContextManager] = contextlib.nullcontext,
+    model: LoadedModel | None = None,
+) -> TrainingResult:
+    """Train, save, and return what happened. `model` is a private copy to train on (loaded from `settings.base`
+    when not given); it is modified in place, so never pass a cached model that generation also uses."""
+    from accelerate import Accelerator
+    from diffusers.optimization import get_scheduler
+
+    settings.check()
+    observer = observer or PrintObserver()
+    run_dir = settings.run_path
+    saved = load_training_state(run_dir) if settings.resume else None
+    if settings.resume and saved is None:
+        raise TrainingError(f"nothing to resume in {run_dir}: no checkpoint-latest.pt there (start without resume)")
+    if saved is not None:
+        _check_resumable(saved, settings)
+    dataset = scan_dataset(settings.data, settings.trigger)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+
+    accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available(),
+                              gradient_accumulation_steps=settings.gradient_accumulation)
+    if model is None:
+        model = load_checkpoint(Path(settings.base))
+    if model.variant != "normal":
+        raise TrainingError(f"{model.name} is an {model.variant} model: train LoRAs on a normal checkpoint")
+    model.to(accelerator.device)
+    network = LoraNetwork(model, settings.shape)
+    if settings.gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+        for encoder in model.text_encoders:
+            encoder.model.gradient_checkpointing_enable()
+
+    # Buckets and batches.
+    multiple = model.vae_downscale * 2 ** (len(model.unet.config.block_out_channels) - 1)
+    resolution = settings.resolution or model.default_resolution[0]
+    resolution = max(multiple, resolution // multiple * multiple)
+    buckets = make_buckets(resolution, multiple) if settings.buckets else [(resolution, resolution)]
+    bucket_of = [nearest_bucket(image.size, buckets) for image in dataset.images]
+    repeats = [image.repeats for image in dataset.images]
+    ids_all = caption_ids(model, [image.caption for image in dataset.images])
+    empty_ids = caption_ids(model, [""])
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_epoch = math.ceil(len(epoch_batches(bucket_of, repeats, settings.batch_size, 0)) / world)
+    updates_per_epoch = max(1, math.ceil(per_epoch / settings.gradient_accumulation))
+    total_steps = settings.max_steps or settings.epochs * updates_per_epoch
+
+    cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    if settings.cache_latents:
+        for index, image in enumerate(dataset.images):
+            if should_stop():  # nothing trained yet: leave any saved state exactly as it was
+                observer.message("interrupted while caching latents; nothing was changed")
+                return TrainingResult(None, int(saved["step"]) if saved else 0, 0, True, float("nan"), 0.0, 0.0,
+                                      dataset.warnings)
+            with device_guard():
+                pixels = load_for_bucket(image.path, bucket_of[index])[None]
+                cache[index] = tuple(t[0] for t in _encode_latents(model, pixels))
+
+    optimizer = _make_optimizer(settings, network.parameter_groups(settings.learning_rate, settings.text_encoder_lr or None))
+    scheduler = get_scheduler(settings.lr_scheduler, optimizer, num_warmup_steps=settings.warmup_steps * world,
+                              num_training_steps=total_steps * world)
+    start_step = 0
+    if saved is not None:
+        network.load_state(saved["adapters"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start_step = int(saved["step"])
+    denoiser, optimizer, scheduler = accelerator.prepare(_Denoiser(model), optimizer, scheduler)
+    noise_scheduler = sd_noise_scheduler()
+    alphas = noise_scheduler.alphas_cumprod.to(accelerator.device)
+    prediction = model.prediction_type
+    main = accelerator.is_main_process
+    log = JsonLog(run_dir / "log.jsonl") if main else None
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "settings.json").write_text(json.dumps(settings.to_json(), indent=2))
+    observer.started(total_steps, dataset, start_step)
+    started_at = _dt.datetime.now(_dt.timezone.utc)
+    clock = time.time()
+    step = start_step
+    last_saved = start_step
+    smoothed: float | None = None
+    loss_value = float("nan")
+    seen = 0
+    interrupted = False
+
+    def facts(steps_done: int) -> dict[str, object]:
+        return _training_facts(settings, dataset, model, resolution, buckets, total_steps, steps_done, updates_per_epoch,
+                               started_at, world)
+
+    def save_state(steps_done: int) -> None:
+        nonlocal last_saved
+        if not main:
+            return
+        save_training_state(run_dir, steps_done, {
+            "adapters": network.state(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "settings": settings.to_json(),
+        })
+        last_saved = steps_done
+        snapshot = run_dir / f"{settings.name}-step{steps_done:06d}.safetensors"
+        save_lora(snapshot, network.kohya_state_dict(), kohya_metadata(model, settings.shape, facts(steps_done)))
+
+    model.unet.train()
+    try:
+        epoch = step // updates_per_epoch
+        while step < total_steps and not interrupted:
+            batches = epoch_batches(bucket_of, repeats, settings.batch_size, settings.seed * 1_000_003 + epoch)
+            mine = batches[rank::world]
+            skip = (step - epoch * updates_per_epoch) * settings.gradient_accumulation
+            for position in range(skip, len(mine)):
+                batch = mine[position]
+                if should_stop():
+                    interrupted = True
+                    break
+                # Noise depends only on (seed, epoch, batch, rank): a resumed run draws what it would have drawn.
+                g = torch.Generator().manual_seed(((settings.seed * 1_000_003 + epoch) * 100_003 + position) * 64 + rank)
+                with device_guard(), accelerator.accumulate(denoiser), accelerator.autocast():
+                    latents = _batch_latents(model, dataset, batch, cache, g) * model.vae_scale
+                    ids = [encoder_ids[list(batch.indices)].clone() for encoder_ids in ids_all]
+                    drop = torch.rand(len(batch.indices), generator=g) < settings.caption_dropout
+                    for encoder_ids, empty in zip(ids, empty_ids):
+                        encoder_ids[drop] = empty[0]
+                    noise = training_noise(latents.shape, settings.noise_offset, g)
+                    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(batch.indices),),
+                                              generator=g)
+                    latents, noise, timesteps = (t.to(accelerator.device) for t in (latents, noise, timesteps))
+                    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+                    target = noise_scheduler.get_velocity(latents, noise, timesteps) if prediction == "v_prediction" else noise
+                    time_ids = (sdxl_time_ids(batch.bucket[0], batch.bucket[1], len(batch.indices), accelerator.device,
+                                              model.dtype) if model.family.is_sdxl else None)
+                    pred = denoiser(noisy.to(model.dtype), timesteps, [i.to(accelerator.device) for i in ids], time_ids)
+                    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+                    loss = (per_sample * min_snr_weights(alphas[timesteps], settings.min_snr_gamma, prediction)).mean()
+                    if not torch.isfinite(loss):
+                        raise TrainingError(f"the loss became {loss.item()} at step {step + 1}: lower the learning "
+                                            f"rate; the last saved state (step {last_saved}) can be resumed")
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(network.trainable_parameters(), 1.0)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                seen += len(batch.indices) * world
+                if not accelerator.sync_gradients:
+                    continue
+                step += 1
+                loss_value = float(loss.detach().item())
+                smoothed = loss_value if smoothed is None else 0.9 * smoothed + 0.1 * loss_value
+                elapsed = time.time() - clock
+                progress = TrainingProgress(step, total_steps, epoch, loss_value, smoothed,
+                                            float(scheduler.get_last_lr()[0]), elapsed, seen / max(elapsed, 1e-9))
+                if log is not None:
+                    log.write(step=step, loss=round(loss_value, 6), smoothed=round(smoothed, 6),
+                              lr=progress.learning_rate)
+                observer.stepped(progress)
+                if main and settings.sample_every and settings.sample_prompts and (
+                        step % settings.sample_every == 0 or step == total_steps):
+                    with device_guard():
+                        images = _sample(model, settings, resolution, resolution)
+                    paths = []
+                    for index, image in enumerate(images):
+                        path = run_dir / "samples" / f"step{step:06d}-{index:02d}.png"
+                        path.parent.mkdir(parents=True, exist_ok=True)
+                        image.save(path)
+                        paths.append(path)
+                    observer.sampled(step, images, paths)
+                if settings.save_every and step % settings.save_every == 0 and step < total_steps:
+                    save_state(step)
+                if step >= total_steps:
+                    break
+            epoch += 1
+    except TrainingError:
+        raise
+    except Exception as exc:
+        if _is_out_of_memory(exc):
+            raise TrainingError(
+                f"ran out of memory at step {step + 1} (batch size {settings.batch_size}, resolution {resolution}): "
+                "lower the batch size or resolution, or turn on gradient checkpointing; the last saved state "
+                f"(step {last_saved}) can be resumed") from exc
+        raise
+    seconds = time.time() - clock
+    output = None
+    if main:
+        if step > last_saved or interrupted:
+            save_state(step)  # interrupting keeps everything done so far resumable
+        if not interrupted:
+            output = save_lora(settings.output_path, network.kohya_state_dict(),
+                               kohya_metadata(model, settings.shape, facts(step)))
+        assert log is not None
+        log.write(finished=step, interrupted=interrupted, seconds=round(seconds, 1))
+    if interrupted:
+        observer.message(f"interrupted at step {step}/{total_steps}; resume to continue from the saved state")
+    return TrainingResult(output, step, total_steps, interrupted, loss_value, seconds,
+                          seen / max(seconds, 1e-9), dataset.warnings)
+
+
+def _batch_latents(model: LoadedModel, dataset: LoraDataset, batch, cache: dict, g: torch.Generator) -> torch.Tensor:
+    """A fresh posterior sample for each image (cached mean/std when latents are cached)."""
+    if cache:
+        mean = torch.stack([cache[i][0] for i in batch.indices])
+        std = torch.stack([cache[i][1] for i in batch.indices])
+    else:
+        pixels = np.stack([load_for_bucket(dataset.images[i].path, batch.bucket) for i in batch.indices])
+        mean, std = _encode_latents(model, pixels)
+    return mean + std * torch.randn(mean.shape, generator=g)
+
+
+def _check_resumable(saved: dict, settings: LoraTrainingSettings) -> None:
+    before = saved.get("settings", {})
+    changed = [key for key in ("rank", "alpha", "train_unet", "train_text_encoder", "optimizer", "base")
+               if key in before and str(before[key]) != str(settings.to_json()[key])]
+    if changed:
+        raise TrainingError(f"cannot resume: {', '.join(changed)} differ from the saved run in {settings.run_path} "
+                            "(use the same settings, or train under a new name)")
+
+
+def _training_facts(settings: LoraTrainingSettings, dataset: LoraDataset, model: LoadedModel, resolution: int,
+                    buckets: list, total_steps: int, steps_done: int, updates_per_epoch: int,
+                    started_at: _dt.datetime, world: int) -> dict[str, object]:
+    now = _dt.datetime.now(_dt.timezone.utc)
+    bucket_use: dict[str, int] = {}
+    for image in dataset.images:
+        key = "x".join(map(str, nearest_bucket(image.size, buckets)))
+        bucket_use[key] = bucket_use.get(key, 0) + image.repeats
+    return {
+        "ss_session_id": str(uuid.uuid4().int % 2**32),
+        "ss_output_name": settings.name,
+        "ss_training_started_at": str(started_at.timestamp()),
+        "ss_training_finished_at": str(now.timestamp()),
+        "ss_sd_scripts_commit_hash": "latent-studio",
+        "ss_learning_rate": str(settings.learning_rate),
+        "ss_unet_lr": str(settings.learning_rate),
+        "ss_text_encoder_lr": str(settings.text_encoder_lr or settings.learning_rate),
+        "ss_lr_scheduler": settings.lr_scheduler,
+        "ss_lr_warmup_steps": str(settings.warmup_steps),
+        "ss_optimizer": {"AdamW": "torch.optim.adamw.AdamW", "AdamW8bit": "bitsandbytes.optim.adamw.AdamW8bit",
+                         "Prodigy": "prodigyopt.prodigy.Prodigy"}[settings.optimizer],
+        "ss_num_train_images": str(dataset.total_repeats),
+        "ss_num_reg_images": "0",
+        "ss_num_batches_per_epoch": str(updates_per_epoch),
+        "ss_num_epochs": str(math.ceil(total_steps / updates_per_epoch)),
+        "ss_epoch": str(math.ceil(steps_done / updates_per_epoch)),
+        "ss_steps": str(steps_done),
+        "ss_max_train_steps": str(total_steps),
+        "ss_batch_size_per_device": str(settings.batch_size),
+        "ss_total_batch_size": str(settings.batch_size * settings.gradient_accumulation * world),
+        "ss_gradient_accumulation_steps": str(settings.gradient_accumulation),
+        "ss_gradient_checkpointing": str(settings.gradient_checkpointing),
+        "ss_mixed_precision": settings.mixed_precision,
+        "ss_full_fp16": "False",
+        "ss_seed": str(settings.seed),
+        "ss_resolution": f"({resolution}, {resolution})",
+        "ss_enable_bucket": str(settings.buckets),
+        "ss_min_bucket_reso": str(min(min(b) for b in buckets)),
+        "ss_max_bucket_reso": str(max(max(b) for b in buckets)),
+        "ss_bucket_info": {"buckets": bucket_use},
+        "ss_cache_latents": str(settings.cache_latents),
+        "ss_caption_dropout_rate": str(settings.caption_dropout),
+        "ss_shuffle_caption": "False",
+        "ss_keep_tokens": "0",
+        "ss_flip_aug": "False",
+        "ss_color_aug": "False",
+        "ss_random_crop": "False",
+        "ss_tag_frequency": dataset.tag_frequency(),
+        "ss_dataset_dirs": _dataset_dirs(dataset),
+        "ss_noise_offset": str(settings.noise_offset),
+        "ss_min_snr_gamma": str(settings.min_snr_gamma),
+        "ss_zero_terminal_snr": "False",
+        "ss_loss_type": "l2",
+        "ss_max_token_length": "75",
+        "ss_clip_skip": "1",
+        "ss_network_dropout": "0",
+        "modelspec.title": settings.name,
+        "modelspec.date": now.date().isoformat(),
+        "modelspec.resolution": f"{resolution}x{resolution}",
+        "modelspec.trigger_phrase": settings.trigger,
+        "modelspec.author": "trained with Latent Studio",
+    }
+
+
+def _dataset_dirs(dataset: LoraDataset) -> dict[str, dict[str, int]]:
+    dirs: dict[str, dict[str, int]] = {}
+    for image in dataset.images:
+        entry = dirs.setdefault(image.folder, {"n_repeats": image.repeats, "img_count": 0})
+        entry["img_count"] += 1
+    return dirs
+
+
+# -- CLI -----------------------------------------------------------------------------------------------------------------
+
+_HELP = {
+    "trigger": "a word put in front of every caption that lacks it",
+    "resolution": "training side in pixels (0 = the model's own)",
+    "text_encoder_lr": "0 = the same as --learning-rate",
+    "max_steps": "> 0 overrides --epochs",
+    "save_every": "steps between resumable saves and snapshots (0 = only at the end)",
+    "sample_every": "steps between sample images from --sample-prompt (0 = none)",
+    "resume": "continue from the run folder's checkpoint-latest.pt",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", type=Path, required=True, help="checkpoint to train on (.safetensors)")
+    parser.add_argument("--data", type=Path, required=True, help="folder of images with .txt captions (N_name folders repeat)")
+    parser.add_argument("--name", required=True, help="the LoRA's name: models/Lora/<name>.safetensors")
+    defaults = LoraTrainingSettings(Path("."), Path("."), "x")
+    for item in fields(LoraTrainingSettings):
+        if item.name in ("base", "data", "name", "sample_prompts"):
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        default = getattr(defaults, item.name)
+        help_text = _HELP.get(item.name, "")
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif item.name in ("output_dir", "run_dir"):
+            parser.add_argument(flag, type=Path, default=default, help=help_text or "folder")
+        else:
+            choices = {"optimizer": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS, "mixed_precision": PRECISIONS}.get(item.name)
+            parser.add_argument(flag, type=type(default), default=default, choices=choices,
+                                help=f"{help_text} (default {default})".strip())
+    parser.add_argument("--sample-prompt", action="append", default=[], dest="sample_prompts",
+                        help="a prompt for the sample images (repeatable)")
+
+
+def settings_from_args(args: argparse.Namespace) -> LoraTrainingSettings:
+    values = {item.name: getattr(args, item.name) for item in fields(LoraTrainingSettings) if hasattr(args, item.name)}
+    return LoraTrainingSettings(**values)
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    settings = settings_from_args(args)
+    stop = threading.Event()
+
+    def on_interrupt(signum, frame) -> None:  # the first Ctrl-C stops after the step and saves; a second one kills
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("stopping after this step and saving a resumable state (Ctrl-C again to abort at once)", flush=True)
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        result = train_lora(settings, should_stop=stop.is_set)
+    except (TrainingError, DatasetError, LoraShapeError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if result.output is None:
+        print(f"interrupted at step {result.steps}: continue with the same command plus --resume "
+              f"(state in {settings.run_path})")
+        return 130
+    print(f"wrote {result.output} ({result.steps} steps, {result.seconds:.0f} s, {result.samples_per_second:.2f} samples/s, "
+          f"final loss {result.final_loss:.4f})")
+    return 0
