@@ -31,6 +31,31 @@ def test_every_shape_and_size_is_recognised(shape, size):
     assert (found[0].shape, found[0].colour, found[0].position, found[0].size) == (shape, "green", "top right", size)
 
 
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_the_new_rectangle_is_recognised_only_where_a_prompt_asks_for_it(size):
+    """A prompt naming the new shape (what a LoRA is taught) lets the evaluator answer "rectangle"; trained shapes
+    are classified the same with that option on, so their scores cannot move."""
+    scene = Scene((ShapeObject("rectangle", "orange", "bottom left", size),), ("purple",))
+    found, _ = detect(render(scene), new_shapes=True)
+    assert (found[0].shape, found[0].position, found[0].size) == ("rectangle", "bottom left", size)
+    assert detect(render(scene))[0][0].shape == "square"  # without the option, the nearest trained shape
+    assert score(render(scene), Scene(scene.objects, scene.background, caption_for(scene.objects, scene.background)))["all"]
+    wrong = Scene((ShapeObject("square", "orange", "bottom left", size),), ("purple",))
+    assert not score(render(wrong), scene)["shape"]
+    for shape in ("circle", "square", "triangle", "star", "cross"):
+        trained = Scene((ShapeObject(shape, "orange", "center", size),), ("purple",))
+        assert detect(render(trained), new_shapes=True)[0][0].shape == shape
+
+
+def test_concept_scenes_are_scored_exactly():
+    from webui.evaluation.adherence import summarise
+    from webui.shapes import concept_scenes
+
+    scenes = concept_scenes(100, seed=3)
+    assert {s.objects[0].shape for s in scenes} == {"rectangle"}
+    assert summarise([score(render(s), s) for s in scenes])["all"] == 1.0
+
+
 def test_wrong_images_are_scored_wrong():
     asked = Scene((ShapeObject("circle", "red", "top left", "large"),), ("blue",))
     asked = Scene(asked.objects, asked.background, caption_for(asked.objects, asked.background))

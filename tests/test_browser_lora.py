@@ -26,7 +26,7 @@ def test_click_a_lora_card_then_generate_with_it(browser_app: AppServer) -> None
             page.goto(browser_app.url, wait_until="domcontentloaded")
             page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
             page.fill("#txt2img_prompt textarea", "a red circle")
-            page.click("#txt2img_lora_picker button:has-text('LoRA (1)')")
+            page.click("#txt2img_lora_picker button:has-text('LoRA (')")  # the training tests may add one
             page.wait_for_selector("#txt2img_lora_cards img", timeout=30_000)
             page.locator("#txt2img_lora_cards img").first.click()
             page.wait_for_function(

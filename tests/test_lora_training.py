@@ -55,8 +55,8 @@ class Quiet:
 
 
 @pytest.fixture(scope="module")
-def cyan_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("cyan") / "8_cyan"
+def concept_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("concept") / "8_rectangle"
     write_captioned_folder(folder, concept_scenes(8))
     return folder.parent
 
@@ -83,10 +83,10 @@ def _unet_inputs(model: LoadedModel, seed: int = 0) -> tuple:
 
 @pytest.mark.parametrize("family", ["tiny_sd1", "tiny_sdxl"])
 def test_the_file_diffusers_loads_equals_the_model_trained_in_memory(family: str, request: pytest.FixtureRequest,
-                                                                     cyan_folder: Path, tmp_path: Path) -> None:
+                                                                     concept_folder: Path, tmp_path: Path) -> None:
     tiny = request.getfixturevalue(family)
     trained = load_checkpoint(tiny.path)
-    result = train_lora(settings_for(tiny.path, cyan_folder, tmp_path, learning_rate=2e-2, max_steps=3), Quiet(),
+    result = train_lora(settings_for(tiny.path, concept_folder, tmp_path, learning_rate=2e-2, max_steps=3), Quiet(),
                         model=trained)
     assert result.output == tmp_path / "Lora" / "trained.safetensors" and result.steps == 3
 
@@ -107,7 +107,7 @@ def test_the_file_diffusers_loads_equals_the_model_trained_in_memory(family: str
                 "modelspec.architecture", "sshs_model_hash"):
         assert metadata.get(key), key
     assert metadata["ss_network_dim"] == "4" and metadata["ss_steps"] == "3" and metadata["ss_num_train_images"] == "64"
-    assert json.loads(metadata["ss_tag_frequency"])["8_cyan"]
+    assert json.loads(metadata["ss_tag_frequency"])["8_rectangle"]
     assert metadata["ss_base_model_version"] == ("sdxl_base_v1-0" if family == "tiny_sdxl" else "sd_v1")
 
     # diffusers' own loader, on diffusers' own pipeline of the base file, reproduces the trained modules
@@ -137,10 +137,10 @@ def test_the_file_diffusers_loads_equals_the_model_trained_in_memory(family: str
     assert (patched_out - ours).abs().max() < 0.02 * change
 
 
-def test_default_model_loss_falls_and_samples_are_drawn(cyan_folder: Path, tmp_path: Path) -> None:
+def test_default_model_loss_falls_and_samples_are_drawn(concept_folder: Path, tmp_path: Path) -> None:
     observer = Quiet()
-    settings = settings_for(DEFAULT_MODEL, cyan_folder, tmp_path, max_steps=40, batch_size=4, sample_every=20,
-                            sample_steps=4, sample_prompts=["a large cyan circle at the center on a black background"])
+    settings = settings_for(DEFAULT_MODEL, concept_folder, tmp_path, max_steps=40, batch_size=4, sample_every=20,
+                            sample_steps=4, sample_prompts=["a large red rectangle at the center on a black background"])
     result = train_lora(settings, observer)
     assert result.output is not None and result.output.exists()
     early, late = np.mean(observer.losses[:8]), np.mean(observer.losses[-8:])
@@ -151,18 +151,18 @@ def test_default_model_loss_falls_and_samples_are_drawn(cyan_folder: Path, tmp_p
     assert [entry["step"] for entry in log if "step" in entry] == list(range(1, 41))
 
 
-def test_interrupt_then_resume_gives_the_uninterrupted_result(cyan_folder: Path, tmp_path: Path) -> None:
-    straight = train_lora(settings_for(DEFAULT_MODEL, cyan_folder, tmp_path / "a", max_steps=6, save_every=2), Quiet())
+def test_interrupt_then_resume_gives_the_uninterrupted_result(concept_folder: Path, tmp_path: Path) -> None:
+    straight = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "a", max_steps=6, save_every=2), Quiet())
 
     observer = Quiet(stop_after=3)
-    first = settings_for(DEFAULT_MODEL, cyan_folder, tmp_path / "b", max_steps=6, save_every=2)
+    first = settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "b", max_steps=6, save_every=2)
     stopped = train_lora(first, observer, should_stop=observer.should_stop)
     assert stopped.interrupted and stopped.output is None and stopped.steps == 3
     assert not (tmp_path / "b" / "Lora").exists() or not list((tmp_path / "b" / "Lora").iterdir())
     assert torch.load(tmp_path / "b" / "run" / "checkpoint-latest.pt", weights_only=True)["step"] == 3
     assert (tmp_path / "b" / "run" / "trained-step000002.safetensors").exists()
 
-    resumed = train_lora(settings_for(DEFAULT_MODEL, cyan_folder, tmp_path / "b", max_steps=6, save_every=2,
+    resumed = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "b", max_steps=6, save_every=2,
                                       resume=True), Quiet())
     assert resumed.steps == 6 and resumed.output is not None
     a, b = read_lora(straight.output), read_lora(resumed.output)
@@ -233,24 +233,44 @@ def test_unusable_folders_are_refused(setup: str, message: str, tmp_path: Path) 
     ({"batch_size": 0}, "batch size must be at least 1"),
     ({"resume": True}, "nothing to resume"),
 ])
-def test_impossible_settings_are_refused_before_anything_is_written(change: dict, message: str, cyan_folder: Path,
+def test_impossible_settings_are_refused_before_anything_is_written(change: dict, message: str, concept_folder: Path,
                                                                     tmp_path: Path) -> None:
     if torch.cuda.is_available() and "mixed_precision" in change:
         pytest.skip("this machine has CUDA, so fp16 is possible")  # never on CI (no GPU)
     with pytest.raises(TrainingError, match=message.replace("(", r"\(")):
-        train_lora(settings_for(DEFAULT_MODEL, cyan_folder, tmp_path, **change), Quiet())
+        train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path, **change), Quiet())
     assert not (tmp_path / "Lora").exists()
 
 
-def test_a_loss_that_explodes_stops_with_advice_and_keeps_the_saved_state(cyan_folder: Path, tmp_path: Path) -> None:
+def test_a_loss_that_explodes_stops_with_advice_and_keeps_the_saved_state(concept_folder: Path, tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="lower the learning rate; the last saved state"):
-        train_lora(settings_for(DEFAULT_MODEL, cyan_folder, tmp_path, learning_rate=1e30, max_steps=6, save_every=1),
+        train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path, learning_rate=1e30, max_steps=6, save_every=1),
                    Quiet())
     assert not (tmp_path / "Lora").exists()
 
 
-def test_prodigy_trains(cyan_folder: Path, tmp_path: Path) -> None:
+def test_prodigy_trains(concept_folder: Path, tmp_path: Path) -> None:
     observer = Quiet()
-    result = train_lora(settings_for(DEFAULT_MODEL, cyan_folder, tmp_path, optimizer="Prodigy", learning_rate=1.0,
+    result = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path, optimizer="Prodigy", learning_rate=1.0,
                                      lr_scheduler="cosine", max_steps=3), observer)
     assert result.output is not None and len(observer.losses) == 3 and all(np.isfinite(observer.losses))
+
+
+def test_regularization_images_fill_an_epoch_and_are_recorded(concept_folder: Path, tmp_path: Path) -> None:
+    from webui.shapes import eval_scenes
+    from webui.training.lora_dataset import with_regularization
+
+    reg = tmp_path / "reg"
+    write_captioned_folder(reg, eval_scenes(4))
+    combined = with_regularization(scan_dataset(concept_folder, "zx"), scan_dataset(reg))  # as train_lora does
+    train = [i for i in combined.images if not i.regularization]
+    extra = [i for i in combined.images if i.regularization]
+    assert combined.total_repeats == 64 and len(extra) == 4 and all(i.repeats == 16 for i in extra)
+    assert all(i.caption.startswith("zx, ") for i in train) and not any("zx" in i.caption for i in extra)
+    assert list(combined.tag_frequency()) == ["8_rectangle"]
+    result = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path, reg_data=reg, prior_loss_weight=0.5,
+                                     max_steps=2), Quiet())
+    with safe_open(str(result.output), "pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["ss_num_reg_images"] == "4" and metadata["ss_prior_loss_weight"] == "0.5"
+    assert json.loads(metadata["ss_reg_dataset_dirs"]) == {"reg": {"n_repeats": 16, "img_count": 4}}

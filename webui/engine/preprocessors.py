@@ -1078,3 +1078,14 @@ class PreprocessorRunner:
         if result.ndim == 3 and result.shape[2] == 4 and spec.accepts_mask:
             return Image.fromarray(np.ascontiguousarray(result))  # H x W x 4 uint8 -> RGBA
         return Image.fromarray(np.ascontiguousarray(_hwc3(result)))  # H x W x 3 uint8 -> RGB
+
+
+def preprocess_batch(images: np.ndarray, preprocessor: str, weights_dir: Path) -> np.ndarray:
+    """uint8 [N, H, W, 3] images -> uint8 [N, H, W] single-channel maps at the images' own size (a trainer's and an
+    evaluator's control maps, made exactly as generation makes them)."""
+    runner = PreprocessorRunner(default_preprocessors(), weights_dir=weights_dir)
+    side = images.shape[1]
+    maps = np.empty(images.shape[:3], dtype=np.uint8)
+    for i in range(len(images)):
+        maps[i] = np.asarray(runner.run(preprocessor, Image.fromarray(images[i]), side))[..., 0]
+    return maps

@@ -27,22 +27,12 @@ import numpy as np
 from PIL import Image
 
 from webui.shapes import (
-    NEW_COLOURS, PALETTE, POSITIONS, SIZES, Scene, ShapeObject, eval_scenes, render,
+    NEW_SHAPES, PALETTE, POSITIONS, SIZES, Scene, ShapeObject, eval_scenes, render,
 )
 
 _NAMES = list(PALETTE)
-
-
-def palette_for(scene: Scene | None) -> list[str]:
-    """The trained palette, plus any new colour (`shapes.NEW_COLOURS`) the scene names: a prompt in the trained
-    colours is labelled exactly as before, so old scores do not move when a new colour is taught."""
-    extra = [] if scene is None else [c for c in dict.fromkeys(
-        [o.colour for o in scene.objects] + list(scene.background)) if c in NEW_COLOURS]
-    return _NAMES + extra
-
-
-def _rgb(names: list[str]) -> np.ndarray:
-    return np.array([{**PALETTE, **NEW_COLOURS}[n] for n in names], dtype=np.float32)
+RECTANGLE_ASPECT = 1.5
+_RGB = np.array([PALETTE[n] for n in _NAMES], dtype=np.float32)
 
 
 @dataclass
@@ -54,27 +44,31 @@ class Detection:
     area: int
 
 
-def label_pixels(image: np.ndarray, names: list[str] | None = None) -> np.ndarray:
-    """[H, W] indices into the palette `names` (nearest colour; default the trained palette)."""
+def label_pixels(image: np.ndarray) -> np.ndarray:
+    """[H, W] indices into the palette (nearest colour)."""
     pixels = image.astype(np.float32)
-    distances = ((pixels[:, :, None, :] - _rgb(names or _NAMES)[None, None]) ** 2).sum(-1)
+    distances = ((pixels[:, :, None, :] - _RGB[None, None]) ** 2).sum(-1)
     return distances.argmin(-1)
 
 
-def background_colours(labels: np.ndarray, share: float = 0.2, names: list[str] | None = None) -> set[str]:
-    names = names or _NAMES
+def background_colours(labels: np.ndarray, share: float = 0.2) -> set[str]:
     border = np.concatenate([labels[0], labels[-1], labels[1:-1, 0], labels[1:-1, -1]])
-    counts = np.bincount(border, minlength=len(names))
-    return {names[i] for i in np.flatnonzero(counts >= share * len(border))}
+    counts = np.bincount(border, minlength=len(_NAMES))
+    return {_NAMES[i] for i in np.flatnonzero(counts >= share * len(border))}
 
 
-def classify_shape(mask: np.ndarray) -> str:
+def classify_shape(mask: np.ndarray, new_shapes: bool = False) -> str:
+    """The shape rules above. With `new_shapes` (only for prompts that name a shape from `shapes.NEW_SHAPES`, so the
+    trained prompts are scored exactly as before), a solid blob at least 1.5 times as wide as tall is a rectangle: every
+    trained shape has an aspect ratio near 1, the rectangle 2 (tests/test_adherence.py)."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     contour = max(contours, key=cv2.contourArea)
     area = float(mask.sum())
     hull = max(cv2.contourArea(cv2.convexHull(contour)), 1.0)
     _, _, w, h = cv2.boundingRect(contour)
     solidity, extent = area / hull, area / float(w * h)
+    if new_shapes and extent >= 0.7 and w >= RECTANGLE_ASPECT * h:
+        return "rectangle"
     if solidity < 0.78:
         return "star"
     if solidity < 0.94:
@@ -106,14 +100,12 @@ class Component:
     extent_px: int  # the longer bounding-box side
 
 
-def colour_components(array: np.ndarray, min_area: int = 12,
-                      names: list[str] | None = None) -> tuple[list[Component], set[str]]:
+def colour_components(array: np.ndarray, min_area: int = 12) -> tuple[list[Component], set[str]]:
     """Per non-background palette colour, its largest component of at least `min_area` pixels; and the background."""
-    names = names or _NAMES
-    labels = label_pixels(array, names)
-    background = background_colours(labels, names=names)
+    labels = label_pixels(array)
+    background = background_colours(labels)
     found = []
-    for index, name in enumerate(names):
+    for index, name in enumerate(_NAMES):
         if name in background:
             continue
         mask = (labels == index).astype(np.uint8)
@@ -133,12 +125,12 @@ def colour_components(array: np.ndarray, min_area: int = 12,
 
 
 def detect(image: Image.Image | np.ndarray, count: int = 1, min_area: int = 12,
-           names: list[str] | None = None) -> tuple[list[Detection], set[str]]:
+           new_shapes: bool = False) -> tuple[list[Detection], set[str]]:
     array = np.asarray(image.convert("RGB") if isinstance(image, Image.Image) else image)
     side = array.shape[0]
-    components, background = colour_components(array, min_area, names)
+    components, background = colour_components(array, min_area)
     candidates = [
-        Detection(c.colour, classify_shape(c.mask), _position(*c.centroid, side), _size(c.extent_px, side), c.area)
+        Detection(c.colour, classify_shape(c.mask, new_shapes), _position(*c.centroid, side), _size(c.extent_px, side), c.area)
         for c in components
     ]
     candidates.sort(key=lambda d: -d.area)
@@ -163,7 +155,8 @@ def parse_prompt(prompt: str) -> Scene:
 
 def score(image: Image.Image, scene: Scene) -> dict[str, bool]:
     """Per-attribute correctness; multi-object prompts match detections to objects by colour."""
-    detections, background = detect(image, count=len(scene.objects), names=palette_for(scene))
+    new_shapes = any(o.shape in NEW_SHAPES for o in scene.objects)
+    detections, background = detect(image, count=len(scene.objects), new_shapes=new_shapes)
     by_colour = {d.colour: d for d in detections}
     result: dict[str, bool] = {k: True for k in ("colour", "shape", "position", "size", "shape_colour", "all")}
     for obj in scene.objects:
@@ -270,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         report["results"][f"cfg_{cfg:g}"] = entry
         print(f"CFG {cfg:g}: {json.dumps(entry)}")
         if args.out and keep:  # single-object images first; two-object ones when there are none
-            from webui.training.common import save_grid
+            from webui.engine.grids import save_grid
 
             save_grid(np.stack([np.asarray(im) for im in keep[:64]]), Path(args.out) / f"samples-cfg{cfg:g}.png")
     if args.out:

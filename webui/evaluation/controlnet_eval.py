@@ -61,12 +61,14 @@ def evaluate(model, controlnet, scenes: list[Scene], steps: int = 20, sampler: s
     from webui.engine.generation import SamplingParams, txt2img
     from webui.engine.masking import ResizeMode
     from webui.engine.samplers import SamplerRegistry
-    from webui.training.train_controlnet import make_control_maps
+    from webui.engine.preprocessors import preprocess_batch
 
     registry = SamplerRegistry()
     width, height = model.default_resolution
     images = [render(scene, width) for scene in scenes]
-    maps = make_control_maps(np.stack([np.asarray(image) for image in images]))
+    # Canny, as the shipped ControlNet was trained (its file's metadata says so)
+    maps = preprocess_batch(np.stack([np.asarray(image) for image in images]), "canny",
+                            Path("models/ControlNetPreprocessor"))
     per_scene = []
     from tqdm.auto import tqdm
 
@@ -140,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(result["summary"]))
     if args.grid and keep:
-        from webui.training.common import save_grid
+        from webui.engine.grids import save_grid
 
         cells = [np.asarray(im.convert("RGB")) for triple in keep[:16] for im in triple]
         save_grid(np.stack(cells), args.grid, columns=6)

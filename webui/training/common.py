@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+
+from webui.engine.grids import save_grid  # noqa: F401  (trainers import it from here)
 
 
 def setup_torch(seed: int, threads: int | None) -> None:
@@ -37,17 +38,6 @@ def to_tensor(images: np.ndarray) -> torch.Tensor:
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-
-
-def save_grid(images: np.ndarray, path: Path, columns: int = 8) -> Path:
-    n, h, w, _ = images.shape
-    rows = math.ceil(n / columns)
-    grid = Image.new("RGB", (columns * w, rows * h), (0, 0, 0))
-    for i in range(n):
-        grid.paste(Image.fromarray(images[i]), ((i % columns) * w, (i // columns) * h))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
-    return path
 
 
 def lr_at(step: int, base: float, warmup: int, total: int) -> float:

@@ -38,6 +38,7 @@ class TrainingImage:
     repeats: int
     folder: str  # the sub-folder name, as kohya's tag frequency keys it
     size: tuple[int, int]  # (width, height) as stored
+    regularization: bool = False  # kohya's reg images: keep the model's old behaviour (prior preservation)
 
 
 @dataclass
@@ -47,12 +48,19 @@ class LoraDataset:
 
     @property
     def total_repeats(self) -> int:
-        return sum(image.repeats for image in self.images)
+        """Training images per epoch, repeats counted (regularisation images not included, as in kohya)."""
+        return sum(image.repeats for image in self.images if not image.regularization)
+
+    @property
+    def regularization_count(self) -> int:
+        return sum(1 for image in self.images if image.regularization)
 
     def tag_frequency(self) -> dict[str, dict[str, int]]:
         """kohya's `ss_tag_frequency`: per folder, how often each comma-separated tag appears in the captions."""
         result: dict[str, Counter] = {}
         for image in self.images:
+            if image.regularization:
+                continue
             tags = [tag.strip() for tag in image.caption.split(",") if tag.strip()]
             result.setdefault(image.folder, Counter()).update(tags)
         return {folder: dict(counts) for folder, counts in result.items()}
@@ -123,6 +131,15 @@ def scan_dataset(root: Path, trigger: str = "") -> LoraDataset:
         raise DatasetError(f"dataset folder {root} has no usable images{detail}: put .png/.jpg images there, each "
                            "with a .txt caption of the same name (sub-folders named like 10_name repeat 10 times)")
     return LoraDataset(images, warnings)
+
+
+def with_regularization(dataset: LoraDataset, regularization: LoraDataset) -> LoraDataset:
+    """The training set plus regularisation images, repeated so that an epoch holds as many of them as training
+    images (kohya's rule): with a prior-loss weight they hold the model to what it did before on other prompts."""
+    each = max(1, round(dataset.total_repeats / max(1, len(regularization.images))))
+    extra = [TrainingImage(i.path, i.caption, each, i.folder, i.size, regularization=True) for i in regularization.images]
+    warnings = dataset.warnings + [f"regularization: {w}" for w in regularization.warnings]
+    return LoraDataset(dataset.images + extra, warnings)
 
 
 def make_buckets(resolution: int, multiple: int, min_side: int | None = None,

@@ -54,14 +54,9 @@ HINT_CHANNELS = (16, 32, 64)
 def make_control_maps(images: np.ndarray, preprocessor: str = CONTROL_PREPROCESSOR) -> np.ndarray:
     """uint8 [N, H, W] maps from the app's own preprocessor at the image size (what "Pixel Perfect" picks for a
     64x64 generation from a 64x64 image)."""
-    from webui.engine.preprocessors import PreprocessorRunner, default_preprocessors
+    from webui.engine.preprocessors import preprocess_batch
 
-    runner = PreprocessorRunner(default_preprocessors(), weights_dir=Path("models/ControlNetPreprocessor"))
-    side = images.shape[1]
-    maps = np.empty(images.shape[:3], dtype=np.uint8)
-    for i in range(len(images)):
-        maps[i] = np.asarray(runner.run(preprocessor, Image.fromarray(images[i]), side))[..., 0]
-    return maps
+    return preprocess_batch(images, preprocessor, Path("models/ControlNetPreprocessor"))
 
 
 def hint_tensor(maps: np.ndarray) -> torch.Tensor:

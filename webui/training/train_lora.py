@@ -35,7 +35,10 @@ from webui.engine.tokenizer import tokenize_prompt
 
 from .common import JsonLog, load_training_state, save_training_state
 from .diffusion_loss import min_snr_weights, training_noise
-from .lora_dataset import DatasetError, LoraDataset, epoch_batches, load_for_bucket, make_buckets, nearest_bucket, scan_dataset
+from .lora_dataset import (
+    DatasetError, LoraDataset, epoch_batches, load_for_bucket, make_buckets, nearest_bucket, scan_dataset,
+    with_regularization,
+)
 from .lora_network import LoraNetwork, LoraShape, LoraShapeError, kohya_metadata, save_lora
 from .models import sd_noise_scheduler
 
@@ -59,6 +62,8 @@ class LoraTrainingSettings:
     output_dir: Path = Path("models/Lora")
     run_dir: Path | None = None  # default: outputs/lora-training/<name>
     trigger: str = ""
+    reg_data: Path | None = None  # kohya's regularisation folder (images + captions of what should not change)
+    prior_loss_weight: float = 1.0
     resolution: int = 0  # 0 = the model's native resolution
     buckets: bool = True
     rank: int = 16
@@ -110,7 +115,8 @@ class LoraTrainingSettings:
                             "the file name)")
         for label, value in (("learning rate", self.learning_rate), ("text-encoder learning rate", self.text_encoder_lr),
                              ("caption dropout", self.caption_dropout), ("noise offset", self.noise_offset),
-                             ("min-SNR gamma", self.min_snr_gamma), ("alpha", self.alpha)):
+                             ("min-SNR gamma", self.min_snr_gamma), ("alpha", self.alpha),
+                             ("prior loss weight", self.prior_loss_weight)):
             if not math.isfinite(value):
                 problems.append(f"{label} must be a number (got {value})")
         if math.isfinite(self.learning_rate) and self.learning_rate <= 0:
@@ -119,8 +125,8 @@ class LoraTrainingSettings:
             problems.append(f"text-encoder learning rate must be 0 (same as the U-Net) or above (got {self.text_encoder_lr})")
         if not 0 <= self.caption_dropout < 1:
             problems.append(f"caption dropout must be in [0, 1) (got {self.caption_dropout})")
-        if self.noise_offset < 0 or self.min_snr_gamma < 0:
-            problems.append("noise offset and min-SNR gamma must be 0 (off) or above")
+        if self.noise_offset < 0 or self.min_snr_gamma < 0 or self.prior_loss_weight < 0:
+            problems.append("noise offset, min-SNR gamma and prior loss weight must be 0 (off) or above")
         for label, value, low in (("rank", self.rank, 1), ("batch size", self.batch_size, 1),
                                   ("gradient accumulation", self.gradient_accumulation, 1), ("epochs", self.epochs, 1),
                                   ("max steps", self.max_steps, 0), ("warm-up steps", self.warmup_steps, 0),
@@ -321,6 +327,8 @@ def train_lora(
     if saved is not None:
         _check_resumable(saved, settings)
     dataset = scan_dataset(settings.data, settings.trigger)
+    if settings.reg_data:
+        dataset = with_regularization(dataset, scan_dataset(settings.reg_data))
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
@@ -346,6 +354,8 @@ def train_lora(
     bucket_of = [nearest_bucket(image.size, buckets) for image in dataset.images]
     repeats = [image.repeats for image in dataset.images]
     ids_all = caption_ids(model, [image.caption for image in dataset.images])
+    sample_weight = torch.tensor([settings.prior_loss_weight if image.regularization else 1.0
+                                  for image in dataset.images])
     empty_ids = caption_ids(model, [""])
     world, rank = accelerator.num_processes, accelerator.process_index
     per_epoch = math.ceil(len(epoch_batches(bucket_of, repeats, settings.batch_size, 0)) / world)
@@ -437,7 +447,9 @@ def train_lora(
                                               model.dtype) if model.family.is_sdxl else None)
                     pred = denoiser(noisy.to(model.dtype), timesteps, [i.to(accelerator.device) for i in ids], time_ids)
                     per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
-                    loss = (per_sample * min_snr_weights(alphas[timesteps], settings.min_snr_gamma, prediction)).mean()
+                    weights = min_snr_weights(alphas[timesteps], settings.min_snr_gamma, prediction)
+                    weights = weights * sample_weight[list(batch.indices)].to(weights.device)
+                    loss = (per_sample * weights).mean()
                     if not torch.isfinite(loss):
                         raise TrainingError(f"the loss became {loss.item()} at step {step + 1}: lower the learning "
                                             f"rate; the last saved state (step {last_saved}) can be resumed")
@@ -543,7 +555,8 @@ def _training_facts(settings: LoraTrainingSettings, dataset: LoraDataset, model:
         "ss_optimizer": {"AdamW": "torch.optim.adamw.AdamW", "AdamW8bit": "bitsandbytes.optim.adamw.AdamW8bit",
                          "Prodigy": "prodigyopt.prodigy.Prodigy"}[settings.optimizer],
         "ss_num_train_images": str(dataset.total_repeats),
-        "ss_num_reg_images": "0",
+        "ss_num_reg_images": str(dataset.regularization_count),
+        "ss_prior_loss_weight": str(settings.prior_loss_weight),
         "ss_num_batches_per_epoch": str(updates_per_epoch),
         "ss_num_epochs": str(math.ceil(total_steps / updates_per_epoch)),
         "ss_epoch": str(math.ceil(steps_done / updates_per_epoch)),
@@ -570,6 +583,7 @@ def _training_facts(settings: LoraTrainingSettings, dataset: LoraDataset, model:
         "ss_random_crop": "False",
         "ss_tag_frequency": dataset.tag_frequency(),
         "ss_dataset_dirs": _dataset_dirs(dataset),
+        "ss_reg_dataset_dirs": _dataset_dirs(dataset, regularization=True),
         "ss_noise_offset": str(settings.noise_offset),
         "ss_min_snr_gamma": str(settings.min_snr_gamma),
         "ss_zero_terminal_snr": "False",
@@ -585,9 +599,9 @@ def _training_facts(settings: LoraTrainingSettings, dataset: LoraDataset, model:
     }
 
 
-def _dataset_dirs(dataset: LoraDataset) -> dict[str, dict[str, int]]:
+def _dataset_dirs(dataset: LoraDataset, regularization: bool = False) -> dict[str, dict[str, int]]:
     dirs: dict[str, dict[str, int]] = {}
-    for image in dataset.images:
+    for image in (i for i in dataset.images if i.regularization == regularization):
         entry = dirs.setdefault(image.folder, {"n_repeats": image.repeats, "img_count": 0})
         entry["img_count"] += 1
     return dirs
@@ -603,6 +617,7 @@ _HELP = {
     "save_every": "steps between resumable saves and snapshots (0 = only at the end)",
     "sample_every": "steps between sample images from --sample-prompt (0 = none)",
     "resume": "continue from the run folder's checkpoint-latest.pt",
+    "reg_data": "regularisation images with captions (kohya's reg folder): what the LoRA should leave alone",
 }
 
 
@@ -619,7 +634,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = _HELP.get(item.name, "")
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif item.name in ("output_dir", "run_dir"):
+        elif item.name in ("output_dir", "run_dir", "reg_data"):
             parser.add_argument(flag, type=Path, default=default, help=help_text or "folder")
         else:
             choices = {"optimizer": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS, "mixed_precision": PRECISIONS}.get(item.name)

@@ -25,6 +25,8 @@ _FIELDS: list[tuple[str, str]] = [
     ("name", "LoRA name (file: models/Lora/<name>.safetensors)"),
     ("data", "Dataset folder (images + .txt captions; 10_name sub-folders repeat 10x)"),
     ("trigger", "Trigger word"),
+    ("reg_data", "Regularisation folder (optional: images + captions of what should stay as it is)"),
+    ("prior_loss_weight", "Prior loss weight (regularisation images)"),
     ("resolution", "Resolution (0 = the model's own)"),
     ("buckets", "Aspect-ratio buckets"),
     ("rank", "Rank (network dim)"),
@@ -81,6 +83,8 @@ def settings_from_values(values: dict[str, Any]) -> LoraTrainingSettings:
             value = [line.strip() for line in (value or "").splitlines() if line.strip()]
         elif field == "data":
             value = Path(str(value or "").strip())
+        elif field == "reg_data":
+            value = Path(str(value).strip()) if str(value or "").strip() else None
         elif isinstance(default, bool):
             value = bool(value)
         elif isinstance(default, (int, float)):
@@ -138,7 +142,8 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
                 components[field] = _component(field, dict(_FIELDS)[field])
         components["data"] = _component("data", dict(_FIELDS)["data"])
         groups = {
-            "Network and data": ("resolution", "buckets", "rank", "alpha", "train_unet", "train_text_encoder"),
+            "Network and data": ("resolution", "buckets", "rank", "alpha", "train_unet", "train_text_encoder",
+                                 "reg_data", "prior_loss_weight"),
             "Optimizer and schedule": ("optimizer", "learning_rate", "text_encoder_lr", "lr_scheduler", "warmup_steps",
                                        "epochs", "max_steps", "batch_size", "gradient_accumulation"),
             "Training tricks": ("caption_dropout", "noise_offset", "min_snr_gamma", "cache_latents",
@@ -162,7 +167,8 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
         seen = gr.State(-1)
         inputs = [base] + [components[field] for field, _ in _FIELDS]
 
-        def on_start(base_title: str | None, *values: Any, request: gr.Request) -> str:
+        def on_start(request: gr.Request, base_title: str | None, *values: Any) -> str:
+            # the request first: gradio passes it by position, and the form's values follow as *values
             if not base_title:
                 raise gr.Error("choose a base model (put a checkpoint in models/Stable-diffusion)")
             settings = settings_from_values(dict(zip([f for f, _ in _FIELDS], values)))
