@@ -63,7 +63,7 @@ def concept_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def settings_for(base: Path, data: Path, tmp_path: Path, **changes) -> LoraTrainingSettings:
     values = dict(base=base, data=data, name="trained", output_dir=tmp_path / "Lora", run_dir=tmp_path / "run",
-                  sample_every=0, save_every=0, batch_size=2, max_steps=4, rank=4, alpha=4.0)
+                  sample_every=0, save_every=0, batch_size=2, max_steps=4, rank=4, alpha=4.0, resolution=64)
     values.update(changes)
     return LoraTrainingSettings(**values)
 

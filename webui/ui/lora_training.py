@@ -34,7 +34,7 @@ _FIELDS: list[tuple[str, str]] = [
     ("train_unet", "Train the U-Net"),
     ("train_text_encoder", "Train the text encoder"),
     ("optimizer", "Optimizer"),
-    ("learning_rate", "Learning rate (Prodigy: use 1.0)"),
+    ("learning_rate", "Learning rate (0 = automatic: 1e-4 for SD-sized models, 1e-3 for small ones, 1 for Prodigy)"),
     ("text_encoder_lr", "Text-encoder learning rate (0 = same)"),
     ("lr_scheduler", "LR schedule"),
     ("warmup_steps", "Warm-up steps"),
@@ -163,7 +163,7 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
             plot = gr.LinePlot(_loss_frame(service.latest()), x="step", y="loss", title="Loss (smoothed)",
                                elem_id="lora_train_loss", height=260)
             samples = gr.Gallery(label="Samples", columns=4, height=260, elem_id="lora_train_samples")
-        notes = gr.Textbox(label="Warnings", lines=2, interactive=False, elem_id="lora_train_warnings")
+        notes = gr.Textbox(label="Messages and warnings", lines=2, interactive=False, elem_id="lora_train_warnings")
         seen = gr.State(-1)
         inputs = [base] + [components[field] for field, _ in _FIELDS]
 
