@@ -50,8 +50,12 @@ def _override(settings: LoraTrainingSettings, assignments: list[str]) -> dict[st
     return changed
 
 
-def draw_regularization(model_path: Path, folder: Path, count: int, cfg: float) -> None:
-    """DreamBooth's prior preservation: the base model's own images for prompts it knows, with those captions."""
+def draw_regularization(model_path: Path, folder: Path, count: int, cfg: float,
+                        like: list | None = None) -> None:
+    """DreamBooth's prior preservation: the base model's own images for prompts it knows, with those captions.
+
+    With `like` (the training scenes), each prompt is a training caption with the new shape swapped for a trained one
+    (DreamBooth's class prompt), so the only difference the LoRA can learn is the new word."""
     from webui.engine.generation import SamplingParams, txt2img
     from webui.engine.samplers import SamplerRegistry
     from webui.shapes import scene_at
@@ -61,6 +65,15 @@ def draw_regularization(model_path: Path, folder: Path, count: int, cfg: float) 
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
         scene = scene_at(index, REGULARIZATION_SEED, two_object_prob=0.0)
+        if like:
+            import random
+
+            from webui.shapes import SHAPES, Scene, ShapeObject, caption_for
+
+            source = like[index % len(like)]
+            old = source.objects[0]
+            swapped = (ShapeObject(random.Random(index).choice(SHAPES), old.colour, old.position, old.size),)
+            scene = Scene(swapped, source.background, caption_for(swapped, source.background))
         params = SamplingParams(prompt=scene.caption, sampler="Euler a", steps=20, cfg_scale=cfg, width=64, height=64,
                                 seeds=[index])
         txt2img(model, params, registry)[0].save(folder / f"{index:04d}.png")
@@ -79,13 +92,16 @@ def main() -> int:
     parser.add_argument("--reg", type=int, default=0,
                         help="regularisation images the base model draws for trained-grammar prompts first (timed "
                         "with the training); 0 = none")
+    parser.add_argument("--reg-like-training", action="store_true",
+                        help="regularisation prompts are the training captions with a trained shape swapped in")
     parser.add_argument("--skip-baselines", action="store_true", help="score only with the LoRA (quick sweeps)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch_path = Path(scratch)
-        write_captioned_folder(scratch_path / "data", concept_scenes(args.images, "rectangle", CONCEPT_SEED))
+        training_scenes = concept_scenes(args.images, "rectangle", CONCEPT_SEED)
+        write_captioned_folder(scratch_path / "data", training_scenes)
         settings = LoraTrainingSettings(base=DEFAULT_MODEL, data=scratch_path / "data", name="rectangle",
                                         output_dir=scratch_path / "lora", run_dir=scratch_path / "run",
                                         sample_every=0, save_every=0, threads=args.threads)
@@ -93,7 +109,8 @@ def main() -> int:
         started = time.time()
         if args.reg:
             settings.reg_data = scratch_path / "reg"
-            draw_regularization(DEFAULT_MODEL, settings.reg_data, args.reg, args.cfg)
+            draw_regularization(DEFAULT_MODEL, settings.reg_data, args.reg, args.cfg,
+                                like=training_scenes if args.reg_like_training else None)
         result = train_lora(settings)
         train_seconds = time.time() - started
         lora = read_lora(result.output)
@@ -105,7 +122,8 @@ def main() -> int:
             "model": DEFAULT_MODEL.name, "concept": "rectangle", "training_images": args.images,
             "settings_overrides": overrides, "steps": result.steps, "train_seconds": round(train_seconds, 1),
             "samples_per_second": round(result.samples_per_second, 2), "final_loss": round(result.final_loss, 5),
-            "threads": args.threads, "cfg": args.cfg, "regularization_images": args.reg, "sampler": "Euler a", "sampling_steps": 20,
+            "threads": args.threads, "cfg": args.cfg, "regularization_images": args.reg,
+            "regularization_like_training": args.reg_like_training, "sampler": "Euler a", "sampling_steps": 20,
         }
         if not args.skip_baselines:
             report["concept_without_lora"] = generate_and_score(model, concept, args.cfg)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from webui.training import train_ae, train_ldm
+from webui.commands.training import run_train_ae
 from webui.shapes import COLOURS, POSITIONS, SHAPES, SIZES, make_arrays, scene_at
 
 
@@ -29,7 +30,7 @@ def tiny_ae(tmp_path_factory) -> Path:
     args = _parse(train_ae, ["--out", str(out), "--steps", "30", "--batch-size", "4", "--scenes", "4", "--size", "16",
                              "--channels", "32,32", "--lr", "3e-3", "--warmup", "2", "--eval-images", "8",
                              "--log-every", "1", "--checkpoint-every", "10", "--sample-every", "30", "--threads", "1"])
-    assert train_ae.run(args) == 0
+    assert run_train_ae(args) == 0  # the command, which wires the evaluator in as a judge
     return out
 
 

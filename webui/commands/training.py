@@ -18,7 +18,8 @@ def _lazy(module: str, function: str = "run"):
     return runner
 
 
-def _train_ae(args: argparse.Namespace) -> int:
+def run_train_ae(args: argparse.Namespace) -> int:
+    """train-ae with the adherence evaluator as its judge (reconstruction_adherence in metrics.json)."""
     from webui.training import train_ae
 
     return int(train_ae.run(args, judges={"reconstruction_adherence": reconstruction_adherence}) or 0)
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser("train-ae", help="stage 1: train the KL autoencoder on synthetic shapes")
     train_ae.add_arguments(parser)
-    parser.set_defaults(run=_train_ae)
+    parser.set_defaults(run=run_train_ae)
 
     parser = subparsers.add_parser("train-ldm", help="stage 2: train the text-conditioned latent diffusion model")
     train_ldm.add_arguments(parser)
