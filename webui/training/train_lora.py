@@ -369,7 +369,11 @@ def train_lora(
                                   for image in dataset.images])
     empty_ids = caption_ids(model, [""])
     world, rank = accelerator.num_processes, accelerator.process_index
-    per_epoch = math.ceil(len(epoch_batches(bucket_of, repeats, settings.batch_size, 0)) / world)
+    # Several processes (accelerate launch) take every world-th batch; all must run the same number of steps or DDP's
+    # gradient sync would wait forever, so an epoch's batches are cut to a multiple of the process count.
+    per_epoch = len(epoch_batches(bucket_of, repeats, settings.batch_size, 0)) // world
+    if per_epoch < 1:
+        raise TrainingError(f"{world} processes need at least {world} batches per epoch: lower the batch size")
     updates_per_epoch = max(1, math.ceil(per_epoch / settings.gradient_accumulation))
     total_steps = settings.max_steps or settings.epochs * updates_per_epoch
 
@@ -433,7 +437,7 @@ def train_lora(
         epoch = step // updates_per_epoch
         while step < total_steps and not interrupted:
             batches = epoch_batches(bucket_of, repeats, settings.batch_size, settings.seed * 1_000_003 + epoch)
-            mine = batches[rank::world]
+            mine = batches[:len(batches) // world * world][rank::world]
             skip = (step - epoch * updates_per_epoch) * settings.gradient_accumulation
             for position in range(skip, len(mine)):
                 batch = mine[position]
