@@ -73,9 +73,9 @@ class LoraTrainingSettings:
     optimizer: str = "AdamW"
     learning_rate: float = 0.0  # 0 = automatic: 1e-4 for SD-sized U-Nets (>= 320 channels), 1e-3 for small ones
     text_encoder_lr: float = 0.0  # 0 = the same as learning_rate
-    lr_scheduler: str = "constant_with_warmup"
+    lr_scheduler: str = "cosine"
     warmup_steps: int = 10
-    epochs: int = 10
+    epochs: int = 60  # 30 images at batch 4: 480 steps (the shipped model learns a new shape word in about that)
     max_steps: int = 0  # > 0 overrides epochs
     batch_size: int = 4
     gradient_accumulation: int = 1
