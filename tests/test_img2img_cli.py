@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.cli import run_cli
@@ -54,15 +55,22 @@ def test_outpaint_cli_and_plain_img2img(tiny_sd1, tmp_path: Path) -> None:
     assert Image.open(result.stdout.split()[0]).size == (64, 96)
 
 
-def test_bad_inputs_are_one_line_errors(tiny_sd1, tmp_path: Path) -> None:
+def test_bad_inputs_are_one_line_errors(tiny_sd1, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """In-process through `webui.cli.main` (what `python -m webui` runs): exit code 2 and one line on stderr. One
+    interpreter instead of three; the subprocess path is covered by the tests above."""
+    from webui.cli import main
+
     init, _, _ = _inputs(tmp_path)
     Image.new("L", (70, 60), 0).save(tmp_path / "empty.png")
     common = ["--model", str(tiny_sd1.path), "--prompt", "x", "--device", "cpu", "--out", str(tmp_path / "o")]
-    result = run_cli("img2img", "--init", str(init), "--mask", str(tmp_path / "empty.png"), *common)
-    assert result.returncode == 2
-    assert result.stderr.strip() == "error: mask: the mask is empty: nothing to inpaint (paint over the area to change)"
-    result = run_cli("img2img", "--init", str(init), "--max-image-pixels", "1000", *common)
-    assert result.returncode == 2
-    assert result.stderr.strip().startswith("error: init: the image is 70x60 (0.0 MP); the limit is 0.0 MP")
-    result = run_cli("outpaint", "--init", str(init), "--left", "12", *common)
-    assert result.stderr.strip() == "error: outpaint_left: 12 is not a multiple of 8 (use 8 or 16)"
+
+    def error_of(*args: str) -> str:
+        assert main(list(args)) == 2
+        return capsys.readouterr().err.strip()
+
+    assert error_of("img2img", "--init", str(init), "--mask", str(tmp_path / "empty.png"), *common) == \
+        "error: mask: the mask is empty: nothing to inpaint (paint over the area to change)"
+    assert error_of("img2img", "--init", str(init), "--max-image-pixels", "1000", *common).startswith(
+        "error: init: the image is 70x60 (0.0 MP); the limit is 0.0 MP")
+    assert error_of("outpaint", "--init", str(init), "--left", "12", *common) == \
+        "error: outpaint_left: 12 is not a multiple of 8 (use 8 or 16)"
