@@ -41,6 +41,7 @@ class TrainingRun:
     result: TrainingResult | None = None
     error: str | None = None
     version: int = 0  # bumps on every change, so a poller redraws only when something moved
+    dataset: LoraDataset | None = field(default=None, repr=False)  # scanned once, when the run was validated
 
     def status_line(self) -> str:
         state = self.job.status
@@ -126,13 +127,14 @@ class LoraTrainingService:
 
     def start(self, owner: str, settings: LoraTrainingSettings, base_title: str) -> TrainingRun:
         """Validate, then train on a worker thread. Raises a ValueError subclass for any bad input."""
-        settings, _ = self.prepare(settings, base_title)
+        settings, dataset = self.prepare(settings, base_title)
         with self._lock:
             busy = next((r for r in self._runs if not r.job.finished), None)
             if busy is not None:
                 raise TrainingBusyError(f"LoRA {busy.settings.name!r} is training now (one run at a time): wait for "
                                         "it or interrupt it")
             run = TrainingRun(self.jobs.create(owner=owner, kind="train-lora"), settings)
+            run.dataset = dataset
             self._runs.append(run)
             self._runs = self._runs[-20:]
         run.job.status = "running"
@@ -142,7 +144,7 @@ class LoraTrainingService:
     def _work(self, run: TrainingRun) -> None:
         try:
             run.result = train_lora(run.settings, _RunObserver(run), should_stop=lambda: run.job.interrupted,
-                                    device_guard=lambda: self.jobs.device_lock)
+                                    device_guard=lambda: self.jobs.device_lock, dataset=run.dataset)
             run.job.result = run.result
             if run.result.output is not None:
                 self.loras.refresh()  # before the status says done: the picker has it when anyone looks

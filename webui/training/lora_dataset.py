@@ -112,9 +112,8 @@ def scan_dataset(root: Path, trigger: str = "") -> LoraDataset:
                 continue
             try:
                 with Image.open(path) as probe:
+                    size = probe.size  # read from the header, before verify() consumes the file
                     probe.verify()
-                with Image.open(path) as probe:
-                    size = probe.size
             except (UnidentifiedImageError, OSError, SyntaxError) as exc:
                 warnings.append(f"{relative}: cannot be read as an image ({str(exc).splitlines()[0]}); skipped")
                 continue

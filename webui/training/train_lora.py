@@ -320,9 +320,11 @@ def train_lora(
     should_stop: Callable[[], bool] = lambda: False,
     device_guard: Callable[[], ContextManager] = contextlib.nullcontext,
     model: LoadedModel | None = None,
+    dataset: LoraDataset | None = None,
 ) -> TrainingResult:
     """Train, save, and return what happened. `model` is a private copy to train on (loaded from `settings.base`
-    when not given); it is modified in place, so never pass a cached model that generation also uses."""
+    when not given); it is modified in place, so never pass a cached model that generation also uses. `dataset` is
+    `settings.data` already scanned by the caller (the service scans it to validate before starting a job)."""
     from accelerate import Accelerator
     from diffusers.optimization import get_scheduler
 
@@ -334,7 +336,7 @@ def train_lora(
         raise TrainingError(f"nothing to resume in {run_dir}: no checkpoint-latest.pt there (start without resume)")
     if saved is not None:
         _check_resumable(saved, settings)
-    dataset = scan_dataset(settings.data, settings.trigger)
+    dataset = dataset or scan_dataset(settings.data, settings.trigger)
     if settings.reg_data:
         dataset = with_regularization(dataset, scan_dataset(settings.reg_data))
     if settings.threads:
@@ -503,8 +505,6 @@ def train_lora(
                 if step >= total_steps:
                     break
             epoch += 1
-    except TrainingError:
-        raise
     except Exception as exc:
         if _is_out_of_memory(exc):
             raise TrainingError(

@@ -164,7 +164,7 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
                                elem_id="lora_train_loss", height=260)
             samples = gr.Gallery(label="Samples", columns=4, height=260, elem_id="lora_train_samples")
         notes = gr.Textbox(label="Messages and warnings", lines=2, interactive=False, elem_id="lora_train_warnings")
-        seen = gr.State(-1)
+        seen = gr.State(None)
         inputs = [base] + [components[field] for field, _ in _FIELDS]
 
         def on_start(request: gr.Request, base_title: str | None, *values: Any) -> str:
@@ -187,10 +187,10 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
 
         interrupt.click(on_interrupt, outputs=[status], api_name="train_lora_interrupt", queue=False)
 
-        def on_tick(last_version: int, request: gr.Request):
+        def on_tick(last_version: str | None, request: gr.Request):
             run = service.latest(owner_of(request))
-            version = -1 if run is None else run.version * 4 + ("running", "done", "interrupted", "failed",
-                                                               "queued").index(run.job.status) % 4
+            # status changes bump the run's version too, so (job, version) says whether anything moved
+            version = "" if run is None else f"{run.job.id}:{run.version}"
             if version == last_version:
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip(), last_version
             gallery = [(str(path), caption) for path, caption in run.samples] if run else []
