@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -95,6 +96,7 @@ def main() -> int:
     parser.add_argument("--reg-like-training", action="store_true",
                         help="regularisation prompts are the training captions with a trained shape swapped in")
     parser.add_argument("--skip-baselines", action="store_true", help="score only with the LoRA (quick sweeps)")
+    parser.add_argument("--keep", type=Path, help="copy the trained LoRA here (to look at its images afterwards)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -114,6 +116,9 @@ def main() -> int:
         result = train_lora(settings)
         train_seconds = time.time() - started
         lora = read_lora(result.output)
+        if args.keep:
+            args.keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(result.output, args.keep)
 
         model = load_checkpoint(DEFAULT_MODEL)
         concept = concept_scenes(args.concept_prompts, "rectangle", HELD_OUT_CONCEPT_SEED)

@@ -36,11 +36,13 @@ class AppServer:
         while time.time() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log.read_text()}")
-            try:
-                urllib.request.urlopen(self.url + "gradio_api/info", timeout=2)
+            try:  # our routes are mounted last, once Gradio serves: wait for them
+                urllib.request.urlopen(self.url + "sdapi/v1/samplers", timeout=2)
                 return self
-            except urllib.error.HTTPError:
-                return self  # answering (e.g. 401 with auth) means it is up
+            except urllib.error.HTTPError as exc:
+                if exc.code != 404:
+                    return self  # answering (e.g. 401 with auth) means it is up
+                time.sleep(0.2)
             except OSError:
                 time.sleep(0.5)
         raise RuntimeError(f"server did not start in {timeout}s:\n{self.log.read_text()}")

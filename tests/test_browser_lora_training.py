@@ -34,7 +34,7 @@ def start_arguments(**changes) -> list:
 def wait_for_state(client, states: set[str], timeout: float = 240.0) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        status = client.predict(api_name="/train_lora_status")
+        status = client.predict(api_name="/lora_training_status")
         if status["state"] in states:
             return status
         time.sleep(0.5)
@@ -49,7 +49,7 @@ def test_train_through_gradio_client_then_generate_with_the_lora(browser_app: Ap
     client = Client(browser_app.url, verbose=False)
     title = next(c[0] for c in client.predict(api_name="/refresh_checkpoints")["choices"] if c[0].startswith("tiny"))
     client.predict(title, *start_arguments(name="zz_api_trained", data=dataset, max_steps=6, batch_size=2, rank=4,
-                                           sample_every=3, sample_steps=3), api_name="/train_lora_start")
+                                           sample_every=3, sample_steps=3), api_name="/lora_training_start")
     status = wait_for_state(client, {"done", "failed", "interrupted"})
     assert status["state"] == "done", status
     assert [step for step, _ in status["losses"]] == [1, 2, 3, 4, 5, 6]
@@ -67,11 +67,11 @@ def test_train_through_gradio_client_then_generate_with_the_lora(browser_app: Ap
 
     # a second start while nothing runs but with the same name is refused with a message naming the file
     with pytest.raises(Exception, match="zz_api_trained.safetensors already exists"):
-        client.predict(title, *start_arguments(name="zz_api_trained", data=dataset), api_name="/train_lora_start")
+        client.predict(title, *start_arguments(name="zz_api_trained", data=dataset), api_name="/lora_training_start")
     with pytest.raises(Exception, match="rank must be at least 1"):
-        client.predict(title, *start_arguments(name="bad", data=dataset, rank=0), api_name="/train_lora_start")
+        client.predict(title, *start_arguments(name="bad", data=dataset, rank=0), api_name="/lora_training_start")
     with pytest.raises(Exception, match="has no usable images"):
-        client.predict(title, *start_arguments(name="bad", data=browser_app.root), api_name="/train_lora_start")
+        client.predict(title, *start_arguments(name="bad", data=browser_app.root), api_name="/lora_training_start")
 
 
 @pytest.fixture(scope="module")

@@ -29,8 +29,11 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     write_extension(extensions, "hello", HELLO_TAB)
     write_extension(extensions, "echo", ECHO)
     (root / "models").mkdir()
+    # The refusal tests below fail many logins from one address on purpose; the rate limit has its own tests
+    # (test_users_auth.py), so it is raised here.
     app = AppServer(root / "models", root / "outputs", "--auth", "alice:secret,bob:hunter2", "--extensions-dir",
-                    str(extensions), "--data-dir", str(root / "data"), "--no-preload").wait_ready()
+                    str(extensions), "--data-dir", str(root / "data"), "--no-preload", "--login-limit", "1000"
+                    ).wait_ready()
     # Extension routes are mounted just after Gradio starts answering; wait for them so no test sees a 404 race.
     deadline = time.monotonic() + 30
     while httpx.get(app.url + "ext/hello/ping", auth=("alice", "secret")).status_code == 404:

@@ -73,7 +73,8 @@ def test_mask_shape_tolerance_is_relative_to_the_image_ratio() -> None:
 
 def test_one_given_side_keeps_the_image_aspect() -> None:
     assert (_request(width=160).width, _request(width=160).height) == (160, 80)
-    assert _request(width=300).height == 152  # 150 rounded to the nearest multiple of 8
+    odd = Img2ImgRequest(prompt="x", init_image=Image.new("RGB", (100, 47)), width=304)
+    assert odd.height == 144  # 142.9 rounded to the nearest multiple of 8
     assert _request(width=64).height == 64  # never below the smallest side
     assert _request(height=64).width == 128
     with pytest.raises(RequestError, match="^width: 'wide' is not a whole number"):

@@ -11,12 +11,14 @@ from webui.services.extensions import ExtensionManager
 from webui.services.generation import APP_VERSION, GenerationService
 from webui.services.hashing import HashCache
 from webui.services.jobs import JobManager
+from webui.services.queue import DEFAULT_QUEUE_SIZE, JobQueue
 from webui.services.embeddings import EmbeddingLibrary
 from webui.services.lora import LoraLibrary
 from webui.services.lora_training import LoraTrainingService
 from webui.services.model_manager import ModelManager, choose_device, choose_dtype
 from webui.services.outputs import OutputStore
 from webui.services.settings import SettingsStore
+from webui.services.users import UserStore
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUILTIN_EXTENSIONS = Path(__file__).resolve().parent / "builtin_extensions"
@@ -91,6 +93,8 @@ class AppContext:
     loras: LoraLibrary
     embeddings: EmbeddingLibrary
     lora_training: LoraTrainingService
+    queue: JobQueue
+    users: UserStore  # who may log in, and who is an admin (one "local" admin when no login is configured)
 
 
 def build_context(
@@ -100,6 +104,8 @@ def build_context(
     ram_cache_size: int = 1,
     outputs: OutputStore | None = None,
     load_extensions: bool = True,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    users: UserStore | None = None,
 ) -> AppContext:
     torch_device = choose_device(device)
     dtype = choose_dtype(torch_device, precision)
@@ -118,7 +124,9 @@ def build_context(
     embeddings = EmbeddingLibrary(paths.embeddings_dir, hashes)
     samplers = SamplerRegistry()
     jobs = JobManager()
-    outputs = outputs or OutputStore(paths.outputs_dir)
+    queue = JobQueue(jobs, queue_size)
+    users = users or UserStore()
+    outputs = outputs or OutputStore(paths.outputs_dir, per_user=users.is_multi_user)
     lora_training = LoraTrainingService(jobs, models, loras, paths.lora_dir, paths.lora_training_dir)
     settings = SettingsStore(paths.data_dir / "config.json")
     extensions = ExtensionManager(
@@ -132,6 +140,6 @@ def build_context(
     )
     if load_extensions:
         extensions.load_all()
-    generation = GenerationService(models, outputs, samplers, jobs, hooks=extensions, embeddings=embeddings)
+    generation = GenerationService(models, outputs, samplers, queue, hooks=extensions, embeddings=embeddings)
     return AppContext(paths, models, samplers, jobs, outputs, generation, settings, extensions, controlnet, loras,
-                      embeddings, lora_training)
+                      embeddings, lora_training, queue, users)

@@ -6,10 +6,13 @@ import argparse
 import sys
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from webui import offline
-from webui.api.routes import mount_extension_routes
+from webui.api.routes import mount_routes, mount_sdapi
+from webui.api.sdapi import ApiLimits
+from webui.services.queue import DEFAULT_QUEUE_SIZE
+from webui.services.users import LoginLimits, UserStore
 
 UPLOAD_LIMIT = "50mb"
 
@@ -25,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--share", action="store_true", help="public Gradio link (needs --auth or --auth-file)")
     parser.add_argument("--auth", help="user:password[,user2:password2]")
     parser.add_argument("--auth-file", type=Path, help="file with one user:password per line")
+    parser.add_argument("--admin", action="append", default=[], metavar="USER",
+                        help="this login may refresh models, change settings, install extensions and stop the "
+                             "server (repeatable; a single login is the admin anyway)")
+    parser.add_argument("--login-limit", type=int, default=LoginLimits.attempts, metavar="N",
+                        help="failed logins allowed per user and per address within 60 s before logins for it "
+                             f"pause for 60 s (default {LoginLimits.attempts})")
     parser.add_argument("--models-dir", type=Path)
     parser.add_argument("--outputs-dir", type=Path)
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
@@ -36,6 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--enable-insecure-extension-access", action="store_true",
                         help="allow installing extensions even with --listen/--share")
     parser.add_argument("--data-dir", type=Path, help="settings and caches (default: ./cache)")
+    parser.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE, metavar="N",
+                        help=f"jobs that may wait for the device; more are refused as 'queue full' "
+                             f"(default {DEFAULT_QUEUE_SIZE})")
+    parser.add_argument("--api", action="store_true",
+                        help="A1111's flag, accepted for its scripts: /sdapi/v1 is always on, behind the same login")
+    parser.add_argument("--nowebui", action="store_true", help="serve only the HTTP API (/sdapi/v1, /docs), no UI")
+    parser.add_argument("--api-max-steps", type=int, default=ApiLimits.max_steps, metavar="N",
+                        help=f"most sampling steps one API call may ask for (default {ApiLimits.max_steps})")
+    parser.add_argument("--api-max-side", type=int, default=ApiLimits.max_side, metavar="PX",
+                        help=f"largest width or height one API call may ask for (default {ApiLimits.max_side})")
+    parser.add_argument("--api-max-images", type=int, default=ApiLimits.max_images, metavar="N",
+                        help=f"most images (batch size x count) one API call may ask for "
+                             f"(default {ApiLimits.max_images})")
     return parser
 
 
@@ -57,8 +79,32 @@ def parse_credentials(auth: str | None, auth_file: Path | None) -> list[tuple[st
     return credentials
 
 
-def check_exposure(args: argparse.Namespace, credentials: list[tuple[str, str]]) -> None:
-    if (args.listen or args.share) and not credentials:
+def build_users(args: argparse.Namespace) -> UserStore:
+    """The UserStore from --auth, --auth-file, --admin and --login-limit; passwords are hashed here and the plain
+    --auth text is dropped from `args`."""
+    credentials = parse_credentials(args.auth, args.auth_file)
+    args.auth = None
+    if args.admin and not credentials:
+        raise LaunchError("error: --admin names a login, so it needs --auth or --auth-file")
+    try:
+        return UserStore(credentials, args.admin, limits=LoginLimits(attempts=args.login_limit))
+    except ValueError as exc:
+        raise LaunchError(f"error: {exc}") from exc
+
+
+def check_user_folders(users: UserStore, reserved: Sequence[str]) -> None:
+    """With several users each gets outputs/<user>/; a name must not take a folder the app itself keeps there."""
+    if not users.is_multi_user:
+        return
+    taken = {name.casefold() for name in reserved}
+    for name in users.names:
+        if name.casefold() in taken:
+            raise LaunchError(f"error: user name {name!r} is the name of a folder the app keeps in outputs/; "
+                              "choose another name")
+
+
+def check_exposure(args: argparse.Namespace, users: UserStore) -> None:
+    if (args.listen or args.share) and not users.auth_enabled:
         flag = "--share" if args.share else "--listen"
         raise LaunchError(
             f"error: {flag} makes the app reachable by others, so it needs a login. "
@@ -69,29 +115,53 @@ def check_exposure(args: argparse.Namespace, credentials: list[tuple[str, str]])
 def main(argv: Sequence[str] | None = None) -> None:
     offline.enforce()
     args = build_parser().parse_args(argv)
-    credentials = parse_credentials(args.auth, args.auth_file)
-    check_exposure(args, credentials)
+    if args.queue_size < 1:
+        raise LaunchError(f"error: --queue-size must be at least 1, not {args.queue_size}")
+    users = build_users(args)
+    check_exposure(args, users)
 
+    from starlette.middleware import Middleware
+
+    from webui.api.auth import GradioLogin, login_message
+    from webui.api.file_guard import OutputsFileGuard
     from webui.context import AppPaths, build_context
     from webui.ui.app import build_ui
 
     paths = AppPaths.default(models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                              extension_dirs=tuple(args.extensions_dir), data_dir=args.data_dir)
+    check_user_folders(users, [paths.lora_training_dir.name])
+    if users.is_multi_user and not users.admins:
+        print("note: no --admin named, so nobody may refresh models, change settings, install extensions or stop "
+              "the server from the app", file=sys.stderr)
     try:
-        context = build_context(paths, device=args.device, precision=args.precision, ram_cache_size=args.ram_cache)
+        context = build_context(paths, device=args.device, precision=args.precision, ram_cache_size=args.ram_cache,
+                                users=users, queue_size=args.queue_size)
     except ValueError as exc:
         raise LaunchError(f"error: {exc}") from exc
+    removed = context.outputs.remove_stale_temporaries()
+    if removed:
+        print(f"removed {len(removed)} unfinished image file(s) left by an earlier run that was killed",
+              file=sys.stderr)
+    limits = ApiLimits(args.api_max_steps, args.api_max_side, args.api_max_images)
+    flags = vars(args).copy()
     if not args.no_preload and context.models.default_checkpoint() is not None:
         threading.Thread(target=_preload, args=(context,), daemon=True).start()
+    if args.nowebui:
+        _serve_api_only(args, context, users, flags, limits)
+        return
     install_allowed = not (args.listen or args.share) or args.enable_insecure_extension_access
     demo = build_ui(context, install_allowed=install_allowed)
-    demo.queue(default_concurrency_limit=1, max_size=64)
+    demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
     paths.outputs_dir.mkdir(parents=True, exist_ok=True)
+    login = GradioLogin(users)
     demo.launch(
         server_name="0.0.0.0" if args.listen else "127.0.0.1",
         server_port=args.port,
         share=args.share,
-        auth=credentials or None,
+        auth=login.check if users.auth_enabled else None,
+        auth_message=login_message(users.limits) if users.auth_enabled else None,
+        app_kwargs={"middleware": [login.middleware(),
+                                   Middleware(OutputsFileGuard, users=users, outputs_root=paths.outputs_dir)]},
         allowed_paths=[str(paths.outputs_dir)],
         blocked_paths=[str(paths.models_dir), str(paths.data_dir)],
         max_file_size=UPLOAD_LIMIT,
@@ -99,8 +169,42 @@ def main(argv: Sequence[str] | None = None) -> None:
         footer_links=[],
         prevent_thread_lock=True,
     )
-    mount_extension_routes(demo.server_app, context, credentials)
-    demo.block_thread()
+    stop = threading.Event()
+    mount_routes(demo.server_app, context, stop=stop.set)
+    mount_sdapi(demo.server_app, context, flags, limits)
+    _serve_until_stopped(demo, stop)
+    context.queue.shutdown()
+
+
+def _serve_api_only(args: argparse.Namespace, context: Any, users: UserStore, flags: dict[str, Any],
+                    limits: ApiLimits) -> None:
+    """`--nowebui`: the same routes and logins on a bare FastAPI app, without Gradio."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    from webui.api.auth import GradioLogin
+
+    app = FastAPI(title="Latent Studio API", docs_url=None, redoc_url=None, openapi_url=None,
+                  middleware=[GradioLogin(users).middleware()])
+    config = uvicorn.Config(app, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port, log_level="warning")
+    server = uvicorn.Server(config)
+    mount_routes(app, context, stop=lambda: setattr(server, "should_exit", True))
+    mount_sdapi(app, context, flags, limits)
+    print(f"API only (--nowebui): http://{config.host}:{args.port}/sdapi/v1/ (schema at /docs)", flush=True)
+    server.run()
+    context.queue.shutdown()
+
+
+def _serve_until_stopped(demo: Any, stop: threading.Event) -> None:
+    """Like Gradio's block_thread, but an admin's `POST /api/server/stop` ends it too."""
+    try:
+        while demo.is_running and not stop.wait(0.1):
+            pass
+    except KeyboardInterrupt:
+        print("Keyboard interruption in main thread... closing server.")
+    else:
+        print("Stopping the server (asked by an admin)." if stop.is_set() else "The server stopped.")
+    demo.close()
 
 
 def _preload(context) -> None:

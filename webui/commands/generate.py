@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+
+
+def cli_data_dir() -> Path:
+    """The CLI's default `--data-dir` (model hashes, settings, which extensions are disabled): a per-user cache,
+    `$XDG_CACHE_HOME/latent-studio` or `~/.cache/latent-studio`, so the command never writes into the project
+    folder (which may be read-only or shared)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "latent-studio"
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +35,12 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--models-dir", type=Path)
     parser.add_argument("--out", type=Path, required=True, help="folder for the PNG files")
+    parser.add_argument("--extensions-dir", type=Path, action="append", default=[], metavar="DIR",
+                        help="another folder of extensions (repeatable); the built-in ones and the project's "
+                             "extensions/ always load; their generation hooks run as in the app")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR",
+                        help="settings and caches (default: $XDG_CACHE_HOME/latent-studio or ~/.cache/latent-studio; "
+                             "give the app's folder, e.g. cache/, to use its settings and enabled extensions)")
     parser.add_argument(
         "--controlnet", action="append", default=[], metavar="SPEC",
         help="a ControlNet unit, repeatable: 'model=NAME,image=PATH,module=canny,weight=1,start=0,end=1,"
@@ -109,14 +123,19 @@ def run_and_print(args: argparse.Namespace, request, runner=None) -> int:
     from webui.context import AppPaths, build_context
     from webui.services.outputs import OutputStore
 
-    paths = AppPaths.default(models_dir=args.models_dir, outputs_dir=args.out)
+    paths = AppPaths.default(models_dir=args.models_dir, outputs_dir=args.out,
+                             extension_dirs=tuple(args.extensions_dir), data_dir=args.data_dir or cli_data_dir())
     context = build_context(
         paths, device=args.device, precision=args.precision, outputs=OutputStore(args.out, flat=True)
     )
     # img2img runners get the preprocessors, so depth models can estimate their depth map
     runner = runner(context.samplers, context.controlnet.preprocessors) if runner else None
-    job = context.jobs.create(owner="cli", kind=runner.mode if runner else "txt2img")
-    result = context.generation.run(job, request, runner)
+    context.outputs.remove_stale_temporaries()  # what a killed earlier run left half-written
+    job = context.generation.submit("cli", request, runner)  # the same queue as the UI and the HTTP API
+    context.queue.wait(job)
+    if job.status == "failed":
+        raise job.exception or RuntimeError(job.error)
+    result = job.result
     for path in result.paths:
         print(path, flush=True)
     for warning in result.warnings:
@@ -125,6 +144,6 @@ def run_and_print(args: argparse.Namespace, request, runner=None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from webui.services.requests import GenerationRequest
+    from webui.services.requests import GenerationRequest, parse_request
 
-    return run_and_print(args, GenerationRequest(**request_fields(args)))
+    return run_and_print(args, parse_request(GenerationRequest, request_fields(args)))

@@ -48,6 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace, outpaint: bool) -> int:
     from webui.services.img2img import Img2ImgRequest, Img2ImgRunner, OutpaintRunner
+    from webui.services.requests import parse_request
     from webui.services.uploads import UploadLimits, load_image, to_rgb
 
     limits = UploadLimits(args.max_image_pixels) if args.max_image_pixels else UploadLimits.from_env()
@@ -67,9 +68,9 @@ def _run(args: argparse.Namespace, outpaint: bool) -> int:
             inpainting_mask_invert=int(args.invert_mask),
             depth_image=load_image(args.depth, "depth", limits) if args.depth else None,
         )
-    request = Img2ImgRequest(
+    request = parse_request(Img2ImgRequest, dict(
         **request_fields(args), init_image=init, denoising_strength=args.denoise, mask_blur=args.mask_blur, **extra
-    )
+    ))
     return run_and_print(args, request, OutpaintRunner if outpaint else Img2ImgRunner)
 
 

@@ -17,7 +17,9 @@ The shape follows InvokeAI's diffusion backend (one context, callbacks by type) 
 
 from __future__ import annotations
 
+import gc
 import inspect
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
@@ -26,6 +28,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from .conditioning import Conditioning
 from .loader import LoadedModel
+
+log = logging.getLogger(__name__)
 
 Half = Literal["uncond", "cond"]
 
@@ -222,13 +226,41 @@ def run_denoise(
     return _Loop(ctx, extensions).run()
 
 
-def decode_latents(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
-    """Latents -> images in [-1, 1]; any NaN/Inf is an error, never a silent black image."""
+def free_device_memory(device: torch.device) -> None:
+    """Give back what the allocator caches, so a retry (or the next job) starts from what is really in use."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _decode(model: LoadedModel, latents: torch.Tensor, tiled: bool = False) -> torch.Tensor:
     with torch.inference_mode():
         scaled = latents.to(model.vae.dtype) / model.vae_scale
-        images = model.vae.decode(scaled, return_dict=False)[0]
+        if tiled:  # diffusers' tiles overlap and blend, so the seams do not show
+            return model.vae.tiled_decode(scaled, return_dict=False)[0]
+        return model.vae.decode(scaled, return_dict=False)[0]
+
+
+def decode_latents(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
+    """Latents -> images in [-1, 1]; any NaN/Inf is an error, never a silent black image.
+
+    Two retries, as A1111 and ComfyUI do: a decode that runs out of memory is done again tile by tile, and a half
+    precision VAE that overflows to NaN/Inf (the classic SDXL VAE) is moved to fp32 for good and decodes again.
+    """
+    tiled = False
+    try:
+        images = _decode(model, latents)
+    except torch.OutOfMemoryError:
+        log.warning("the VAE ran out of memory decoding %s; retrying tile by tile", tuple(latents.shape))
+        free_device_memory(latents.device)
+        tiled = True
+        images = _decode(model, latents, tiled=True)
+    if not torch.isfinite(images).all() and model.vae.dtype != torch.float32:
+        log.warning("the %s VAE produced NaN/Inf; moving it to fp32 and decoding again", model.vae.dtype)
+        model.vae.to(torch.float32)
+        images = _decode(model, latents, tiled=tiled)
     if not torch.isfinite(images).all():
         raise FloatingPointError(
-            "the VAE produced NaN/Inf values; try --precision fp32 or a different VAE (nothing was saved)"
+            "the VAE produced NaN/Inf values even in fp32; try another VAE or --precision fp32 (nothing was saved)"
         )
     return images

@@ -34,7 +34,7 @@ from webui.engine.preprocessors import (
     pixel_perfect_resolution,
 )
 from webui.services.hashing import HashCache
-from webui.services.requests import RequestError, as_float, as_int
+from webui.services.requests import Finite, RequestError, Whole, parse_field
 from webui.services.uploads import UploadLimits, load_image, load_image_base64
 
 CONTROLNET_SUFFIXES = (".safetensors", ".pth", ".pt", ".ckpt", ".bin")
@@ -120,7 +120,7 @@ class ControlUnitRequest:
         if values.get("model") is not None:
             unit.model = str(values["model"]).strip() or "None"
         if values.get("weight") is not None:
-            unit.weight = as_float(values["weight"], f"{where} weight")
+            unit.weight = parse_field(Finite, values["weight"], f"{where} weight")
         for name in ("image", "mask_image"):
             value = values.get(name)
             if value is None or value == "" or not with_images:
@@ -140,13 +140,13 @@ class ControlUnitRequest:
             except (PreprocessorError, ValueError) as exc:
                 raise RequestError(f"{where} resize_mode", str(exc)) from exc
         if values.get("processor_res") is not None:
-            unit.processor_res = as_int(values["processor_res"], f"{where} processor_res")
+            unit.processor_res = parse_field(Whole, values["processor_res"], f"{where} processor_res")
         for name in ("threshold_a", "threshold_b"):
             if values.get(name) is not None:
-                setattr(unit, name, as_float(values[name], f"{where} {name}"))
+                setattr(unit, name, parse_field(Finite, values[name], f"{where} {name}"))
         for name in ("guidance_start", "guidance_end"):
             if values.get(name) is not None:
-                setattr(unit, name, as_float(values[name], f"{where} {name}"))
+                setattr(unit, name, parse_field(Finite, values[name], f"{where} {name}"))
         if values.get("control_mode") is not None:
             unit.control_mode = parse_control_mode(values["control_mode"], f"{where} control_mode")
         if "pixel_perfect" in values:

@@ -4,6 +4,10 @@ An extension is a folder with `extension.toml` (name, version, description, requ
 entry module defining `register(api)`. Nothing runs at import time on our side and an extension must not rely on it
 either: everything goes through the `ExtensionAPI` it receives. Any failure (import, registration, UI build, a hook,
 an app-version mismatch) disables only that extension, and is shown in the Extensions tab and the log.
+
+Extensions import only from `webui.services` (never `webui.engine`): the types their hooks receive or return are
+re-exported here (`DenoiseExtension`, `DenoiseContext`, `UNetCall`, `StepState`, `SamplerSpec`, `LoadedModel`,
+`GenerationRequest`, `RequestError`, `ExtraNetworkActivation`, `ExtraNetworkTag`); see `__all__`.
 """
 
 from __future__ import annotations
@@ -36,15 +40,32 @@ from webui.engine.denoise import DenoiseContext, DenoiseExtension, UNetCall
 from webui.engine.denoise_extensions import StepHook, StepState
 from webui.engine.loader import LoadedModel
 from webui.engine.samplers import SamplerRegistry, SamplerSpec
+from webui.engine.tokenizer import count_tokens
 from webui.services.extra_networks import ExtraNetworkActivation, ExtraNetworkTag, group_by_kind, unhandled
 from webui.services.model_manager import ModelManager
 from webui.services.requests import GenerationRequest, RequestError
 from webui.services.settings import SettingKind, SettingSpec, SettingsStore
 
+__all__ = [
+    # what the app uses
+    "ExtensionAPI", "ExtensionError", "ExtensionManager", "ExtensionRecord", "Manifest", "Registrations",
+    "read_manifest", "endpoint_prefix",
+    # what extensions use in their hooks (re-exported so that they never import the engine)
+    "DenoiseContext", "DenoiseExtension", "ExtraNetworkActivation", "ExtraNetworkTag", "GenerationRequest",
+    "LoadedModel", "RequestError", "SamplerSpec", "SettingKind", "StepState", "UNetCall",
+]
+
 log = logging.getLogger("webui.extensions")
 MANIFEST = "extension.toml"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+LOCAL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a setting's or an endpoint's name inside its extension
 Mode = Literal["txt2img", "img2img"]
+
+
+def endpoint_prefix(extension: str) -> str:
+    """`my-ext` -> `my_ext`: what starts the names of an extension's Gradio endpoints and API parameters (Gradio
+    turns every other character into `_` as well, which is why names differing only in `-`/`_` clash)."""
+    return re.sub(r"\W", "_", extension)
 
 
 class ExtensionError(Exception):
@@ -145,6 +166,10 @@ class ExtensionRecord:
     def name(self) -> str:
         return self.manifest.name if self.manifest else self.folder.name
 
+    @property
+    def endpoint_prefix(self) -> str:
+        return endpoint_prefix(self.name)
+
     def fail(self, where: str, exc: BaseException) -> None:
         self.status = "failed"
         self.error = f"{where}: {type(exc).__name__}: {exc}"
@@ -235,15 +260,60 @@ class ExtensionAPI:
         step: float | None = None,
     ) -> str:
         """Register a persisted setting shown in the Settings tab; returns its key `<extension>.<name>`."""
+        if not LOCAL_NAME.match(name):
+            raise ExtensionError(f"{self.name}: setting name {name!r} must be letters, digits, '-' or '_'")
         spec = SettingSpec(f"{self.name}.{name}", default, label, kind, tuple(choices), minimum, maximum, step, self.name)
         self._settings.register(spec)
         return spec.key
 
+    def _key(self, name: str) -> str:
+        """A bare name is one of this extension's settings; a dotted key (`<owner>.<name>`) is anyone's."""
+        return name if "." in name else f"{self.name}.{name}"
+
     def setting(self, name: str) -> Any:
-        return self._settings.get(f"{self.name}.{name}")
+        """The current value: the last one saved (Settings tab, `set_setting`, `POST /sdapi/v1/options`), else the
+        default given to `add_setting`. `name` is one of yours, or a full key such as `"controlnet.units"`."""
+        key = self._key(name)
+        try:
+            return self._settings.get(key)
+        except KeyError:
+            raise KeyError(f"{self.name}: no setting {key!r}; register it first with "
+                           f"api.add_setting({name!r}, default, label)") from None
+
+    def set_setting(self, name: str, value: Any) -> Any:
+        """Change one of this extension's own settings: checked like the Settings tab (a bad value raises ValueError
+        naming the setting) and saved at once. Returns the stored value (e.g. `"0.5"` becomes 0.5 for a number)."""
+        key = self._key(name)
+        if not key.startswith(f"{self.name}."):
+            raise ExtensionError(f"{self.name}: may change only its own settings, not {key!r}")
+        if key not in self._settings.specs:
+            raise KeyError(f"{self.name}: no setting {key!r}; register it first with api.add_setting")
+        self._settings.update({key: value})
+        return self._settings.get(key)
+
+    def api_name(self, name: str) -> str:
+        """The Gradio endpoint name for `name`: `<extension>_<name>` (`-` in the extension's name becomes `_`).
+
+        Every endpoint your UI code creates is renamed this way when the UI is built, whether or not you pass
+        `api_name=api.api_name(...)`; calling it tells you the name API clients see (`client.predict(...,
+        api_name="/" + api.api_name("count"))`)."""
+        if not LOCAL_NAME.match(name):
+            raise ExtensionError(f"{self.name}: endpoint name {name!r} must be letters, digits, '-' or '_'")
+        prefix = self._record.endpoint_prefix
+        return name if name == prefix or name.startswith(f"{prefix}_") else f"{prefix}_{name}"
+
+    @staticmethod
+    def count_tokens(prompt: str) -> tuple[int, int]:
+        """(tokens used, capacity): the prompt's CLIP tokens and the room in its 75-token chunks (A1111's `n/75`)."""
+        return count_tokens(prompt)
 
     def add_route(self, path: str, handler: Callable[..., Any], methods: Iterable[str] = ("GET",)) -> None:
-        """An HTTP route served at `/ext/<extension>/<path>` (FastAPI handler; login applies as for the UI)."""
+        """An HTTP route served at `/ext/<extension>/<path>`, for logged-in users only (as the UI).
+
+        `handler` is a FastAPI endpoint, plain or `async`: FastAPI fills its parameters from the query string, a JSON
+        body (a pydantic model or `dict`), `request: fastapi.Request`, `file: fastapi.UploadFile`, or the caller with
+        `user: webui.services.users.User = fastapi.Depends(webui.api.auth.current_user)`; it returns anything JSON
+        can encode, and raises `fastapi.HTTPException` for an error status."""
         clean = path.strip("/")
         if ".." in clean.split("/"):
             raise ExtensionError(f"{self.name}: route {path!r} must stay under /ext/{self.name}/")
@@ -398,7 +468,7 @@ class ExtensionManager:
     def load_all(self) -> list[ExtensionRecord]:
         disabled = self._disabled()
         self.records = []
-        seen: dict[str, Path] = {}
+        seen: dict[str, tuple[str, Path]] = {}  # endpoint prefix -> (name, folder): `a-b` and `a_b` clash too
         for record in self.discover():
             self.records.append(record)
             try:
@@ -406,13 +476,15 @@ class ExtensionManager:
             except ExtensionError as exc:
                 record.fail("reading the manifest", exc)
                 continue
-            if record.name in seen:
+            if record.endpoint_prefix in seen:
+                other, folder = seen[record.endpoint_prefix]
+                alike = "" if other == record.name else f" (as {other!r}: names differing only in '-'/'_' clash)"
                 record.fail("loading", ExtensionError(
-                    f"duplicate extension name {record.name!r}: the extension in {seen[record.name]} already has it; "
+                    f"duplicate extension name {record.name!r}: the extension in {folder} already has it{alike}; "
                     f"rename one of them (the `name` in {MANIFEST}) or remove {record.folder}"
                 ))
                 continue
-            seen[record.name] = record.folder
+            seen[record.endpoint_prefix] = (record.name, record.folder)
             record.enabled = record.name not in disabled
             if not record.enabled:
                 record.status = "disabled"

@@ -13,7 +13,7 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 from PIL import Image
 
-from webui.engine.denoise import DenoiseExtension, Interrupted
+from webui.engine.denoise import DenoiseExtension, Interrupted, free_device_memory
 from webui.engine.denoise_extensions import Interrupt, Progress, StepHook, StepHooks
 from webui.engine.generation import SamplingParams, txt2img
 from webui.engine.loader import DepthMapRequired, LoadedModel
@@ -22,10 +22,11 @@ from webui.engine.samplers import SamplerError, SamplerRegistry
 from webui.services.embeddings import EmbeddingLibrary
 from webui.services.extra_networks import ExtraNetworkActivation, ExtraNetworkTag, extract_tags, unhandled
 from webui.services.infotext import format_infotext
-from webui.services.jobs import Job, JobManager
+from webui.services.jobs import Job
 from webui.services.model_manager import ModelManager, ModelRecipe
 from webui.services.outputs import OutputSaveError, OutputStore
-from webui.services.requests import GenerationRequest, RequestError, seeds_for_iteration, validate_request
+from webui.services.queue import JobQueue
+from webui.services.requests import GenerationRequest, RequestError, resolve_for_model, seeds_for_iteration
 
 APP_VERSION = "0.1.0"
 
@@ -109,6 +110,10 @@ class Txt2ImgRunner:
         return {}
 
 
+class GenerationOutOfMemory(RuntimeError):
+    """The device ran out of memory; its caches were freed, so the next (smaller) job works."""
+
+
 @dataclass
 class GenerationResult:
     """What a finished (or interrupted) job produced. Saved paths may be missing if saving failed."""
@@ -130,7 +135,7 @@ class GenerationService:
         models: ModelManager,
         outputs: OutputStore,
         samplers: SamplerRegistry,
-        jobs: JobManager,
+        queue: JobQueue,
         preview_every: int = 3,
         hooks: GenerationHooks | None = None,
         embeddings: EmbeddingLibrary | None = None,
@@ -138,7 +143,7 @@ class GenerationService:
         self.models = models
         self.outputs = outputs
         self.samplers = samplers
-        self.jobs = jobs
+        self.queue = queue
         self.preview_every = preview_every
         self.hooks: GenerationHooks = hooks or NoHooks()
         self.embeddings = embeddings  # textual inversion (models/embeddings), a core feature as in A1111
@@ -147,18 +152,16 @@ class GenerationService:
 
     def validate(self, request: GenerationRequest, model: LoadedModel, runner: ModeRunner | None = None
                  ) -> GenerationRequest:
-        """Check a request against the model it will run on; raises RequestError with a one-line message."""
-        valid = (runner or self.txt2img).validate(validate_request(request, model.default_resolution), model)
+        """Check a request against the model it will run on; raises RequestError with a one-line message.
+
+        The fields were checked when the request was built (the schema); what is left depends on the mode and model."""
+        valid = (runner or self.txt2img).validate(request, model)
         try:
             spec, schedule = self.samplers.resolve(valid.sampler_name, valid.scheduler)
             spec.config_for(schedule, model.prediction_type)
         except SamplerError as exc:
             raise RequestError(exc.field_name, str(exc)) from exc
-        multiple = model.vae_downscale * 2 ** (len(model.unet.config.block_out_channels) - 1)
-        for name in ("width", "height"):
-            if getattr(valid, name) % multiple:
-                raise RequestError(name, f"{getattr(valid, name)} must be a multiple of {multiple} for this model")
-        return valid
+        return resolve_for_model(valid, model)
 
     def recipe(self, request: GenerationRequest, activation: ExtraNetworkActivation) -> ModelRecipe:
         """The model a request runs on: its checkpoint, its VAE (or the app's default), its LoRA patches."""
@@ -191,41 +194,60 @@ class GenerationService:
             self._preview_factors = {key: fit_latent_to_rgb(model)}  # one model at a time
         return self._preview_factors[key]
 
-    def run(self, job: Job, request: GenerationRequest, runner: ModeRunner | None = None) -> GenerationResult:
-        """Run a job to completion (or interruption) under the device lock; txt2img unless a runner is given.
+    def submit(self, owner: str, request: GenerationRequest, runner: ModeRunner | None = None, save: bool = True
+               ) -> Job:
+        """Queue a generation for `owner`; returns the job at once (watch it, or `queue.wait` for it).
+
+        The default VAE is the one chosen when the job was submitted, not when it starts. `save=False` (the HTTP
+        API's `save_images: false`) returns the images without writing them to the outputs folder."""
+        runner = runner or self.txt2img
+        if not request.vae:
+            request = replace(request, vae=self.models.vae_choice)
+        return self.queue.submit(owner, runner.mode, lambda job: self.run(job, request, runner, save))
+
+    def run(self, job: Job, request: GenerationRequest, runner: ModeRunner | None = None, save: bool = True
+            ) -> GenerationResult:
+        """Run a job to completion (or interruption) on this thread; the queue's worker calls it holding the device.
 
         The job's model is checked out for it alone: its VAE and its LoRAs (from `<lora:...>` tags, which are removed
         from the prompt the text encoder sees but kept in the infotext) apply only while it runs.
         """
         runner = runner or self.txt2img
         result = GenerationResult()
-        job.status = "queued"
-        if not request.vae:  # the default VAE is the one chosen when the job was submitted, not when it starts
+        if not request.vae:
             request = replace(request, vae=self.models.vae_choice)
-        with self.jobs.device_lock:
-            job.status = "running"
-            try:
-                request = self.hooks.before_generate(request)
-                prompt, tags = extract_tags(request.prompt)
-                negative, negative_tags = extract_tags(request.negative_prompt)
-                activation = self.hooks.extra_networks([*tags, *negative_tags], request)
-                result.warnings.extend(activation.warnings)
-                with self.models.checkout(self.recipe(request, activation)) as model:
-                    self._generate(job, request, runner, model, prompt, negative, activation, result)
-                job.status = "done"
-            except Interrupted:
-                result.interrupted = True
-                job.status = "interrupted"
-            except Exception as exc:
-                job.status = "failed"
-                job.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise
-            finally:
-                job.result = result
+        job.result = result
+        job.set_status("running")
+        try:
+            request = self.hooks.before_generate(request)
+            prompt, tags = extract_tags(request.prompt)
+            negative, negative_tags = extract_tags(request.negative_prompt)
+            activation = self.hooks.extra_networks([*tags, *negative_tags], request)
+            result.warnings.extend(activation.warnings)
+            with self.models.checkout(self.recipe(request, activation)) as model:
+                self._generate(job, request, runner, model, prompt, negative, activation, result, save)
+            job.set_status("done")
+        except Interrupted:
+            result.interrupted = True
+            job.set_status("interrupted")
+        except torch.OutOfMemoryError as exc:
+            free_device_memory(self.models.device)  # the next job starts with the allocator's cache emptied
+            kept = f"; {len(result.images)} finished image(s) were kept" if result.images else ""
+            message = (f"out of memory on {self.models.device} at {request.width}x{request.height}, batch size "
+                       f"{request.batch_size}{kept}. Lower the size or the batch size, or close other programs "
+                       "using the device, then try again")
+            job.error = message
+            job.set_status("failed")
+            raise GenerationOutOfMemory(message) from exc
+        except Exception as exc:
+            job.error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            job.set_status("failed")
+            raise
         return result
 
     def _generate(self, job: Job, request: GenerationRequest, runner: ModeRunner, model: LoadedModel, prompt: str,
-                  negative: str, activation: ExtraNetworkActivation, result: GenerationResult) -> None:
+                  negative: str, activation: ExtraNetworkActivation, result: GenerationResult, save: bool = True
+                  ) -> None:
         valid = self.validate(request, model, runner)
         embeddings = self.embeddings.for_model(model) if self.embeddings else None
         extra_info = {**activation.infotext, **runner.infotext_params(valid)}
@@ -256,24 +278,40 @@ class GenerationService:
                     job.preview_factors = self._preview_factors_for(model)
                     job.preview_latents = latents
                     job.preview_version += 1
+                job.touch()
 
             extensions = [
-                Interrupt(lambda: job.interrupted), *feature_extensions, StepHooks(step_hooks), Progress(on_progress)
+                Interrupt(lambda: job.interrupted or job.skip_requested), *feature_extensions, StepHooks(step_hooks),
+                Progress(on_progress),
             ]
-            images = runner.sample(model, valid, params, extensions)
+            try:
+                images = runner.sample(model, valid, params, extensions)
+            except Interrupted:
+                if job.interrupted or not job.skip_requested:
+                    raise
+                job.clear_skip()  # Skip drops this batch only; the next one starts
+                job.batches_done, job.step = iteration + 1, 0
+                job.touch()
+                continue
             images = self.hooks.after_decode(images, valid)
             for image, seed in zip(images, seeds):
-                self._keep(result, image, self.infotext(valid, model, seed, extra_info), seed, runner.mode)
+                info = self.infotext(valid, model, seed, extra_info)
+                self._keep(result, image, info, seed, runner.mode, save, job.owner)
             job.batches_done = iteration + 1
             job.step = 0
+            job.clear_skip()  # a Skip that came while decoding has nothing left to skip
+            job.touch()
             if job.interrupted:
                 raise Interrupted()
 
-    def _keep(self, result: GenerationResult, image: Image.Image, infotext: str, seed: int, mode: str) -> None:
+    def _keep(self, result: GenerationResult, image: Image.Image, infotext: str, seed: int, mode: str,
+              save: bool = True, owner: str | None = None) -> None:
         result.images.append(image)
         result.infotexts.append(infotext)
         result.seeds.append(seed)
+        if not save:
+            return
         try:
-            result.paths.append(str(self.outputs.save_png(image, infotext, mode, seed)))
+            result.paths.append(str(self.outputs.save_png(image, infotext, mode, seed, owner)))
         except OutputSaveError as exc:  # the image is still returned to the user
             result.warnings.append(str(exc))

@@ -12,30 +12,33 @@ MiDaS weights are in its folder. They cannot inpaint or outpaint.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 from PIL import Image
+from pydantic import Field
+from pydantic.json_schema import SkipJsonSchema
 
 from webui.engine.denoise import DenoiseExtension
 from webui.engine.generation import SamplingParams
-from webui.engine.img2img import (
-    INPAINTING_FILL_LABELS,
-    LATENT_NOISE,
-    ORIGINAL,
-    Img2ImgOptions,
-    img2img,
-)
+from webui.engine.img2img import INPAINTING_FILL_LABELS, LATENT_NOISE, ORIGINAL, Img2ImgOptions, img2img
 from webui.engine.loader import LoadedModel
 from webui.engine.masking import RESIZE_MODE_LABELS, binary_mask, blur_reach, is_empty, outpaint_canvas
 from webui.engine.preprocessors import PreprocessorError, PreprocessorRunner, default_preprocessors
 from webui.engine.samplers import SamplerRegistry
-from webui.services.requests import GenerationRequest, RequestError, as_float, as_int, int_in_range
+from webui.services.requests import (
+    NOT_BOOL,
+    Finite,
+    GenerationRequest,
+    RequestError,
+    Whole,
+    request_schema,
+    size_multiple,
+)
 
 MAX_OUTPAINT = 2048
 ASPECT_TOLERANCE = 0.01
-OUTPAINT_FILLS = ("edge", "noise")
 DEPTH_PREPROCESSOR = "depth_midas"
 
 
@@ -43,39 +46,47 @@ def _ceil(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-@dataclass
+@request_schema
 class Img2ImgRequest(GenerationRequest):
-    """img2img/inpaint/outpaint parameters: A1111 API field names, A1111 UI defaults (§6 of the compat notes)."""
+    """img2img/inpaint/outpaint parameters: A1111 API field names, A1111 UI defaults (§6 of the compat notes).
 
-    init_image: Image.Image | None = None  # decoded, checked RGB image
-    mask: Image.Image | None = None  # None: plain img2img; white/opaque = repaint
-    denoising_strength: float = 0.75
-    resize_mode: int = 0  # 0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale
-    mask_blur: int = 4
-    inpainting_mask_invert: int = 0  # 1: repaint what is not masked
-    inpainting_fill: int = ORIGINAL  # 0 fill, 1 original, 2 latent noise, 3 latent nothing
-    inpaint_full_res: bool = False  # "Only masked"
-    inpaint_full_res_padding: int = 32
-    outpaint_left: int = 0
-    outpaint_right: int = 0
-    outpaint_up: int = 0
-    outpaint_down: int = 0
-    outpaint_fill: str = "edge"  # the new border starts as "edge" extension, or as latent "noise"
-    restore_size: tuple[int, int] | None = None  # set from the image when width and height are not given
-    depth_image: Image.Image | None = None  # depth models: decoded depth map aligned with init_image, larger = nearer
+    The images are not part of the JSON schema: they arrive decoded and checked, by whichever interface read them."""
+
+    init_image: SkipJsonSchema[Image.Image | None] = None  # decoded, checked RGB image
+    mask: SkipJsonSchema[Image.Image | None] = None  # None: plain img2img; white/opaque = repaint
+    denoising_strength: Finite = Field(0.75, ge=0, le=1)
+    resize_mode: Annotated[Literal[0, 1, 2, 3], NOT_BOOL] = Field(
+        0, description="0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale")
+    mask_blur: Whole = Field(4, ge=0, le=64)
+    inpainting_mask_invert: Annotated[Literal[0, 1], NOT_BOOL] = Field(
+        0, description="0 inpaint masked, 1 inpaint not masked")
+    inpainting_fill: Annotated[Literal[0, 1, 2, 3], NOT_BOOL] = Field(
+        ORIGINAL, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    inpaint_full_res: bool = Field(False, description="inpaint area: only masked")
+    inpaint_full_res_padding: Whole = Field(32, ge=0, le=256)
+    outpaint_left: Whole = Field(0, ge=0, le=MAX_OUTPAINT, multiple_of=8)
+    outpaint_right: Whole = Field(0, ge=0, le=MAX_OUTPAINT, multiple_of=8)
+    outpaint_up: Whole = Field(0, ge=0, le=MAX_OUTPAINT, multiple_of=8)
+    outpaint_down: Whole = Field(0, ge=0, le=MAX_OUTPAINT, multiple_of=8)
+    outpaint_fill: Literal["edge", "noise"] = Field(
+        "edge", description="the new border starts as edge extension, or as latent noise")
+    restore_size: SkipJsonSchema[tuple[int, int] | None] = None  # set from the image when no size is given
+    depth_image: SkipJsonSchema[Image.Image | None] = None  # depth models: depth map aligned with init_image
 
     def __post_init__(self) -> None:
+        """Without a size the generation size is the input's (padded later to the model's multiple); with one side
+        the other keeps the image's aspect ratio. Runs after the fields are validated."""
         if self.init_image is None or self.restore_size is not None:
             return
-        w = self.init_image.width + as_int(self.outpaint_left, "outpaint_left") + as_int(self.outpaint_right, "outpaint_right")
-        h = self.init_image.height + as_int(self.outpaint_up, "outpaint_up") + as_int(self.outpaint_down, "outpaint_down")
+        w = self.init_image.width + self.outpaint_left + self.outpaint_right
+        h = self.init_image.height + self.outpaint_up + self.outpaint_down
         if self.width is None and self.height is None:
             self.restore_size = (w, h)
             self.width, self.height = _ceil(max(64, w), 8), _ceil(max(64, h), 8)
         elif self.height is None:  # one side given: keep the image's aspect ratio
-            self.height = max(64, round(h * as_int(self.width, "width") / w / 8) * 8)
+            self.height = max(64, round(h * self.width / w / 8) * 8)
         elif self.width is None:
-            self.width = max(64, round(w * as_int(self.height, "height") / h / 8) * 8)
+            self.width = max(64, round(w * self.height / h / 8) * 8)
 
     @property
     def is_outpaint(self) -> bool:
@@ -122,31 +133,10 @@ class Img2ImgRunner:
             raise RequestError("init_image", "img2img needs an image request")
         if request.init_image is None:
             raise RequestError("init_image", "no image: upload one (or send one from txt2img or PNG Info)")
-        strength = as_float(request.denoising_strength, "denoising_strength")
-        if not 0.0 <= strength <= 1.0:
-            raise RequestError("denoising_strength", f"{strength} is out of range (0 to 1)")
-        resize_mode = as_int(request.resize_mode, "resize_mode")
-        if resize_mode not in RESIZE_MODE_LABELS:
-            raise RequestError("resize_mode", f"{resize_mode} is not one of 0 (just resize), 1 (crop and resize), "
-                                              "2 (resize and fill), 3 (latent upscale)")
-        mask_blur = int_in_range(request.mask_blur, "mask_blur", 0, 64)
-        fill = as_int(request.inpainting_fill, "inpainting_fill")
-        if fill not in INPAINTING_FILL_LABELS:
-            raise RequestError("inpainting_fill", f"{fill} is not one of 0 (fill), 1 (original), 2 (latent noise), "
-                                                  "3 (latent nothing)")
-        padding = int_in_range(request.inpaint_full_res_padding, "inpaint_full_res_padding", 0, 256)
-        invert = as_int(request.inpainting_mask_invert, "inpainting_mask_invert")
-        if invert not in (0, 1):
-            raise RequestError("inpainting_mask_invert", "must be 0 (inpaint masked) or 1 (inpaint not masked)")
-        valid = replace(
-            request, denoising_strength=strength, resize_mode=resize_mode, mask_blur=mask_blur,
-            inpainting_fill=fill, inpaint_full_res_padding=padding, inpainting_mask_invert=invert,
-            inpaint_full_res=bool(request.inpaint_full_res),
-        )
-        self._validate_mask(valid)
-        valid = self._with_depth(valid, model)
+        self._validate_mask(request)
+        valid = self._with_depth(request, model)
         if valid.restore_size is not None:  # size from the image: pad up to what this model accepts
-            multiple = model.vae_downscale * 2 ** (len(model.unet.config.block_out_channels) - 1)
+            multiple = size_multiple(model)
             valid = replace(valid, width=_ceil(valid.width, multiple), height=_ceil(valid.height, multiple))
         return valid
 
@@ -233,20 +223,11 @@ class OutpaintRunner(Img2ImgRunner):
         if model.variant == "depth":
             raise RequestError("model", f"{model.name} is a depth model, which cannot outpaint (it has no mask input); "
                                         "choose an inpainting or normal model")
-        sides = {}
-        for side in ("left", "right", "up", "down"):
-            name = f"outpaint_{side}"
-            value = int_in_range(getattr(request, name), name, 0, MAX_OUTPAINT)
-            if value % 8:
-                raise RequestError(name, f"{value} is not a multiple of 8 (use {value - value % 8} or {value - value % 8 + 8})")
-            sides[name] = value
-        if not any(sides.values()):
+        if not request.is_outpaint:
             raise RequestError("outpaint_left", "choose how many pixels to add on at least one side")
-        if request.outpaint_fill not in OUTPAINT_FILLS:
-            raise RequestError("outpaint_fill", f"{request.outpaint_fill!r} is not one of: {', '.join(OUTPAINT_FILLS)}")
         if request.mask is not None:
             raise RequestError("mask", "outpaint makes its own mask; leave the mask empty")
-        return super().validate(replace(request, **sides), model)
+        return super().validate(request, model)
 
     @staticmethod
     def canvas(request: Img2ImgRequest) -> tuple[Image.Image, Image.Image]:

@@ -1,7 +1,7 @@
-"""Jobs: every generation is a job with an id, an owner, progress, a preview and a cancel flag.
+"""Jobs: every generation is a job with an id, an owner, progress, a preview, a cancel and a skip flag.
 
-The UI, the API and the CLI all observe jobs. One device lock makes GPU work run one job at a time, whoever submits it;
-only a job's owner can interrupt it.
+The UI, the API and the CLI submit jobs to the queue (`webui.services.queue`) and observe them. One device lock makes
+device work run one job at a time, whoever submits it; only a job's owner (or an admin) can cancel or skip it.
 """
 
 from __future__ import annotations
@@ -59,7 +59,9 @@ class Job:
     owner: str
     kind: str
     created: float = field(default_factory=time.time)
-    status: str = "queued"  # queued | running | done | interrupted | failed
+    status: str = "queued"  # queued | running | done | interrupted | cancelled (before it started) | failed
+    started: float | None = None  # when it took the device
+    ended: float | None = None
     eta_seconds: float | None = None  # long jobs (training) estimate it; generation shows steps instead
     step: int = 0
     total_steps: int = 0
@@ -69,8 +71,13 @@ class Job:
     preview_factors: Any = None
     preview_version: int = 0
     error: str | None = None
+    exception: BaseException | None = field(default=None, repr=False)
     result: Any = None
+    done: threading.Event = field(default_factory=threading.Event, repr=False)  # set when it has finished
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _skip: threading.Event = field(default_factory=threading.Event, repr=False)
+    _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    version: int = 0  # bumped by `touch` on every change a watcher may show (status, step, preview)
 
     def preview_image(self) -> Image.Image | None:
         """Render the latest preview on demand, in the caller's thread, so sampling never waits for it."""
@@ -83,14 +90,57 @@ class Job:
 
     def interrupt(self) -> None:
         self._cancel.set()
+        self.touch()
 
     @property
     def interrupted(self) -> bool:
         return self._cancel.is_set()
 
+    def skip(self) -> None:
+        """A1111's Skip: drop the batch being sampled and go on with the next one."""
+        self._skip.set()
+        self.touch()
+
+    @property
+    def skip_requested(self) -> bool:
+        return self._skip.is_set()
+
+    def clear_skip(self) -> None:
+        self._skip.clear()
+
     @property
     def finished(self) -> bool:
-        return self.status in ("done", "interrupted", "failed")
+        return self.status in ("done", "interrupted", "cancelled", "failed")
+
+    def touch(self) -> None:
+        """Tell watchers something changed (they wait in `wait_change` instead of polling)."""
+        with self._changed:
+            self.version += 1
+            self._changed.notify_all()
+
+    def wait_change(self, seen_version: int, timeout: float) -> int:
+        """Block until the job changes after `seen_version` (or `timeout` seconds pass); returns the version now."""
+        with self._changed:
+            if self.version == seen_version and not self.finished:
+                self._changed.wait(timeout)
+            return self.version
+
+    def set_status(self, status: str) -> None:
+        if status == "running" and self.started is None:
+            self.started = time.time()
+        if status in ("done", "interrupted", "cancelled", "failed"):
+            self.ended = time.time()
+        self.status = status
+        self.touch()
+
+    def seconds_left(self) -> float | None:
+        """ETA from the pace so far: long jobs (training) set `eta_seconds` themselves."""
+        if self.eta_seconds is not None:
+            return self.eta_seconds
+        fraction = self.progress_fraction()
+        if self.started is None or self.finished or fraction <= 0:
+            return None
+        return (time.time() - self.started) * (1 - fraction) / fraction
 
     def progress_fraction(self) -> float:
         """Whole-job progress: finished batches plus the running batch's steps."""
@@ -126,8 +176,12 @@ class JobManager:
         with self._lock:
             return [j for j in self._jobs.values() if j.owner == owner]
 
+    def unfinished(self) -> list[Job]:
+        with self._lock:
+            return [j for j in self._jobs.values() if not j.finished]
+
     def interrupt_owned(self, owner: str) -> int:
-        """Interrupt this owner's unfinished jobs only; returns how many were flagged."""
+        """Interrupt this owner's unfinished jobs only (queued ones never start); returns how many were flagged."""
         flagged = 0
         for job in self.jobs_of(owner):
             if not job.finished:

@@ -196,6 +196,14 @@ class ModelManager:
             return (512, 512)
         return (side, side)
 
+    def family_title(self, info: CheckpointInfo) -> str:
+        """The model family of a checkpoint file ("SD 1.x", ...), read from its header without loading it; raises
+        ModelError saying why a file is unusable (unreadable, not a checkpoint, an unknown layout)."""
+        try:
+            return detect_family(read_key_shapes(info.path), info.file_name).title
+        except (CheckpointReadError, UnsupportedCheckpointError) as exc:
+            raise ModelError(str(exc)) from exc
+
     def title(self, info: CheckpointInfo) -> str:
         """A1111 dropdown title: `name [shorthash]` (hashes the file if needed)."""
         return f"{info.name} [{self.hashes.short_hash(info.path)}]"

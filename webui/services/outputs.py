@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -99,19 +100,49 @@ def _png_info(image: Image.Image, infotext: str) -> PngImagePlugin.PngInfo:
 class OutputStore:
     """Writes generated images under `root`, A1111-style, atomically and with race-free numbering."""
 
-    def __init__(self, root: Path, today: Callable[[], datetime.date] | None = None, *, flat: bool = False) -> None:
-        """`flat=True` writes straight into `root` (the CLI's `--out`), without the mode and date folders."""
+    def __init__(self, root: Path, today: Callable[[], datetime.date] | None = None, *, flat: bool = False,
+                 per_user: bool = False) -> None:
+        """`flat=True` writes straight into `root` (the CLI's `--out`), without the mode and date folders.
+        `per_user=True` (an app with several logins) puts each owner's images under `<root>/<owner>/`, so one user's
+        files can be told from, and kept from, another's."""
         self.root = Path(root)
         self._today = today or datetime.date.today
         self.flat = flat
+        self.per_user = per_user
 
-    def folder_for(self, mode: str) -> Path:
-        """`<root>/<mode>/<YYYY-MM-DD>`; `mode` must be one plain folder name (it must not escape `root`)."""
+    def folder_for(self, mode: str, owner: str | None = None) -> Path:
+        """`<root>/<mode>/<YYYY-MM-DD>`, or `<root>/<owner>/<mode>/<YYYY-MM-DD>` when per user; `mode` and `owner`
+        must be plain folder names (they must not escape `root`)."""
         if not mode or mode in (".", "..") or _INVALID_MODE.search(mode):
             raise ValueError(f"output mode {mode!r} must be a plain folder name such as 'txt2img-images'")
         if self.flat:
             return self.root
-        return self.root / mode / self._today().isoformat()
+        if not self.per_user:
+            return self.root / mode / self._today().isoformat()
+        if not owner or owner.startswith(".") or _INVALID_MODE.search(owner):
+            raise ValueError(f"per-user outputs need the job owner's user name as a plain folder name, not {owner!r}")
+        return self.root / owner / mode / self._today().isoformat()
+
+    def remove_stale_temporaries(self, older_than_s: float = 300.0) -> list[Path]:
+        """Delete the temporary files and index markers a killed save left behind (called at start-up).
+
+        Only files older than `older_than_s` go: another process (the CLI) may be saving into the same folder right
+        now, and a save takes well under a second. Final images are never touched."""
+        if not self.root.is_dir():
+            return []
+        cutoff = time.time() - older_than_s
+        removed = []
+        for path in self.root.rglob(".*"):
+            name = path.name
+            leftover = ((name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX))
+                        or name.endswith(RESERVATION_SUFFIX))
+            try:
+                if leftover and path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+            except OSError as exc:  # reported, never fatal: the app still starts
+                logger.warning("could not remove the leftover %s: %s", path, exc)
+        return removed
 
     @staticmethod
     def _indices(folder: Path) -> tuple[set[int], set[int]]:
@@ -146,12 +177,12 @@ class OutputStore:
             name = stem + ".png"
         return name
 
-    def save_png(self, image: Image.Image, infotext: str, mode: str, seed: int) -> Path:
-        """Save `image` with `infotext` as `<root>/<mode>/<date>/NNNNN-<seed>.png` and return that path.
+    def save_png(self, image: Image.Image, infotext: str, mode: str, seed: int, owner: str | None = None) -> Path:
+        """Save `image` with `infotext` as `<root>/[<owner>/]<mode>/<date>/NNNNN-<seed>.png` and return that path.
 
         Raises OutputSaveError (with the path and advice) on any failure; no file is left behind then.
         """
-        folder = self.folder_for(mode)
+        folder = self.folder_for(mode, owner)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -300,3 +331,10 @@ def read_infotext(source: Image.Image | Path | bytes) -> str | None:
             return _infotext_from_image(image)
     with Image.open(Path(source)) as image:
         return _infotext_from_image(image)
+
+
+def png_bytes(image: Image.Image, infotext: str) -> bytes:
+    """The image as PNG bytes carrying its infotext, exactly as a saved file would (the HTTP API returns these)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=_png_info(image, infotext))
+    return buffer.getvalue()

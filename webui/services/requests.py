@@ -1,18 +1,32 @@
-"""The one request type shared by the UI, the HTTP API and the CLI, and its validation.
+"""The one request schema shared by the UI, the HTTP API and the CLI, and the one way its errors are reported.
 
-Every bad value gets a one-line message naming the field, so each interface can show it as is.
+Requests are pydantic dataclasses: their field constraints are the validation (and the JSON schema the HTTP API
+publishes), so no interface checks a number by hand. Building one (directly, through `dataclasses.replace` or
+`parse_request`) raises `RequestError` with a one-line message naming the field, which each interface shows as is.
+Only what depends on the model (its default size, its size multiple) and the random seed are settled later, by
+`resolve_for_model`, once the job knows its model.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 import secrets
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar, dataclass_transform
+
+from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+from pydantic_core import PydanticCustomError
+
+if TYPE_CHECKING:
+    from webui.engine.loader import LoadedModel
 
 MAX_PROMPT_CHARS = 20_000
 MAX_SEED = 2**32 - 1
 MAX_SIDE = 4096
+REQUEST_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
+
+RequestT = TypeVar("RequestT")
 
 
 class RequestError(ValueError):
@@ -23,101 +37,172 @@ class RequestError(ValueError):
         self.field_name = field_name
 
 
-@dataclass
+def _not_bool(value: Any) -> Any:
+    """pydantic's lax mode reads True as 1; a checkbox value in a number field is a client's mistake."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_is_not_number", "a truth value is not a number")
+    return value
+
+
+NOT_BOOL = BeforeValidator(_not_bool)
+# Whole numbers: JSON and UI sliders send 20.0, which is accepted; 20.5, NaN, Inf and True are refused.
+Whole = Annotated[int, NOT_BOOL]
+# An optional whole number (a size left to the model). The bool check wraps the union so that the field's own
+# constraints still reach the JSON schema as minimum/maximum/multipleOf.
+WholeOrNone = Annotated[int | None, NOT_BOOL]
+# Finite numbers: Python's json module accepts NaN and Infinity, so they are refused here.
+Finite = Annotated[float, Field(allow_inf_nan=False), NOT_BOOL]
+
+
+def _bounds(schema: type | None, name: str) -> tuple[Any, Any, str | None]:
+    """A field's declared lower and upper bound and description, for messages that state the whole range."""
+    info = getattr(schema, "__pydantic_fields__", {}).get(name)
+    low = high = None
+    for item in info.metadata if info is not None else ():
+        low = getattr(item, "ge", low)
+        high = getattr(item, "le", high)
+    return low, high, info.description if info is not None else None
+
+
+def _nearest_multiples(value: Any, multiple: int, low: Any = None, high: Any = None) -> str:
+    """"(use 696 or 704)": the valid neighbours of a value that is not a multiple."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        return ""
+    below = number - number % multiple
+    choices = [side for side in (below, below + multiple)
+               if (low is None or side >= low) and (high is None or side <= high)]
+    return f" (use {' or '.join(map(str, choices))})" if choices else ""
+
+
+def _message(error: dict[str, Any], schema: type | None, name: str) -> str:
+    """One line for one pydantic error detail, in the project's wording."""
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    low, high, description = _bounds(schema, name)
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return "unknown field"
+    if kind == "finite_number":
+        return f"{value!r} is not a finite number"
+    if kind in ("int_from_float", "int_parsing", "int_type"):
+        return f"{value!r} is not a whole number"
+    if kind == "bool_is_not_number":
+        return f"{value!r} is not a number"
+    if kind in ("float_parsing", "float_type"):
+        return f"{value!r} is not a number"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        low = ctx.get("ge", ctx.get("gt")) if low is None else low
+        high = ctx.get("le", ctx.get("lt")) if high is None else high
+        if low is not None and high is not None:
+            return f"{value!r} is out of range ({low} to {high})"
+        return f"{value!r} is out of range ({'at least ' + str(low) if low is not None else 'at most ' + str(high)})"
+    if kind == "multiple_of":
+        multiple = ctx["multiple_of"]
+        return f"{value!r} is not a multiple of {multiple}{_nearest_multiples(value, multiple, low, high)}"
+    if kind == "literal_error":
+        return f"{value!r} is not one of {ctx['expected']}" + (f" ({description})" if description else "")
+    if kind == "string_too_long":
+        return f"is {len(value)} characters long; the limit is {ctx['max_length']}"
+    if kind == "string_type":
+        return "must be text"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"{value!r} is not true or false"
+    if kind in ("dict_type", "dataclass_type", "dataclass_args_type"):
+        return f"must be an object of fields, not {type(value).__name__}"
+    if kind == "is_instance_of":
+        return f"expected {ctx.get('class', 'another type')}, not {type(value).__name__}"
+    text = error["msg"]
+    return text[:1].lower() + text[1:]
+
+
+def request_error(error: ValidationError, schema: type | None = None, field_name: str = "request") -> RequestError:
+    """The first problem of a pydantic ValidationError as a RequestError naming the field (the one conversion).
+
+    `schema` (the request class) lets a range message state both bounds; `field_name` names a value that was checked
+    on its own (`parse_field`) or a request that is not an object at all."""
+    first = error.errors(include_url=False)[0]
+    loc = [str(part) for part in first["loc"]]
+    name = loc[0] if loc else field_name
+    nested = "".join(f"{part}: " for part in loc[1:])
+    return RequestError(name, nested + _message(first, schema, name))
+
+
+@dataclass_transform(field_specifiers=(Field,))
+def request_schema(cls: type[RequestT]) -> type[RequestT]:
+    """Make `cls` a request: a pydantic dataclass with the request config (unknown fields, NaN and Inf refused) whose
+    constructor, and so `dataclasses.replace`, raises RequestError instead of pydantic's ValidationError."""
+    schema = pydantic_dataclass(cls, config=REQUEST_CONFIG)
+    validate: Callable[..., None] = schema.__init__
+
+    @functools.wraps(validate)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            validate(self, *args, **kwargs)
+        except ValidationError as exc:
+            raise request_error(exc, type(self)) from None
+
+    schema.__init__ = __init__  # type: ignore[method-assign]
+    return schema
+
+
+def parse_request(schema: type[RequestT], data: Any) -> RequestT:
+    """A request of type `schema` from a mapping of A1111 field names (API JSON, UI widget values, CLI options)."""
+    try:
+        return TypeAdapter(schema).validate_python(data)
+    except ValidationError as exc:
+        raise request_error(exc, schema) from None
+
+
+def parse_field(kind: Any, value: Any, field_name: str) -> Any:
+    """One value checked against a schema type (`Whole`, `Finite`) outside a request, e.g. a ControlNet unit's."""
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError as exc:
+        raise request_error(exc, field_name=field_name) from None
+
+
+@request_schema
 class GenerationRequest:
     """txt2img parameters with A1111's names (API field names) and UI defaults."""
 
-    prompt: str = ""
-    negative_prompt: str = ""
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     sampler_name: str = "DPM++ 2M"
     scheduler: str = "Automatic"
-    steps: int = 20
-    cfg_scale: float = 7.0
-    width: int | None = None  # None: the model's declared resolution
-    height: int | None = None
-    seed: int = -1
-    batch_size: int = 1
-    n_iter: int = 1
-    model: str | None = None  # None: the currently selected checkpoint
-    vae: str | None = None  # A1111's sd_vae override: "Automatic", "None" or a file in models/VAE; None: app default
-    extensions: dict[str, dict[str, Any]] = field(default_factory=dict)  # extension controls, by name
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GenerationRequest":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise RequestError(unknown[0], "unknown field")
-        return cls(**data)
+    steps: Whole = Field(20, ge=1, le=1000)
+    cfg_scale: Finite = Field(7.0, ge=0, le=100)
+    width: WholeOrNone = Field(None, ge=64, le=MAX_SIDE, multiple_of=8, description="None: the model's own size")
+    height: WholeOrNone = Field(None, ge=64, le=MAX_SIDE, multiple_of=8, description="None: the model's own size")
+    seed: Whole = Field(-1, ge=-1, le=MAX_SEED, description="-1: random; image i of the job uses seed + i")
+    batch_size: Whole = Field(1, ge=1, le=64)
+    n_iter: Whole = Field(1, ge=1, le=1000, description="batch count")
+    model: str | None = Field(None, description="None: the currently selected checkpoint")
+    vae: str | None = Field(None, description="A1111's sd_vae override: 'Automatic', 'None' or a file in models/VAE; "
+                                              "None: the app's default")
+    extensions: dict[str, dict[str, Any]] = Field(default_factory=dict, description="extension controls, by name")
 
 
-def as_int(value: Any, name: str) -> int:
-    """A whole number, from JSON/UI values that may arrive as floats or strings."""
-    if isinstance(value, bool):
-        raise RequestError(name, f"{value!r} is not a whole number")
-    if isinstance(value, float):
-        if not math.isfinite(value) or value != int(value):
-            raise RequestError(name, f"{value!r} is not a whole number")
-        return int(value)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise RequestError(name, f"{value!r} is not a whole number") from None
+def size_multiple(model: LoadedModel) -> int:
+    """Sides must divide by the VAE factor times the U-Net's downsampling (e.g. 8 x 2**3 = 64 for SD, 16 for tiny)."""
+    return model.vae_downscale * 2 ** (len(model.unet.config.block_out_channels) - 1)
 
 
-def as_float(value: Any, name: str) -> float:
-    """A finite number; Python's json accepts NaN and Infinity, so they are refused here."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise RequestError(name, f"{value!r} is not a number") from None
-    if not math.isfinite(number):
-        raise RequestError(name, f"{value!r} is not a finite number")
-    return number
-
-
-def int_in_range(value: Any, name: str, low: int, high: int) -> int:
-    number = as_int(value, name)
-    if not low <= number <= high:
-        raise RequestError(name, f"{number} is out of range ({low} to {high})")
-    return number
-
-
-def _side(value: Any, name: str) -> int:
-    side = int_in_range(value, name, 64, MAX_SIDE)
-    if side % 8:
-        lower, upper = side - side % 8, side - side % 8 + 8
-        raise RequestError(name, f"{side} is not a multiple of 8 (use {lower} or {upper})")
-    return side
-
-
-def validate_request(request: GenerationRequest, default_size: tuple[int, int]) -> GenerationRequest:
-    """Normalised copy with types fixed and defaults resolved; raises RequestError on the first bad field."""
-    for name in ("prompt", "negative_prompt"):
-        text = getattr(request, name)
-        if not isinstance(text, str):
-            raise RequestError(name, "must be text")
-        if len(text) > MAX_PROMPT_CHARS:
-            raise RequestError(name, f"is {len(text)} characters long; the limit is {MAX_PROMPT_CHARS}")
-    steps = int_in_range(request.steps, "steps", 1, 1000)
-    cfg = as_float(request.cfg_scale, "cfg_scale")
-    if not 0 <= cfg <= 100:
-        raise RequestError("cfg_scale", f"{cfg} is out of range (0 to 100)")
-    width = _side(request.width if request.width is not None else default_size[0], "width")
-    height = _side(request.height if request.height is not None else default_size[1], "height")
-    seed = as_int(request.seed, "seed")
-    if seed < -1 or seed > MAX_SEED:
-        raise RequestError("seed", f"{seed} is out of range (-1 for random, or 0 to {MAX_SEED})")
-    batch_size = int_in_range(request.batch_size, "batch_size", 1, 64)
-    n_iter = int_in_range(request.n_iter, "n_iter", 1, 1000)
-    if seed == -1:
-        seed = secrets.randbelow(MAX_SEED + 1 - batch_size * n_iter)
-    return replace(
-        request, steps=steps, cfg_scale=cfg, width=width, height=height, seed=seed, batch_size=batch_size, n_iter=n_iter
+def resolve_for_model(request: GenerationRequest, model: LoadedModel) -> GenerationRequest:
+    """The model-dependent half of validation: default size from the model, sides refused (with the two nearest
+    valid sizes) unless a multiple of the model's own factor, seed -1 drawn at random."""
+    multiple = size_multiple(model)
+    width, height = (
+        given if given is not None else default
+        for given, default in zip((request.width, request.height), model.default_resolution)
     )
+    for name, side in (("width", width), ("height", height)):
+        if side % multiple:
+            raise RequestError(name, f"{side} is not a multiple of {multiple} for this model"
+                                     f"{_nearest_multiples(side, multiple, 64, MAX_SIDE)}")
+    seed = request.seed
+    if seed == -1:
+        seed = secrets.randbelow(MAX_SEED + 1 - request.batch_size * request.n_iter)
+    return replace(request, width=width, height=height, seed=seed)  # replace re-checks the schema (e.g. the range)
 
 
 def seeds_for_iteration(request: GenerationRequest, iteration: int) -> list[int]:

@@ -10,7 +10,9 @@ from webui.context import AppContext
 from webui.services.model_manager import ModelError
 from webui.ui import img2img as img2img_ui
 from webui.ui.bridge import UiBridge
-from webui.ui.extensions_tab import build_extensions_tab
+from webui.ui.extension_ui import extension_ui, finalize_extension_ui
+from webui.ui.extensions_tab import build_extensions_tab, status_html
+from webui.ui.session import require_admin
 from webui.ui.settings_tab import build_settings_tab
 from webui.ui.txt2img import build_txt2img_tab, register_txt2img_target
 
@@ -29,9 +31,10 @@ def build_extension_tabs(context: AppContext, bridge: UiBridge) -> None:
     """One tab per registered extension tab; a tab that fails to build disables its extension, not the app."""
     for record in context.extensions.active():
         for index, spec in enumerate(record.registrations.tabs):
-            with gr.Tab(spec.title, id=f"ext-{record.name}-{index}"):
+            with gr.Tab(spec.title, id=f"ext-{record.name}-{index}") as tab:
                 try:
-                    spec.build(bridge)
+                    with extension_ui(record, tab):
+                        spec.build(bridge)
                 except Exception as exc:
                     record.fail("building its UI", exc)
                     gr.Markdown(f"⚠️ The extension **{record.name}** failed to build this tab: {exc}")
@@ -62,10 +65,11 @@ def build_ui(context: AppContext, install_allowed: bool = True) -> gr.Blocks:
             with gr.Tab("Settings", id="settings"):
                 build_settings_tab(context, demo)
             with gr.Tab("Extensions", id="extensions"):
-                build_extensions_tab(context, install_allowed)
+                status_table = build_extensions_tab(context, install_allowed)
         img2img_ui.wire_send_from_gallery(img2img, tabs, txt2img.gallery, (txt2img.send_img2img, txt2img.send_inpaint))
 
-        def on_refresh() -> dict:
+        def on_refresh(request: gr.Request) -> dict:
+            require_admin(context.users, request, "refresh the model list")
             context.models.refresh()
             return gr.update(choices=_checkpoint_choices(context), value=_selected_title(context))
 
@@ -75,7 +79,8 @@ def build_ui(context: AppContext, install_allowed: bool = True) -> gr.Blocks:
             if not title:
                 return [gr.update(), gr.update(), gr.update(), ""]
             try:
-                model = context.models.get(title)
+                with context.jobs.device_lock:  # loading moves weights to the device: not while a job samples
+                    model = context.models.get(title)
             except ModelError as exc:
                 gr.Warning(str(exc))
                 return [gr.update(value=_selected_title(context)), gr.update(), gr.update(), f"⚠️ {exc}"]
@@ -101,4 +106,8 @@ def build_ui(context: AppContext, install_allowed: bool = True) -> gr.Blocks:
             return f"VAE: {choice} (applies to the next generation)"
 
         vae.input(on_vae, inputs=[vae], outputs=[model_status], concurrency_id="gpu", api_name="select_vae")
+        # Last, once every core endpoint and element id exists: extension endpoints get their `<extension>_` names,
+        # and an extension that clashes fails; the status table shows that too.
+        finalize_extension_ui(context.extensions.records)
+        status_table.value = status_html(context)
     return demo

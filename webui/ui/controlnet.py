@@ -11,9 +11,7 @@ from typing import Any, Callable
 import gradio as gr
 from PIL import Image
 
-from webui.engine.controlnet import ControlMode
-from webui.engine.preprocessors import ControlResizeMode
-from webui.services.controlnet import ControlNetService
+from webui.services.controlnet import ControlMode, ControlNetService, ControlResizeMode
 from webui.services.requests import RequestError
 
 UNIT_FIELDS = (

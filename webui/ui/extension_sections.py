@@ -9,21 +9,26 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 
 from webui.context import AppContext
+from webui.ui.extension_ui import extension_ui
 
 SectionControl = tuple[str, str, gr.components.Component]  # (extension, control name, component)
 
 
-def render_sections(context: AppContext, mode: str) -> list[SectionControl]:
-    """Build every active extension's section for `mode`; a section that fails to build disables its extension."""
+def render_sections(context: AppContext, mode: str, tab: str | None = None) -> list[SectionControl]:
+    """Build every active extension's section for `mode` in `tab` (default: the mode's own; the Inpaint tab builds
+    the img2img sections); a section that fails to build disables its extension. Element ids in a section start
+    with the tab's name (see `extension_ui`)."""
+    tab = tab or mode
     controls: list[SectionControl] = []
     for record in context.extensions.active():
-        for section in record.registrations.sections:
+        for index, section in enumerate(record.registrations.sections):
             if mode not in section.modes:
                 continue
             try:
-                with gr.Group(elem_id=f"{mode}_ext_{record.name}"):
+                with gr.Group(elem_id=f"{tab}_ext_{record.name}" + (f"_{index}" if index else "")) as group:
                     gr.Markdown(f"**{section.title}**")
-                    built = section.build(mode)
+                    with extension_ui(record, group, tab, mode):
+                        built = section.build(mode)
                 if not isinstance(built, dict):
                     raise TypeError("a section's build(mode) must return {name: component}")
             except Exception as exc:

@@ -9,6 +9,7 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.services.extensions import ExtensionError
+from webui.ui.session import require_admin
 
 RESTART_NOTE = "Changes apply at the next start of the app."
 
@@ -36,7 +37,8 @@ def status_html(context: AppContext) -> str:
             "<th>Python requirements (install them yourself)</th></tr>" + "".join(rows) + "</table>")
 
 
-def build_extensions_tab(context: AppContext, install_allowed: bool) -> None:
+def build_extensions_tab(context: AppContext, install_allowed: bool) -> gr.HTML:
+    """The tab's widgets; returns the status table, which the app fills again once the whole UI is built."""
     table = gr.HTML(status_html(context), elem_id="extensions_status")
     names = [r.name for r in context.extensions.records if r.manifest and not r.builtin]
     enabled_now = [r.name for r in context.extensions.records if r.manifest and not r.builtin and r.enabled]
@@ -46,7 +48,8 @@ def build_extensions_tab(context: AppContext, install_allowed: bool) -> None:
     gr.Markdown(RESTART_NOTE)
     message = gr.Markdown(elem_id="extensions_message")
 
-    def on_save(selected: list[str]) -> str:
+    def on_save(selected: list[str], request: gr.Request) -> str:
+        require_admin(context.users, request, "enable or disable extensions")
         for name in names:
             context.extensions.set_enabled(name, name in (selected or []))
         return f"Saved. {RESTART_NOTE}"
@@ -57,7 +60,7 @@ def build_extensions_tab(context: AppContext, install_allowed: bool) -> None:
         if not install_allowed:
             gr.Markdown("Installing is disabled because the app is reachable from other machines "
                         "(--listen/--share). Start it locally, or add --enable-insecure-extension-access.")
-            return
+            return table
         gr.Markdown("The files are copied into the extensions folder **disabled**; nothing runs until you enable "
                     "the extension above and restart.")
         url = gr.Textbox(label="Git URL", elem_id="extensions_git_url")
@@ -65,7 +68,8 @@ def build_extensions_tab(context: AppContext, install_allowed: bool) -> None:
         confirm = gr.Checkbox(label="I trust this code: copy it into my extensions folder", value=False)
         install = gr.Button("Install", elem_id="extensions_install")
 
-        def on_install(git_url: str, zip_path: str | None, trusted: bool) -> tuple[str, str]:
+        def on_install(git_url: str, zip_path: str | None, trusted: bool, request: gr.Request) -> tuple[str, str]:
+            require_admin(context.users, request, "install extensions")
             if not trusted:
                 return "Tick the confirmation first.", status_html(context)
             target = context.paths.extension_dirs[0]
@@ -81,3 +85,4 @@ def build_extensions_tab(context: AppContext, install_allowed: bool) -> None:
             return f"Installed **{name}** (disabled). Enable it above, then restart.", status_html(context)
 
         install.click(on_install, inputs=[url, archive, confirm], outputs=[message, table], api_name="extensions_install")
+    return table

@@ -18,15 +18,15 @@ from gradio.data_classes import FileData
 from PIL import Image
 
 from webui.context import AppContext
-from webui.ui.bridge import UiBridge
-from webui.engine.img2img import INPAINTING_FILL_LABELS, ORIGINAL
-from webui.engine.masking import RESIZE_MODE_LABELS
 from webui.services.generation import ModeRunner
-from webui.services.img2img import Img2ImgRequest, Img2ImgRunner, OutpaintRunner
+from webui.services.img2img import (
+    INPAINTING_FILL_LABELS, ORIGINAL, RESIZE_MODE_LABELS, Img2ImgRequest, Img2ImgRunner, OutpaintRunner,
+)
 from webui.services.infotext import parse_infotext
 from webui.services.outputs import read_infotext
-from webui.services.requests import RequestError
+from webui.services.requests import RequestError, parse_request
 from webui.services.uploads import UploadError, UploadLimits, check_header, load_image, to_rgb
+from webui.ui.bridge import UiBridge
 from webui.ui.extension_sections import render_sections, with_extension_controls
 from webui.ui.job_stream import error_message, run_job_streaming, wire_interrupt_and_select
 from webui.ui.session import owner_of
@@ -107,8 +107,9 @@ def editor_image_and_mask(value: dict | None, limits: UploadLimits) -> tuple[Ima
     return image, mask
 
 
-def _size(value: float | None) -> int | None:
-    return int(value) if value else None  # 0: the input's own size
+def _size(value: float | None) -> float | None:
+    """0 (or empty): the input's own size; anything else goes to the schema as sent (20.5 is refused there)."""
+    return value or None
 
 
 def _panel(
@@ -175,7 +176,7 @@ def _panel(
             cfg_scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{prefix}_cfg_scale")
             denoise = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{prefix}_denoise")
             seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id=f"{prefix}_seed")
-            extension_controls = render_sections(context, "img2img")
+            extension_controls = render_sections(context, "img2img", prefix)
             mask_blur = masked_content = inpaint_area = padding = None
             if inpaint:
                 mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id=f"{prefix}_mask_blur")
@@ -233,15 +234,15 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown) -> Img2ImgC
             if not image_path:
                 raise RequestError("init_image", "no image: upload one (or send one from txt2img or PNG Info)")
             image = to_rgb(load_image(image_path, "image", limits))
-            gen_request = Img2ImgRequest(init_image=image, extensions=extensions,
-                                         **_base_request(checkpoint_title, shared))
+            gen_request = parse_request(Img2ImgRequest, dict(init_image=image, extensions=extensions,
+                                                             **_base_request(checkpoint_title, shared)))
         except ValueError as exc:
             raise error_message(exc) from None
         yield from run_job_streaming(context, gen_request, owner_of(request), progress, img2img_runner)
 
     generate.click(with_extension_controls(on_img2img, i2i_extension_controls),
-                   inputs=[checkpoint, *inputs, *(c for _, _, c in i2i_extension_controls)], outputs=outputs, concurrency_id="gpu",
-                   concurrency_limit=1, api_name="img2img")
+                   inputs=[checkpoint, *inputs, *(c for _, _, c in i2i_extension_controls)], outputs=outputs,
+                   concurrency_limit=None, api_name="img2img")
 
     with gr.Tab("Inpaint", id="inpaint"):
         inp, (generate, *inputs), outputs, inp_extension_controls = _panel(context, "inpaint", True, limits)
@@ -280,14 +281,15 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown) -> Img2ImgC
                 image, mask = editor_image_and_mask(editor, limits)
                 if mask is None:
                     raise RequestError("mask", "nothing to inpaint: paint over the part of the image to change")
-            gen_request = Img2ImgRequest(init_image=image, mask=mask, extensions=extensions, **fields)
+            gen_request = parse_request(Img2ImgRequest,
+                                        dict(init_image=image, mask=mask, extensions=extensions, **fields))
         except ValueError as exc:
             raise error_message(exc) from None
         yield from run_job_streaming(context, gen_request, owner_of(request), progress, runner)
 
     generate.click(with_extension_controls(on_inpaint, inp_extension_controls),
-                   inputs=[checkpoint, *inputs, *(c for _, _, c in inp_extension_controls)], outputs=outputs, concurrency_id="gpu",
-                   concurrency_limit=1, api_name="inpaint")
+                   inputs=[checkpoint, *inputs, *(c for _, _, c in inp_extension_controls)], outputs=outputs,
+                   concurrency_limit=None, api_name="inpaint")
     return Img2ImgControls(i2i, inp)
 
 

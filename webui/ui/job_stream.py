@@ -3,7 +3,6 @@ the caller's own jobs, and show the infotext of a selected gallery image."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -12,9 +11,10 @@ import gradio as gr
 from webui.context import AppContext
 from webui.services.generation import GenerationResult, ModeRunner
 from webui.services.outputs import read_infotext
+from webui.services.queue import QueueFullError
 from webui.services.requests import GenerationRequest
 
-POLL_SECONDS = 0.2
+WAIT_SECONDS = 0.5  # longest wait for a job change before the loop looks again
 
 
 def error_message(exc: BaseException) -> gr.Error:
@@ -24,32 +24,35 @@ def error_message(exc: BaseException) -> gr.Error:
 def run_job_streaming(
     context: AppContext, request: GenerationRequest, owner: str, progress: gr.Progress, runner: ModeRunner | None = None
 ) -> Iterator[Any]:
-    """Yields (gallery, preview, infotext, status) updates: previews while running, then the results."""
-    job = context.jobs.create(owner=owner, kind=runner.mode if runner else "txt2img")
-    outcome: dict[str, Any] = {}
-
-    def work() -> None:
-        try:
-            outcome["result"] = context.generation.run(job, request, runner)
-        except Exception as exc:  # shown to the user below; the app stays up
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=work, name=f"{job.id}-worker", daemon=True)
-    worker.start()
-    shown_version = 0
-    while worker.is_alive():
-        worker.join(POLL_SECONDS)
+    """Submit to the job queue, then yield (gallery, preview, infotext, status) updates: the place in the queue while
+    waiting, the progress bar and previews while running, then the results."""
+    try:
+        job = context.generation.submit(owner, request, runner)
+    except QueueFullError as exc:
+        raise error_message(exc) from exc
+    seen_version, shown_preview = -1, 0
+    while not job.finished:
+        seen_version = job.wait_change(seen_version, WAIT_SECONDS)
+        if job.status == "queued":
+            ahead = context.queue.position(job)
+            progress(0.0, desc=f"queued: {ahead} job(s) ahead" if ahead else "queued: next")
+            continue
         if job.total_steps:
             batch = f"batch {job.batches_done + 1}/{job.batches_total}, " if job.batches_total > 1 else ""
-            progress(job.progress_fraction(), desc=f"{batch}step {job.step}/{job.total_steps}")
-        if job.preview_version != shown_version:
-            shown_version = job.preview_version
+            eta = job.seconds_left()
+            progress(job.progress_fraction(),
+                     desc=f"{batch}step {job.step}/{job.total_steps}" + (f", ETA {eta:.0f} s" if eta else ""))
+        if job.preview_version != shown_preview:
+            shown_preview = job.preview_version
             preview = job.preview_image()
             if preview is not None:
                 yield gr.update(), gr.update(value=preview, visible=True), gr.update(), gr.update()
-    if "error" in outcome:
-        raise error_message(outcome["error"])
-    result: GenerationResult = outcome["result"]
+    if job.status == "cancelled":
+        yield gr.update(), gr.update(visible=False), gr.update(), "Cancelled before it started"
+        return
+    if job.status == "failed":
+        raise error_message(job.exception or RuntimeError(job.error or "the job failed"))
+    result: GenerationResult = job.result
     gallery = [(path, f"seed {seed}") for path, seed in zip(result.paths, result.seeds)]
     if len(result.paths) < len(result.images):  # saving failed: still show the images
         gallery = [(image, f"seed {seed}") for image, seed in zip(result.images, result.seeds)]
@@ -69,7 +72,7 @@ def wire_interrupt_and_select(
     from webui.ui.session import owner_of
 
     def on_interrupt(request: gr.Request) -> str:
-        return "Interrupting…" if context.jobs.interrupt_owned(owner_of(request)) else "Nothing to interrupt"
+        return "Interrupting…" if context.queue.cancel_all_of(owner_of(request)) else "Nothing to interrupt"
 
     interrupt.click(on_interrupt, outputs=[status], queue=False, api_name=api_name or False)
 

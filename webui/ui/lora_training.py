@@ -13,9 +13,10 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from webui.services.lora_training import LoraTrainingService, TrainingRun
+from webui.services.lora_training import (
+    LR_SCHEDULERS, OPTIMIZERS, PRECISIONS, LoraTrainingService, LoraTrainingSettings, TrainingRun,
+)
 from webui.services.model_manager import ModelManager
-from webui.training.train_lora import LR_SCHEDULERS, OPTIMIZERS, PRECISIONS, LoraTrainingSettings
 
 POLL_SECONDS = 1.0
 _DEFAULTS = LoraTrainingSettings(Path("."), Path("."), "")
@@ -178,14 +179,14 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
                 raise gr.Error(str(exc)) from None
             return _status_html(run)
 
-        start.click(on_start, inputs=inputs, outputs=[status], api_name="train_lora_start", queue=False)
+        start.click(on_start, inputs=inputs, outputs=[status], api_name="lora_training_start", queue=False)
 
         def on_interrupt(request: gr.Request) -> str:
             if service.interrupt(owner_of(request)):
                 return _status_html(service.latest(owner_of(request))) + "<p>Interrupting after this step…</p>"
             return _status_html(service.latest(owner_of(request))) + "<p>Nothing of yours is training.</p>"
 
-        interrupt.click(on_interrupt, outputs=[status], api_name="train_lora_interrupt", queue=False)
+        interrupt.click(on_interrupt, outputs=[status], api_name="lora_training_interrupt", queue=False)
 
         def on_tick(last_version: str | None, request: gr.Request):
             run = service.latest(owner_of(request))
@@ -205,6 +206,6 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
 
         hidden = gr.JSON(visible=False)
         gr.Button(visible=False, elem_id="lora_train_status_api").click(
-            on_status, outputs=[hidden], api_name="train_lora_status", queue=False)
+            on_status, outputs=[hidden], api_name="lora_training_status", queue=False)
 
     return build

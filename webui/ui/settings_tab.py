@@ -8,6 +8,7 @@ import gradio as gr
 
 from webui.context import AppContext
 from webui.services.settings import SettingSpec
+from webui.ui.session import require_admin
 
 
 def _component(spec: SettingSpec, value: Any) -> gr.components.Component:
@@ -37,7 +38,8 @@ def build_settings_tab(context: AppContext, demo: gr.Blocks) -> None:
     save = gr.Button("Apply settings", variant="primary", elem_id="settings_apply")
     message = gr.Markdown(elem_id="settings_message")
 
-    def on_save(*values: Any) -> str:
+    def on_save(request: gr.Request, *values: Any) -> str:
+        require_admin(context.users, request, "change settings")
         try:
             context.settings.update({spec.key: value for spec, value in zip(specs, values)})
         except ValueError as exc:

@@ -8,10 +8,10 @@ from typing import Any, Iterator
 import gradio as gr
 
 from webui.context import AppContext
-from webui.services.requests import GenerationRequest
+from webui.services.requests import GenerationRequest, RequestError, parse_request
 from webui.ui.bridge import UiBridge
 from webui.ui.extension_sections import render_sections, with_extension_controls
-from webui.ui.job_stream import run_job_streaming, wire_interrupt_and_select
+from webui.ui.job_stream import error_message, run_job_streaming, wire_interrupt_and_select
 from webui.ui.session import owner_of
 
 @dataclass
@@ -73,11 +73,15 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgCo
         cfg_scale: float, width: float, height: float, seed: float | None, n_iter: float, batch_size: float,
         extensions: dict, request: gr.Request, progress: gr.Progress,
     ) -> Iterator[Any]:
-        gen_request = GenerationRequest(
-            prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name, scheduler=scheduler,
-            steps=steps, cfg_scale=cfg_scale, width=width, height=height, seed=-1 if seed is None else seed,
-            batch_size=batch_size, n_iter=n_iter, model=checkpoint or None, extensions=extensions,
-        )
+        try:
+            gen_request = parse_request(GenerationRequest, dict(
+                prompt=prompt or "", negative_prompt=negative_prompt or "", sampler_name=sampler_name,
+                scheduler=scheduler, steps=steps, cfg_scale=cfg_scale, width=width, height=height,
+                seed=-1 if seed is None else seed, batch_size=batch_size, n_iter=n_iter, model=checkpoint or None,
+                extensions=extensions,
+            ))
+        except RequestError as exc:  # the schema names the field; Gradio shows the one line
+            raise error_message(exc) from None
         yield from run_job_streaming(context, gen_request, owner_of(request), progress)
 
     generate.click(
@@ -85,8 +89,7 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgCo
         inputs=[checkpoint, prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, batch_count,
                 batch_size, *(component for _, _, component in extension_controls)],
         outputs=[gallery, preview, infotext, status],
-        concurrency_id="gpu",
-        concurrency_limit=1,
+        concurrency_limit=None,  # the job queue orders the device work; this handler submits and watches
         api_name="txt2img",
     )
 

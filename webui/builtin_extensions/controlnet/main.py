@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from webui.engine.loader import LoadedModel
 from webui.services.controlnet import ControlNetService, units_from_controls
-from webui.services.extensions import ExtensionAPI
-from webui.services.requests import GenerationRequest
+from webui.services.extensions import ExtensionAPI, GenerationRequest, LoadedModel
 from webui.ui.controlnet import build_controlnet_section, build_controlnet_tab
 
 DEFAULT_UNITS = 3

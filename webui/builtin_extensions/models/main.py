@@ -6,8 +6,6 @@ from typing import Any
 
 import gradio as gr
 
-from webui.engine.checkpoint_io import CheckpointReadError, read_key_shapes
-from webui.engine.families import UnsupportedCheckpointError, detect_family
 from webui.services.extensions import ExtensionAPI
 from webui.services.model_manager import ModelError, ModelManager
 
@@ -18,8 +16,8 @@ def describe(models: ModelManager) -> list[dict[str, Any]]:
     rows = []
     for info in models.checkpoints():
         try:
-            family = detect_family(read_key_shapes(info.path), info.file_name).title
-        except (CheckpointReadError, UnsupportedCheckpointError) as exc:
+            family = models.family_title(info)
+        except ModelError as exc:
             family = f"unusable: {exc}"
         width, height = models.default_size(info.name)
         rows.append({
@@ -60,7 +58,8 @@ def register(api: ExtensionAPI) -> None:
                 return table(), f"⚠️ {exc}"
             return table(), f"{checkpoint}: prediction type {choice} (used from the next generation)"
 
-        apply.click(on_apply, inputs=[name, prediction], outputs=[listing, status], api_name="set_prediction")
+        apply.click(on_apply, inputs=[name, prediction], outputs=[listing, status],
+                    api_name=api.api_name("set_prediction"))  # /models_set_prediction
 
     api.add_tab("Models", build)
     api.add_route("list", lambda: describe(models))

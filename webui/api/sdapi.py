@@ -1,0 +1,547 @@
+"""`/sdapi/v1/*`: A1111's HTTP API over the app's services, so existing A1111 clients work unchanged.
+
+Differences from A1111, all for sharing one server safely:
+- generation goes through the job queue like the UI's, and every call acts for the logged-in user only: `progress`
+  shows the caller's own job, `interrupt` and `skip` stop the caller's own jobs (A1111's are global);
+- `POST options` with `sd_model_checkpoint`/`sd_vae` sets the caller's own default model and VAE (A1111 switches it
+  for everyone); other settings need an admin;
+- `cmd-flags` redacts secrets, and admin-only calls (refresh, settings) answer 403 to other users;
+- `/sdapi/v1/queue` (an addition) lists the caller's jobs, and `jobs/{id}/cancel|skip` acts on one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import io
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from PIL import Image, UnidentifiedImageError
+
+from webui.api.a1111_schema import (
+    GenerationResponse,
+    Img2ImgBody,
+    PngInfoBody,
+    PngInfoResponse,
+    ProgressResponse,
+    ProgressState,
+    QueueEntry,
+    Txt2ImgBody,
+    is_url,
+    request_fields,
+    strip_data_url,
+)
+from webui.context import AppContext
+from webui.services.generation import APP_VERSION, GenerationOutOfMemory, GenerationResult
+from webui.services.img2img import Img2ImgRequest, Img2ImgRunner
+from webui.services.infotext import parse_infotext
+from webui.services.jobs import Job
+from webui.services.model_manager import ModelError
+from webui.services.outputs import png_bytes, read_infotext
+from webui.services.queue import QueueFullError, UnknownJobError
+from webui.services.requests import GenerationRequest, RequestError
+from webui.services.uploads import UploadLimits, load_image_base64
+
+SECRET_FLAG_WORDS = ("auth", "password", "token", "secret", "key")
+WAIT_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """What one API call may ask for, on top of the request schema's own ranges (a server owner may lower them)."""
+
+    max_steps: int = 150
+    max_side: int = 2048
+    max_images: int = 64  # batch_size x n_iter
+
+
+def _unprocessable(exc: Exception) -> HTTPException:
+    return HTTPException(422, detail=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+def _b64_png(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _redact(flags: dict[str, Any]) -> dict[str, Any]:
+    """`cmd-flags` without secrets: A1111 leaks `--gradio-auth` there (security case 23)."""
+    return {key: ("<redacted>" if value and any(w in key.lower() for w in SECRET_FLAG_WORDS) else
+                  str(value) if isinstance(value, os.PathLike) else value)
+            for key, value in flags.items()}
+
+
+def describe_validation_errors(errors: Any) -> dict[str, Any]:
+    """FastAPI's 422 body without the rejected values (a NaN cannot even be written back as JSON, which made the
+    default handler answer 500), led by one line that names the field."""
+    cleaned = []
+    for error in errors:
+        location = [str(part) for part in error.get("loc", ()) if part != "body"]
+        cleaned.append({"loc": location, "msg": str(error.get("msg", "invalid")), "type": error.get("type")})
+    first = cleaned[0] if cleaned else {"loc": [], "msg": "invalid request"}
+    return {"detail": f"{'.'.join(first['loc']) or 'body'}: {first['msg']}", "errors": cleaned}
+
+
+class ClearValidationRoute(APIRoute):
+    """Answers body and query validation errors as `describe_validation_errors` does. A route class, because an app
+    that is already serving (Gradio's) no longer takes new exception handlers."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+
+        async def run(request: Request) -> Any:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                return JSONResponse(status_code=422, content=describe_validation_errors(exc.errors()))
+
+        return run
+
+
+class SdApi:
+    """The routes, and the one piece of per-user state they keep: each user's chosen checkpoint and VAE."""
+
+    def __init__(self, context: AppContext, current_user: Callable[..., Any], require_admin: Callable[..., Any],
+                 flags: dict[str, Any] | None = None, limits: ApiLimits | None = None,
+                 upload_limits: UploadLimits | None = None) -> None:
+        self.context = context
+        self.current_user = current_user
+        self.require_admin = require_admin
+        self.flags = dict(flags or {})
+        self.limits = limits or ApiLimits()
+        self.upload_limits = upload_limits or UploadLimits.from_env()
+        self.img2img_runner = Img2ImgRunner(context.samplers, context.controlnet.preprocessors)
+        self._user_options: dict[str, dict[str, str]] = {}  # user -> {"sd_model_checkpoint": ..., "sd_vae": ...}
+
+    # -- generation --------------------------------------------------------------------------------------------
+
+    def _server_default(self) -> str | None:
+        """The checkpoint of a user who chose none: the server's default, never whatever another user's job loaded
+        last (that would let one user's choice change another's images)."""
+        info = self.context.models.default_checkpoint()
+        return info.name if info else None
+
+    def _check_limits(self, request: GenerationRequest) -> None:
+        limits = self.limits
+        if isinstance(request.steps, int) and request.steps > limits.max_steps:
+            raise RequestError("steps", f"{request.steps} is more than this server allows ({limits.max_steps})")
+        for name in ("width", "height"):
+            side = getattr(request, name)
+            if isinstance(side, int) and side > limits.max_side:
+                raise RequestError(name, f"{side} is larger than this server allows ({limits.max_side})")
+        count = request.batch_size * request.n_iter
+        if count > limits.max_images:
+            raise RequestError("n_iter", f"batch_size x n_iter = {count} images; this server allows "
+                                         f"{limits.max_images} per request")
+
+    def _base_fields(self, body: Txt2ImgBody, user: Any) -> tuple[dict[str, Any], list[str]]:
+        options = self._user_options.get(user.name, {})
+        fields, warnings = request_fields(body, options.get("sd_model_checkpoint") or self._server_default())
+        if fields["vae"] is None and "sd_vae" in options:
+            fields["vae"] = options["sd_vae"]
+        extensions: dict[str, dict[str, Any]] = {}
+        active = {record.name.lower(): record.name for record in self.context.extensions.active()}
+        for name, value in (body.alwayson_scripts or {}).items():
+            key = name.strip().lower()
+            if key not in active:
+                raise RequestError(f"alwayson_scripts.{name}", f"no active extension named {name!r} (active: "
+                                                               f"{', '.join(sorted(active)) or 'none'})")
+            if not isinstance(value, dict):
+                raise RequestError(f"alwayson_scripts.{name}", 'must be an object like {"args": [...]}')
+            extensions[active[key]] = value
+        fields["extensions"] = extensions
+        return fields, warnings
+
+    async def _run(self, user: Any, request: GenerationRequest, runner: Any, body: Txt2ImgBody,
+                   warnings: list[str]) -> GenerationResponse:
+        try:
+            self._check_limits(request)
+            job = self.context.generation.submit(user.name, request, runner,
+                                                 save=bool(body.save_images) and not body.do_not_save_samples)
+        except RequestError as exc:
+            raise _unprocessable(exc) from exc
+        except QueueFullError as exc:
+            raise HTTPException(503, detail=str(exc), headers={"Retry-After": "10"}) from exc
+        try:
+            while not job.done.is_set():
+                await asyncio.sleep(WAIT_SECONDS)
+        except asyncio.CancelledError:  # the client went away: stop its job instead of computing for nobody
+            job.interrupt()
+            raise
+        if job.status == "failed":
+            exc = job.exception
+            if isinstance(exc, GenerationOutOfMemory):  # the caches were freed; a smaller request can work now
+                raise HTTPException(503, detail=str(exc))
+            if isinstance(exc, (RequestError, ModelError, ValueError)):
+                raise _unprocessable(exc)
+            raise HTTPException(500, detail=f"generation failed: {job.error}")
+        result: GenerationResult = job.result
+        return self._response(job, result, body, warnings)
+
+    def _response(self, job: Job, result: GenerationResult, body: Txt2ImgBody, warnings: list[str]
+                  ) -> GenerationResponse:
+        images = []
+        if body.send_images:
+            for index, (image, infotext) in enumerate(zip(result.images, result.infotexts)):
+                path = result.paths[index] if index < len(result.paths) else None
+                data = open(path, "rb").read() if path and os.path.isfile(path) else png_bytes(image, infotext)
+                images.append(_b64_png(data))
+        info = self._info(result, job, warnings)
+        parameters = body.model_dump(exclude={"init_images", "mask"})
+        return GenerationResponse(images=images, parameters=parameters, info=json.dumps(info))
+
+    def _info(self, result: GenerationResult, job: Job, warnings: list[str]) -> dict[str, Any]:
+        """A1111's `info` keys, read back from the first image's own infotext so the two always agree."""
+        request = result.request
+        first = parse_infotext(result.infotexts[0]) if result.infotexts else {}
+        seeds = list(result.seeds)
+        return {
+            "prompt": request.prompt if request else "",
+            "all_prompts": [request.prompt] * len(seeds) if request else [],
+            "negative_prompt": request.negative_prompt if request else "",
+            "all_negative_prompts": [request.negative_prompt] * len(seeds) if request else [],
+            "seed": seeds[0] if seeds else (request.seed if request else -1),
+            "all_seeds": seeds,
+            "subseed": -1, "all_subseeds": [-1] * len(seeds), "subseed_strength": 0,
+            "width": request.width if request else 0, "height": request.height if request else 0,
+            "sampler_name": request.sampler_name if request else "",
+            "cfg_scale": request.cfg_scale if request else 0, "steps": request.steps if request else 0,
+            "batch_size": request.batch_size if request else 1,
+            "restore_faces": False, "face_restoration_model": None,
+            "sd_model_name": first.get("Model"), "sd_model_hash": first.get("Model hash"),
+            "sd_vae_name": first.get("VAE"), "sd_vae_hash": first.get("VAE hash"),
+            "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+            "denoising_strength": getattr(request, "denoising_strength", None),
+            "extra_generation_params": {k: v for k, v in first.items()
+                                        if k not in ("Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale",
+                                                     "Seed", "Size", "Size-1", "Size-2", "Model", "Model hash")},
+            "index_of_first_image": 0,
+            "infotexts": list(result.infotexts),
+            "styles": [],
+            "job_timestamp": datetime.datetime.fromtimestamp(job.created).strftime("%Y%m%d%H%M%S"),
+            "clip_skip": 1,
+            "is_using_inpainting_conditioning": False,
+            "version": APP_VERSION,
+            "job_id": job.id,
+            "queue_seconds": round((job.started or job.created) - job.created, 3),
+            "interrupted": result.interrupted,
+            "warnings": [*warnings, *result.warnings],
+        }
+
+    async def txt2img(self, body: Txt2ImgBody, user: Any) -> GenerationResponse:
+        try:
+            fields, warnings = self._base_fields(body, user)
+            request = GenerationRequest(**fields)
+        except (RequestError, ValueError) as exc:
+            raise _unprocessable(exc) from exc
+        return await self._run(user, request, None, body, warnings)
+
+    def _image(self, value: str, field: str) -> Image.Image:
+        if not isinstance(value, str) or not value:
+            raise RequestError(field, "expected a base64-encoded image")
+        if is_url(value):
+            raise RequestError(field, "image URLs are not fetched (the server never makes outgoing requests); "
+                                      "send the image as base64")
+        return load_image_base64(strip_data_url(value), field, self.upload_limits)
+
+    async def img2img(self, body: Img2ImgBody, user: Any) -> GenerationResponse:
+        try:
+            fields, warnings = self._base_fields(body, user)
+            if not body.init_images:
+                raise RequestError("init_images", "send one base64 image in init_images")
+            if len(body.init_images) > 1:
+                warnings.append("init_images: only the first image is used")
+            init_image = self._image(body.init_images[0], "init_images")
+            mask = self._image(body.mask, "mask") if body.mask else None
+            request = Img2ImgRequest(
+                **fields,
+                init_image=init_image,
+                mask=mask,
+                denoising_strength=0.75 if body.denoising_strength is None else body.denoising_strength,
+                resize_mode=body.resize_mode,
+                mask_blur=body.mask_blur if body.mask_blur is not None else max(body.mask_blur_x, body.mask_blur_y),
+                inpainting_fill=body.inpainting_fill,
+                inpaint_full_res=body.inpaint_full_res,
+                inpaint_full_res_padding=body.inpaint_full_res_padding,
+                inpainting_mask_invert=body.inpainting_mask_invert,
+            )
+        except (RequestError, ValueError) as exc:
+            raise _unprocessable(exc) from exc
+        response = await self._run(user, request, self.img2img_runner, body, warnings)
+        if body.include_init_images and response.images is not None:
+            response.images.append(strip_data_url(body.init_images[0]))
+        return response
+
+    # -- progress and control ------------------------------------------------------------------------------------
+
+    def _jobs_of(self, user: Any) -> list[Job]:
+        return [j for j in self.context.jobs.jobs_of(user.name) if j.kind != "train-lora"]
+
+    def progress(self, user: Any, skip_current_image: bool) -> ProgressResponse:
+        mine = [j for j in self._jobs_of(user) if not j.finished]
+        running = next((j for j in mine if j.status == "running"), None)
+        if running is None:
+            if mine:  # waiting in the queue
+                ahead = self.context.queue.position(mine[0])
+                return ProgressResponse(progress=0.0, eta_relative=0.0,
+                                        state=ProgressState(job=mine[0].id, job_count=len(mine)),
+                                        textinfo=f"queued: {ahead} job(s) ahead")
+            return ProgressResponse(progress=0.0, eta_relative=0.0, state=ProgressState())
+        preview = None if skip_current_image else running.preview_image()
+        current = None
+        if preview is not None:
+            buffer = io.BytesIO()
+            preview.save(buffer, format="PNG")
+            current = _b64_png(buffer.getvalue())
+        state = ProgressState(
+            skipped=running.skip_requested, interrupted=running.interrupted, job=running.id, job_count=len(mine),
+            job_timestamp=datetime.datetime.fromtimestamp(running.created).strftime("%Y%m%d%H%M%S"),
+            job_no=running.batches_done, sampling_step=running.step, sampling_steps=running.total_steps,
+        )
+        return ProgressResponse(progress=round(running.progress_fraction(), 4),
+                                eta_relative=round(running.seconds_left() or 0.0, 2), state=state,
+                                current_image=current, textinfo=None)
+
+    def queue_entries(self, user: Any) -> list[QueueEntry]:
+        jobs = self.context.jobs.unfinished() if user.is_admin else self._jobs_of(user)
+        return [QueueEntry(id=j.id, owner=j.owner, kind=j.kind, status=j.status,
+                           position=self.context.queue.position(j), progress=round(j.progress_fraction(), 4),
+                           eta_seconds=j.seconds_left(), error=j.error) for j in jobs]
+
+    # -- options and listings ------------------------------------------------------------------------------------
+
+    def options(self, user: Any) -> dict[str, Any]:
+        context = self.context
+        settings = context.settings
+        values = {key: settings.get(key) for key in settings.specs}
+        mine = self._user_options.get(user.name, {})
+        name = mine.get("sd_model_checkpoint") or self._server_default()
+        try:  # A1111 answers with the title, `name [hash]`, which clients send back as they got it
+            values["sd_model_checkpoint"] = context.models.display_title(context.models.resolve(name)) if name else None
+        except ModelError:
+            values["sd_model_checkpoint"] = name
+        values["sd_vae"] = mine.get("sd_vae", context.models.vae_choice)
+        return values
+
+    def set_options(self, user: Any, changes: dict[str, Any]) -> bool:
+        personal = {k: changes.pop(k) for k in ("sd_model_checkpoint", "sd_vae") if k in changes}
+        try:
+            if "sd_model_checkpoint" in personal:
+                info = self.context.models.resolve(_bare(str(personal["sd_model_checkpoint"])))
+                personal["sd_model_checkpoint"] = info.name
+            if "sd_vae" in personal:
+                personal["sd_vae"] = self.context.models.check_vae(str(personal["sd_vae"]))
+        except (ModelError, ValueError) as exc:
+            raise _unprocessable(exc) from exc
+        if changes:
+            if not user.is_admin:
+                raise HTTPException(403, detail="changing settings needs an admin; you may set sd_model_checkpoint "
+                                                "and sd_vae for yourself")
+            known = set(self.context.settings.specs)
+            unknown = sorted(set(changes) - known)
+            if unknown:
+                raise HTTPException(422, detail=f"{unknown[0]}: no such setting (GET /sdapi/v1/options lists them)")
+            try:
+                self.context.settings.update(changes)
+            except ValueError as exc:
+                raise _unprocessable(exc) from exc
+        self._user_options.setdefault(user.name, {}).update(personal)
+        return True
+
+    def sd_models(self) -> list[dict[str, Any]]:
+        models = self.context.models
+        listing = []
+        for info in models.checkpoints():
+            short = models.hashes.cached_short_hash(info.path)
+            full = None  # hashing multi-GB files for a listing would stall the call; the title has it once known
+            listing.append({"title": models.display_title(info), "model_name": info.name.replace("/", "_"),
+                            "hash": short, "sha256": full, "filename": str(info.path), "config": None})
+        return listing
+
+    def loras(self) -> list[dict[str, Any]]:
+        return [{"name": info.name, "alias": info.alias or info.name, "path": str(info.path),
+                 "metadata": dict(info.metadata)} for info in self.context.loras.loras()]
+
+    def embeddings(self) -> dict[str, Any]:
+        listing = self.context.embeddings.listing(self.context.models.active)
+        loaded = {name: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                         "shape": int(next(iter(e.vectors.values())).shape[-1]), "vectors": e.vector_count}
+                  for name, e in listing.loaded.items()}
+        skipped = {name: {} for name in listing.skipped}
+        return {"loaded": loaded, "skipped": skipped, "broken": dict(listing.broken)}
+
+    def extensions(self) -> list[dict[str, Any]]:
+        """A1111's listing plus each extension's status and error (our addition)."""
+        listing = []
+        for record in self.context.extensions.records:
+            manifest = record.manifest
+            listing.append({"name": record.name, "remote": None, "branch": None, "commit_hash": None,
+                            "version": getattr(manifest, "version", None), "commit_date": None,
+                            "enabled": record.enabled, "builtin": record.builtin, "status": record.status,
+                            "error": record.error})
+        return listing
+
+    def png_info(self, body: PngInfoBody) -> PngInfoResponse:
+        try:
+            raw = base64.b64decode(strip_data_url(body.image), validate=False)
+            with Image.open(io.BytesIO(raw)) as image:
+                items = {k: v for k, v in image.info.items() if isinstance(v, (str, int, float))}
+                text = read_infotext(image) or ""
+        except (UnidentifiedImageError, ValueError, OSError) as exc:
+            raise HTTPException(422, detail=f"image: not a readable image ({type(exc).__name__})") from exc
+        items.pop("parameters", None)
+        return PngInfoResponse(info=text, items=items, parameters=parse_infotext(text) if text else {})
+
+    @staticmethod
+    def memory() -> dict[str, Any]:
+        import torch
+
+        page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
+        available = os.sysconf("SC_AVPHYS_PAGES") * page
+        ram = {"free": available, "used": page * pages - available, "total": page * pages}
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            cuda: dict[str, Any] = {"system": {"free": free, "used": total - free, "total": total},
+                                    "active": {"current": torch.cuda.memory_allocated(),
+                                               "peak": torch.cuda.max_memory_allocated()}}
+        else:
+            cuda = {"error": "no CUDA device"}
+        return {"ram": ram, "cuda": cuda}
+
+    # -- the router -------------------------------------------------------------------------------------------------
+
+    def router(self) -> APIRouter:
+        user_dep, admin_dep = Depends(self.current_user), Depends(self.require_admin)
+        api = APIRouter(prefix="/sdapi/v1", tags=["sdapi"], route_class=ClearValidationRoute)
+        context = self.context
+
+        @api.post("/txt2img", response_model=GenerationResponse)
+        async def txt2img(body: Txt2ImgBody, user: Any = user_dep) -> GenerationResponse:
+            return await self.txt2img(body, user)
+
+        @api.post("/img2img", response_model=GenerationResponse)
+        async def img2img(body: Img2ImgBody, user: Any = user_dep) -> GenerationResponse:
+            return await self.img2img(body, user)
+
+        @api.get("/progress", response_model=ProgressResponse)
+        def progress(skip_current_image: bool = Query(False), user: Any = user_dep) -> ProgressResponse:
+            return self.progress(user, skip_current_image)
+
+        @api.post("/interrupt")
+        def interrupt(user: Any = user_dep) -> dict[str, int]:
+            return {"interrupted": context.queue.cancel_all_of(user.name)}
+
+        @api.post("/skip")
+        def skip(user: Any = user_dep) -> dict[str, bool]:
+            return {"skipped": context.queue.skip_running_of(user.name)}
+
+        @api.get("/queue", response_model=list[QueueEntry])
+        def queue(user: Any = user_dep) -> list[QueueEntry]:
+            return self.queue_entries(user)
+
+        @api.post("/jobs/{job_id}/cancel", response_model=QueueEntry)
+        def cancel_job(job_id: str, user: Any = user_dep) -> QueueEntry:
+            try:
+                job = context.queue.cancel(job_id, user.name, user.is_admin)
+            except UnknownJobError as exc:
+                raise HTTPException(404, detail=str(exc)) from exc
+            return QueueEntry(id=job.id, owner=job.owner, kind=job.kind, status=job.status, position=None,
+                              progress=job.progress_fraction(), eta_seconds=None, error=job.error)
+
+        @api.post("/jobs/{job_id}/skip", response_model=QueueEntry)
+        def skip_job(job_id: str, user: Any = user_dep) -> QueueEntry:
+            try:
+                job = context.queue.skip(job_id, user.name, user.is_admin)
+            except UnknownJobError as exc:
+                raise HTTPException(404, detail=str(exc)) from exc
+            return QueueEntry(id=job.id, owner=job.owner, kind=job.kind, status=job.status, position=None,
+                              progress=job.progress_fraction(), eta_seconds=None, error=job.error)
+
+        @api.get("/options")
+        def get_options(user: Any = user_dep) -> dict[str, Any]:
+            return self.options(user)
+
+        @api.post("/options")
+        def set_options(changes: dict[str, Any], user: Any = user_dep) -> bool:
+            return self.set_options(user, dict(changes))
+
+        @api.get("/cmd-flags")
+        def cmd_flags(user: Any = user_dep) -> dict[str, Any]:
+            return _redact(self.flags)
+
+        @api.get("/samplers")
+        def samplers(user: Any = user_dep) -> list[dict[str, Any]]:
+            listing = []
+            for name in context.samplers.names():
+                spec = context.samplers.resolve(name)[0]
+                listing.append({"name": name, "aliases": list(spec.aliases), "options": {}})
+            return listing
+
+        @api.get("/schedulers")
+        def schedulers(user: Any = user_dep) -> list[dict[str, Any]]:
+            return [{"name": label.lower().replace(" ", "_"), "label": label, "aliases": None, "default_rho": -1,
+                     "need_inner_model": False} for label in context.samplers.schedule_names()]
+
+        @api.get("/sd-models")
+        def sd_models(user: Any = user_dep) -> list[dict[str, Any]]:
+            return self.sd_models()
+
+        @api.get("/sd-vae")
+        def sd_vae(user: Any = user_dep) -> list[dict[str, Any]]:
+            return [{"model_name": name, "filename": str(context.paths.vae_dir / name)}
+                    for name in context.models.vae_names() if name not in ("Automatic", "None")]
+
+        @api.post("/refresh-checkpoints")
+        def refresh_checkpoints(user: Any = admin_dep) -> None:
+            context.models.refresh()
+
+        @api.post("/refresh-vae")
+        def refresh_vae(user: Any = admin_dep) -> None:
+            context.models.refresh()
+
+        @api.get("/loras")
+        def loras(user: Any = user_dep) -> list[dict[str, Any]]:
+            return self.loras()
+
+        @api.post("/refresh-loras")
+        def refresh_loras(user: Any = admin_dep) -> None:
+            context.loras.refresh()
+
+        @api.get("/embeddings")
+        def embeddings(user: Any = user_dep) -> dict[str, Any]:
+            return self.embeddings()
+
+        @api.post("/refresh-embeddings")
+        def refresh_embeddings(user: Any = admin_dep) -> None:
+            self.embeddings()  # the library rescans on every listing
+
+        @api.post("/png-info", response_model=PngInfoResponse)
+        def png_info(body: PngInfoBody, user: Any = user_dep) -> PngInfoResponse:
+            return self.png_info(body)
+
+        @api.get("/memory")
+        def memory(user: Any = user_dep) -> dict[str, Any]:
+            return self.memory()
+
+        @api.get("/scripts")
+        def scripts(user: Any = user_dep) -> dict[str, list[str]]:
+            """Always-on "scripts" are extensions here: `alwayson_scripts` takes these names."""
+            names = [record.name.lower() for record in context.extensions.active()]
+            return {"txt2img": names, "img2img": names}
+
+        @api.get("/extensions")
+        def extensions(user: Any = user_dep) -> list[dict[str, Any]]:
+            return self.extensions()
+
+        return api
+
+
+def _bare(title: str) -> str:
+    return title[: title.rindex(" [")] if title.endswith("]") and " [" in title else title
