@@ -18,3 +18,14 @@ def test_readme_has_the_two_commands_and_ci_runs_the_second() -> None:
     setup = [b for b in blocks if "launch.py" in b or "pytest" in b]
     assert len(setup) == 2
     assert setup[1] in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+
+
+def test_extension_guide_snippets_are_valid_python() -> None:
+    """An author copies these: each ```python block of docs/extensions.md must at least parse."""
+    import ast
+
+    text = (ROOT / "docs" / "extensions.md").read_text(encoding="utf-8")
+    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    assert len(blocks) >= 5
+    for block in blocks:
+        ast.parse(block)

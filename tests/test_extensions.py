@@ -265,3 +265,76 @@ def test_denoise_extensions_are_contained_and_bad_input_stops_only_the_job(tmp_p
     assert "before a U-Net call" in status["bad-residuals"].error and "denoise extension exploded" in status["bad-residuals"].error
     assert "after CFG" in status["bad-cfg"].error
     assert status["controlnet"].status == status["pnginfo"].status == "active"
+
+
+def test_settings_by_key_endpoint_names_and_token_counts(tmp_path: Path) -> None:
+    from webui.services.extensions import ExtensionAPI, ExtensionRecord, Manifest
+    from webui.services.settings import SettingSpec
+
+    record = ExtensionRecord(folder=tmp_path / "my-ext", builtin=False, manifest=Manifest("my-ext", "1"))
+    settings = SettingsStore(tmp_path / "config.json")
+    api = ExtensionAPI(record, settings, "0.1", None)
+    key = api.add_setting("strength", 1, "Strength", kind="number", minimum=0, maximum=2)
+    assert key == "my-ext.strength" and api.setting("strength") == 1  # unset: the default
+    assert api.set_setting("strength", "0.5") == 0.5 and api.setting("my-ext.strength") == 0.5
+    assert SettingsStore(tmp_path / "config.json").get("my-ext.strength") == 0.5  # saved at once
+    with pytest.raises(ValueError, match=r"setting 'my-ext.strength': 3 is invalid \(above 2\)"):
+        api.set_setting("strength", 3)
+    with pytest.raises(KeyError, match=r"no setting 'my-ext.nope'; register it first"):
+        api.setting("nope")
+    settings.register(SettingSpec("other.units", 3, "Units", kind="number", owner="other"))
+    assert api.setting("other.units") == 3  # anyone's setting by its full key
+    with pytest.raises(ExtensionError, match="may change only its own settings, not 'other.units'"):
+        api.set_setting("other.units", 4)
+    with pytest.raises(ExtensionError, match="setting name 'a.b' must be"):
+        api.add_setting("a.b", 1, "dotted")
+    assert api.api_name("count") == "my_ext_count" and api.api_name("my_ext_count") == "my_ext_count"
+    with pytest.raises(ExtensionError, match="endpoint name '/count' must be"):
+        api.api_name("/count")
+    assert api.count_tokens("cat " * 100) == (100, 150)
+
+
+def test_names_differing_only_in_dash_and_underscore_clash(tmp_path: Path, tiny_sd1) -> None:
+    root = tmp_path / "ext"
+    write_extension(root, "a-b", HELLO_TAB)
+    write_extension(root, "a_b", HELLO_TAB)
+    records = _records(_context(tmp_path, tiny_sd1, root))
+    assert records["a-b"].status == "active"
+    assert records["a_b"].status == "failed"
+    assert records["a_b"].error.startswith("loading: ExtensionError: duplicate extension name 'a_b': the extension in "
+                                           f"{root / 'a-b'} already has it (as 'a-b': names differing only in '-'/'_' "
+                                           "clash)")
+
+
+def test_example_cfg_rescale_is_the_engine_formula() -> None:
+    """The example writes CFG rescale with the public API only; it must stay the engine's formula (which
+    test_denoise_extensions.py holds to diffusers' guidance_rescale)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    import torch
+
+    from webui.engine.denoise_extensions import CfgRescale
+
+    path = Path(__file__).resolve().parent.parent / "extensions" / "cfg-rescale" / "main.py"
+    spec = importlib.util.spec_from_file_location("cfg_rescale_example_under_test", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    generator = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(2, 4, 8, 8, generator=generator), torch.randn(2, 4, 8, 8, generator=generator)
+    results = []
+    for rescale in (example.CfgRescale(0.7), CfgRescale(0.7)):
+        ctx = SimpleNamespace(cond_output=cond, uncond_output=uncond, denoised=uncond + 7 * (cond - uncond))
+        rescale.after_cfg(ctx)
+        results.append(ctx.denoised)
+    assert torch.equal(results[0], results[1])
+
+
+def test_models_tab_reads_families_through_the_model_manager(tmp_path: Path, tiny_sd1) -> None:
+    """The built-in Models extension no longer reads checkpoint headers itself (services do)."""
+    context = _context(tmp_path, tiny_sd1, tmp_path / "ext")
+    (tmp_path / "models" / "Stable-diffusion" / "junk.safetensors").write_bytes(b"not a checkpoint")
+    context.models.refresh()
+    rows = {row["name"]: row for row in _records(context)["models"].registrations.routes[0].handler()}
+    assert rows["tiny"]["family"] == "SD 1.x"
+    assert rows["junk"]["family"].startswith("unusable: ")

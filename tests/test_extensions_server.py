@@ -76,7 +76,12 @@ def test_section_control_reaches_the_hook_by_name(server: AppServer) -> None:
     title = client.predict(api_name="/refresh_checkpoints")["value"]
     common = (title, "a red circle", "", "Euler", "Automatic", 3, 7, 64, 64, 9, 1, 1)
     off = client.predict(*common, flip_enabled=False, api_name="/txt2img")
-    on = client.predict(*common, flip_enabled=True, api_name="/txt2img")
+    # by name, as docs/extensions.md shows it
+    on = client.predict(checkpoint=title, prompt="a red circle", negative_prompt="", sampler_name="Euler",
+                        scheduler="Automatic", steps=3, cfg_scale=7, width=64, height=64, seed=9, n_iter=1,
+                        batch_size=1, flip_enabled=True, api_name="/txt2img")
+    assert len(on) == 4 and on[0][0]["caption"] == "seed 9" and on[1]["visible"] is False and on[3] == "1 image(s)"
+    assert Image.open(on[0][0]["image"]).format == "PNG"
     assert "Flipped: yes" in on[2] and "Flipped" not in off[2]
     image_on = np.asarray(Image.open(on[0][0]["image"]).convert("RGB"), dtype=int)
     image_off = np.asarray(Image.open(off[0][0]["image"]).convert("RGB"), dtype=int)

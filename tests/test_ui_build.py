@@ -12,6 +12,7 @@ import pytest
 
 from tests.extension_folders import write_extension
 from webui.context import PROJECT_ROOT, AppContext, AppPaths, build_context
+from webui.services.settings import SettingSpec
 from webui.ui.app import build_ui
 
 DOCS = PROJECT_ROOT / "docs" / "extensions.md"
@@ -52,7 +53,9 @@ def test_every_element_id_is_unique(app) -> None:
 def test_extension_endpoints_carry_the_extension_name(app, tmp_path: Path) -> None:
     context, demo = app
     paths = AppPaths(tmp_path / "models", tmp_path / "outputs", tmp_path / "data", ())
-    core = set(_public_endpoints(build_ui(build_context(paths, device="cpu", load_extensions=False))))
+    bare = build_context(paths, device="cpu", load_extensions=False)
+    bare.settings.register(SettingSpec("core.probe", 1, "a setting, so that the Settings tab has its endpoints"))
+    core = set(_public_endpoints(build_ui(bare)))
     assert {"txt2img", "img2img", "inpaint", "interrupt", "refresh_checkpoints", "select_checkpoint", "select_vae",
             "settings_apply", "extensions_set_enabled", "extensions_install"} <= core
     endpoints = set(_public_endpoints(demo))

@@ -145,15 +145,23 @@ def test_failures_older_than_the_window_do_not_count_and_a_success_resets_the_us
     assert refused.value.retry_after == 30
 
 
-def test_attempts_in_flight_count_so_parallel_guesses_cannot_pass_the_limit() -> None:
-    from webui.services.users import LoginThrottle
+def test_parallel_guesses_are_judged_one_at_a_time_and_parallel_correct_logins_all_pass() -> None:
+    from concurrent.futures import ThreadPoolExecutor
 
-    clock = Clock()
-    throttle = LoginThrottle(LoginLimits(attempts=3), clock)
-    for _ in range(3):
-        throttle.begin(["user:alice"])  # three hashes still running
-    with pytest.raises(LoginThrottled):
-        throttle.begin(["user:alice"])
+    users = UserStore([("alice", "s3cret-A")], limits=LoginLimits(attempts=3), scrypt_n=2**10)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        fine = list(pool.map(lambda _: users.authenticate("alice", "s3cret-A", "10.0.0.1"), range(8)))
+    assert all(user is not None and user.name == "alice" for user in fine)  # no correct login counts as a failure
+
+    def guess(index: int) -> str:
+        try:
+            return "ok" if users.authenticate("alice", f"guess-{index}", "10.0.0.2") else "wrong"
+        except LoginThrottled:
+            return "refused"
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(guess, range(8)))
+    assert outcomes.count("wrong") == 3 and outcomes.count("refused") == 5  # the limit holds under a burst
 
 
 def test_login_limits_must_make_sense() -> None:

@@ -9,9 +9,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from webui import offline
+from webui.api.request_guard import DEFAULT_MAX_BODY_MB
 from webui.api.routes import mount_routes, mount_sdapi
 from webui.api.sdapi import ApiLimits
 from webui.services.queue import DEFAULT_QUEUE_SIZE
+from webui.services.supply_chain import (UnsafeTorchError, find_known_malicious, installed_distributions,
+                                        require_safe_torch)
 from webui.services.users import LoginLimits, UserStore
 
 UPLOAD_LIMIT = "50mb"
@@ -58,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--api-max-images", type=int, default=ApiLimits.max_images, metavar="N",
                         help=f"most images (batch size x count) one API call may ask for "
                              f"(default {ApiLimits.max_images})")
+    parser.add_argument("--max-body-mb", type=int, default=DEFAULT_MAX_BODY_MB, metavar="MB",
+                        help="largest request body (API calls with base64 images, UI calls) in MB; larger ones get "
+                             f"413 (default {DEFAULT_MAX_BODY_MB}; uploads have their own {UPLOAD_LIMIT} per file)")
     return parser
 
 
@@ -112,11 +118,33 @@ def check_exposure(args: argparse.Namespace, users: UserStore) -> None:
         )
 
 
+def check_torch(version: str | None = None) -> None:
+    """Refuse to start on torch < 2.6, whose safe loading of .ckpt files can be bypassed (CVE-2025-32434)."""
+    try:
+        require_safe_torch(version)
+    except UnsafeTorchError as exc:
+        raise LaunchError(f"error: {exc}") from exc
+
+
+def check_supply_chain(distributions: Sequence[tuple[str, str]], extension_dirs: Sequence[Path]) -> None:
+    """Refuse to start while a package release or extension known to be malicious is installed, saying how to clean
+    up: its code may already have run, so starting the app would only run it again."""
+    findings = find_known_malicious(distributions, extension_dirs)
+    if findings:
+        lines = "\n".join(f"  - {finding.describe()}" for finding in findings)
+        raise LaunchError(f"error: known-malicious software is installed; the app will not start until it is "
+                          f"removed:\n{lines}\nAfter removing it, check for unknown processes and change the "
+                          "passwords and tokens this machine holds.")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     offline.enforce()
     args = build_parser().parse_args(argv)
+    check_torch()
     if args.queue_size < 1:
         raise LaunchError(f"error: --queue-size must be at least 1, not {args.queue_size}")
+    if args.max_body_mb < 1:
+        raise LaunchError(f"error: --max-body-mb must be at least 1, not {args.max_body_mb}")
     users = build_users(args)
     check_exposure(args, users)
 
@@ -124,11 +152,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from webui.api.auth import GradioLogin, login_message
     from webui.api.file_guard import OutputsFileGuard
+    from webui.api.request_guard import RequestGuard
     from webui.context import AppPaths, build_context
     from webui.ui.app import build_ui
 
     paths = AppPaths.default(models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                              extension_dirs=tuple(args.extensions_dir), data_dir=args.data_dir)
+    check_supply_chain(installed_distributions(), paths.extension_dirs)
     check_user_folders(users, [paths.lora_training_dir.name])
     if users.is_multi_user and not users.admins:
         print("note: no --admin named, so nobody may refresh models, change settings, install extensions or stop "
@@ -160,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         share=args.share,
         auth=login.check if users.auth_enabled else None,
         auth_message=login_message(users.limits) if users.auth_enabled else None,
-        app_kwargs={"middleware": [login.middleware(),
+        app_kwargs={"middleware": [Middleware(RequestGuard, max_body_bytes=args.max_body_mb * 1024 * 1024),
+                                   login.middleware(),
                                    Middleware(OutputsFileGuard, users=users, outputs_root=paths.outputs_dir)]},
         allowed_paths=[str(paths.outputs_dir)],
         blocked_paths=[str(paths.models_dir), str(paths.data_dir)],
@@ -181,11 +212,14 @@ def _serve_api_only(args: argparse.Namespace, context: Any, users: UserStore, fl
     """`--nowebui`: the same routes and logins on a bare FastAPI app, without Gradio."""
     import uvicorn
     from fastapi import FastAPI
+    from starlette.middleware import Middleware
 
     from webui.api.auth import GradioLogin
+    from webui.api.request_guard import RequestGuard
 
     app = FastAPI(title="Latent Studio API", docs_url=None, redoc_url=None, openapi_url=None,
-                  middleware=[GradioLogin(users).middleware()])
+                  middleware=[Middleware(RequestGuard, max_body_bytes=args.max_body_mb * 1024 * 1024),
+                              GradioLogin(users).middleware()])
     config = uvicorn.Config(app, host="0.0.0.0" if args.listen else "127.0.0.1", port=args.port, log_level="warning")
     server = uvicorn.Server(config)
     mount_routes(app, context, stop=lambda: setattr(server, "should_exit", True))

@@ -29,6 +29,11 @@ class _Wire(BaseModel):
 class Txt2ImgBody(_Wire):
     """A1111's `StableDiffusionTxt2ImgProcessingAPI`, with A1111's API defaults."""
 
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, json_schema_extra={"examples": [
+        {"prompt": "a large red circle at the top left on a blue background", "negative_prompt": "", "seed": 42,
+         "sampler_name": "Euler a", "steps": 4, "cfg_scale": 6.0, "width": 64, "height": 64, "batch_size": 1},
+    ]})
+
     prompt: str = ""
     negative_prompt: str = ""
     styles: list[str] | None = None

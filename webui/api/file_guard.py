@@ -1,4 +1,9 @@
-"""Keep users out of each other's images on Gradio's file route.
+"""Keep users out of each other's images on Gradio's file route, and everyone out of files that a link in the outputs
+folder points to.
+
+Gradio checks a requested path against its allowed folders without resolving symlinks, then serves the link's
+target: a link inside outputs pointing to /etc/passwd or to a model would be served. In every mode the guard answers
+403 for a path named inside outputs whose real path lies outside it (security case 17).
 
 With several users, images are saved under `outputs/<user>/` and the outputs folder is one of Gradio's allowed
 paths, so without this guard anyone logged in could fetch `/gradio_api/file=<outputs>/<other user>/...` by guessing
@@ -48,7 +53,8 @@ def _inside(path: str, root: str) -> str | None:
 
 
 class OutputsFileGuard:
-    """ASGI middleware: in multi-user mode, a file under the outputs folder is served only to the user it belongs to."""
+    """ASGI middleware: a link out of the outputs folder is never followed; in multi-user mode, a file under the
+    outputs folder is served only to the user it belongs to."""
 
     def __init__(self, app: ASGIApp, users: UserStore, outputs_root: Path) -> None:
         self.app = app
@@ -70,10 +76,20 @@ class OutputsFileGuard:
             return ""  # named inside outputs, but a link leads out of it
         return None
 
+    def leads_out(self, target: str) -> bool:
+        """True for a path named inside outputs whose real path (links resolved) lies outside it."""
+        lexical = os.path.abspath(target)
+        return (_inside(lexical, self.root) is not None
+                and _inside(os.path.realpath(lexical), os.path.realpath(self.root)) is None)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and self.users.is_multi_user:
-            target = file_route_target(scope)
-            if target is not None:
+        target = file_route_target(scope) if scope["type"] == "http" else None
+        if target is not None:
+            if self.leads_out(target):
+                await JSONResponse({"detail": "File not allowed: a link in the outputs folder points outside it."},
+                                   403)(scope, receive, send)
+                return
+            if self.users.is_multi_user:
                 folder = self.owner_folder(target)
                 if folder is not None and not await self._is_owner(scope, folder):
                     response = JSONResponse({"detail": "File not allowed: it belongs to another user."}, 403)

@@ -51,7 +51,6 @@ from webui.services.requests import GenerationRequest, RequestError
 from webui.services.uploads import UploadLimits, load_image_base64
 
 SECRET_FLAG_WORDS = ("auth", "password", "token", "secret", "key")
-WAIT_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -169,9 +168,10 @@ class SdApi:
             raise _unprocessable(exc) from exc
         except QueueFullError as exc:
             raise HTTPException(503, detail=str(exc), headers={"Retry-After": "10"}) from exc
+        loop, finished = asyncio.get_running_loop(), asyncio.Event()
+        job.when_done(lambda: loop.call_soon_threadsafe(finished.set))
         try:
-            while not job.done.is_set():
-                await asyncio.sleep(WAIT_SECONDS)
+            await finished.wait()
         except asyncio.CancelledError:  # the client went away: stop its job instead of computing for nobody
             job.interrupt()
             raise
@@ -182,7 +182,7 @@ class SdApi:
             if isinstance(exc, (RequestError, ModelError, ValueError)):
                 raise _unprocessable(exc)
             raise HTTPException(500, detail=f"generation failed: {job.error}")
-        result: GenerationResult = job.result
+        result: GenerationResult = job.result or GenerationResult(interrupted=True)  # cancelled before it started
         return self._response(job, result, body, warnings)
 
     def _response(self, job: Job, result: GenerationResult, body: Txt2ImgBody, warnings: list[str]

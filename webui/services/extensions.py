@@ -204,14 +204,17 @@ class ExtensionAPI:
 
     def add_tab(self, title: str, build: Callable[[Any], None]) -> None:
         """A top-level tab; `build(ui)` runs inside it and creates its components. `ui.send_buttons(image, parsed)`
-        adds "Send to txt2img/img2img/..." buttons for an image and its parsed infotext."""
+        adds "Send to txt2img/img2img/..." buttons for an image and its parsed infotext. The Gradio endpoints it
+        creates are named `<extension>_<name>` (see `api_name`); its element ids must be unique in the app."""
         self._reg.tabs.append(TabSpec(title, build))
 
     def add_section(
         self, title: str, build: Callable[[Mode], dict[str, Any]], modes: Iterable[Mode] = ("txt2img", "img2img")
     ) -> None:
         """An always-visible group of controls in txt2img/img2img. `build(mode)` returns {name: component};
-        at generation time the values arrive in hooks as `controls[name]`."""
+        at generation time the values arrive in hooks as `controls[name]`. It is built once per generation tab
+        (txt2img, img2img, Inpaint; `mode` is "img2img" in the last two), and its element ids are made to start
+        with the tab's name."""
         self._reg.sections.append(SectionSpec(title, build, tuple(modes)))
 
     def on_before_generate(self, hook: Callable[[GenerationRequest, dict[str, Any]], GenerationRequest | None]) -> None:

@@ -10,7 +10,7 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from PIL import Image
 
@@ -78,6 +78,7 @@ class Job:
     _skip: threading.Event = field(default_factory=threading.Event, repr=False)
     _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)
     version: int = 0  # bumped by `touch` on every change a watcher may show (status, step, preview)
+    _done_callbacks: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def preview_image(self) -> Image.Image | None:
         """Render the latest preview on demand, in the caller's thread, so sampling never waits for it."""
@@ -111,6 +112,24 @@ class Job:
     @property
     def finished(self) -> bool:
         return self.status in ("done", "interrupted", "cancelled", "failed")
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the job has finished (at once if it already has); async waiters use it instead of
+        polling."""
+        with self._changed:
+            if not self.done.is_set():
+                self._done_callbacks.append(callback)
+                return
+        callback()
+
+    def mark_done(self) -> None:
+        """Set `done` and run the `when_done` callbacks (the queue calls this once, when the job ends)."""
+        with self._changed:
+            self.done.set()
+            callbacks, self._done_callbacks = self._done_callbacks, []
+        for callback in callbacks:
+            callback()
+        self.touch()
 
     def touch(self) -> None:
         """Tell watchers something changed (they wait in `wait_change` instead of polling)."""

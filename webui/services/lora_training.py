@@ -104,7 +104,9 @@ class LoraTrainingService:
     """Starts, tracks and interrupts LoRA training runs."""
 
     def __init__(self, jobs: JobManager, models: ModelManager, loras: LoraLibrary, lora_dir: Path,
-                 runs_dir: Path) -> None:
+                 runs_dir: Path, private_runs: bool = False) -> None:
+        """`private_runs` (an app with several logins): each user sees only their own runs' progress and samples."""
+        self.private_runs = private_runs
         self.jobs = jobs
         self.models = models
         self.loras = loras
@@ -162,10 +164,12 @@ class LoraTrainingService:
             run.version += 1
 
     def latest(self, owner: str | None = None) -> TrainingRun | None:
-        """The owner's newest run, else the newest of anyone's (everyone may watch; only the owner interrupts)."""
+        """The owner's newest run, else (single user) the newest of anyone's; with private runs only the owner's."""
         with self._lock:
             runs = list(self._runs)
         mine = [r for r in runs if owner is not None and r.job.owner == owner]
+        if self.private_runs:
+            return mine[-1] if mine else None
         return (mine or runs or [None])[-1]
 
     def interrupt(self, owner: str) -> bool:

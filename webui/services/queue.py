@@ -158,7 +158,7 @@ class JobQueue:
                 if entry.job is job:
                     line.remove(entry)
                     job.set_status("cancelled")
-                    job.done.set()
+                    job.mark_done()
             if not line:
                 self._lines.pop(job.owner, None)
                 if job.owner in self._turns:
@@ -223,5 +223,4 @@ class JobQueue:
             job.set_status("failed")
         finally:
             self.running = None
-            job.done.set()
-            job.touch()
+            job.mark_done()

@@ -12,6 +12,7 @@ import base64
 import binascii
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from webui.services.requests import RequestError
 
 DEFAULT_MAX_PIXELS = 50_000_000  # ~7070x7070: far above any generation size, far below Pillow's bomb threshold
 MAX_PIXELS_ENV = "LATENT_STUDIO_MAX_IMAGE_PIXELS"
+_URL_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:")  # http:, HTTPS:, file:, ftp:...; base64 never holds a colon
 
 ImageSource = Union[str, Path, bytes, BinaryIO, Image.Image, np.ndarray]
 
@@ -162,7 +164,7 @@ def load_image_base64(data: str, field: str, limits: UploadLimits | None = None)
         header, _, text = text.partition(",")
         if ";base64" not in header:
             raise UploadError(field, "only base64 data URLs are accepted")
-    if text.startswith(("http://", "https://")):
+    if _URL_SCHEME.match(text):  # any scheme, any case: the server never fetches (no SSRF, no local file reads)
         raise UploadError(field, "image URLs are not fetched; send the image itself as base64")
     try:
         raw = base64.b64decode(text, validate=True)

@@ -105,8 +105,9 @@ class _Bucket:
 class LoginThrottle:
     """Counts failed logins per key (a user name or a client address) within a sliding window.
 
-    An attempt is counted when it starts and un-counted if it succeeds, so a burst of parallel guesses cannot slip
-    past the limit while their passwords are still being hashed.
+    The store checks and records under one lock around the password hash (`UserStore._verify_lock`), so a burst of
+    parallel guesses is judged one at a time and cannot slip past the limit while hashes are still running; correct
+    logins in parallel are never counted as failures.
     """
 
     def __init__(self, limits: LoginLimits, clock: Callable[[], float]) -> None:
@@ -115,8 +116,8 @@ class LoginThrottle:
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
-    def begin(self, keys: list[str]) -> float:
-        """Refuse (LoginThrottled) or count one attempt for every key; returns the attempt's time stamp."""
+    def check(self, keys: list[str]) -> None:
+        """Raise LoginThrottled while any key is locked or has used up its failures in the window."""
         with self._lock:
             now = self._clock()
             if len(self._buckets) > _PRUNE_ABOVE:
@@ -124,26 +125,19 @@ class LoginThrottle:
             wait = max((self._wait(key, now) for key in keys), default=0.0)
             if wait > 0:
                 raise LoginThrottled(wait)
-            for key in keys:
-                self._buckets.setdefault(key, _Bucket()).attempts.append(now)
-            return now
 
-    def succeeded(self, keys: list[str], started: float, reset: str) -> None:
-        """The attempt was right: it is no failure, and the `reset` key (the user) starts afresh."""
+    def succeeded(self, reset: str) -> None:
+        """The attempt was right: the `reset` key (the user) starts afresh."""
         with self._lock:
-            for key in keys:
-                bucket = self._buckets.get(key)
-                if bucket and started in bucket.attempts:
-                    bucket.attempts.remove(started)
             self._buckets.pop(reset, None)
 
     def failed(self, keys: list[str]) -> None:
-        """The attempt was wrong (it is already counted); a key at the limit is locked for the cool-down."""
+        """Count a wrong attempt for every key; a key at the limit is locked for the cool-down."""
         with self._lock:
             now = self._clock()
             for key in keys:
                 bucket = self._buckets.setdefault(key, _Bucket())
-                bucket.attempts = self._recent(bucket, now)
+                bucket.attempts = self._recent(bucket, now) + [now]
                 if len(bucket.attempts) >= self.limits.attempts:
                     bucket.locked_until = now + self.limits.cooldown_s
                     bucket.attempts = []
@@ -158,7 +152,7 @@ class LoginThrottle:
         if bucket.locked_until > now:
             return bucket.locked_until - now
         recent = self._recent(bucket, now)
-        if len(recent) >= self.limits.attempts:  # failures plus attempts in flight already fill the window
+        if len(recent) >= self.limits.attempts:  # the window's failures are used up
             return self.limits.window_s - (now - min(recent))
         return 0.0
 
@@ -210,6 +204,9 @@ class UserStore:
         # Unknown names cost one hash too, so timing does not tell which names exist.
         self._dummy = _PasswordHash.create(secrets.token_urlsafe(16), scrypt_n) if self._hashes else None
         self._throttle = LoginThrottle(limits or LoginLimits(), clock)
+        self._verify_lock = threading.Lock()
+        self._session_key = secrets.token_bytes(32)  # for `_verified`; never leaves this process
+        self._verified: dict[str, bytes] = {}  # name -> HMAC of the last (name, password) that scrypt accepted
         self._clock = clock
         self._token_ttl_s = token_ttl_s
         self._tokens: dict[bytes, tuple[str, float]] = {}  # sha256(token) -> (user name, expiry)
@@ -248,19 +245,33 @@ class UserStore:
     def authenticate(self, name: str, password: str, address: str | None) -> User | None:
         """The user if `password` is theirs, else None; raises LoginThrottled while the name or address is locked.
 
-        Every call counts against both the user name and the client `address` (None when unknown)."""
+        A wrong attempt counts against both the user name and the client `address` (None when unknown). API clients
+        send their password with every call, so a verified (name, password) pair is remembered as an HMAC under a
+        key that exists only in this process: the next call costs a hash of microseconds, not scrypt's 0.1 s, and
+        no password is kept in plain text."""
         if not self.auth_enabled:
             return None
         user_key = "user:" + name.casefold()
         keys = [user_key] + ([f"address:{address}"] if address else [])
-        started = self._throttle.begin(keys)
+        self._throttle.check(keys)
         known = self._hashes.get(name)
-        ok = (known or self._dummy).matches(password) and known is not None  # type: ignore[union-attr]
-        if ok:
-            self._throttle.succeeded(keys, started, reset=user_key)
+        remembered = self._remembered_digest(name, password)
+        if known is not None and hmac.compare_digest(self._verified.get(name, b""), remembered):
+            self._throttle.succeeded(reset=user_key)
             return self._users[name]
-        self._throttle.failed(keys)
-        return None
+        with self._verify_lock:  # one scrypt at a time: parallel guesses are judged in turn
+            self._throttle.check(keys)
+            ok = (known or self._dummy).matches(password) and known is not None  # type: ignore[union-attr]
+            if ok:
+                self._throttle.succeeded(reset=user_key)
+                self._verified[name] = remembered
+                return self._users[name]
+            self._throttle.failed(keys)
+            return None
+
+    def _remembered_digest(self, name: str, password: str) -> bytes:
+        message = name.encode("utf-8", "surrogatepass") + b"\0" + password.encode("utf-8", "surrogatepass")
+        return hmac.new(self._session_key, message, hashlib.sha256).digest()
 
     def issue_token(self, user: User) -> str:
         """A random bearer token for `user`, valid for the store's token lifetime; only its hash is kept."""

@@ -144,9 +144,9 @@ def _check_elem_ids(config: BlocksConfig, records: dict[str, ExtensionRecord]) -
             log.warning("element id %r is used twice by the app", elem_id)
             continue
         other = getattr(earlier if guilty is block else block, OWNER, None)
+        user = "another of its components" if other == owner else f"the extension {other!r}" if other else "the app"
         records[owner].fail("building its UI", ExtensionError(
-            f"element id {elem_id!r} is already used by {f'the extension {other!r}' if other else 'the app'}; "
-            "start your elem_ids with your extension's name"))
+            f"element id {elem_id!r} is already used by {user}; start your elem_ids with your extension's name"))
         guilty.elem_id = None
         if guilty is earlier:
             first[elem_id] = block
