@@ -19,7 +19,7 @@ import webuiapi
 from PIL import Image
 
 from tests.server_process import AppServer
-from webui.engine.synthetic import write_synthetic_checkpoint
+from webui.engine.synthetic import write_synthetic_checkpoint, write_synthetic_controlnet
 from webui.services.infotext import parse_infotext
 
 USERS = {"alice": "pw-alice-1", "bob": "pw-bob-22"}
@@ -31,8 +31,11 @@ def app_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("sdapi")
     checkpoints = root / "models" / "Stable-diffusion"
     for name, seed in (("tiny", 7), ("tiny2", 8)):
-        write_synthetic_checkpoint(checkpoints / f"{name}.safetensors", "sd1", seed=seed,
-                                   metadata={"modelspec.resolution": "64x64"})
+        model = write_synthetic_checkpoint(checkpoints / f"{name}.safetensors", "sd1", seed=seed,
+                                           metadata={"modelspec.resolution": "64x64"})
+        if name == "tiny":
+            write_synthetic_controlnet(root / "models" / "ControlNet" / "control_tiny.safetensors", model,
+                                       "cldm-1.1", seed=41)
     return root / "models", root / "outputs"
 
 
@@ -214,3 +217,23 @@ def test_png_info_reads_back_what_txt2img_wrote(server) -> None:
     assert info["parameters"]["Seed"] == 31 and info["parameters"]["Prompt"] == "a green star"
     assert info["info"].startswith("a green star")
     assert broken.status_code == 422
+
+
+def test_controlnet_units_in_sd_webui_controlnet_shape_through_webuiapi(server) -> None:
+    """webuiapi's own ControlNetUnit objects, sent as `alwayson_scripts.ControlNet.args`."""
+    alice = _client(server, "alice")
+    control = Image.new("RGB", (64, 64), (0, 0, 0))
+    control.paste((255, 255, 255), (20, 8, 44, 56))
+    plain = alice.txt2img(prompt="a red circle", seed=12, **SMALL)
+    unit = webuiapi.ControlNetUnit(image=control, module="none", model="control_tiny", weight=1.0)
+    controlled = alice.txt2img(prompt="a red circle", seed=12, controlnet_units=[unit], **SMALL)
+    silent = alice.txt2img(prompt="a red circle", seed=12, **SMALL,
+                           controlnet_units=[webuiapi.ControlNetUnit(image=control, module="none",
+                                                                     model="control_tiny", weight=0.0)])
+    assert "ControlNet 0" in controlled.info["infotexts"][0]
+    assert list(controlled.image.getdata()) != list(plain.image.getdata())  # the unit steered the image
+    assert list(silent.image.getdata()) == list(plain.image.getdata())  # weight 0 changes nothing
+    with _http(server, "bob") as http:
+        missing = http.post("txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": [
+            {"enabled": True, "module": "none", "model": "no_such_model", "image": _png(control)}]}}})
+    assert missing.status_code == 422 and "no_such_model" in missing.text

@@ -46,7 +46,7 @@ def test_every_element_id_is_unique(app) -> None:
     # the same section is built for img2img and Inpaint (mode "img2img" in both); the tab's name tells them apart
     for tab in ("txt2img", "img2img", "inpaint"):
         assert {f"{tab}_cfg_rescale_enabled", f"{tab}_controlnet_unit0_enabled", f"{tab}_lora_picker",
-                f"{tab}_prompt"} <= set(ids), tab
+                f"{tab}_prompt", f"{tab}_interrupt", f"{tab}_skip"} <= set(ids), tab
     assert "inpaint_depth_map" in ids and "img2img_depth_map" in ids
 
 
@@ -56,8 +56,8 @@ def test_extension_endpoints_carry_the_extension_name(app, tmp_path: Path) -> No
     bare = build_context(paths, device="cpu", load_extensions=False)
     bare.settings.register(SettingSpec("core.probe", 1, "a setting, so that the Settings tab has its endpoints"))
     core = set(_public_endpoints(build_ui(bare)))
-    assert {"txt2img", "img2img", "inpaint", "interrupt", "refresh_checkpoints", "select_checkpoint", "select_vae",
-            "settings_apply", "extensions_set_enabled", "extensions_install"} <= core
+    assert {"txt2img", "img2img", "inpaint", "interrupt", "skip", "refresh_checkpoints", "select_checkpoint",
+            "select_vae", "settings_apply", "extensions_set_enabled", "extensions_install"} <= core
     endpoints = set(_public_endpoints(demo))
     assert core <= endpoints  # no extension pushed a core endpoint aside
     prefixes = {record.endpoint_prefix for record in context.extensions.records}

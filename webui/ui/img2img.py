@@ -123,7 +123,9 @@ def _panel(
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
         with gr.Column(scale=1, min_width=160):
             generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
-            interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt", min_width=60)
+                skip = gr.Button("Skip", elem_id=f"{prefix}_skip", min_width=60)
     panel_inputs: list = []
     with gr.Row():
         with gr.Column():
@@ -200,7 +202,7 @@ def _panel(
     panel = Img2ImgPanel(prefix, prompt, negative, sampler, schedule, steps, cfg_scale, seed, denoise, gallery,
                          infotext, image, editor, submode, subtabs, mask_blur, masked_content, inpaint_area, padding)
 
-    wire_interrupt_and_select(context, interrupt, status, gallery, infotext)
+    wire_interrupt_and_select(context, interrupt, skip, status, gallery, infotext)
     return panel, [generate, *shared, *panel_inputs], [gallery, preview, infotext, status], extension_controls
 
 

@@ -1,5 +1,5 @@
 """What every generating tab shares: run a job on a worker thread with a live progress bar and previews, interrupt
-the caller's own jobs, and show the infotext of a selected gallery image."""
+the caller's own jobs or skip the batch being sampled, and show the infotext of a selected gallery image."""
 
 from __future__ import annotations
 
@@ -65,16 +65,24 @@ def run_job_streaming(
 
 
 def wire_interrupt_and_select(
-    context: AppContext, interrupt: gr.Button, status: gr.Markdown, gallery: gr.Gallery, infotext: gr.Textbox,
-    api_name: str | None = None,
+    context: AppContext, interrupt: gr.Button, skip: gr.Button, status: gr.Markdown, gallery: gr.Gallery,
+    infotext: gr.Textbox, public_api: bool = False,
 ) -> None:
-    """Interrupt stops only the caller's jobs; selecting a gallery image shows its own infotext."""
+    """Interrupt and Skip act only on the caller's own jobs (another user's never stop); selecting a gallery image
+    shows its own infotext. Every generating tab has both buttons; they do the same in each, so only one tab
+    (`public_api`) offers them to API clients, as `/interrupt` and `/skip`."""
     from webui.ui.session import owner_of
 
     def on_interrupt(request: gr.Request) -> str:
         return "Interrupting…" if context.queue.cancel_all_of(owner_of(request)) else "Nothing to interrupt"
 
-    interrupt.click(on_interrupt, outputs=[status], queue=False, api_name=api_name or False)
+    def on_skip(request: gr.Request) -> str:
+        if context.queue.skip_running_of(owner_of(request)):
+            return "Skipping the current batch…"
+        return "Nothing of yours is running"
+
+    interrupt.click(on_interrupt, outputs=[status], queue=False, api_name="interrupt" if public_api else False)
+    skip.click(on_skip, outputs=[status], queue=False, api_name="skip" if public_api else False)
 
     def on_select(evt: gr.SelectData, current: str) -> str:
         value = evt.value or {}

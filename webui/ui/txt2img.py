@@ -1,4 +1,4 @@
-"""The txt2img tab: controls, a live progress bar with previews, interrupt, and the result gallery."""
+"""The txt2img tab: controls, a live progress bar with previews, interrupt and skip, and the result gallery."""
 
 from __future__ import annotations
 
@@ -43,7 +43,9 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgCo
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
         with gr.Column(scale=1, min_width=160):
             generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
-            interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", min_width=60)
+                skip = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
     with gr.Row():
         with gr.Column():
             with gr.Row():
@@ -93,7 +95,7 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgCo
         api_name="txt2img",
     )
 
-    wire_interrupt_and_select(context, interrupt, status, gallery, infotext, api_name="interrupt")
+    wire_interrupt_and_select(context, interrupt, skip, status, gallery, infotext, public_api=True)
     return Txt2ImgControls(prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, batch_count, batch_size,
                            gallery, send_img2img, send_inpaint)
 
