@@ -36,7 +36,7 @@ def _latents(model, side: int = 8) -> torch.Tensor:
     return torch.randn(1, model.vae.config.latent_channels, side, side, generator=torch.Generator().manual_seed(0))
 
 
-def test_a_half_precision_vae_that_overflows_is_retried_in_fp32(tiny_sd1) -> None:
+def test_case_29_a_half_precision_vae_that_overflows_is_retried_in_fp32(tiny_sd1) -> None:
     model = load_checkpoint(tiny_sd1.path)
     latents = _latents(model)
     reference = decode_latents(model, latents)
@@ -55,7 +55,7 @@ def test_a_half_precision_vae_that_overflows_is_retried_in_fp32(tiny_sd1) -> Non
     assert reference.shape == images.shape
 
 
-def test_a_decode_that_runs_out_of_memory_is_retried_in_tiles(tiny_sd1) -> None:
+def test_case_05_a_decode_that_runs_out_of_memory_is_retried_in_tiles(tiny_sd1) -> None:
     model = load_checkpoint(tiny_sd1.path)
     latents = _latents(model)
     expected = decode_latents(model, latents)
@@ -87,7 +87,7 @@ def context(tmp_path_factory: pytest.TempPathFactory, tiny_sd1):
     return build_context(AppPaths(root / "models", root / "outputs", root / "data"), device="cpu", load_extensions=False)
 
 
-def test_out_of_memory_while_sampling_fails_clearly_and_the_next_job_works(context) -> None:
+def test_case_05_out_of_memory_while_sampling_fails_clearly_and_the_next_job_works(context) -> None:
     unet = context.models.get("tiny").unet
     fired = []
 
@@ -131,7 +131,7 @@ print(json.dumps({"status": job.status, "images": len(result.images), "paths": r
 """
 
 
-def test_a_full_disk_still_returns_the_image_and_leaves_no_temporary_file(tmp_path: Path, tiny_sd1) -> None:
+def test_case_28_a_full_disk_still_returns_the_image_and_leaves_no_temporary_file(tmp_path: Path, tiny_sd1) -> None:
     checkpoints = tmp_path / "models" / "Stable-diffusion"
     checkpoints.mkdir(parents=True)
     (checkpoints / "tiny.safetensors").symlink_to(tiny_sd1.path)
@@ -146,7 +146,7 @@ def test_a_full_disk_still_returns_the_image_and_leaves_no_temporary_file(tmp_pa
     assert [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()] == []  # nothing half-written is left
 
 
-def test_kill_9_mid_batch_leaves_only_complete_images_and_the_next_start_cleans_up(tmp_path: Path, tiny_sd1) -> None:
+def test_case_27_kill_9_mid_batch_leaves_only_complete_images_and_the_next_start_cleans_up(tmp_path: Path, tiny_sd1) -> None:
     out = tmp_path / "out"
     command = [sys.executable, "-m", "webui", "generate", "--model", str(tiny_sd1.path), "--prompt", "a red circle",
                "--width", "64", "--height", "64", "--steps", "6", "--sampler", "Euler", "--seed", "10",

@@ -62,7 +62,7 @@ class _Exploit:
         return (os.system, (f"touch {_Exploit.canary}",))
 
 
-def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
+def test_case_09_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
     canary = tmp_path / "pwned"
     _Exploit.canary = canary
     path = tmp_path / "evil.ckpt"
@@ -72,7 +72,7 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
     assert not canary.exists()
 
 
-def test_truncated_safetensors_names_the_file(tiny_sd1, tmp_path: Path) -> None:
+def test_case_06_truncated_safetensors_names_the_file(tiny_sd1, tmp_path: Path) -> None:
     data = tiny_sd1.path.read_bytes()
     path = tmp_path / "half.safetensors"
     path.write_bytes(data[: len(data) // 2])

@@ -214,7 +214,7 @@ def test_loha_and_lokr_change_the_image_and_restore(sd1: Pair, tmp_path: Path) -
 # --------------------------------------------------------------------------------------------- bad files, restore
 
 
-def test_a_failing_patch_leaves_no_partial_change(sd1: Pair, tmp_path: Path) -> None:
+def test_case_13_a_failing_patch_leaves_no_partial_change(sd1: Pair, tmp_path: Path) -> None:
     path = write_kohya_lora(tmp_path / "ok.safetensors", sd1.tiny.model, seed=9)
     good = lora_patches(read_lora(path), sd1.ours, 1.0, 1.0)
     bad = WeightPatch(module=good[-1].module, delta=lambda device: torch.ones(3, device=device), strength=1.0,
@@ -232,7 +232,7 @@ def test_a_failing_patch_leaves_no_partial_change(sd1: Pair, tmp_path: Path) -> 
     assert state_hash(sd1.ours) == before
 
 
-def test_wrong_family_and_unknown_layers_are_refused_by_name(sd1: Pair, sdxl: Pair, tmp_path: Path,
+def test_case_13_wrong_family_and_unknown_layers_are_refused_by_name(sd1: Pair, sdxl: Pair, tmp_path: Path,
                                                              tiny_sd2: TinyCheckpoint) -> None:
     xl = write_kohya_lora(tmp_path / "xl_style.safetensors", sdxl.tiny.model)
     with pytest.raises(LoraError, match=r"'xl_style' was made for SDXL models, but 'tiny-sd1'"):

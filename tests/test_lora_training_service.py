@@ -63,7 +63,9 @@ def test_a_run_trains_alongside_generation_and_lands_in_the_library(app) -> None
         assert not run.job.finished, run.error
         time.sleep(0.05)
     request = GenerationRequest(prompt="a red circle", steps=2, width=64, height=64, seed=1, sampler_name="Euler")
-    result = app.generation.run(app.jobs.create("bob", "txt2img"), request)
+    job = app.generation.submit("bob", request)  # through the queue, whose worker takes the same device lock
+    assert app.queue.wait(job, 300)
+    result = job.result
     step_when_generated = run.progress.step
     assert len(result.images) == 1 and step_when_generated < 30, "generation waited for the whole training run"
 

@@ -189,7 +189,7 @@ except OutputSaveError as exc:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="uses RLIMIT_FSIZE")
-def test_failure_in_the_middle_of_writing_leaves_no_partial_file(tmp_path: Path) -> None:
+def test_case_28_failure_in_the_middle_of_writing_leaves_no_partial_file(tmp_path: Path) -> None:
     # A real write error after 4 KiB of PNG data (EFBIG from the file size limit), as on a disk that fills up.
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
@@ -301,7 +301,7 @@ def test_mode_must_be_a_plain_folder_name(tmp_path: Path, mode: str) -> None:
         OutputStore(tmp_path, today=lambda: DAY).save_png(small_image(), INFOTEXT, mode, 1)
 
 
-def test_absurd_seed_is_cut_to_the_file_name_limit(tmp_path: Path) -> None:
+def test_case_28_absurd_seed_is_cut_to_the_file_name_limit(tmp_path: Path) -> None:
     path = OutputStore(tmp_path, today=lambda: DAY).save_png(small_image(), INFOTEXT, "txt2img-images", 10**400)
     assert len(path.name) <= 255
     assert path.name.startswith("00000-1") and path.suffix == ".png"

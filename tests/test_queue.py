@@ -37,7 +37,7 @@ def _record(order: list[str], label: str):
     return lambda job: order.append(label)
 
 
-def test_owners_take_turns_so_one_users_many_jobs_do_not_starve_another() -> None:
+def test_case_25_owners_take_turns_so_one_users_many_jobs_do_not_starve_another() -> None:
     queue, _, release, order = _gated_queue()
     alice = [queue.submit("alice", "txt2img", _record(order, f"alice-{i}")) for i in range(3)]
     bob = queue.submit("bob", "txt2img", _record(order, "bob-0"))
@@ -50,7 +50,7 @@ def test_owners_take_turns_so_one_users_many_jobs_do_not_starve_another() -> Non
     assert all(j.status == "done" for j in [*alice, bob, carol]) and queue.position(bob) is None
 
 
-def test_a_full_queue_refuses_new_work_with_a_clear_message() -> None:
+def test_case_25_a_full_queue_refuses_new_work_with_a_clear_message() -> None:
     queue, _, release, order = _gated_queue(max_size=2)
     queue.submit("alice", "txt2img", _record(order, "a"))
     last = queue.submit("bob", "txt2img", _record(order, "b"))
@@ -62,7 +62,7 @@ def test_a_full_queue_refuses_new_work_with_a_clear_message() -> None:
     assert order == ["gate", "a", "b", "c"]
 
 
-def test_only_the_owner_or_an_admin_cancels_and_a_cancelled_job_never_runs() -> None:
+def test_case_26_only_the_owner_or_an_admin_cancels_and_a_cancelled_job_never_runs() -> None:
     queue, _, release, order = _gated_queue()
     mine = queue.submit("alice", "txt2img", _record(order, "alice"))
     other = queue.submit("alice", "txt2img", _record(order, "alice-2"))
@@ -131,7 +131,7 @@ def _run_with_action(context, request: GenerationRequest, action) -> object:
     return job
 
 
-def test_skip_drops_only_the_batch_being_sampled(context) -> None:
+def test_case_26_skip_drops_only_the_batch_being_sampled(context) -> None:
     request = GenerationRequest(prompt="a red circle", sampler_name="Euler", steps=4, width=64, height=64, seed=500,
                                 n_iter=3, model="tiny")
     job = _run_with_action(context, request, lambda job: context.queue.skip(job.id, "alice"))
@@ -153,3 +153,34 @@ def test_cancel_while_running_keeps_the_finished_images(context) -> None:
     with Image.open(result.paths[0]) as saved:  # a complete file, with its infotext
         saved.load()
         assert "Seed: 900" in saved.info["parameters"]
+
+
+def test_a_stepwise_job_counts_toward_the_limit_and_lets_queued_work_run_between_its_steps() -> None:
+    queue = JobQueue(JobManager(), max_size=2)
+    order: list[str] = []
+    stepped = threading.Event()
+
+    def training(job) -> None:  # takes the device per step, as a LoRA training run does
+        for _ in range(400):
+            if job.interrupted:
+                return
+            with queue.jobs.device_lock:
+                order.append("step")
+            stepped.set()
+            threading.Event().wait(0.005)
+
+    run = queue.start_stepwise("alice", "train-lora", training)
+    assert stepped.wait(10)
+    generation = queue.submit("bob", "txt2img", _record(order, "bob"))
+    assert queue.wait(generation, 30)
+    assert not run.finished and "bob" in order  # bob did not wait for the whole run
+    with pytest.raises(UnknownJobError):
+        queue.cancel(run.id, "bob")
+    full = JobQueue(JobManager(), max_size=1)
+    other = full.start_stepwise("alice", "train-lora", training)
+    with pytest.raises(QueueFullError):  # the running training run fills a queue of one
+        full.submit("carol", "txt2img", _record(order, "carol"))
+    full.cancel(other.id, "alice")
+    queue.cancel(run.id, "alice")
+    assert queue.wait(run, 30) and run.status == "interrupted"
+    assert full.wait(other, 30) and full.wait(full.submit("carol", "txt2img", _record(order, "carol")), 30)

@@ -45,7 +45,7 @@ BAD_VALUES = [
 
 
 @pytest.mark.parametrize("change,message", BAD_VALUES)
-def test_bad_values_are_refused_with_field_names(change: dict, message: str) -> None:
+def test_case_04_bad_values_are_refused_with_field_names(change: dict, message: str) -> None:
     for build in (lambda: GenerationRequest(**change), lambda: parse_request(GenerationRequest, change),
                   lambda: dataclasses.replace(GenerationRequest(), **change)):
         with pytest.raises(RequestError) as info:
@@ -62,7 +62,7 @@ def test_values_as_json_and_sliders_send_them_are_accepted() -> None:
     assert GenerationRequest(steps="7").steps == 7  # form fields arrive as text
 
 
-def test_python_json_nan_is_refused() -> None:
+def test_case_04_python_json_nan_is_refused() -> None:
     """Python's json module reads NaN and Infinity; the schema refuses them."""
     with pytest.raises(RequestError, match="^cfg_scale: nan is not a finite number$"):
         parse_request(GenerationRequest, json.loads('{"cfg_scale": NaN}'))

@@ -121,7 +121,7 @@ def test_each_user_chooses_their_own_checkpoint(server) -> None:
     alice.util_set_model("tiny")
 
 
-def test_progress_and_interrupt_belong_to_the_caller(server) -> None:
+def test_case_26_progress_and_interrupt_belong_to_the_caller(server) -> None:
     outcome: dict[str, object] = {}
     body = {**SMALL, "prompt": "slow", "seed": 5, "steps": 40, "n_iter": 30, "save_images": False}
 
@@ -154,6 +154,7 @@ def test_progress_and_interrupt_belong_to_the_caller(server) -> None:
 @pytest.mark.parametrize(("body", "field"), [
     ('{"prompt": "x", "cfg_scale": NaN, "width": 64, "height": 64}', "cfg_scale"),
     ('{"prompt": "x", "cfg_scale": Infinity, "width": 64, "height": 64}', "cfg_scale"),
+    ('{"prompt": "x", "cfg_scale": -1e9, "width": 64, "height": 64}', "cfg_scale"),
     ('{"prompt": "x", "steps": 0, "width": 64, "height": 64}', "steps"),
     ('{"prompt": "x", "seed": 1180591620717411303424, "width": 64, "height": 64}', "seed"),
     ('{"prompt": "x", "width": -64, "height": 64}', "width"),
@@ -163,14 +164,14 @@ def test_progress_and_interrupt_belong_to_the_caller(server) -> None:
     ('{"prompt": "x", "enable_hr": true, "width": 64, "height": 64}', "enable_hr"),
     ('{"prompt": "x", "alwayson_scripts": {"no-such": {"args": []}}, "width": 64, "height": 64}', "no-such"),
 ])
-def test_bad_txt2img_requests_get_422_naming_the_field(server, body: str, field: str) -> None:
+def test_case_04_bad_txt2img_requests_get_422_naming_the_field(server, body: str, field: str) -> None:
     with _http(server, "bob") as http:
         response = http.post("txt2img", content=body, headers={"content-type": "application/json"})
     assert response.status_code == 422, response.text
     assert field in response.text
 
 
-def test_img2img_refuses_urls_and_missing_images(server) -> None:
+def test_case_19_img2img_refuses_urls_and_missing_images(server) -> None:
     with _http(server, "bob") as http:
         url = http.post("img2img", json={**SMALL, "init_images": ["http://169.254.169.254/latest"]})
         missing = http.post("img2img", json={**SMALL, "init_images": []})

@@ -84,7 +84,7 @@ def test_same_seed_same_image_and_neighbouring_seeds_differ(context) -> None:
 
 
 @pytest.mark.parametrize("sampler,calls_per_step", [("Euler", 1), ("Heun", 2)])
-def test_interrupt_stops_within_one_step(context, sampler: str, calls_per_step: int) -> None:
+def test_case_26_interrupt_stops_within_one_step(context, sampler: str, calls_per_step: int) -> None:
     """An interrupt requested from another thread during step 3 ends the job before step 4's U-Net call.
 
     The worker pauses inside step 3's U-Net call until the interrupt has been sent, so the count is exact and does not

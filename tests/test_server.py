@@ -61,7 +61,7 @@ def test_generate_through_gradio_client_saves_pngs_with_infotext(client: Client,
     assert all(parse_infotext(read_infotext(p))["Size"] == "64x64" for p in saved)
 
 
-def test_bad_size_gets_clear_message_and_server_stays_up(client: Client) -> None:
+def test_case_02_bad_size_gets_clear_message_and_server_stays_up(client: Client) -> None:
     title = _title(client)
     with pytest.raises(AppError, match="width: 70 is not a multiple of 8"):
         client.predict(title, "x", "", "Euler", "Automatic", 2, 6, 70, 64, 1, 1, 1, api_name="/txt2img")
@@ -71,7 +71,7 @@ def test_bad_size_gets_clear_message_and_server_stays_up(client: Client) -> None
     assert len(gallery) == 1
 
 
-def test_broken_checkpoint_is_reported_and_previous_model_still_works(client: Client, app_dirs) -> None:
+def test_case_06_broken_checkpoint_is_reported_and_previous_model_still_works(client: Client, app_dirs) -> None:
     good = _title(client)
     client.predict(good, api_name="/select_checkpoint")
     broken = app_dirs[0] / "Stable-diffusion" / "broken.safetensors"
@@ -88,7 +88,7 @@ def test_broken_checkpoint_is_reported_and_previous_model_still_works(client: Cl
         client.predict(api_name="/refresh_checkpoints")
 
 
-def test_no_file_outside_allowed_folders_is_served(server: AppServer, app_dirs) -> None:
+def test_case_16_no_file_outside_allowed_folders_is_served(server: AppServer, app_dirs) -> None:
     for path in ["/etc/passwd", str(app_dirs[0] / "Stable-diffusion" / "tiny.safetensors"), str(ROOT / "launch.py")]:
         response = httpx.get(f"{server.url}gradio_api/file={path}")
         assert response.status_code in (403, 404), path
@@ -96,7 +96,25 @@ def test_no_file_outside_allowed_folders_is_served(server: AppServer, app_dirs) 
     assert traversal.status_code in (403, 404)
 
 
-def test_listen_without_auth_refuses_to_start(tmp_path: Path) -> None:
+def test_case_17_a_link_out_of_outputs_is_not_followed_without_logins(server: AppServer, app_dirs) -> None:
+    from PIL import Image
+
+    models, outputs = app_dirs
+    folder = outputs / "links"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "passwd.png").symlink_to("/etc/passwd")
+    (folder / "model.png").symlink_to(models / "Stable-diffusion" / "tiny.safetensors")
+    (folder / "models").symlink_to(models, target_is_directory=True)
+    own = folder / "own.png"
+    Image.new("RGB", (8, 8)).save(own)
+    assert httpx.get(f"{server.url}gradio_api/file={own}").status_code == 200  # the control: a real output
+    for path in (folder / "passwd.png", folder / "model.png",
+                 folder / "models" / "Stable-diffusion" / "tiny.safetensors"):
+        answer = httpx.get(f"{server.url}gradio_api/file={path}")
+        assert answer.status_code == 403 and "root:" not in answer.text, path
+
+
+def test_case_30_listen_without_auth_refuses_to_start(tmp_path: Path) -> None:
     for flag in ("--listen", "--share"):
         result = subprocess.run([sys.executable, str(ROOT / "launch.py"), flag, "--models-dir", str(tmp_path)],
                                 capture_output=True, text=True, timeout=60)
@@ -104,7 +122,7 @@ def test_listen_without_auth_refuses_to_start(tmp_path: Path) -> None:
         assert f"Start it with {flag} --auth user:password" in result.stderr
 
 
-def test_auth_protects_ui_and_api(app_dirs, tmp_path: Path) -> None:
+def test_case_23_auth_protects_ui_and_api(app_dirs, tmp_path: Path) -> None:
     credentials = tmp_path / "users.txt"
     credentials.write_text("alice:secret\n")
     app = AppServer(*app_dirs, "--auth-file", str(credentials)).wait_ready()

@@ -54,7 +54,7 @@ def test_pillow_bomb_guard_is_still_on() -> None:
     assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS <= 178_956_970
 
 
-def test_20000_square_png_is_refused_from_the_header(no_decoding) -> None:
+def test_case_14_20000_square_png_is_refused_from_the_header(no_decoding) -> None:
     data = png_header_only(20000, 20000)
     with pytest.raises(UploadError, match="image: refused: the image declares too many pixels"):
         load_image(data, "image", UploadLimits(max_pixels=10**12))  # Pillow's own guard, even with a huge limit
@@ -62,7 +62,7 @@ def test_20000_square_png_is_refused_from_the_header(no_decoding) -> None:
         check_header(data, "image", UploadLimits())
 
 
-def test_small_file_decompression_bomb_is_refused_before_decoding(tmp_path: Path, no_decoding) -> None:
+def test_case_14_small_file_decompression_bomb_is_refused_before_decoding(tmp_path: Path, no_decoding) -> None:
     path = tmp_path / "bomb.png"
     path.write_bytes(png_bomb(9000, 9000))  # 81 MP of zeros
     assert path.stat().st_size < 200_000

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from webui.services.jobs import Job, JobManager
+from webui.services.jobs import Job
 from webui.services.lora import LoraLibrary
 from webui.services.model_manager import ModelManager
+from webui.services.queue import JobQueue
 from webui.training.lora_dataset import DatasetError, LoraDataset, scan_dataset
 from webui.training.lora_network import LoraShapeError
 from webui.training.train_lora import (  # the choices re-exported for the training tab
@@ -103,11 +104,11 @@ class _RunObserver:
 class LoraTrainingService:
     """Starts, tracks and interrupts LoRA training runs."""
 
-    def __init__(self, jobs: JobManager, models: ModelManager, loras: LoraLibrary, lora_dir: Path,
+    def __init__(self, queue: JobQueue, models: ModelManager, loras: LoraLibrary, lora_dir: Path,
                  runs_dir: Path, private_runs: bool = False) -> None:
         """`private_runs` (an app with several logins): each user sees only their own runs' progress and samples."""
         self.private_runs = private_runs
-        self.jobs = jobs
+        self.queue = queue
         self.models = models
         self.loras = loras
         self.lora_dir = Path(lora_dir)
@@ -138,18 +139,18 @@ class LoraTrainingService:
             if busy is not None:
                 raise TrainingBusyError(f"LoRA {busy.settings.name!r} is training now (one run at a time): wait for "
                                         "it or interrupt it")
-            run = TrainingRun(self.jobs.create(owner=owner, kind="train-lora"), settings)
+            run = TrainingRun(None, settings)  # type: ignore[arg-type]  # the job comes from the queue below
             run.dataset = dataset
+            run.job = self.queue.start_stepwise(owner, "train-lora", lambda job: self._work(run, job))
             self._runs.append(run)
             self._runs = self._runs[-20:]
-        run.job.status = "running"
-        threading.Thread(target=self._work, args=(run,), name=f"{run.job.id}-train", daemon=True).start()
         return run
 
-    def _work(self, run: TrainingRun) -> None:
+    def _work(self, run: TrainingRun, job: Job) -> None:
+        run.job = job
         try:
             run.result = train_lora(run.settings, _RunObserver(run), should_stop=lambda: run.job.interrupted,
-                                    device_guard=lambda: self.jobs.device_lock, dataset=run.dataset)
+                                    device_guard=lambda: self.queue.jobs.device_lock, dataset=run.dataset)
             run.job.result = run.result
             if run.result.output is not None:
                 self.loras.refresh()  # before the status says done: the picker has it when anyone looks

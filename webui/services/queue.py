@@ -52,6 +52,7 @@ class JobQueue:
         self._condition = threading.Condition()
         self._worker: threading.Thread | None = None
         self._stopping = False
+        self._stepwise: dict[str, Job] = {}  # running step-wise jobs (`start_stepwise`), by id
         self.running: Job | None = None
 
     # -- submitting and watching -------------------------------------------------------------------------------
@@ -61,7 +62,7 @@ class JobQueue:
         with self._condition:
             if self._stopping:
                 raise QueueFullError("the server is shutting down; no new jobs are taken")
-            waiting = self.waiting_count()
+            waiting = self.waiting_count() + len(self._stepwise)
             if waiting >= self.max_size:
                 raise QueueFullError(f"queue full: {waiting} jobs are waiting (the limit is {self.max_size}); "
                                      "try again when some have finished")
@@ -208,19 +209,52 @@ class JobQueue:
             self._run(entry)
 
     def _run(self, entry: _Entry) -> None:
-        job = entry.job
         try:
             with self.jobs.device_lock:
-                self.running = job
-                job.set_status("running")
-                result = entry.work(job)
-                job.result = result if result is not None else job.result
-                if job.status == "running":
-                    job.set_status("interrupted" if job.interrupted else "done")
+                self.running = entry.job
+                self._execute(entry.job, entry.work)
+        finally:
+            self.running = None
+
+    @staticmethod
+    def _execute(job: Job, work: Callable[[Job], Any]) -> None:
+        try:
+            job.set_status("running")
+            result = work(job)
+            job.result = result if result is not None else job.result
+            if job.status == "running":
+                job.set_status("interrupted" if job.interrupted else "done")
         except BaseException as exc:  # recorded on the job; the worker goes on with the next one
             job.exception = exc
             job.error = job.error or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             job.set_status("failed")
         finally:
-            self.running = None
             job.mark_done()
+
+    # -- step-wise jobs ---------------------------------------------------------------------------------------------
+
+    def start_stepwise(self, owner: str, kind: str, work: Callable[[Job], Any]) -> Job:
+        """A long job that takes the device one step at a time (a LoRA training run) instead of for its whole run.
+
+        It starts at once on its own thread and `work` takes `jobs.device_lock` for each step, so queued generations
+        run between its steps (each waits at most one step) rather than behind a ten-minute run. Otherwise it is a
+        job like the others: it counts toward the queue's size, is listed, and is cancelled by its owner or an
+        admin through `cancel`."""
+        with self._condition:
+            if self._stopping:
+                raise QueueFullError("the server is shutting down; no new jobs are taken")
+            if self.waiting_count() + len(self._stepwise) >= self.max_size:
+                raise QueueFullError(f"queue full: the limit is {self.max_size} jobs; try again when some have "
+                                     "finished")
+            job = self.jobs.create(owner=owner, kind=kind)
+            self._stepwise[job.id] = job
+
+        def run() -> None:
+            try:
+                self._execute(job, work)
+            finally:
+                with self._condition:
+                    self._stepwise.pop(job.id, None)
+
+        threading.Thread(target=run, name=f"{job.id}-{kind}", daemon=True).start()
+        return job
