@@ -309,11 +309,21 @@ class SdApi:
                                 eta_relative=round(running.seconds_left() or 0.0, 2), state=state,
                                 current_image=current, textinfo=None)
 
+    def _entry(self, job: Job) -> QueueEntry:
+        return QueueEntry(id=job.id, owner=job.owner, kind=job.kind, status=job.status,
+                          position=self.context.queue.position(job), progress=round(job.progress_fraction(), 4),
+                          eta_seconds=job.seconds_left(), error=job.error)
+
     def queue_entries(self, user: Any) -> list[QueueEntry]:
         jobs = self.context.jobs.unfinished() if user.is_admin else self._jobs_of(user)
-        return [QueueEntry(id=j.id, owner=j.owner, kind=j.kind, status=j.status,
-                           position=self.context.queue.position(j), progress=round(j.progress_fraction(), 4),
-                           eta_seconds=j.seconds_left(), error=j.error) for j in jobs]
+        return [self._entry(job) for job in jobs]
+
+    def _act_on(self, action: Callable[[str, str, bool], Job], job_id: str, user: Any) -> QueueEntry:
+        """Cancel or skip one job; another user's job answers 404, as if it did not exist."""
+        try:
+            return self._entry(action(job_id, user.name, user.is_admin))
+        except UnknownJobError as exc:
+            raise HTTPException(404, detail=str(exc)) from exc
 
     # -- options and listings ------------------------------------------------------------------------------------
 
@@ -448,21 +458,11 @@ class SdApi:
 
         @api.post("/jobs/{job_id}/cancel", response_model=QueueEntry)
         def cancel_job(job_id: str, user: Any = user_dep) -> QueueEntry:
-            try:
-                job = context.queue.cancel(job_id, user.name, user.is_admin)
-            except UnknownJobError as exc:
-                raise HTTPException(404, detail=str(exc)) from exc
-            return QueueEntry(id=job.id, owner=job.owner, kind=job.kind, status=job.status, position=None,
-                              progress=job.progress_fraction(), eta_seconds=None, error=job.error)
+            return self._act_on(context.queue.cancel, job_id, user)
 
         @api.post("/jobs/{job_id}/skip", response_model=QueueEntry)
         def skip_job(job_id: str, user: Any = user_dep) -> QueueEntry:
-            try:
-                job = context.queue.skip(job_id, user.name, user.is_admin)
-            except UnknownJobError as exc:
-                raise HTTPException(404, detail=str(exc)) from exc
-            return QueueEntry(id=job.id, owner=job.owner, kind=job.kind, status=job.status, position=None,
-                              progress=job.progress_fraction(), eta_seconds=None, error=job.error)
+            return self._act_on(context.queue.skip, job_id, user)
 
         @api.get("/options")
         def get_options(user: Any = user_dep) -> dict[str, Any]:

@@ -28,6 +28,10 @@ ADAPTER = "default"
 # encoder's attention and MLP layers.
 UNET_TARGET_PARENTS = ("attentions.",)
 TEXT_TARGET_PARENTS = ("self_attn.", "mlp.")
+# Which U-Net layers: kohya's default, or only the cross-attention keys and values (Custom Diffusion, Kumari et al.
+# 2023: a new concept through what the text does to the image, with the least drift elsewhere).
+UNET_LAYER_CHOICES = ("attention", "cross-attention-kv")
+CROSS_ATTENTION_KV = ("attn2.to_k", "attn2.to_v")
 
 
 class LoraShapeError(ValueError):
@@ -40,8 +44,11 @@ class LoraShape:
     alpha: float = 16.0
     train_unet: bool = True
     train_text_encoder: bool = True
+    unet_layers: str = "attention"
 
     def check(self) -> None:
+        if self.unet_layers not in UNET_LAYER_CHOICES:
+            raise LoraShapeError(f"unet_layers must be one of {', '.join(UNET_LAYER_CHOICES)} (got {self.unet_layers!r})")
         if self.rank < 1:
             raise LoraShapeError(f"rank must be at least 1 (got {self.rank})")
         if not self.alpha > 0:  # also catches NaN
@@ -58,12 +65,13 @@ class _Part:
     targets: list[str]
 
 
-def _unet_targets(model: LoadedModel) -> list[str]:
+def _unet_targets(model: LoadedModel, layers: str = "attention") -> list[str]:
     return [
         path for path, module in model.unet.named_modules()
         if any(parent in path for parent in UNET_TARGET_PARENTS)
         and (isinstance(module, torch.nn.Linear)
              or (isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1)))
+        and (layers == "attention" or path.endswith(CROSS_ATTENTION_KV))
     ]
 
 
@@ -85,7 +93,7 @@ class LoraNetwork:
             encoder.model.requires_grad_(False)
         model.vae.requires_grad_(False)
         if shape.train_unet:
-            self.parts.append(_Part("unet", model.unet, "lora_unet", _unet_targets(model)))
+            self.parts.append(_Part("unet", model.unet, "lora_unet", _unet_targets(model, shape.unet_layers)))
         if shape.train_text_encoder:
             single = len(model.text_encoders) == 1
             for index, encoder in enumerate(model.text_encoders):

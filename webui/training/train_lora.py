@@ -70,6 +70,7 @@ class LoraTrainingSettings:
     alpha: float = 16.0
     train_unet: bool = True
     train_text_encoder: bool = True
+    unet_layers: str = "attention"  # or "cross-attention-kv" (Custom Diffusion: less drift on other prompts)
     optimizer: str = "AdamW"
     learning_rate: float = 0.0  # 0 = automatic: 1e-4 for SD-sized U-Nets (>= 320 channels), 1e-3 for small ones
     text_encoder_lr: float = 0.0  # 0 = the same as learning_rate
@@ -105,7 +106,7 @@ class LoraTrainingSettings:
 
     @property
     def shape(self) -> LoraShape:
-        return LoraShape(self.rank, self.alpha, self.train_unet, self.train_text_encoder)
+        return LoraShape(self.rank, self.alpha, self.train_unet, self.train_text_encoder, self.unet_layers)
 
     def check(self) -> None:
         """Refuse impossible settings before anything is loaded or written."""

@@ -3,6 +3,8 @@ the caller's own jobs or skip the batch being sampled, and show the infotext of 
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -11,7 +13,8 @@ import gradio as gr
 from webui.context import AppContext
 from webui.services.generation import GenerationResult, ModeRunner
 from webui.services.outputs import read_infotext
-from webui.services.queue import QueueFullError
+from webui.services.jobs import Job
+from webui.services.queue import JobQueue, QueueFullError
 from webui.services.requests import GenerationRequest
 
 WAIT_SECONDS = 0.5  # longest wait for a job change before the loop looks again
@@ -21,27 +24,59 @@ def error_message(exc: BaseException) -> gr.Error:
     return gr.Error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
+def queue_text(queue: JobQueue, job: Job) -> str:
+    """The place in line, counting the job on the device: `position` counts only waiting jobs, so behind another
+    user's running job it would say "next" for as long as that job runs."""
+    ahead = queue.position(job) or 0
+    running = queue.running
+    if running is not None and running is not job:
+        ahead += 1
+    return f"queued: {ahead} job(s) ahead" if ahead else "queued: next"
+
+
+@dataclass
+class SamplingPace:
+    """ETA from the pace since the first step was seen. The job's clock starts before the model loads and the first
+    step warms up, so an ETA from it overshoots many times over at first (128 s shown for a 6 s job)."""
+
+    since: float | None = None
+    fraction_then: float = 0.0
+
+    def eta(self, fraction: float, now: float) -> float | None:
+        """Seconds left, or None until some progress has been timed."""
+        if self.since is None:
+            self.since, self.fraction_then = now, fraction
+            return None
+        done = fraction - self.fraction_then
+        if done <= 0:
+            return None
+        return (now - self.since) * (1.0 - fraction) / done
+
+
 def run_job_streaming(
     context: AppContext, request: GenerationRequest, owner: str, progress: gr.Progress, runner: ModeRunner | None = None
 ) -> Iterator[Any]:
     """Submit to the job queue, then yield (gallery, preview, infotext, status) updates: the place in the queue while
-    waiting, the progress bar and previews while running, then the results."""
+    waiting, the progress bar and previews while running, then the results. Only this job is watched, so a user
+    never sees another's progress or previews."""
     try:
         job = context.generation.submit(owner, request, runner)
     except QueueFullError as exc:
         raise error_message(exc) from exc
     seen_version, shown_preview = -1, 0
+    pace = SamplingPace()
     while not job.finished:
         seen_version = job.wait_change(seen_version, WAIT_SECONDS)
         if job.status == "queued":
-            ahead = context.queue.position(job)
-            progress(0.0, desc=f"queued: {ahead} job(s) ahead" if ahead else "queued: next")
+            progress(0.0, desc=queue_text(context.queue, job))
             continue
-        if job.total_steps:
+        if not job.total_steps:  # running, before the first step: loading the model, encoding the prompt
+            progress(0.0, desc="starting…")
+        else:
+            fraction = job.progress_fraction()
             batch = f"batch {job.batches_done + 1}/{job.batches_total}, " if job.batches_total > 1 else ""
-            eta = job.seconds_left()
-            progress(job.progress_fraction(),
-                     desc=f"{batch}step {job.step}/{job.total_steps}" + (f", ETA {eta:.0f} s" if eta else ""))
+            eta = pace.eta(fraction, time.monotonic())
+            progress(fraction, desc=f"{batch}step {job.step}/{job.total_steps}" + (f", ETA {eta:.0f} s" if eta else ""))
         if job.preview_version != shown_preview:
             shown_preview = job.preview_version
             preview = job.preview_image()
