@@ -238,3 +238,16 @@ def test_controlnet_units_in_sd_webui_controlnet_shape_through_webuiapi(server) 
         missing = http.post("txt2img", json={**SMALL, "alwayson_scripts": {"controlnet": {"args": [
             {"enabled": True, "module": "none", "model": "no_such_model", "image": _png(control)}]}}})
     assert missing.status_code == 422 and "no_such_model" in missing.text
+
+
+def test_nowebui_serves_the_api_without_the_ui(app_dirs) -> None:
+    api_only = AppServer(*app_dirs, "--nowebui", "--api", "--no-preload").wait_ready()
+    try:
+        with httpx.Client(base_url=api_only.url, timeout=120) as http:
+            assert {m["model_name"] for m in http.get("sdapi/v1/sd-models").json()} == {"tiny", "tiny2"}
+            generated = http.post("sdapi/v1/txt2img", json={**SMALL, "prompt": "a red circle", "seed": 3})
+            assert generated.status_code == 200 and len(generated.json()["images"]) == 1
+            assert http.get("").status_code == 404  # no Gradio page
+            assert "/sdapi/v1/txt2img" in http.get("openapi.json").json()["paths"]
+    finally:
+        api_only.stop()
