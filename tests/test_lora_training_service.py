@@ -110,3 +110,20 @@ def test_bad_requests_are_refused_before_a_job_starts(app) -> None:
     with pytest.raises(ValueError, match="has no usable images"):
         app.lora_training.start("dave", settings(app, "bad", data=app.root / "models"), "tiny")
     assert len(app.jobs.jobs_of("dave")) == jobs_before
+
+
+def test_on_a_shared_server_only_an_admin_starts_training_and_each_user_sees_only_their_runs(app) -> None:
+    from webui.services.jobs import JobManager
+    from webui.services.lora_training import LoraTrainingService
+    from webui.services.queue import JobQueue
+    from webui.services.users import UserStore
+
+    users = UserStore([("alice", "pw-alice"), ("bob", "pw-bob")], admins=["alice"], scrypt_n=2**10)
+    shared = LoraTrainingService(JobQueue(JobManager()), app.models, app.loras, app.paths.lora_dir,
+                                 app.root / "shared-runs", users=users)
+    with pytest.raises(TrainingError, match="only an admin can start LoRA training"):
+        shared.start("bob", settings(app, "bob_try", max_steps=2), "tiny")
+    run = shared.start("alice", settings(app, "alice_run", max_steps=2, sample_every=0, save_every=0), "tiny")
+    assert shared.latest("bob") is None and shared.latest() is None  # nobody else sees alice's run
+    assert shared.latest("alice") is run
+    assert shared.wait(run, 300) and run.job.status == "done", run.error

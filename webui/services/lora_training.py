@@ -18,6 +18,7 @@ from webui.services.jobs import Job
 from webui.services.lora import LoraLibrary
 from webui.services.model_manager import ModelManager
 from webui.services.queue import JobQueue
+from webui.services.users import UserStore
 from webui.training.lora_dataset import DatasetError, LoraDataset, scan_dataset
 from webui.training.lora_network import LoraShapeError
 from webui.training.train_lora import (  # the choices re-exported for the training tab
@@ -105,9 +106,12 @@ class LoraTrainingService:
     """Starts, tracks and interrupts LoRA training runs."""
 
     def __init__(self, queue: JobQueue, models: ModelManager, loras: LoraLibrary, lora_dir: Path,
-                 runs_dir: Path, private_runs: bool = False) -> None:
-        """`private_runs` (an app with several logins): each user sees only their own runs' progress and samples."""
-        self.private_runs = private_runs
+                 runs_dir: Path, users: UserStore | None = None) -> None:
+        """With several logins (`users.is_multi_user`) each user sees only their own runs' progress and samples, and
+        only admins may start a run: its dataset and regularisation folders are paths on the server, so another
+        user could otherwise train on (and see samples of) any folder the server can read."""
+        self.users = users or UserStore()
+        self.private_runs = self.users.is_multi_user
         self.queue = queue
         self.models = models
         self.loras = loras
@@ -133,6 +137,10 @@ class LoraTrainingService:
 
     def start(self, owner: str, settings: LoraTrainingSettings, base_title: str) -> TrainingRun:
         """Validate, then train on a worker thread. Raises a ValueError subclass for any bad input."""
+        user = self.users.get(owner)
+        if self.users.is_multi_user and (user is None or not user.is_admin):
+            raise TrainingError("on a server shared by several users only an admin can start LoRA training (the "
+                                "dataset folder is a path on the server); ask an admin to run it")
         settings, dataset = self.prepare(settings, base_title)
         with self._lock:
             busy = next((r for r in self._runs if not r.job.finished), None)

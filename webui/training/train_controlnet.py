@@ -24,6 +24,7 @@ import copy
 import datetime as _dt
 import json
 import os
+import pickle
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,8 +79,11 @@ class ScenePool:
 @torch.no_grad()
 def build_pool(vae, count: int, size: int, seed: int, cache: Path | None) -> ScenePool:
     if cache is not None and cache.exists():
-        data = torch.load(cache, weights_only=False)
-        return ScenePool(data["mean"], data["std"], data["maps"], data["captions"], data["short"])
+        try:  # tensors, strings and lists only: never a full unpickle, even of our own cache
+            data = torch.load(cache, weights_only=True)
+            return ScenePool(data["mean"], data["std"], data["maps"].numpy(), data["captions"], data["short"])
+        except (pickle.UnpicklingError, KeyError, AttributeError, RuntimeError) as exc:
+            print(f"rebuilding the scene cache {cache} ({type(exc).__name__})")
     images, captions = make_arrays_parallel(count, seed, size)
     short = [short_caption(scene_at(i, seed)) for i in range(count)]
     maps = make_control_maps(images)
@@ -93,7 +97,7 @@ def build_pool(vae, count: int, size: int, seed: int, cache: Path | None) -> Sce
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         temp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        torch.save(vars(pool), temp)
+        torch.save({**vars(pool), "maps": torch.from_numpy(pool.maps)}, temp)
         os.replace(temp, cache)
     return pool
 

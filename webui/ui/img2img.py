@@ -28,7 +28,7 @@ from webui.services.requests import RequestError, parse_request
 from webui.services.uploads import UploadError, UploadLimits, check_header, load_image, to_rgb
 from webui.ui.bridge import UiBridge
 from webui.ui.extension_sections import render_sections, with_extension_controls
-from webui.ui.job_stream import error_message, run_job_streaming, wire_interrupt_and_select
+from webui.ui.job_stream import error_message, job_buttons, run_job_streaming, wire_interrupt_and_select
 from webui.ui.session import owner_of
 
 RESIZE_CHOICES = [RESIZE_MODE_LABELS[mode] for mode in sorted(RESIZE_MODE_LABELS)]
@@ -122,10 +122,7 @@ def _panel(
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
         with gr.Column(scale=1, min_width=160):
-            generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
-            with gr.Row():
-                interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt", min_width=60)
-                skip = gr.Button("Skip", elem_id=f"{prefix}_skip", min_width=60)
+            buttons = job_buttons(prefix)
     panel_inputs: list = []
     with gr.Row():
         with gr.Column():
@@ -202,8 +199,8 @@ def _panel(
     panel = Img2ImgPanel(prefix, prompt, negative, sampler, schedule, steps, cfg_scale, seed, denoise, gallery,
                          infotext, image, editor, submode, subtabs, mask_blur, masked_content, inpaint_area, padding)
 
-    wire_interrupt_and_select(context, interrupt, skip, status, gallery, infotext)
-    return panel, [generate, *shared, *panel_inputs], [gallery, preview, infotext, status], extension_controls
+    wire_interrupt_and_select(context, buttons, gallery, infotext)
+    return panel, [buttons.generate, *shared, *panel_inputs], [gallery, preview, infotext, status], extension_controls
 
 
 def _base_request(checkpoint: str, values: list[Any]) -> dict[str, Any]:

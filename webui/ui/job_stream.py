@@ -99,13 +99,37 @@ def run_job_streaming(
     yield gallery, gr.update(visible=False), (result.infotexts[0] if result.infotexts else ""), status
 
 
+@dataclass
+class JobButtons:
+    """A generating tab's Generate, Interrupt and Skip buttons, and the line where Interrupt and Skip answer."""
+
+    generate: gr.Button
+    interrupt: gr.Button
+    skip: gr.Button
+    message: gr.Markdown
+
+
+def job_buttons(prefix: str) -> JobButtons:
+    """Build Generate, Interrupt and Skip (side by side, as in A1111) and their answer line; element ids start with
+    the tab's prefix. Call inside the tab's button column."""
+    generate = gr.Button("Generate", variant="primary", elem_id=f"{prefix}_generate")
+    with gr.Row():
+        interrupt = gr.Button("Interrupt", elem_id=f"{prefix}_interrupt", min_width=60)
+        skip = gr.Button("Skip", elem_id=f"{prefix}_skip", min_width=60)
+    message = gr.Markdown(elem_id=f"{prefix}_job_message")
+    return JobButtons(generate, interrupt, skip, message)
+
+
 def wire_interrupt_and_select(
-    context: AppContext, interrupt: gr.Button, skip: gr.Button, status: gr.Markdown, gallery: gr.Gallery,
-    infotext: gr.Textbox, public_api: bool = False,
+    context: AppContext, buttons: JobButtons, gallery: gr.Gallery, infotext: gr.Textbox, public_api: bool = False,
 ) -> None:
     """Interrupt and Skip act only on the caller's own jobs (another user's never stop); selecting a gallery image
     shows its own infotext. Every generating tab has both buttons; they do the same in each, so only one tab
-    (`public_api`) offers them to API clients, as `/interrupt` and `/skip`."""
+    (`public_api`) offers them to API clients, as `/interrupt` and `/skip`.
+
+    They answer in their own line, not in the job's status: an interrupted job ends within a step, so its final
+    status ("2 image(s) — interrupted; ...") and the button's answer arrive together, and whichever came last stayed
+    (the status could read "Interrupting…" forever)."""
     from webui.ui.session import owner_of
 
     def on_interrupt(request: gr.Request) -> str:
@@ -116,8 +140,11 @@ def wire_interrupt_and_select(
             return "Skipping the current batch…"
         return "Nothing of yours is running"
 
-    interrupt.click(on_interrupt, outputs=[status], queue=False, api_name="interrupt" if public_api else False)
-    skip.click(on_skip, outputs=[status], queue=False, api_name="skip" if public_api else False)
+    buttons.interrupt.click(on_interrupt, outputs=[buttons.message], queue=False,
+                            api_name="interrupt" if public_api else False)
+    buttons.skip.click(on_skip, outputs=[buttons.message], queue=False, api_name="skip" if public_api else False)
+    # a new job starts with no answer left over from the last one's buttons
+    buttons.generate.click(lambda: "", outputs=[buttons.message], queue=False, api_name=False, show_progress="hidden")
 
     def on_select(evt: gr.SelectData, current: str) -> str:
         value = evt.value or {}

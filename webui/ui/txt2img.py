@@ -11,7 +11,7 @@ from webui.context import AppContext
 from webui.services.requests import GenerationRequest, RequestError, parse_request
 from webui.ui.bridge import UiBridge
 from webui.ui.extension_sections import render_sections, with_extension_controls
-from webui.ui.job_stream import error_message, run_job_streaming, wire_interrupt_and_select
+from webui.ui.job_stream import error_message, job_buttons, run_job_streaming, wire_interrupt_and_select
 from webui.ui.session import owner_of
 
 @dataclass
@@ -42,10 +42,7 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgCo
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt", placeholder="a red circle on a blue background")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
         with gr.Column(scale=1, min_width=160):
-            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
-            with gr.Row():
-                interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt", min_width=60)
-                skip = gr.Button("Skip", elem_id="txt2img_skip", min_width=60)
+            buttons = job_buttons("txt2img")
     with gr.Row():
         with gr.Column():
             with gr.Row():
@@ -86,7 +83,7 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgCo
             raise error_message(exc) from None
         yield from run_job_streaming(context, gen_request, owner_of(request), progress)
 
-    generate.click(
+    buttons.generate.click(
         with_extension_controls(on_generate, extension_controls),
         inputs=[checkpoint, prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, batch_count,
                 batch_size, *(component for _, _, component in extension_controls)],
@@ -95,7 +92,7 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgCo
         api_name="txt2img",
     )
 
-    wire_interrupt_and_select(context, interrupt, skip, status, gallery, infotext, public_api=True)
+    wire_interrupt_and_select(context, buttons, gallery, infotext, public_api=True)
     return Txt2ImgControls(prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, batch_count, batch_size,
                            gallery, send_img2img, send_inpaint)
 
