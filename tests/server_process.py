@@ -27,6 +27,8 @@ class AppServer:
         self.log = outputs_dir.parent / f"server-{self.port}.log"
         command = [sys.executable, str(ROOT / "launch.py"), "--port", str(self.port), "--models-dir", str(models_dir),
                    "--outputs-dir", str(outputs_dir), "--device", "cpu", *extra]
+        if "--data-dir" not in extra:  # hash caches and settings of a test server stay out of the project
+            command += ["--data-dir", str(outputs_dir.parent / f"data-{self.port}")]
         self._log_handle = self.log.open("w")
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=self._log_handle, stderr=subprocess.STDOUT,
                                         env={**os.environ})

@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -21,6 +22,9 @@ from tests.server_process import AppServer
 from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, require_chromium
 from webui.services.outputs import read_infotext
 from webui.ui.job_stream import SamplingPace
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Locator, Page
 
 ACCOUNTS = {"alice": "pw-a1", "bob": "pw-b2"}
 # The "long" job: 0.05-0.1 s a step at 64x64 on two busy cores once the model is warm (measured), so 6-12 s of
@@ -95,7 +99,7 @@ def test_the_eta_comes_from_the_sampling_pace_not_the_model_load() -> None:
 # --- two users in one browser ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def pages(server: AppServer) -> Iterator[dict]:
+def pages(server: AppServer) -> Iterator[dict[str, Page]]:
     """One headless Chromium, one context (own cookies) per user, each logged in through Gradio's login page."""
     require_chromium()
     from playwright.sync_api import sync_playwright
@@ -108,7 +112,7 @@ def pages(server: AppServer) -> Iterator[dict]:
             browser.close()
 
 
-def _log_in(page, server: AppServer, name: str):
+def _log_in(page: Page, server: AppServer, name: str) -> Page:
     page.goto(server.url, wait_until="domcontentloaded")
     page.get_by_label("username").fill(name)
     page.get_by_label("password").fill(ACCOUNTS[name])
@@ -117,7 +121,7 @@ def _log_in(page, server: AppServer, name: str):
     return page
 
 
-def _set_job(page, prompt: str, steps: int, batch_count: int, seed: int) -> None:
+def _set_job(page: Page, prompt: str, steps: int, batch_count: int, seed: int) -> None:
     page.fill("#txt2img_prompt textarea", prompt)
     for elem_id, value in (("txt2img_steps", steps), ("txt2img_batch_count", batch_count)):
         field = page.locator(f"#{elem_id} input[type=number]")
@@ -126,12 +130,12 @@ def _set_job(page, prompt: str, steps: int, batch_count: int, seed: int) -> None
     page.fill("#txt2img_seed input", str(seed))
 
 
-def _progress(page):
+def _progress(page: Page) -> Locator:
     """The progress bar's text in the status box: "queued: ...", "batch 2/8, step 3/10, ETA 4 s - 14%", ..."""
     return page.locator("#txt2img_status .progress-level-inner")
 
 
-def _wait_for_sampling(page) -> None:
+def _wait_for_sampling(page: Page) -> None:
     """Until the page shows its job's step count. Checked on every animation frame: Gradio hides the bar for a moment
     after each preview, and a slower poll can miss a short job's progress altogether."""
     page.wait_for_function(
@@ -150,21 +154,30 @@ def _wait_for_file(server: AppServer, user: str, seed: int, timeout: float = TIM
         time.sleep(0.02)
 
 
-def _status(page):
+def _press(page: Page, elem_id: str) -> None:
+    """Click a button while a job runs. The page's own click event goes to Gradio's handler as a mouse click's would;
+    Playwright's mouse click took 1.7-5.4 s to land while a page drew progress and previews on two busy cores
+    (measured), longer than a batch, so a Skip meant for batch 2 hit batch 3."""
+    page.locator(f"#{elem_id}").dispatch_event("click")
+
+
+def _status(page: Page) -> Locator:
     """The job's status message itself (not the progress overlay on it)."""
     return page.locator("#txt2img_status [data-testid=markdown]")
 
 
-def _answer(page):
+def _answer(page: Page) -> Locator:
     """Where Interrupt and Skip answer."""
     return page.locator("#txt2img_job_message [data-testid=markdown]")
 
 
-def _captions(page) -> list[str]:
+def _captions(page: Page) -> list[str]:
     return page.locator("#txt2img_gallery .thumbnail-item .caption-label").all_inner_texts()
 
 
-def test_another_user_neither_sees_nor_stops_a_job_and_waits_behind_it(server: AppServer, pages: dict) -> None:
+def test_another_user_neither_sees_nor_stops_a_job_and_waits_behind_it(
+    server: AppServer, pages: dict[str, Page]
+) -> None:
     from playwright.sync_api import expect
 
     alice, bob = pages["alice"], pages["bob"]
@@ -179,14 +192,14 @@ def test_another_user_neither_sees_nor_stops_a_job_and_waits_behind_it(server: A
     assert bob.locator("#txt2img_preview img").count() == 0
 
     # bob's Interrupt and Skip do not reach alice's job
-    bob.click("#txt2img_interrupt")
+    _press(bob, "txt2img_interrupt")
     expect(_answer(bob)).to_have_text("Nothing to interrupt")
-    bob.click("#txt2img_skip")
+    _press(bob, "txt2img_skip")
     expect(_answer(bob)).to_have_text("Nothing of yours is running")
 
     # bob's job waits behind alice's running one, and says so. Only alice's job can be ahead of it, so it was still
     # running after bob's Interrupt and Skip above had been answered.
-    bob.click("#txt2img_generate")
+    _press(bob, "txt2img_generate")
     expect(_progress(bob)).to_contain_text("queued: 1 job(s) ahead", timeout=10_000)
 
     expect(_status(alice)).to_have_text(f"{LONG_BATCHES} image(s)", timeout=TIMEOUT_MS)  # complete, not interrupted
@@ -200,31 +213,36 @@ def test_another_user_neither_sees_nor_stops_a_job_and_waits_behind_it(server: A
     assert bob_file.stat().st_mtime >= max(path.stat().st_mtime for path in alice_files)  # bob's ran after alice's
 
 
-def test_a_users_interrupt_stops_their_job_and_keeps_the_finished_images(server: AppServer, pages: dict) -> None:
+def test_a_users_interrupt_stops_their_job_and_keeps_the_finished_images(
+    server: AppServer, pages: dict[str, Page]
+) -> None:
     from playwright.sync_api import expect
 
     alice = pages["alice"]
     _set_job(alice, "alice's interrupted job", LONG_STEPS, LONG_BATCHES, 300)
     alice.click("#txt2img_generate")
     _wait_for_file(server, "alice", 300)  # one image is done
-    alice.click("#txt2img_interrupt")
+    _press(alice, "txt2img_interrupt")
     expect(_answer(alice)).to_have_text("Interrupting…")
     expect(_status(alice)).to_contain_text("interrupted; finished images were kept", timeout=TIMEOUT_MS)
     kept = int(_status(alice).inner_text().split()[0])
     assert 1 <= kept < LONG_BATCHES
     assert _captions(alice) == [f"seed {300 + i}" for i in range(kept)]
-    assert [len(saved(server, "alice", 300 + i)) for i in range(LONG_BATCHES)] == [1] * kept + [0] * (LONG_BATCHES - kept)
+    files_per_seed = [len(saved(server, "alice", 300 + i)) for i in range(LONG_BATCHES)]
+    assert files_per_seed == [1] * kept + [0] * (LONG_BATCHES - kept)
 
 
-def test_skip_during_the_second_batch_drops_only_that_batch(server: AppServer, pages: dict) -> None:
+def test_skip_during_the_second_batch_drops_only_that_batch(server: AppServer, pages: dict[str, Page]) -> None:
     from playwright.sync_api import expect
 
     alice = pages["alice"]
-    _set_job(alice, "alice's skipped batch", 15, 3, 500)
+    # 30 steps a batch (2-3 s): Skip's answer showed 0.5-1.8 s after the press on two busy cores (measured), and
+    # batch 2 must still be sampling when the press arrives
+    _set_job(alice, "alice's skipped batch", 30, 3, 500)
     alice.click("#txt2img_generate")
     expect(_answer(alice)).to_have_text("")  # the last job's "Interrupting…" is gone with the new job
     _wait_for_file(server, "alice", 500)  # batch 1 is saved: batch 2 is being sampled
-    alice.click("#txt2img_skip")
+    _press(alice, "txt2img_skip")
     expect(_answer(alice)).to_have_text("Skipping the current batch…")
     expect(_status(alice)).to_have_text("2 image(s)", timeout=TIMEOUT_MS)
     assert _captions(alice) == ["seed 500", "seed 502"]

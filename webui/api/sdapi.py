@@ -289,7 +289,7 @@ class SdApi:
         running = next((j for j in mine if j.status == "running"), None)
         if running is None:
             if mine:  # waiting in the queue
-                ahead = self.context.queue.position(mine[0])
+                ahead = self.context.queue.jobs_ahead(mine[0]) or 0
                 return ProgressResponse(progress=0.0, eta_relative=0.0,
                                         state=ProgressState(job=mine[0].id, job_count=len(mine)),
                                         textinfo=f"queued: {ahead} job(s) ahead")

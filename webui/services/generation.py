@@ -7,6 +7,7 @@ while the service owns everything modes share: model choice, seeds, batches, job
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Protocol, Sequence
 
@@ -273,6 +274,8 @@ class GenerationService:
             )
 
             def on_progress(step: int, total: int, latents: torch.Tensor) -> None:
+                if job.sampling_started is None:
+                    job.sampling_started = time.time()
                 job.step, job.total_steps = step, total
                 if self.preview_every and (step % self.preview_every == 0) and step < total:
                     job.preview_factors = self._preview_factors_for(model)

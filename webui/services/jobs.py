@@ -61,6 +61,7 @@ class Job:
     created: float = field(default_factory=time.time)
     status: str = "queued"  # queued | running | done | interrupted | cancelled (before it started) | failed
     started: float | None = None  # when it took the device
+    sampling_started: float | None = None  # when its first sampling step ran (after any model load)
     ended: float | None = None
     eta_seconds: float | None = None  # long jobs (training) estimate it; generation shows steps instead
     step: int = 0
@@ -157,9 +158,10 @@ class Job:
         if self.eta_seconds is not None:
             return self.eta_seconds
         fraction = self.progress_fraction()
-        if self.started is None or self.finished or fraction <= 0:
+        began = self.sampling_started or self.started  # the pace of sampling, not of loading the model
+        if began is None or self.finished or fraction <= 0:
             return None
-        return (time.time() - self.started) * (1 - fraction) / fraction
+        return (time.time() - began) * (1 - fraction) / fraction
 
     def progress_fraction(self) -> float:
         """Whole-job progress: finished batches plus the running batch's steps."""

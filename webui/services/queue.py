@@ -110,6 +110,14 @@ class JobQueue:
                 turns.append(owner)
         return None
 
+    def jobs_ahead(self, job: Job) -> int | None:
+        """What will run before this job: the waiting ones ahead of it plus the one holding the device now."""
+        place = self.position(job)
+        if place is None:
+            return None
+        running = self.running
+        return place + (1 if running is not None and running is not job else 0)
+
     # -- control -----------------------------------------------------------------------------------------------
 
     def _owned(self, job_id: str, user: str, is_admin: bool) -> Job:
