@@ -89,7 +89,7 @@ def main() -> int:
             started = time.perf_counter()
             for user, body in serial_bodies:
                 with client(user) as http:
-                    http.post("txt2img", json={**body, "save_images": False}).raise_for_status()
+                    http.post("txt2img", json=body).raise_for_status()  # saved too, as in the concurrent run
             serial_seconds = time.perf_counter() - started
 
             # at once: every user fires all their jobs together; the last user interrupts their own half-way
@@ -109,10 +109,13 @@ def main() -> int:
             def watch(user: str) -> None:
                 with client(user) as http:
                     while not done.is_set():
-                        job = http.get("progress", params={"skip_current_image": True}).json()["state"]["job"]
+                        try:
+                            job = http.get("progress", params={"skip_current_image": True}).json()["state"]["job"]
+                        except httpx.HTTPError:  # the server is stopping
+                            return
                         if job:
                             seen_jobs[user].add(job)
-                        time.sleep(0.05)
+                        time.sleep(0.25)  # as often as a UI would ask; more would be load of its own
 
             def cancel_half_way() -> None:
                 with client(canceller) as http:
@@ -135,6 +138,8 @@ def main() -> int:
                     future.result()
             concurrent_seconds = time.perf_counter() - started
             done.set()
+            for thread in watchers:
+                thread.join(5)
         finally:
             server.stop()
 
