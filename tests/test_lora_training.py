@@ -274,3 +274,18 @@ def test_regularization_images_fill_an_epoch_and_are_recorded(concept_folder: Pa
         metadata = handle.metadata()
     assert metadata["ss_num_reg_images"] == "4" and metadata["ss_prior_loss_weight"] == "0.5"
     assert json.loads(metadata["ss_reg_dataset_dirs"]) == {"reg": {"n_repeats": 16, "img_count": 4}}
+
+
+def test_cross_attention_kv_layers_train_only_the_keys_and_values_of_cross_attention(tiny_sd1) -> None:
+    """Custom Diffusion's choice of U-Net layers: the attn2 to_k/to_v Linear layers and nothing else."""
+    from webui.training.lora_network import LoraNetwork, LoraShape, LoraShapeError
+
+    everything = LoraNetwork(load_checkpoint(tiny_sd1.path), LoraShape(rank=2, alpha=2, train_text_encoder=False))
+    kv = LoraNetwork(load_checkpoint(tiny_sd1.path),
+                     LoraShape(rank=2, alpha=2, train_text_encoder=False, unet_layers="cross-attention-kv"))
+    (all_targets,), (kv_targets,) = [[p.targets for p in n.parts] for n in (everything, kv)]
+    assert kv_targets and all(t.endswith(("attn2.to_k", "attn2.to_v")) for t in kv_targets)
+    assert set(kv_targets) == {t for t in all_targets if t.endswith(("attn2.to_k", "attn2.to_v"))}
+    assert len(kv_targets) < len(all_targets)
+    with pytest.raises(LoraShapeError, match="unet_layers must be one of"):
+        LoraShape(unet_layers="everything").check()
