@@ -132,3 +132,13 @@ def browser_app(tmp_path_factory: pytest.TempPathFactory):
     app.root = root
     yield app
     app.stop()
+
+
+def tiny_service_context(root: Path, checkpoint: TinyCheckpoint, name: str = "tiny"):
+    """The app's services over one tiny checkpoint (linked as `models/Stable-diffusion/<name>`), CPU, no extensions."""
+    from webui.context import AppPaths, build_context
+
+    checkpoints = root / "models" / "Stable-diffusion"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / f"{name}.safetensors").symlink_to(checkpoint.path)
+    return build_context(AppPaths(root / "models", root / "outputs", root / "data"), device="cpu", load_extensions=False)

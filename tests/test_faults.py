@@ -23,8 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import tiny_service_context
 from tests.server_process import ROOT
-from webui.context import AppPaths, build_context
 from webui.engine.denoise import decode_latents
 from webui.engine.loader import load_checkpoint
 from webui.services.generation import GenerationOutOfMemory
@@ -80,11 +80,7 @@ def test_case_05_a_decode_that_runs_out_of_memory_is_retried_in_tiles(tiny_sd1) 
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory: pytest.TempPathFactory, tiny_sd1):
-    root = tmp_path_factory.mktemp("faults")
-    checkpoints = root / "models" / "Stable-diffusion"
-    checkpoints.mkdir(parents=True)
-    (checkpoints / "tiny.safetensors").symlink_to(tiny_sd1.path)
-    return build_context(AppPaths(root / "models", root / "outputs", root / "data"), device="cpu", load_extensions=False)
+    return tiny_service_context(tmp_path_factory.mktemp("faults"), tiny_sd1)
 
 
 def test_case_05_out_of_memory_while_sampling_fails_clearly_and_the_next_job_works(context) -> None:

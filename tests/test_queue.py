@@ -12,7 +12,7 @@ import threading
 import pytest
 import torch
 
-from webui.context import AppPaths, build_context
+from tests.conftest import tiny_service_context
 from webui.services.jobs import JobManager
 from webui.services.queue import JobQueue, QueueFullError, UnknownJobError
 from webui.services.requests import GenerationRequest
@@ -102,12 +102,8 @@ def test_queue_size_must_be_positive() -> None:
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory: pytest.TempPathFactory, tiny_sd1):
-    root = tmp_path_factory.mktemp("queue")
-    checkpoints = root / "models" / "Stable-diffusion"
-    checkpoints.mkdir(parents=True)
-    (checkpoints / "tiny.safetensors").symlink_to(tiny_sd1.path)
     torch.set_num_threads(2)
-    return build_context(AppPaths(root / "models", root / "outputs", root / "data"), device="cpu", load_extensions=False)
+    return tiny_service_context(tmp_path_factory.mktemp("queue"), tiny_sd1)
 
 
 def _run_with_action(context, request: GenerationRequest, action) -> object:

@@ -2,31 +2,15 @@
 
 Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed" (2023), eq. 15-16: high CFG inflates the
 standard deviation of the guided prediction; rescaling it towards the conditional prediction's std reduces burn.
-The same formula as diffusers' `guidance_rescale`, written here as a denoise extension: the public extension API is
-all it uses.
+The denoise extension itself is the engine's (held to diffusers' `guidance_rescale`), reached through the public
+extension API like every name an extension uses.
 """
 
 from __future__ import annotations
 
 import gradio as gr
 
-from webui.services.extensions import DenoiseContext, DenoiseExtension
-
-
-class CfgRescale(DenoiseExtension):
-    """After CFG, every step: mix the guided prediction with its copy rescaled to the conditional prediction's std."""
-
-    def __init__(self, phi: float) -> None:
-        self.phi = phi
-
-    def after_cfg(self, ctx: DenoiseContext) -> None:
-        if self.phi <= 0 or ctx.uncond_output is None:  # no CFG this step (cfg_scale 1): nothing to rescale
-            return
-        dims = list(range(1, ctx.cond_output.ndim))
-        std_cond = ctx.cond_output.std(dim=dims, keepdim=True)
-        std_cfg = ctx.denoised.std(dim=dims, keepdim=True)
-        rescaled = ctx.denoised * (std_cond / std_cfg)
-        ctx.denoised = self.phi * rescaled + (1 - self.phi) * ctx.denoised
+from webui.services.extensions import CfgRescale  # the engine's extension, through the public API
 
 
 def register(api) -> None:

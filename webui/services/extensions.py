@@ -6,7 +6,7 @@ either: everything goes through the `ExtensionAPI` it receives. Any failure (imp
 an app-version mismatch) disables only that extension, and is shown in the Extensions tab and the log.
 
 Extensions import only from `webui.services` (never `webui.engine`): the types their hooks receive or return are
-re-exported here (`DenoiseExtension`, `DenoiseContext`, `UNetCall`, `StepState`, `SamplerSpec`, `LoadedModel`,
+re-exported here (`DenoiseExtension`, `DenoiseContext`, `CfgRescale`, `UNetCall`, `StepState`, `SamplerSpec`, `LoadedModel`,
 `GenerationRequest`, `RequestError`, `ExtraNetworkActivation`, `ExtraNetworkTag`); see `__all__`.
 """
 
@@ -37,7 +37,7 @@ from packaging.version import Version
 from PIL import Image
 
 from webui.engine.denoise import DenoiseContext, DenoiseExtension, UNetCall
-from webui.engine.denoise_extensions import StepHook, StepState
+from webui.engine.denoise_extensions import CfgRescale, StepHook, StepState
 from webui.engine.loader import LoadedModel
 from webui.engine.samplers import SamplerRegistry, SamplerSpec
 from webui.engine.tokenizer import count_tokens
@@ -51,7 +51,7 @@ __all__ = [
     "ExtensionAPI", "ExtensionError", "ExtensionManager", "ExtensionRecord", "Manifest", "Registrations",
     "read_manifest", "endpoint_prefix",
     # what extensions use in their hooks (re-exported so that they never import the engine)
-    "DenoiseContext", "DenoiseExtension", "ExtraNetworkActivation", "ExtraNetworkTag", "GenerationRequest",
+    "CfgRescale", "DenoiseContext", "DenoiseExtension", "ExtraNetworkActivation", "ExtraNetworkTag", "GenerationRequest",
     "LoadedModel", "RequestError", "SamplerSpec", "SettingKind", "StepState", "UNetCall",
 ]
 
