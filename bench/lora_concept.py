@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from webui.engine.embeddings import embedding_set_for, read_embedding  # noqa: E402
 from webui.engine.loader import load_checkpoint  # noqa: E402
 from webui.engine.lora import lora_patches, read_lora  # noqa: E402
 from webui.engine.patching import patched  # noqa: E402
@@ -105,6 +106,7 @@ def main() -> int:
         training_scenes = concept_scenes(args.images, "rectangle", CONCEPT_SEED)
         write_captioned_folder(scratch_path / "data", training_scenes)
         settings = LoraTrainingSettings(base=DEFAULT_MODEL, data=scratch_path / "data", name="rectangle",
+                                        trigger="rectangle",
                                         output_dir=scratch_path / "lora", run_dir=scratch_path / "run",
                                         sample_every=0, save_every=0, threads=args.threads)
         overrides = _override(settings, args.set)
@@ -121,6 +123,13 @@ def main() -> int:
             shutil.copyfile(result.output, args.keep)
 
         model = load_checkpoint(DEFAULT_MODEL)
+        # The trigger word's learned embedding (pivotal tuning, on by default) is used as the app would: by its name
+        learned = {}
+        if settings.learns_trigger:
+            learned = {"rectangle": read_embedding(settings.embedding_path)}
+            if args.keep:
+                shutil.copyfile(settings.embedding_path, args.keep.with_suffix(".embedding.safetensors"))
+        embeddings = embedding_set_for(model, learned)[0] if learned else None
         concept = concept_scenes(args.concept_prompts, "rectangle", HELD_OUT_CONCEPT_SEED)
         old = eval_scenes(args.prompts, objects=1)
         report: dict[str, object] = {
@@ -129,13 +138,14 @@ def main() -> int:
             "samples_per_second": round(result.samples_per_second, 2), "final_loss": round(result.final_loss, 5),
             "threads": args.threads, "cfg": args.cfg, "regularization_images": args.reg,
             "regularization_like_training": args.reg_like_training, "sampler": "Euler a", "sampling_steps": 20,
+            "trigger_embedding": settings.learns_trigger,
         }
         if not args.skip_baselines:
             report["concept_without_lora"] = generate_and_score(model, concept, args.cfg)
             report["old_without_lora"] = generate_and_score(model, old, args.cfg)
         with patched(lora_patches(lora, model, 1.0, 1.0)):
-            report["concept_with_lora"] = generate_and_score(model, concept, args.cfg)
-            report["old_with_lora"] = generate_and_score(model, old, args.cfg)
+            report["concept_with_lora"] = generate_and_score(model, concept, args.cfg, embeddings=embeddings)
+            report["old_with_lora"] = generate_and_score(model, old, args.cfg, embeddings=embeddings)
     key = "shape_colour"
     if args.skip_baselines:
         print(json.dumps({k: report[k] for k in ("concept_with_lora", "old_with_lora", "train_seconds", "steps")}))

@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from tests.reference import load_reference_pipeline
+from webui.engine.embeddings import read_embedding
 from webui.engine.loader import LoadedModel, load_checkpoint
 from webui.engine.lora import lora_patches, read_lora
 from webui.engine.patching import patched
@@ -86,9 +87,10 @@ def test_the_file_diffusers_loads_equals_the_model_trained_in_memory(family: str
                                                                      concept_folder: Path, tmp_path: Path) -> None:
     tiny = request.getfixturevalue(family)
     trained = load_checkpoint(tiny.path)
-    result = train_lora(settings_for(tiny.path, concept_folder, tmp_path, learning_rate=2e-2, max_steps=3), Quiet(),
-                        model=trained)
+    result = train_lora(settings_for(tiny.path, concept_folder, tmp_path, learning_rate=2e-2, max_steps=3,
+                                     trigger="rectangle", embedding_lr=0.05), Quiet(), model=trained)
     assert result.output == tmp_path / "Lora" / "trained.safetensors" and result.steps == 3
+    _check_learned_trigger(trained, tmp_path / "embeddings" / "rectangle.safetensors", family)
 
     with safe_open(str(result.output), "pt") as handle:
         keys = list(handle.keys())
@@ -137,6 +139,50 @@ def test_the_file_diffusers_loads_equals_the_model_trained_in_memory(family: str
     assert (patched_out - ours).abs().max() < 0.02 * change
 
 
+def _check_learned_trigger(trained: LoadedModel, path: Path, family: str) -> None:
+    """Pivotal tuning: the trigger's vectors are an A1111 embedding file, one vector per token of the word, and the
+    app's embedding path conditions a prompt exactly as the training hook did."""
+    from webui.engine.conditioning import encode_prompts, token_embedding
+    from webui.engine.embeddings import embedding_set_for, read_embedding
+    from webui.engine.tokenizer import encode_text
+    from webui.training.trigger_embedding import TriggerEmbedding
+
+    with safe_open(str(path), "pt") as handle:
+        assert set(handle.keys()) == ({"clip_l", "clip_g"} if family == "tiny_sdxl" else {"emb_params"})
+        assert handle.metadata()["latent_studio_lora"] == "trained"
+    embedding = read_embedding(path)
+    emb_set, skipped = embedding_set_for(trained, {"rectangle": embedding})
+    assert skipped == [] and embedding.vector_count == len(encode_text("rectangle"))
+    for index, encoder in enumerate(trained.text_encoders):  # it moved away from the word's own (untrained) vectors
+        own = token_embedding(encoder).weight[encode_text("rectangle")].detach()
+        learned = emb_set.vectors("rectangle", index)
+        cosine = torch.nn.functional.cosine_similarity(own, learned, dim=-1)
+        assert (cosine < 0.9999).all() and learned.norm(dim=-1).min() > own.norm(dim=-1).max()
+    prompt = "a red rectangle at the center on a black background"
+    with_file = encode_prompts(trained, [prompt], embeddings=emb_set).context
+    replay = TriggerEmbedding(trained, "rectangle", [prompt])
+    replay.load_state([emb_set.vectors("rectangle", i) for i in range(len(trained.text_encoders))])
+    with replay.installed(trained):
+        as_trained = encode_prompts(trained, [prompt]).context
+    without = encode_prompts(trained, [prompt]).context
+    assert torch.allclose(with_file, as_trained, atol=1e-5)
+    assert (with_file - without).abs().max() > 1e-3
+
+
+def test_trigger_embedding_is_optional_and_never_replaces_someone_elses(concept_folder: Path, tmp_path: Path) -> None:
+    train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path, trigger="zx", trigger_embedding=False,
+                            max_steps=1), Quiet())
+    assert not (tmp_path / "embeddings").exists()
+    train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path, trigger="zx", max_steps=1), Quiet())
+    first = (tmp_path / "embeddings" / "zx.safetensors").read_bytes()
+    train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path, trigger="zx", max_steps=2), Quiet())
+    assert (tmp_path / "embeddings" / "zx.safetensors").read_bytes() != first  # the same LoRA retrained: replaced
+    with pytest.raises(TrainingError, match="an embedding named 'zx' already exists"):
+        train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path, name="other", trigger="zx", max_steps=1),
+                   Quiet())
+    assert not (tmp_path / "Lora" / "other.safetensors").exists()
+
+
 def test_default_model_loss_falls_and_samples_are_drawn(concept_folder: Path, tmp_path: Path) -> None:
     observer = Quiet()
     settings = settings_for(DEFAULT_MODEL, concept_folder, tmp_path, max_steps=40, batch_size=4, sample_every=20,
@@ -152,24 +198,28 @@ def test_default_model_loss_falls_and_samples_are_drawn(concept_folder: Path, tm
 
 
 def test_interrupt_then_resume_gives_the_uninterrupted_result(concept_folder: Path, tmp_path: Path) -> None:
-    straight = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "a", max_steps=6, save_every=2), Quiet())
+    straight = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "a", max_steps=6, save_every=2,
+                                       trigger="rectangle"), Quiet())
 
     observer = Quiet(stop_after=3)
-    first = settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "b", max_steps=6, save_every=2)
+    first = settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "b", max_steps=6, save_every=2, trigger="rectangle")
     stopped = train_lora(first, observer, should_stop=observer.should_stop)
     assert stopped.interrupted and stopped.output is None and stopped.steps == 3
     assert not (tmp_path / "b" / "Lora").exists() or not list((tmp_path / "b" / "Lora").iterdir())
     assert torch.load(tmp_path / "b" / "run" / "checkpoint-latest.pt", weights_only=True)["step"] == 3
     assert (tmp_path / "b" / "run" / "trained-step000002.safetensors").exists()
 
+    assert not (tmp_path / "b" / "embeddings").exists()  # nothing under a final name until training completes
     resumed = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "b", max_steps=6, save_every=2,
-                                      resume=True), Quiet())
+                                      trigger="rectangle", resume=True), Quiet())
     assert resumed.steps == 6 and resumed.output is not None
     a, b = read_lora(straight.output), read_lora(resumed.output)
     assert a.layers.keys() == b.layers.keys()
     for name in a.layers:
         for key, tensor in a.layers[name].tensors.items():
             assert torch.allclose(tensor.float(), b.layers[name].tensors[key].float(), atol=2e-3), (name, key)
+    learned = [read_embedding(tmp_path / run / "embeddings" / "rectangle.safetensors").vectors[""] for run in "ab"]
+    assert torch.allclose(*learned, atol=1e-5)
 
 
 def test_buckets_keep_the_aspect_ratio(tmp_path: Path) -> None:
@@ -232,6 +282,8 @@ def test_unusable_folders_are_refused(setup: str, message: str, tmp_path: Path) 
     ({"name": "../escape"}, "name '../escape' must be"),
     ({"batch_size": 0}, "batch size must be at least 1"),
     ({"resume": True}, "nothing to resume"),
+    ({"trigger": "../up", "trigger_embedding": True}, "trigger word '../up' becomes the embedding's file name"),
+    ({"embedding_lr": float("nan")}, "embedding learning rate must be a number"),
 ])
 def test_impossible_settings_are_refused_before_anything_is_written(change: dict, message: str, concept_folder: Path,
                                                                     tmp_path: Path) -> None:

@@ -128,7 +128,7 @@ def build_context(
     users = users or UserStore()
     outputs = outputs or OutputStore(paths.outputs_dir, per_user=users.is_multi_user)
     lora_training = LoraTrainingService(queue, models, loras, paths.lora_dir, paths.lora_training_dir,
-                                        users=users)
+                                        users=users, embeddings_dir=paths.embeddings_dir)
 
     settings = SettingsStore(paths.data_dir / "config.json")
     extensions = ExtensionManager(

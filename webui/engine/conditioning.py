@@ -23,7 +23,8 @@ class Conditioning:
     pooled: torch.Tensor | None = None
 
 
-def _token_embedding(encoder: TextEncoder) -> torch.nn.Embedding:
+def token_embedding(encoder: TextEncoder) -> torch.nn.Embedding:
+    """The lookup table an embedding's vectors replace rows of (here and in pivotal-tuning training)."""
     for name, module in encoder.model.named_modules():
         if name.endswith("token_embedding") and isinstance(module, torch.nn.Embedding):
             return module
@@ -42,7 +43,7 @@ def _encode_windows(encoder: TextEncoder, windows: torch.Tensor, fixes: Sequence
                 output[fix.window, fix.offset:fix.offset + rows.shape[0]] = rows.to(output.device, output.dtype)
             return output
 
-        handle = _token_embedding(encoder).register_forward_hook(put_vectors)
+        handle = token_embedding(encoder).register_forward_hook(put_vectors)
     try:
         output = encoder.model(input_ids=windows, output_hidden_states=encoder.slot.hidden_state == "penultimate")
     finally:

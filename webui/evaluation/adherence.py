@@ -192,7 +192,7 @@ def ground_truth_accuracy(count: int = 500, objects: int = 1) -> dict[str, float
 
 def generate_and_score(model, scenes: list[Scene], cfg: float, steps: int = 20, sampler: str = "Euler a",
                        seed_base: int = 0, keep: list | None = None,
-                       misses: dict[str, int] | None = None) -> dict[str, float]:
+                       misses: dict[str, int] | None = None, embeddings=None) -> dict[str, float]:
     """Generates one image per scene with the app's own txt2img path and scores it.
 
     `misses`, if given, counts the single-object prompts whose shape or colour was wrong by "size shape" (for example
@@ -207,7 +207,8 @@ def generate_and_score(model, scenes: list[Scene], cfg: float, steps: int = 20, 
 
     for i, scene in enumerate(tqdm(scenes, desc=f"CFG {cfg:g}", mininterval=5)):
         params = SamplingParams(prompt=scene.caption, negative_prompt="", sampler=sampler, schedule="Automatic",
-                                steps=steps, cfg_scale=cfg, width=width, height=height, seeds=[seed_base + i])
+                                steps=steps, cfg_scale=cfg, width=width, height=height, seeds=[seed_base + i],
+                                embeddings=embeddings)
         image = txt2img(model, params, registry)[0]
         if keep is not None:
             keep.append(image)

@@ -106,7 +106,7 @@ class LoraTrainingService:
     """Starts, tracks and interrupts LoRA training runs."""
 
     def __init__(self, queue: JobQueue, models: ModelManager, loras: LoraLibrary, lora_dir: Path,
-                 runs_dir: Path, users: UserStore | None = None) -> None:
+                 runs_dir: Path, users: UserStore | None = None, embeddings_dir: Path | None = None) -> None:
         """With several logins (`users.is_multi_user`) each user sees only their own runs' progress and samples, and
         only admins may start a run: its dataset and regularisation folders are paths on the server, so another
         user could otherwise train on (and see samples of) any folder the server can read."""
@@ -117,15 +117,17 @@ class LoraTrainingService:
         self.loras = loras
         self.lora_dir = Path(lora_dir)
         self.runs_dir = Path(runs_dir)
+        self.embeddings_dir = Path(embeddings_dir) if embeddings_dir else self.lora_dir.parent / "embeddings"
         self._lock = threading.Lock()
         self._runs: list[TrainingRun] = []
 
     def prepare(self, settings: LoraTrainingSettings, base_title: str) -> tuple[LoraTrainingSettings, LoraDataset]:
         """Resolve the base model and folders and check everything that can be checked before a job starts."""
         info = self.models.resolve(base_title)
-        settings = replace(settings, base=info.path, output_dir=self.lora_dir,
+        settings = replace(settings, base=info.path, output_dir=self.lora_dir, embedding_dir=self.embeddings_dir,
                            run_dir=self.runs_dir / settings.name if settings.name else None)
         settings.check()
+        check_embedding_slot(settings)
         dataset = scan_dataset(settings.data, settings.trigger)
         if not settings.sample_prompts and settings.sample_every:
             captions = list(dict.fromkeys(image.caption for image in dataset.images))

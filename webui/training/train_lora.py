@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from webui.engine.conditioning import Conditioning, encode_training_windows
+from webui.engine.embeddings import EMBEDDING_SUFFIXES
 from webui.engine.generation import sdxl_time_ids
 from webui.engine.loader import LoadedModel, load_checkpoint
 from webui.engine.tokenizer import tokenize_prompt
@@ -40,6 +41,7 @@ from .lora_dataset import (
     with_regularization,
 )
 from .lora_network import LoraNetwork, LoraShape, LoraShapeError, kohya_metadata, save_lora
+from .trigger_embedding import TriggerEmbedding, embedding_owner, save_embedding
 from .models import sd_noise_scheduler
 
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Prodigy")
@@ -62,6 +64,9 @@ class LoraTrainingSettings:
     output_dir: Path = Path("models/Lora")
     run_dir: Path | None = None  # default: outputs/lora-training/<name>
     trigger: str = ""
+    trigger_embedding: bool = True  # pivotal tuning: also learn the trigger word itself (models/embeddings/<trigger>)
+    embedding_lr: float = 0.0  # 0 = automatic: 5e-3 (A1111's textual-inversion default), 1.0 for Prodigy
+    embedding_dir: Path | None = None  # default: "embeddings" beside output_dir (models/embeddings)
     reg_data: Path | None = None  # kohya's regularisation folder (images + captions of what should not change)
     prior_loss_weight: float = 1.0
     resolution: int = 0  # 0 = the model's native resolution
@@ -105,6 +110,15 @@ class LoraTrainingSettings:
         return Path(self.output_dir) / f"{self.name}.safetensors"
 
     @property
+    def learns_trigger(self) -> bool:
+        return self.trigger_embedding and bool(self.trigger.strip())
+
+    @property
+    def embedding_path(self) -> Path:
+        folder = Path(self.embedding_dir) if self.embedding_dir else Path(self.output_dir).parent / "embeddings"
+        return folder / f"{self.trigger.strip()}.safetensors"
+
+    @property
     def shape(self) -> LoraShape:
         return LoraShape(self.rank, self.alpha, self.train_unet, self.train_text_encoder, self.unet_layers)
 
@@ -114,7 +128,11 @@ class LoraTrainingSettings:
         if not NAME_PATTERN.match(self.name or "") or self.name.endswith("."):
             problems.append(f"name {self.name!r} must be 1-100 letters, digits, spaces, '.', '_' or '-' (it becomes "
                             "the file name)")
+        if self.learns_trigger and (not NAME_PATTERN.match(self.trigger.strip()) or self.trigger.strip().endswith(".")):
+            problems.append(f"trigger word {self.trigger!r} becomes the embedding's file name: use letters, digits, "
+                            "spaces, '.', '_' or '-', or turn off learning the trigger word")
         for label, value in (("learning rate", self.learning_rate), ("text-encoder learning rate", self.text_encoder_lr),
+                             ("embedding learning rate", self.embedding_lr),
                              ("caption dropout", self.caption_dropout), ("noise offset", self.noise_offset),
                              ("min-SNR gamma", self.min_snr_gamma), ("alpha", self.alpha),
                              ("prior loss weight", self.prior_loss_weight)):
@@ -122,6 +140,8 @@ class LoraTrainingSettings:
                 problems.append(f"{label} must be a number (got {value})")
         if math.isfinite(self.learning_rate) and self.learning_rate < 0:
             problems.append(f"learning rate must be above 0, or 0 for automatic (got {self.learning_rate})")
+        if self.embedding_lr < 0:
+            problems.append(f"embedding learning rate must be 0 (automatic) or above (got {self.embedding_lr})")
         if self.text_encoder_lr < 0:
             problems.append(f"text-encoder learning rate must be 0 (same as the U-Net) or above (got {self.text_encoder_lr})")
         if not 0 <= self.caption_dropout < 1:
@@ -183,6 +203,20 @@ class TrainingObserver(Protocol):
     def message(self, text: str) -> None: ...
 
 
+def check_embedding_slot(settings: LoraTrainingSettings) -> None:
+    """The learned trigger word may replace only an embedding that an earlier run of this same LoRA wrote: another
+    embedding of that name would silently change every prompt that uses it."""
+    if not settings.learns_trigger:
+        return
+    target = settings.embedding_path
+    for suffix in EMBEDDING_SUFFIXES:
+        existing = target.with_suffix(suffix)
+        if existing.exists() and (suffix != ".safetensors" or embedding_owner(existing) != settings.name):
+            raise TrainingError(f"an embedding named {settings.trigger.strip()!r} already exists ({existing}) and was "
+                                "not made by this LoRA: choose another trigger word, or turn off learning the trigger "
+                                "word")
+
+
 class PrintObserver:
     """The CLI's observer: a line every `every` steps."""
 
@@ -218,6 +252,7 @@ class TrainingResult:
     seconds: float
     samples_per_second: float
     warnings: list[str]
+    embedding: Path | None = None  # the learned trigger word (pivotal tuning), when one was learned
 
 
 # -- the pieces of a step ----------------------------------------------------------------------------------------------
@@ -270,10 +305,11 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 class _Denoiser(torch.nn.Module):
     """Text encoders + U-Net in one forward, so accelerate's DDP syncs every adapter's gradient."""
 
-    def __init__(self, model: LoadedModel) -> None:
+    def __init__(self, model: LoadedModel, trigger: TriggerEmbedding | None) -> None:
         super().__init__()
         self.unet = model.unet
         self.text_encoders = torch.nn.ModuleList([encoder.model for encoder in model.text_encoders])
+        self.trigger = trigger  # its vectors enter through a hook on the token lookup; a sub-module so DDP syncs them
         self.model = [model]  # in a list: not a sub-module
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, ids: list[torch.Tensor],
@@ -337,6 +373,7 @@ def train_lora(
         raise TrainingError(f"nothing to resume in {run_dir}: no checkpoint-latest.pt there (start without resume)")
     if saved is not None:
         _check_resumable(saved, settings)
+    check_embedding_slot(settings)
     dataset = dataset or scan_dataset(settings.data, settings.trigger)
     if settings.reg_data:
         dataset = with_regularization(dataset, scan_dataset(settings.reg_data))
@@ -352,6 +389,8 @@ def train_lora(
         raise TrainingError(f"{model.name} is an {model.variant} model: train LoRAs on a normal checkpoint")
     model.to(accelerator.device)
     network = LoraNetwork(model, settings.shape)
+    trigger = (TriggerEmbedding(model, settings.trigger.strip(), [image.caption for image in dataset.images])
+               if settings.learns_trigger else None)
     if not settings.learning_rate:
         settings = replace(settings, learning_rate=automatic_learning_rate(model, settings.optimizer))
         observer.message(f"learning rate {settings.learning_rate:g} (automatic for this model)")
@@ -391,16 +430,22 @@ def train_lora(
                 pixels = load_for_bucket(image.path, bucket_of[index])[None]
                 cache[index] = tuple(t[0] for t in _encode_latents(model, pixels))
 
-    optimizer = _make_optimizer(settings, network.parameter_groups(settings.learning_rate, settings.text_encoder_lr or None))
+    groups = network.parameter_groups(settings.learning_rate, settings.text_encoder_lr or None)
+    if trigger is not None:
+        embedding_lr = settings.embedding_lr or (1.0 if settings.optimizer == "Prodigy" else 5e-3)
+        groups.append({"params": list(trigger.parameters()), "lr": embedding_lr, "weight_decay": 0.0})
+    optimizer = _make_optimizer(settings, groups)
     scheduler = get_scheduler(settings.lr_scheduler, optimizer, num_warmup_steps=settings.warmup_steps * world,
                               num_training_steps=total_steps * world)
     start_step = 0
     if saved is not None:
         network.load_state(saved["adapters"])
+        if trigger is not None and saved.get("trigger_embedding") is not None:
+            trigger.load_state(saved["trigger_embedding"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         start_step = int(saved["step"])
-    denoiser, optimizer, scheduler = accelerator.prepare(_Denoiser(model), optimizer, scheduler)
+    denoiser, optimizer, scheduler = accelerator.prepare(_Denoiser(model, trigger), optimizer, scheduler)
     noise_scheduler = sd_noise_scheduler()
     alphas = noise_scheduler.alphas_cumprod.to(accelerator.device)
     prediction = model.prediction_type
@@ -429,13 +474,16 @@ def train_lora(
             return
         save_training_state(run_dir, steps_done, {
             "adapters": network.state(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "settings": settings.to_json(),
+            "settings": settings.to_json(), "trigger_embedding": trigger.state() if trigger is not None else None,
         })
         last_saved = steps_done
         snapshot = run_dir / f"{settings.name}-step{steps_done:06d}.safetensors"
         save_lora(snapshot, network.kohya_state_dict(), kohya_metadata(model, settings.shape, facts(steps_done)))
 
     model.unet.train()
+    hooks = contextlib.ExitStack()
+    if trigger is not None:
+        hooks.enter_context(trigger.installed(model))
     try:
         epoch = step // updates_per_epoch
         while step < total_steps and not interrupted:
@@ -513,12 +561,18 @@ def train_lora(
                 "lower the batch size or resolution, or turn on gradient checkpointing; the last saved state "
                 f"(step {last_saved}) can be resumed") from exc
         raise
+    finally:
+        hooks.close()
     seconds = time.time() - clock
-    output = None
+    output = embedding_file = None
     if main:
         if step > last_saved or interrupted:
             save_state(step)  # interrupting keeps everything done so far resumable
         if not interrupted:
+            if trigger is not None:  # first, so the LoRA never appears without the word it was trained with
+                embedding_file = save_embedding(settings.embedding_path, trigger, settings.name)
+                observer.message(f"the trigger word {trigger.trigger!r} was learned as an embedding: "
+                                 f"{settings.embedding_path}")
             output = save_lora(settings.output_path, network.kohya_state_dict(),
                                kohya_metadata(model, settings.shape, facts(step)))
         assert log is not None
@@ -526,7 +580,7 @@ def train_lora(
     if interrupted:
         observer.message(f"interrupted at step {step}/{total_steps}; resume to continue from the saved state")
     return TrainingResult(output, step, total_steps, interrupted, loss_value, seconds,
-                          seen / max(seconds, 1e-9), dataset.warnings)
+                          seen / max(seconds, 1e-9), dataset.warnings, embedding_file)
 
 
 def _batch_latents(model: LoadedModel, dataset: LoraDataset, batch, cache: dict, g: torch.Generator) -> torch.Tensor:
@@ -542,7 +596,8 @@ def _batch_latents(model: LoadedModel, dataset: LoraDataset, batch, cache: dict,
 
 def _check_resumable(saved: dict, settings: LoraTrainingSettings) -> None:
     before = saved.get("settings", {})
-    changed = [key for key in ("rank", "alpha", "train_unet", "train_text_encoder", "optimizer", "base")
+    changed = [key for key in ("rank", "alpha", "train_unet", "train_text_encoder", "optimizer", "base", "trigger",
+                               "trigger_embedding")
                if key in before and str(before[key]) != str(settings.to_json()[key])]
     if changed:
         raise TrainingError(f"cannot resume: {', '.join(changed)} differ from the saved run in {settings.run_path} "
@@ -634,6 +689,10 @@ _HELP = {
     "sample_every": "steps between sample images from --sample-prompt (0 = none)",
     "resume": "continue from the run folder's checkpoint-latest.pt",
     "reg_data": "regularisation images with captions (kohya's reg folder): what the LoRA should leave alone",
+    "trigger_embedding": "also learn the trigger word as an embedding, written to <embedding-dir>/<trigger>.safetensors "
+                         "(pivotal tuning)",
+    "embedding_lr": "0 = automatic (5e-3; 1.0 with Prodigy)",
+    "embedding_dir": "where the trigger word's embedding goes (default: 'embeddings' beside --output-dir)",
 }
 
 
@@ -650,7 +709,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help_text = _HELP.get(item.name, "")
         if isinstance(default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif item.name in ("output_dir", "run_dir", "reg_data"):
+        elif item.name in ("output_dir", "run_dir", "reg_data", "embedding_dir"):
             parser.add_argument(flag, type=Path, default=default, help=help_text or "folder")
         else:
             choices = {"optimizer": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS, "mixed_precision": PRECISIONS}.get(item.name)
@@ -689,6 +748,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"interrupted at step {result.steps}: continue with the same command plus --resume "
               f"(state in {settings.run_path})")
         return 130
+    if result.embedding is not None:
+        print(f"wrote {result.embedding}: write {settings.trigger.strip()!r} in a prompt to use the learned word")
     print(f"wrote {result.output} ({result.steps} steps, {result.seconds:.0f} s, {result.samples_per_second:.2f} samples/s, "
           f"final loss {result.final_loss:.4f})")
     return 0

@@ -26,6 +26,7 @@ _FIELDS: list[tuple[str, str]] = [
     ("name", "LoRA name (file: models/Lora/<name>.safetensors)"),
     ("data", "Dataset folder (images + .txt captions; 10_name sub-folders repeat 10x)"),
     ("trigger", "Trigger word"),
+    ("trigger_embedding", "Learn the trigger word too (pivotal tuning: models/embeddings/<trigger>.safetensors)"),
     ("reg_data", "Regularisation folder (optional: images + captions of what should stay as it is)"),
     ("prior_loss_weight", "Prior loss weight (regularisation images)"),
     ("resolution", "Resolution (0 = the model's own)"),
@@ -37,6 +38,7 @@ _FIELDS: list[tuple[str, str]] = [
     ("optimizer", "Optimizer"),
     ("learning_rate", "Learning rate (0 = automatic: 1e-4 for SD-sized models, 1e-3 for small ones, 1 for Prodigy)"),
     ("text_encoder_lr", "Text-encoder learning rate (0 = same)"),
+    ("embedding_lr", "Trigger-word learning rate (0 = automatic: 5e-3, 1 for Prodigy)"),
     ("lr_scheduler", "LR schedule"),
     ("warmup_steps", "Warm-up steps"),
     ("epochs", "Epochs"),
@@ -125,6 +127,7 @@ def status_payload(run: TrainingRun | None) -> dict[str, Any]:
         "losses": [[step, round(loss, 6)] for step, loss, _ in run.losses],
         "samples": [str(path) for path, _ in run.samples], "warnings": list(run.messages),
         "output": str(run.result.output) if run.result and run.result.output else None,
+        "embedding": str(run.result.embedding) if run.result and run.result.embedding else None,
     }
 
 
@@ -144,9 +147,9 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
         components["data"] = _component("data", dict(_FIELDS)["data"])
         groups = {
             "Network and data": ("resolution", "buckets", "rank", "alpha", "train_unet", "train_text_encoder",
-                                 "reg_data", "prior_loss_weight"),
-            "Optimizer and schedule": ("optimizer", "learning_rate", "text_encoder_lr", "lr_scheduler", "warmup_steps",
-                                       "epochs", "max_steps", "batch_size", "gradient_accumulation"),
+                                 "trigger_embedding", "reg_data", "prior_loss_weight"),
+            "Optimizer and schedule": ("optimizer", "learning_rate", "text_encoder_lr", "embedding_lr", "lr_scheduler",
+                                       "warmup_steps", "epochs", "max_steps", "batch_size", "gradient_accumulation"),
             "Training tricks": ("caption_dropout", "noise_offset", "min_snr_gamma", "cache_latents",
                                 "gradient_checkpointing", "mixed_precision", "seed"),
             "Samples and saving": ("sample_prompts", "sample_every", "save_every", "resume"),
