@@ -155,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from webui.api.request_guard import RequestGuard
     from webui.context import AppPaths, build_context
     from webui.ui.app import build_ui
+    from webui.ui.assets import ui_css, ui_head
 
     paths = AppPaths.default(models_dir=args.models_dir, outputs_dir=args.outputs_dir,
                              extension_dirs=tuple(args.extensions_dir), data_dir=args.data_dir)
@@ -197,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         blocked_paths=[str(paths.models_dir), str(paths.data_dir)],
         max_file_size=UPLOAD_LIMIT,
         show_error=True,
+        css=ui_css(),
+        head=ui_head(),
         footer_links=[],
         prevent_thread_lock=True,
     )

@@ -1,0 +1,34 @@
+"""Browser-test helpers for the UI checks: the two viewports every UI test runs at, and screenshots kept as artifacts.
+
+Screenshots go to `$LATENT_STUDIO_ARTIFACTS/screenshots/` (default `tests/artifacts/screenshots/`, git-ignored), named
+`<test>-<viewport>.png`, so a reviewer (or CI's artifact upload) can look at what each assertion looked at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+VIEWPORTS: dict[str, dict[str, int]] = {
+    "desktop": {"width": 1400, "height": 900},
+    "phone": {"width": 390, "height": 844},
+}
+
+
+def artifacts_dir() -> Path:
+    root = Path(os.environ.get("LATENT_STUDIO_ARTIFACTS") or Path(__file__).resolve().parent / "artifacts")
+    folder = root / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_screenshot(page, name: str, full_page: bool = True, element=None) -> Path:
+    """Save a screenshot of the page (or of one locator) and return its path."""
+    safe = re.sub(r"[^\w.-]+", "_", name).strip("_")
+    path = artifacts_dir() / f"{safe}.png"
+    if element is not None:
+        element.screenshot(path=str(path))
+    else:
+        page.screenshot(path=str(path), full_page=full_page)
+    return path
