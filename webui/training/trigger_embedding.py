@@ -70,7 +70,9 @@ class TriggerEmbedding(torch.nn.Module):
             wanted = torch.tensor(self.token_ids, device=ids.device)
             found = (ids.unfold(-1, count, 1) == wanted).all(-1).nonzero().tolist()
             if not found:
-                return output
+                # A batch without the word (regularisation images) still touches the vectors, with zero weight, so
+                # data-parallel training (accelerate launch) finds a gradient for every parameter on every rank.
+                return output + 0.0 * self.vectors[index].sum() if torch.is_grad_enabled() else output
             output = output.clone()
             rows = self.vectors[index].to(output.dtype)
             for row, position in found:
