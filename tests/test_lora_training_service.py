@@ -57,7 +57,8 @@ def test_fair_lock_serves_in_arrival_order() -> None:
 
 
 def test_a_run_trains_alongside_generation_and_lands_in_the_library(app) -> None:
-    run = app.lora_training.start("alice", settings(app, "svc_trained", max_steps=30, sample_every=0), "tiny")
+    run = app.lora_training.start("alice", settings(app, "svc_trained", max_steps=30, sample_every=0,
+                                                    trigger="zqrect"), "tiny")
     # a generation job started mid-run gets the device between two training steps
     while run.progress is None or run.progress.step < 2:
         assert not run.job.finished, run.error
@@ -78,10 +79,15 @@ def test_a_run_trains_alongside_generation_and_lands_in_the_library(app) -> None
     assert [entry[0] for entry in run.losses] == list(range(1, 31))
     assert "svc_trained" in [info.name for info in app.loras.loras()]  # rescanned: in the picker without a restart
 
-    request = GenerationRequest(prompt="a red rectangle <lora:svc_trained:0.8>", steps=2, width=64, height=64, seed=1,
+    # the learned trigger word is an embedding in the app's own folder, used by name at once
+    assert run.result.embedding == app.paths.embeddings_dir / "zqrect.safetensors"
+    request = GenerationRequest(prompt="a red zqrect <lora:svc_trained:0.8>", steps=2, width=64, height=64, seed=1,
                                 sampler_name="Euler")
     infotext = app.generation.run(app.jobs.create("bob", "txt2img"), request).infotexts[0]
     assert parse_infotext(infotext)["Lora hashes"].startswith("svc_trained: ")
+    assert parse_infotext(infotext)["TI hashes"].startswith("zqrect: ")
+    with pytest.raises(TrainingError, match="an embedding named 'zqrect' already exists"):  # another LoRA's word
+        app.lora_training.start("alice", settings(app, "svc_other", trigger="zqrect"), "tiny")
 
 
 def test_owner_interrupts_then_resumes_with_samples_shown(app) -> None:

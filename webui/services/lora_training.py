@@ -23,7 +23,7 @@ from webui.training.lora_dataset import DatasetError, LoraDataset, scan_dataset
 from webui.training.lora_network import LoraShapeError
 from webui.training.train_lora import (  # the choices re-exported for the training tab
     LR_SCHEDULERS, OPTIMIZERS, PRECISIONS, LoraTrainingSettings, TrainingError, TrainingProgress, TrainingResult,
-    train_lora,
+    check_embedding_slot, train_lora,
 )
 
 MAX_LOSS_POINTS = 2000  # the plot keeps every point up to this, then every other one
