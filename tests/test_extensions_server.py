@@ -96,7 +96,8 @@ def test_settings_persist_across_restart(server: AppServer, dirs) -> None:
     values = {"setting_flip_strength": 0.25}
     args = [values.get(elem, next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == elem))
             for elem in setting_ids]
-    assert client.predict(*args, api_name="/settings_apply") == "Settings saved."
+    saved = client.predict(*args, api_name="/settings_apply")
+    assert saved.startswith("Settings saved. 1 changed:") and "`flip.strength`" in saved and "0.25" in saved
     restarted = _start(dirs)  # a second process on the same data folder: what a restart reads back
     try:
         config = _config(restarted)

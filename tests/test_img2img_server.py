@@ -50,7 +50,7 @@ def test_img2img_endpoint_keeps_odd_size_and_saves_to_img2img(client: Client, ap
     path = tmp_path / "in.png"
     Image.fromarray(np.random.default_rng(2).integers(0, 256, (50, 70, 3), dtype=np.uint8)).save(path)
     gallery, _, infotext, status = client.predict(*_shared(client), handle_file(str(path)), api_name="/img2img")
-    assert status.startswith("1 image(s)") and len(gallery) == 1
+    assert ">1 image(s) in " in status and len(gallery) == 1
     saved = sorted((app[1] / "outputs" / "img2img").glob("*/*.png"))
     assert saved and Image.open(saved[-1]).size == (70, 50)
     info = parse_infotext(read_infotext(saved[-1]))

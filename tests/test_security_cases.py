@@ -550,7 +550,9 @@ def test_case_21_cross_site_requests_with_a_login_cookie_get_403(server: AppServ
 
 def test_case_22_remote_users_cannot_change_settings_install_or_reach_admin_actions(server: AppServer) -> None:
     with _browser(server, "bob") as bob:
-        for api_name, data, words in (("settings_apply", [0, ""], "Only an admin can change settings"),
+        apply_inputs = bob.get("gradio_api/info").json()["named_endpoints"]["/settings_apply"]["parameters"]
+        every_setting = [p.get("parameter_default") for p in apply_inputs]  # one value per registered setting
+        for api_name, data, words in (("settings_apply", every_setting, "Only an admin can change settings"),
                                       ("extensions_set_enabled", [[]], "Only an admin can enable or disable"),
                                       ("refresh_checkpoints", [], "Only an admin can refresh the model list")):
             status, event, payload = _gradio_call(bob, api_name, data)

@@ -131,16 +131,16 @@ def _set_job(page: Page, prompt: str, steps: int, batch_count: int, seed: int) -
 
 
 def _progress(page: Page) -> Locator:
-    """The progress bar's text in the status box: "queued: ...", "batch 2/8, step 3/10, ETA 4 s - 14%", ..."""
-    return page.locator("#txt2img_status .progress-level-inner")
+    """The one progress bar's text in the status line: "queued: ...", "batch 2/8, step 3/10, 2 s elapsed, ETA 4 s"."""
+    return page.locator("#txt2img_status .ls-progress:not([data-state=idle]) .ls-progress-text")
 
 
 def _wait_for_sampling(page: Page) -> None:
-    """Until the page shows its job's step count. Checked on every animation frame: Gradio hides the bar for a moment
-    after each preview, and a slower poll can miss a short job's progress altogether."""
+    """Until the page shows its job's step count. Checked on every animation frame: a slower poll can miss a short
+    job's progress altogether."""
     page.wait_for_function(
         "() => /batch \\d+\\/\\d+, step \\d+\\/\\d+/.test("
-        "document.querySelector('#txt2img_status .progress-level-inner')?.innerText ?? '')",
+        "document.querySelector('#txt2img_status .ls-progress-text')?.innerText ?? '')",
         polling="raf", timeout=TIMEOUT_MS)
 
 
@@ -162,8 +162,8 @@ def _press(page: Page, elem_id: str) -> None:
 
 
 def _status(page: Page) -> Locator:
-    """The job's status message itself (not the progress overlay on it)."""
-    return page.locator("#txt2img_status [data-testid=markdown]")
+    """The job's status line once it is idle again ("3 image(s) in 4.2 s", ...)."""
+    return page.locator("#txt2img_status .ls-progress[data-state=idle] .ls-progress-text")
 
 
 def _answer(page: Page) -> Locator:
@@ -202,8 +202,9 @@ def test_another_user_neither_sees_nor_stops_a_job_and_waits_behind_it(
     _press(bob, "txt2img_generate")
     expect(_progress(bob)).to_contain_text("queued: 1 job(s) ahead", timeout=10_000)
 
-    expect(_status(alice)).to_have_text(f"{LONG_BATCHES} image(s)", timeout=TIMEOUT_MS)  # complete, not interrupted
-    expect(_status(bob)).to_have_text("1 image(s)", timeout=TIMEOUT_MS)
+    expect(_status(alice)).to_have_text(re.compile(rf"^{LONG_BATCHES} image\(s\) in [\d.]+ s$"),
+                                        timeout=TIMEOUT_MS)  # complete, not interrupted
+    expect(_status(bob)).to_have_text(re.compile(r"^1 image\(s\) in [\d.]+ s$"), timeout=TIMEOUT_MS)
     assert _captions(alice) == [f"seed {100 + i}" for i in range(LONG_BATCHES)]
     assert _captions(bob) == ["seed 900"]  # each gallery holds its owner's images only
 
@@ -223,8 +224,9 @@ def test_a_users_interrupt_stops_their_job_and_keeps_the_finished_images(
     alice.click("#txt2img_generate")
     _wait_for_file(server, "alice", 300)  # one image is done
     _press(alice, "txt2img_interrupt")
-    expect(_answer(alice)).to_have_text("Interrupting…")
     expect(_status(alice)).to_contain_text("interrupted; finished images were kept", timeout=TIMEOUT_MS)
+    expect(_answer(alice)).to_have_text("")  # back to idle: no "Interrupting…" left to carry into the next run
+    assert _progress(alice).count() == 0
     kept = int(_status(alice).inner_text().split()[0])
     assert 1 <= kept < LONG_BATCHES
     assert _captions(alice) == [f"seed {300 + i}" for i in range(kept)]
@@ -240,10 +242,11 @@ def test_skip_during_the_second_batch_drops_only_that_batch(server: AppServer, p
     # batch 2 must still be sampling when the press arrives
     _set_job(alice, "alice's skipped batch", 30, 3, 500)
     alice.click("#txt2img_generate")
-    expect(_answer(alice)).to_have_text("")  # the last job's "Interrupting…" is gone with the new job
+    expect(_answer(alice)).to_have_text("")
     _wait_for_file(server, "alice", 500)  # batch 1 is saved: batch 2 is being sampled
     _press(alice, "txt2img_skip")
     expect(_answer(alice)).to_have_text("Skipping the current batch…")
-    expect(_status(alice)).to_have_text("2 image(s)", timeout=TIMEOUT_MS)
+    expect(_status(alice)).to_have_text(re.compile(r"^2 image\(s\) in [\d.]+ s$"), timeout=TIMEOUT_MS)
+    expect(_answer(alice)).to_have_text("")  # the finished job leaves the message line idle
     assert _captions(alice) == ["seed 500", "seed 502"]
     assert [len(saved(server, "alice", seed)) for seed in (500, 501, 502)] == [1, 0, 1]

@@ -32,3 +32,22 @@ def save_screenshot(page, name: str, full_page: bool = True, element=None) -> Pa
     else:
         page.screenshot(path=str(path), full_page=full_page)
     return path
+
+
+def open_tab(page, name: str, attempts: int = 3) -> None:
+    """Click a top-level tab until it is the selected one; on a phone Gradio moves the tabs that do not fit into an
+    overflow menu. Retried because an event still in flight (a "send to" answer) may select another tab after the
+    click."""
+    for _ in range(attempts):
+        tab = page.get_by_role("tab", name=name, exact=True)
+        if tab.count() and tab.first.is_visible():
+            tab.first.click()
+        else:
+            page.locator("#tabs .overflow-menu > button").first.click()
+            page.locator("#tabs .overflow-dropdown button",
+                         has_text=re.compile(rf"^\s*{re.escape(name)}\s*$")).first.click()
+        page.wait_for_timeout(500)
+        selected = page.locator("#tabs button[role=tab][aria-selected=true]")
+        if selected.count() and selected.first.inner_text().strip() == name:
+            return
+    raise AssertionError(f"the {name!r} tab did not open")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from webui.engine.samplers import SamplerRegistry
 from webui.services.controlnet import ControlNetService
+from webui.services import core_settings
 from webui.services.extensions import ExtensionManager
 from webui.services.generation import APP_VERSION, GenerationService
 from webui.services.hashing import HashCache
@@ -131,6 +132,11 @@ def build_context(
                                         users=users, embeddings_dir=paths.embeddings_dir)
 
     settings = SettingsStore(paths.data_dir / "config.json")
+    # Core options first (an extension cannot take a `core.` key); each is read where it acts (docs/settings.md).
+    core_settings.register_core_settings(settings, samplers.names(), ram_cache_size, controlnet.cache_size)
+    outputs.options = lambda: core_settings.save_options(settings)
+    settings.watch(core_settings.CHECKPOINT_CACHE, models.set_ram_cache_size)
+    settings.watch(core_settings.CONTROLNET_CACHE, lambda size: setattr(controlnet, "cache_size", int(size)))
     extensions = ExtensionManager(
         [(BUILTIN_EXTENSIONS, True), *((folder, False) for folder in paths.extension_dirs)],
         settings,
@@ -142,6 +148,7 @@ def build_context(
     )
     if load_extensions:
         extensions.load_all()
-    generation = GenerationService(models, outputs, samplers, queue, hooks=extensions, embeddings=embeddings)
+    generation = GenerationService(models, outputs, samplers, queue, hooks=extensions, embeddings=embeddings,
+                                   options=lambda: core_settings.generation_options(settings))
     return AppContext(paths, models, samplers, jobs, outputs, generation, settings, extensions, controlnet, loras,
                       embeddings, lora_training, queue, users)

@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         _serve_api_only(args, context, users, flags, limits)
         return
     install_allowed = not (args.listen or args.share) or args.enable_insecure_extension_access
-    demo = build_ui(context, install_allowed=install_allowed)
+    demo = build_ui(context, install_allowed=install_allowed, local=not (args.listen or args.share))
     demo.queue(default_concurrency_limit=1, max_size=args.queue_size)
     paths.outputs_dir.mkdir(parents=True, exist_ok=True)
     login = GradioLogin(users)

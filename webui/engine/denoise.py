@@ -49,6 +49,7 @@ class DenoiseInputs:
     add_time_ids: torch.Tensor | None = None  # SDXL
     generators: list[torch.Generator] | None = None
     start_index: int = 0  # img2img: skip the schedule's first entries (the caller sets the scheduler's begin index)
+    step_options: dict[str, Any] = field(default_factory=dict)  # eta, s_churn: passed where `scheduler.step` takes them
 
 
 @dataclass
@@ -152,6 +153,7 @@ class _Loop:
             self.step_kwargs["generator"] = ctx.inputs.generators
         if "eta" in step_params:
             self.step_kwargs["eta"] = 0.0
+        self.step_kwargs.update({k: v for k, v in ctx.inputs.step_options.items() if k in step_params})
 
     def unet(self, sample: torch.Tensor, cond: Conditioning, halves: tuple[Half, ...]) -> torch.Tensor:
         ctx, inputs = self.ctx, self.ctx.inputs

@@ -33,6 +33,13 @@ class SamplingParams:
     height: int = 512
     seeds: list[int] = field(default_factory=lambda: [0])
     embeddings: EmbeddingSet | None = None  # textual-inversion embeddings that fit the model
+    eta: float = 0.0  # DDIM's eta (A1111 `eta_ddim`); used by schedulers whose step takes `eta`
+    s_churn: float = 0.0  # sigma churn (A1111 `s_churn`); used by schedulers whose step takes `s_churn` (Euler)
+    ensd: int = 0  # eta noise seed delta: offsets the seeds of the per-step noise, never the initial noise
+
+    def step_options(self) -> dict[str, float]:
+        """Keyword arguments for `scheduler.step`; the loop passes only those a scheduler accepts."""
+        return {"eta": self.eta, "s_churn": self.s_churn}
 
 
 def initial_noise(seeds: list[int], channels: int, height: int, width: int) -> torch.Tensor:
@@ -80,15 +87,16 @@ def denoise_inputs(model: LoadedModel, params: SamplingParams, latents: torch.Te
         add_time_ids=sdxl_time_ids(params.width, params.height, batch, model.device, model.dtype)
         if model.family.is_sdxl
         else None,
-        generators=step_generators(params.seeds),
+        generators=step_generators([seed + params.ensd for seed in params.seeds]),
         start_index=start_index,
+        step_options=params.step_options(),
     )
 
 
 def build_scheduler(model: LoadedModel, params: SamplingParams, samplers: SamplerRegistry):
     """The sampler table's scheduler for this model, with its timesteps set for `params.steps`."""
     spec, schedule = samplers.resolve(params.sampler, params.schedule)
-    scheduler = spec.build(schedule, model.prediction_type, noise_seed=params.seeds[0])
+    scheduler = spec.build(schedule, model.prediction_type, noise_seed=params.seeds[0] + params.ensd)
     scheduler.set_timesteps(params.steps, device=model.device)
     return scheduler
 

@@ -29,6 +29,22 @@ def fit_latent_to_rgb(model: LoadedModel) -> torch.Tensor:
     return torch.linalg.lstsq(features, colours).solution
 
 
+def identity_factors() -> torch.Tensor:
+    """The map for pixels that are already RGB (the "Full" method): [r, g, b, 1] -> [r, g, b]."""
+    return torch.cat([torch.eye(3), torch.zeros(1, 3)])
+
+
+@torch.inference_mode()
+def decode_for_preview(model: LoadedModel, latents: torch.Tensor, max_images: int = 4) -> torch.Tensor:
+    """The "Full" preview method: the model's VAE decodes the first images, [B, 3, H, W] in [-1, 1] on the CPU, to
+    show with `identity_factors()`. Exact, but a VAE decode per preview; NaN (a half VAE overflowing mid-sampling)
+    shows as grey rather than stopping the job."""
+    vae = model.vae
+    sample = latents[:max_images].to(model.device, vae.dtype) / model.vae_scale
+    pixels = vae.decode(sample, return_dict=False)[0].float().cpu()
+    return torch.nan_to_num(pixels).clamp(-1, 1)
+
+
 def latents_to_preview(latents: torch.Tensor, factors: torch.Tensor, max_images: int = 4) -> Image.Image:
     """Latents [B, C, h, w] -> one RGB strip image, upscaled for visibility."""
     sample = latents[:max_images].float().cpu()

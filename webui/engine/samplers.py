@@ -61,6 +61,11 @@ class SamplerSpec:
     def scheduler_type(self) -> type[SchedulerMixin]:
         return getattr(diffusers, self.scheduler_class)
 
+    def step_takes(self, name: str) -> bool:
+        """Whether this scheduler's `step` accepts `name` (eta, s_churn): a setting acts, and enters the infotext,
+        only where it does."""
+        return name in inspect.signature(self.scheduler_type.step).parameters
+
     def supported_schedules(self) -> list[str]:
         params = inspect.signature(self.scheduler_type.__init__).parameters
         names = ["Automatic"]

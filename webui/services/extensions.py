@@ -261,11 +261,19 @@ class ExtensionAPI:
         minimum: float | None = None,
         maximum: float | None = None,
         step: float | None = None,
+        *,
+        restart_required: bool = False,
+        integer: bool = False,
+        help: str = "",
     ) -> str:
-        """Register a persisted setting shown in the Settings tab; returns its key `<extension>.<name>`."""
+        """Register a persisted setting shown in the Settings tab under this extension's name; returns its key
+        `<extension>.<name>`. `restart_required`: read only at start-up (Apply then says a restart is needed);
+        `integer`: a number setting that refuses fractions; `help`: a line under the field (and, for text, what
+        it accepts in validation messages). See docs/settings.md."""
         if not LOCAL_NAME.match(name):
             raise ExtensionError(f"{self.name}: setting name {name!r} must be letters, digits, '-' or '_'")
-        spec = SettingSpec(f"{self.name}.{name}", default, label, kind, tuple(choices), minimum, maximum, step, self.name)
+        spec = SettingSpec(f"{self.name}.{name}", default, label, kind, tuple(choices), minimum, maximum, step, self.name,
+                           restart_required=restart_required, integer=integer, help=help)
         self._settings.register(spec)
         return spec.key
 

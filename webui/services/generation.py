@@ -18,8 +18,9 @@ from webui.engine.denoise import DenoiseExtension, Interrupted, free_device_memo
 from webui.engine.denoise_extensions import Interrupt, Progress, StepHook, StepHooks
 from webui.engine.generation import SamplingParams, txt2img
 from webui.engine.loader import DepthMapRequired, LoadedModel
-from webui.engine.preview import fit_latent_to_rgb
+from webui.engine.preview import decode_for_preview, fit_latent_to_rgb, identity_factors
 from webui.engine.samplers import SamplerError, SamplerRegistry
+from webui.engine.tokenizer import EmbeddingMatcher, tokenize_prompt
 from webui.services.embeddings import EmbeddingLibrary
 from webui.services.extra_networks import ExtraNetworkActivation, ExtraNetworkTag, extract_tags, unhandled
 from webui.services.infotext import format_infotext
@@ -30,6 +31,20 @@ from webui.services.queue import JobQueue
 from webui.services.requests import GenerationRequest, RequestError, resolve_for_model, seeds_for_iteration
 
 APP_VERSION = "0.1.0"
+# Live preview methods, A1111's names: a linear latent -> RGB map fitted from the model's VAE, or a full VAE decode.
+PREVIEW_METHODS = ("Approx cheap", "Full")
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """The settings a job reads when it starts (the app passes `core_settings.generation_options`)."""
+
+    live_previews: bool = True
+    preview_every: int = 3
+    preview_method: str = PREVIEW_METHODS[0]
+    eta: float = 0.0
+    ensd: int = 0
+    s_churn: float = 0.0
 
 
 ProgressFn = Callable[[int, int, torch.Tensor], None]
@@ -111,6 +126,28 @@ class Txt2ImgRunner:
         return {}
 
 
+def unapplied_embeddings(library: EmbeddingLibrary, model: LoadedModel, *prompts: str) -> list[str]:
+    """One warning per embedding the prompts name that this model cannot use (made for another model, or an
+    unreadable file). The tokenizer then reads the name as plain words, so without a warning nothing tells the user
+    the embedding did nothing. Names are matched as the tokenizer matches them (fitting ones too, so a longer fitting
+    name is not mistaken for a shorter unusable one)."""
+    listing = library.listing(model)
+    problems = {name: (f"it was made for another kind of model than {model.name!r} ({model.family.title}); pick a "
+                       "checkpoint it fits, or remove it from the prompt") for name in listing.skipped}
+    problems.update({name: f"its file cannot be read ({why}); replace the file in {library.folder}, or remove the "
+                           "name from the prompt" for name, why in listing.broken.items()})
+    if not problems:
+        return []
+    matcher = EmbeddingMatcher({name: 1 for name in [*listing.loaded, *problems]})
+    named: list[str] = []
+    for prompt in prompts:
+        for fix in tokenize_prompt(prompt, 0, matcher).fixes:
+            if fix.name in problems and fix.name not in named:
+                named.append(fix.name)
+    return [f"Embedding {name!r} was not applied and its name was read as plain words: {problems[name]}."
+            for name in named]
+
+
 class GenerationOutOfMemory(RuntimeError):
     """The device ran out of memory; its caches were freed, so the next (smaller) job works."""
 
@@ -123,6 +160,7 @@ class GenerationResult:
     infotexts: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    grid_paths: list[str] = field(default_factory=list)  # grids of batches, when grid saving is on
     request: GenerationRequest | None = None
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
@@ -140,6 +178,7 @@ class GenerationService:
         preview_every: int = 3,
         hooks: GenerationHooks | None = None,
         embeddings: EmbeddingLibrary | None = None,
+        options: Callable[[], GenerationOptions] | None = None,
     ) -> None:
         self.models = models
         self.outputs = outputs
@@ -148,6 +187,9 @@ class GenerationService:
         self.preview_every = preview_every
         self.hooks: GenerationHooks = hooks or NoHooks()
         self.embeddings = embeddings  # textual inversion (models/embeddings), a core feature as in A1111
+        # Settings read at the start of each job; without a reader, previews every `preview_every` steps.
+        self.options: Callable[[], GenerationOptions] = options or (lambda: GenerationOptions(
+            live_previews=bool(preview_every), preview_every=max(1, preview_every)))
         self._preview_factors: dict[int, torch.Tensor] = {}
         self.txt2img = Txt2ImgRunner(samplers)
 
@@ -169,10 +211,28 @@ class GenerationService:
         vae = self.models.check_vae(request.vae) if request.vae else self.models.vae_choice
         return ModelRecipe(checkpoint=request.model, vae=vae, patches=tuple(activation.patches))
 
+    def sampler_infotext(self, request: GenerationRequest, options: GenerationOptions) -> tuple[dict[str, Any],
+                                                                                               dict[str, Any]]:
+        """A1111's keys for the sampler settings, only when they differ from the default and the sampler uses them:
+        (`ENSD`, which sits among the core keys), (`Eta`, `Sigma churn`, which follow the extra keys)."""
+        spec, _ = self.samplers.resolve(request.sampler_name, request.scheduler)
+        eta = options.eta if options.eta and spec.step_takes("eta") else 0.0
+        churn = options.s_churn if options.s_churn and spec.step_takes("s_churn") else 0.0
+        draws_noise = spec.ancestral or bool(eta) or bool(churn)
+        core = {"ENSD": options.ensd} if options.ensd and draws_noise else {}
+        later: dict[str, Any] = {}
+        if eta:
+            later["Eta"] = eta
+        if churn:
+            later["Sigma churn"] = churn
+        return core, later
+
     def infotext(
-        self, request: GenerationRequest, model: LoadedModel, seed: int, extra: dict[str, Any] | None = None
+        self, request: GenerationRequest, model: LoadedModel, seed: int, extra: dict[str, Any] | None = None,
+        options: GenerationOptions | None = None,
     ) -> str:
         spec, schedule = self.samplers.resolve(request.sampler_name, request.scheduler)
+        core, later = self.sampler_infotext(request, options or GenerationOptions())  # the line puts ENSD in place
         params = {
             "Steps": request.steps,
             "Sampler": spec.name,
@@ -184,7 +244,9 @@ class GenerationService:
             "Model": model.name,
             "VAE hash": self.models.vae_hash(request.vae or ""),
             "VAE": self.models.vae_title(request.vae or ""),
+            **core,
             **(extra or {}),
+            **later,
             "Version": f"LatentStudio {APP_VERSION}",
         }
         return format_infotext(request.prompt, request.negative_prompt, self.hooks.on_save(params, request))
@@ -254,7 +316,10 @@ class GenerationService:
         extra_info = {**activation.infotext, **runner.infotext_params(valid)}
         if self.embeddings and embeddings:
             extra_info.update(self.embeddings.infotext(embeddings, prompt, negative))
+        if self.embeddings:
+            result.warnings.extend(unapplied_embeddings(self.embeddings, model, prompt, negative))
         result.request = valid
+        options = self.options()
         job.batches_total = valid.n_iter
         step_hooks = self.hooks.step_hooks(valid)
         feature_extensions = self.hooks.denoise_extensions(valid, model)  # ControlNet units, ...
@@ -271,15 +336,20 @@ class GenerationService:
                 height=valid.height,
                 seeds=seeds,
                 embeddings=embeddings,
+                eta=options.eta,
+                s_churn=options.s_churn,
+                ensd=options.ensd,
             )
 
             def on_progress(step: int, total: int, latents: torch.Tensor) -> None:
                 if job.sampling_started is None:
                     job.sampling_started = time.time()
                 job.step, job.total_steps = step, total
-                if self.preview_every and (step % self.preview_every == 0) and step < total:
-                    job.preview_factors = self._preview_factors_for(model)
-                    job.preview_latents = latents
+                if options.live_previews and step % options.preview_every == 0 and step < total:
+                    if options.preview_method == "Full":  # decoded here: the VAE is on this job's device
+                        job.preview_factors, job.preview_latents = identity_factors(), decode_for_preview(model, latents)
+                    else:  # rendered only when a watcher asks (Job.preview_image)
+                        job.preview_factors, job.preview_latents = self._preview_factors_for(model), latents
                     job.preview_version += 1
                 job.touch()
 
@@ -297,24 +367,51 @@ class GenerationService:
                 job.touch()
                 continue
             images = self.hooks.after_decode(images, valid)
-            for image, seed in zip(images, seeds):
-                info = self.infotext(valid, model, seed, extra_info)
-                self._keep(result, image, info, seed, runner.mode, save, job.owner)
+            fields = self._pattern_fields(valid, model, seeds)
+            for number, (image, seed) in enumerate(zip(images, seeds)):
+                info = self.infotext(valid, model, seed, extra_info, options)
+                self._keep(result, image, info, seed, runner.mode, save, job.owner, {**fields, "batch_number": number})
             job.batches_done = iteration + 1
             job.step = 0
             job.clear_skip()  # a Skip that came while decoding has nothing left to skip
             job.touch()
             if job.interrupted:
                 raise Interrupted()
+        if save and len(result.images) > 1:  # A1111: one grid of the job's images, batch size x count > 1
+            fields = {**self._pattern_fields(valid, model, result.seeds), "seed": result.seeds[0]}
+            self._keep_grid(result, result.images, result.infotexts[0], runner.mode, job.owner, fields)
+
+    def _pattern_fields(self, request: GenerationRequest, model: LoadedModel, seeds: list[int]) -> dict[str, Any]:
+        """What the file-name pattern's tokens are made of (the prompt as typed, `<lora:...>` tags included)."""
+        spec, schedule = self.samplers.resolve(request.sampler_name, request.scheduler)
+        denoising = getattr(request, "denoising_strength", None)
+        return {
+            "prompt": request.prompt, "negative_prompt": request.negative_prompt, "steps": request.steps,
+            "cfg": request.cfg_scale, "width": request.width, "height": request.height, "sampler": spec.name,
+            "scheduler": schedule, "model_name": model.name, "model_hash": self.models.model_hash(model),
+            "seed_first": seeds[0], "seed_last": seeds[-1], "batch_size": len(seeds), "denoising": denoising,
+            "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+        }
 
     def _keep(self, result: GenerationResult, image: Image.Image, infotext: str, seed: int, mode: str,
-              save: bool = True, owner: str | None = None) -> None:
+              save: bool = True, owner: str | None = None, fields: dict[str, Any] | None = None) -> None:
         result.images.append(image)
         result.infotexts.append(infotext)
         result.seeds.append(seed)
         if not save:
             return
-        try:
-            result.paths.append(str(self.outputs.save_png(image, infotext, mode, seed, owner)))
-        except OutputSaveError as exc:  # the image is still returned to the user
+        try:  # folder, name pattern, format and infotext as the Saving settings say
+            result.paths.append(str(self.outputs.save_image(image, infotext, mode, seed, owner, fields)))
+        except (OutputSaveError, ValueError) as exc:  # the image is still returned to the user
             result.warnings.append(str(exc))
+
+    def _keep_grid(self, result: GenerationResult, images: list[Image.Image], infotext: str, mode: str,
+                   owner: str | None, fields: dict[str, Any]) -> None:
+        """The job's grid, when grid saving is on (the output store checks the setting)."""
+        try:
+            path = self.outputs.save_grid(images, infotext, mode, owner, fields)
+        except (OutputSaveError, ValueError) as exc:
+            result.warnings.append(str(exc))
+            return
+        if path is not None:
+            result.grid_paths.append(str(path))

@@ -213,12 +213,8 @@ def split_sampler_name(name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def parse_infotext(text: str) -> dict[str, object]:
-    """Parse an infotext the way A1111's `parse_generation_parameters` does.
-
-    Returns the parameter-line keys (JSON-quoted values unquoted, numbers converted, `AxB` values also split into
-    `<Key>-1`/`<Key>-2`), plus "Prompt" and "Negative prompt", plus A1111's defaults for keys left out.
-    """
+def _split_infotext(text: str) -> tuple[list[str], list[str], list[tuple[str, str]], bool]:
+    """(prompt lines, negative prompt lines, raw `key: value` pairs, whether a `Negative prompt:` line exists)."""
     lines = text.replace("\r\n", "\n").replace("\r", "\n").strip().split("\n")
     last = lines[-1]
     pairs = _scan_parameters(last)
@@ -236,7 +232,32 @@ def parse_infotext(text: str) -> dict[str, object]:
             in_negative = True
             line = line[len(NEGATIVE_PROMPT_PREFIX) :].strip()
         (negative_lines if in_negative else prompt_lines).append(line)
+    return prompt_lines, negative_lines, pairs, in_negative
 
+
+def infotext_fields(text: str) -> dict[str, object]:
+    """Only what the text holds, as written (values unquoted, numbers converted): "Prompt" if there is one,
+    "Negative prompt" if that line exists, then the parameter-line keys in their order. No defaults and no derived
+    keys (`Size-1`, `Clip skip: 1`, a schedule split off the sampler): for showing a file's contents (PNG Info)."""
+    prompt_lines, negative_lines, pairs, has_negative = _split_infotext(text)
+    fields: dict[str, object] = {}
+    if any(line for line in prompt_lines):
+        fields["Prompt"] = "\n".join(prompt_lines)
+    if has_negative:
+        fields["Negative prompt"] = "\n".join(negative_lines)
+    for key, raw_value in pairs:
+        value = unquote(raw_value)
+        fields[key] = value if _SIZE_RE.match(value) else _convert(key, value)
+    return fields
+
+
+def parse_infotext(text: str) -> dict[str, object]:
+    """Parse an infotext the way A1111's `parse_generation_parameters` does.
+
+    Returns the parameter-line keys (JSON-quoted values unquoted, numbers converted, `AxB` values also split into
+    `<Key>-1`/`<Key>-2`), plus "Prompt" and "Negative prompt", plus A1111's defaults for keys left out.
+    """
+    prompt_lines, negative_lines, pairs, _ = _split_infotext(text)
     result: dict[str, object] = {}
     for key, raw_value in pairs:
         value = unquote(raw_value)

@@ -85,8 +85,8 @@ class LoraUse:
     def patches(self, model: LoadedModel) -> list[WeightPatch]:
         try:
             return lora_patches(self.lora, model, self.te_strength, self.unet_strength)
-        except LoraError as exc:
-            raise RequestError("prompt", str(exc)) from exc
+        except LoraError as exc:  # the job stops here, so say how to go on
+            raise RequestError("prompt", f"{exc}; to generate without it, remove its <lora:...> tag") from exc
 
 
 class LoraLibrary:

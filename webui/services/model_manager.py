@@ -311,6 +311,17 @@ class ModelManager:
         with self._lock:
             return list(self._ram_cache)
 
+    def set_ram_cache_size(self, size: int) -> None:
+        """The "Checkpoints to keep in RAM" setting, live: a smaller size drops the least recently used at once."""
+        with self._lock:
+            self.ram_cache_size = max(0, int(size))
+            dropped = False
+            while len(self._ram_cache) > self.ram_cache_size:
+                self._ram_cache.popitem(last=False)
+                dropped = True
+        if dropped:
+            gc.collect()
+
     def set_prediction_override(self, name: str, prediction: PredictionType | None) -> None:
         """Per-model eps/v override (SD2 files cannot always tell); reloads the model if it is loaded."""
         info = self.resolve(name)

@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import datetime
 import errno
+import hashlib
 import io
 import logging
+import math
 import os
 import re
 import secrets
+import string
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, PngImagePlugin
 
@@ -34,6 +39,148 @@ _USER_COMMENT = 0x9286
 _INVALID_MODE = re.compile(r"[/\\\x00]")
 # errnos meaning "this filesystem cannot make hard links": fall back to os.replace.
 _NO_LINK_ERRNOS = {errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+SAMPLE_FORMATS = ("png", "jpg", "webp")
+_PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+_JPEG_EXIF_LIMIT = 65533  # one APP1 segment; a longer infotext cannot go into a JPEG's EXIF
+# A1111's `sanitize_filename_part`: these characters never reach a file name, nor a leading space or a trailing ". "
+_INVALID_FILENAME_CHARS = '#<>:"/\\|?*\n\r\t'
+_MAX_PART = 128
+_PROMPT_WORDS = 8
+_NONLETTERS = re.compile(r"[\s" + re.escape(string.punctuation) + r"]+")  # A1111's `re_nonletters`
+_TOKEN = re.compile(r"\[(\w+)\]")
+_FOLDER_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9 _.\-]*$")
+
+
+def sanitize_filename_part(text: str, replace_spaces: bool = True) -> str:
+    """A1111's rule, so patterns give the same names: drop path and shell characters, cut to 128 characters."""
+    if replace_spaces:
+        text = text.replace(" ", "_")
+    text = text.translate({ord(c): "_" for c in _INVALID_FILENAME_CHARS})
+    return text.lstrip(" ")[:_MAX_PART].rstrip(" .")
+
+
+def _prompt_words(prompt: str) -> str:
+    words = [word for word in _NONLETTERS.split(prompt or "") if word]
+    return sanitize_filename_part(" ".join(words[:_PROMPT_WORDS]) or "empty", replace_spaces=False)
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+
+
+# Token -> how its text comes from the image's fields (A1111's FilenameGenerator names; docs/settings.md lists them).
+FILENAME_TOKENS: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+    "seed": lambda f: f.get("seed"),
+    "seed_first": lambda f: f.get("seed_first", f.get("seed")),
+    "seed_last": lambda f: f.get("seed_last", f.get("seed")),
+    "steps": lambda f: f.get("steps"),
+    "cfg": lambda f: f.get("cfg"),
+    "width": lambda f: f.get("width"),
+    "height": lambda f: f.get("height"),
+    "sampler": lambda f: sanitize_filename_part(str(f.get("sampler") or ""), replace_spaces=False),
+    "scheduler": lambda f: sanitize_filename_part(str(f.get("scheduler") or ""), replace_spaces=False),
+    "sampler_scheduler": lambda f: sanitize_filename_part(
+        str(f.get("sampler") or "") if (f.get("scheduler") or "Automatic") == "Automatic"
+        else f"{f.get('sampler')} {f.get('scheduler')}", replace_spaces=False),
+    "model_name": lambda f: sanitize_filename_part(str(f.get("model_name") or ""), replace_spaces=False),
+    "model_hash": lambda f: f.get("model_hash"),
+    "date": lambda f: f["now"].date().isoformat(),
+    "datetime": lambda f: f["now"].strftime("%Y%m%d%H%M%S"),
+    "job_timestamp": lambda f: f.get("job_timestamp") or f["now"].strftime("%Y%m%d%H%M%S"),
+    "prompt": lambda f: sanitize_filename_part(str(f.get("prompt") or "")),
+    "prompt_no_styles": lambda f: sanitize_filename_part(str(f.get("prompt") or "")),
+    "prompt_spaces": lambda f: sanitize_filename_part(str(f.get("prompt") or ""), replace_spaces=False),
+    "prompt_words": lambda f: _prompt_words(str(f.get("prompt") or "")),
+    "prompt_hash": lambda f: _short_hash(str(f.get("prompt") or "")),
+    "negative_prompt": lambda f: sanitize_filename_part(str(f.get("negative_prompt") or "")),
+    "negative_prompt_hash": lambda f: _short_hash(str(f.get("negative_prompt") or "")),
+    "batch_number": lambda f: f.get("batch_number"),
+    "batch_size": lambda f: f.get("batch_size"),
+    "denoising": lambda f: f.get("denoising"),
+    "user": lambda f: sanitize_filename_part(str(f.get("user") or ""), replace_spaces=False),
+    "none": lambda f: "",
+}
+
+
+def check_filename_pattern(pattern: str) -> str | None:
+    """None when every `[token]` is known and no path separator is used; else what is wrong and what is allowed."""
+    unknown = sorted({name for name in _TOKEN.findall(pattern) if name not in FILENAME_TOKENS})
+    if unknown:
+        return (f"unknown token(s) {', '.join(f'[{name}]' for name in unknown)}; known: "
+                + " ".join(f"[{name}]" for name in FILENAME_TOKENS))
+    if "/" in pattern or "\\" in pattern:
+        return "a file-name pattern makes a file name only: no '/' or '\\' (choose the folder in its own setting)"
+    if len(pattern) > 200:
+        return "longer than 200 characters"
+    return None
+
+
+def expand_pattern(pattern: str, fields: Mapping[str, Any]) -> str:
+    """`[seed]-[prompt_words]` -> `42-a_red_circle`: every known token replaced, the rest sanitized."""
+    values = {"now": datetime.datetime.now(), **fields}
+
+    def one(match: re.Match[str]) -> str:
+        make = FILENAME_TOKENS.get(match.group(1))
+        if make is None:
+            return match.group(0)
+        value = make(values)
+        return "" if value is None else str(value)
+
+    return sanitize_filename_part(_TOKEN.sub(one, pattern), replace_spaces=False)
+
+
+def check_folder(value: str) -> str | None:
+    """Output folders are relative paths inside the outputs folder, so no setting (nor `POST /sdapi/v1/options`)
+    can make the app write elsewhere (A1111 weakness #5: output dirs redirected into `scripts/`)."""
+    text = value.strip()
+    if not text:
+        return "empty"
+    if text.startswith(("/", "\\")) or (len(text) > 1 and text[1] == ":"):
+        return "an absolute path; give a folder inside the outputs folder, such as 'txt2img-images'"
+    parts = text.replace("\\", "/").split("/")
+    for part in parts:
+        if part in ("", ".", "..") or not _FOLDER_PART.match(part):
+            return (f"the part {part!r} is not allowed; use folder names of letters, digits, space, '-', '_' and '.' "
+                    "(not starting with '.'), separated by '/', inside the outputs folder")
+    return None
+
+
+@dataclass(frozen=True)
+class SaveOptions:
+    """How images are saved (the Saving settings; docs/settings.md). The defaults are the layout before settings:
+    `<mode>/<date>/NNNNN-<seed>.png` with the infotext, no grids."""
+
+    folders: Mapping[str, str] = field(default_factory=dict)  # mode -> folder under the root; the mode by default
+    grid_folders: Mapping[str, str] = field(default_factory=dict)  # mode -> grid folder; `<mode>-grids` by default
+    filename_pattern: str = "[seed]"
+    format: str = "png"
+    quality: int = 80  # JPEG and WebP
+    pnginfo: bool = True  # the infotext in the file (PNG text chunk, EXIF UserComment for JPEG/WebP)
+    save_grid: bool = False
+
+    def folder(self, mode: str, grid: bool = False) -> str:
+        return (self.grid_folders.get(mode) or f"{mode}-grids") if grid else (self.folders.get(mode) or mode)
+
+
+def image_grid(images: list[Image.Image]) -> Image.Image:
+    """A1111's default grid: rows = the largest divisor of n not above sqrt(n), in order, row by row."""
+    rows = max(1, math.floor(math.sqrt(len(images))))
+    while len(images) % rows:
+        rows -= 1
+    columns = math.ceil(len(images) / rows)
+    width, height = images[0].size
+    grid = Image.new("RGB", (columns * width, rows * height), (0, 0, 0))
+    for index, image in enumerate(images):
+        grid.paste(image.convert("RGB"), ((index % columns) * width, (index // columns) * height))
+    return grid
+
+
+def _exif_with_comment(infotext: str) -> bytes:
+    """EXIF with the infotext as UserComment, as piexif writes A1111's: `UNICODE\\0` then UTF-16BE."""
+    exif = Image.Exif()
+    exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = b"UNICODE\x00" + infotext.encode("utf-16-be")
+    return exif.tobytes()
 
 
 class OutputSaveError(OSError):
@@ -101,27 +248,53 @@ class OutputStore:
     """Writes generated images under `root`, A1111-style, atomically and with race-free numbering."""
 
     def __init__(self, root: Path, today: Callable[[], datetime.date] | None = None, *, flat: bool = False,
-                 per_user: bool = False) -> None:
+                 per_user: bool = False, options: Callable[[], SaveOptions] | None = None) -> None:
         """`flat=True` writes straight into `root` (the CLI's `--out`), without the mode and date folders.
         `per_user=True` (an app with several logins) puts each owner's images under `<root>/<owner>/`, so one user's
-        files can be told from, and kept from, another's."""
+        files can be told from, and kept from, another's. `options` gives the current Saving settings at each save
+        (the app passes the settings' reader; without it, the defaults)."""
         self.root = Path(root)
         self._today = today or datetime.date.today
         self.flat = flat
         self.per_user = per_user
+        self.options: Callable[[], SaveOptions] = options or SaveOptions
 
-    def folder_for(self, mode: str, owner: str | None = None) -> Path:
-        """`<root>/<mode>/<YYYY-MM-DD>`, or `<root>/<owner>/<mode>/<YYYY-MM-DD>` when per user; `mode` and `owner`
-        must be plain folder names (they must not escape `root`)."""
+    def folder_for(self, mode: str, owner: str | None = None, folder: str | None = None) -> Path:
+        """`<root>/<folder>/<YYYY-MM-DD>`, or `<root>/<owner>/<folder>/<YYYY-MM-DD>` when per user; `folder` (a
+        relative path from the settings, `mode` by default), `mode` and `owner` must not escape `root`."""
         if not mode or mode in (".", "..") or _INVALID_MODE.search(mode):
             raise ValueError(f"output mode {mode!r} must be a plain folder name such as 'txt2img-images'")
+        if folder is not None and check_folder(folder):
+            raise ValueError(f"output folder {folder!r}: {check_folder(folder)}")
+        sub = Path(*(folder or mode).strip().replace("\\", "/").split("/"))
         if self.flat:
             return self.root
         if not self.per_user:
-            return self.root / mode / self._today().isoformat()
+            return self.root / sub / self._today().isoformat()
         if not owner or owner.startswith(".") or _INVALID_MODE.search(owner):
             raise ValueError(f"per-user outputs need the job owner's user name as a plain folder name, not {owner!r}")
-        return self.root / owner / mode / self._today().isoformat()
+        return self.root / owner / sub / self._today().isoformat()
+
+    def save_image(self, image: Image.Image, infotext: str, mode: str, seed: int, owner: str | None = None,
+                   fields: Mapping[str, Any] | None = None, grid: bool = False) -> Path:
+        """Save as the Saving settings say (folder, file-name pattern, format, quality, infotext on or off), with the
+        same atomic, race-free numbering as `save_png`. `fields` fill the pattern's tokens (prompt, model_name, ...);
+        a grid goes to the mode's grid folder as `NNNNN-grid-<pattern>`."""
+        options = self.options()
+        values = {"seed": seed, "user": owner, **(fields or {})}
+        stem = expand_pattern(options.filename_pattern, values)
+        if grid:
+            stem = f"grid-{stem}" if stem else "grid"
+        return self._save(image, infotext if options.pnginfo else None, mode, owner, stem, options.format,
+                          options.quality, options.folder(mode, grid))
+
+    def save_grid(self, images: list[Image.Image], infotext: str, mode: str, owner: str | None = None,
+                  fields: Mapping[str, Any] | None = None) -> Path | None:
+        """The batch as one grid image, when grid saving is on and there is more than one image (A1111's rule)."""
+        if len(images) < 2 or not self.options().save_grid:
+            return None
+        return self.save_image(image_grid(images), infotext, mode, int((fields or {}).get("seed_first", 0)), owner,
+                               fields, grid=True)
 
     def remove_stale_temporaries(self, older_than_s: float = 300.0) -> list[Path]:
         """Delete the temporary files and index markers a killed save left behind (called at start-up).
@@ -168,13 +341,14 @@ class OutputStore:
         return max(files | markers, default=-1) + 1
 
     @staticmethod
-    def _final_name(folder: Path, index: int, seed: int) -> str:
-        name = f"{index:0{_INDEX_WIDTH}d}-{seed}.png"
+    def _final_name(folder: Path, index: int, stem: str, extension: str = "png") -> str:
+        base = f"{index:0{_INDEX_WIDTH}d}-{stem}" if stem else f"{index:0{_INDEX_WIDTH}d}"
+        name = f"{base}.{extension}"
         limit = _name_max(folder)
         if len(name.encode()) > limit:
-            # Only an absurd seed can get here; keep the index (unique) and the extension, cut the seed.
-            stem = f"{index:0{_INDEX_WIDTH}d}-{seed}"[: limit - len(".png")]
-            name = stem + ".png"
+            # An absurd seed or a long prompt: keep the index (unique) and the extension, cut the rest (by bytes).
+            cut = base.encode()[: limit - len(extension) - 1].decode("utf-8", errors="ignore")
+            name = f"{cut}.{extension}"
         return name
 
     def save_png(self, image: Image.Image, infotext: str, mode: str, seed: int, owner: str | None = None) -> Path:
@@ -182,17 +356,21 @@ class OutputStore:
 
         Raises OutputSaveError (with the path and advice) on any failure; no file is left behind then.
         """
-        folder = self.folder_for(mode, owner)
+        return self._save(image, infotext, mode, owner, str(seed), "png", 100, None)
+
+    def _save(self, image: Image.Image, infotext: str | None, mode: str, owner: str | None, stem: str, extension: str,
+              quality: int, subfolder: str | None) -> Path:
+        folder = self.folder_for(mode, owner, subfolder)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputSaveError(folder, exc) from exc
 
         temp = folder / f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
-        target = folder / self._final_name(folder, self.next_index(folder), seed)
+        target = folder / self._final_name(folder, self.next_index(folder), stem, extension)
         try:
-            self._write_temp(temp, image, infotext)
-            target = self._publish(temp, folder, seed)
+            self._write_temp(temp, image, infotext, extension, quality)
+            target = self._publish(temp, folder, stem, extension)
         except Exception as exc:
             raise OutputSaveError(target, exc) from exc
         finally:
@@ -207,15 +385,29 @@ class OutputStore:
         return target
 
     @staticmethod
-    def _write_temp(temp: Path, image: Image.Image, infotext: str) -> None:
+    def _write_temp(temp: Path, image: Image.Image, infotext: str | None, extension: str = "png",
+                    quality: int = 80) -> None:
+        """`infotext=None`: no generation parameters in the file (the "PNG info" setting off)."""
         # O_EXCL: never write through a pre-existing file or link; 0o666 so the umask applies as for any file.
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=_png_info(image, infotext))
+            if extension == "png":
+                image.save(handle, format="PNG", pnginfo=_png_info(image, infotext) if infotext is not None else None)
+            else:
+                kwargs: dict[str, Any] = {"quality": int(quality)}
+                if infotext is not None:
+                    exif = _exif_with_comment(infotext)
+                    if extension != "jpg" or len(exif) <= _JPEG_EXIF_LIMIT:
+                        kwargs["exif"] = exif
+                    else:
+                        logger.warning("infotext of %d characters is too long for a JPEG's EXIF; saved without it",
+                                       len(infotext))
+                flat = image.convert("RGB") if extension == "jpg" or image.mode not in ("RGB", "RGBA") else image
+                flat.save(handle, format=_PIL_FORMATS[extension], **kwargs)
             handle.flush()
             os.fsync(handle.fileno())
 
-    def _publish(self, temp: Path, folder: Path, seed: int) -> Path:
+    def _publish(self, temp: Path, folder: Path, stem: str, extension: str = "png") -> Path:
         """Give the finished temp file the next free index, atomically and without overwriting anything.
 
         The index (not just the name, which also holds the seed) is claimed by creating `.NNNNN.reserved` with
@@ -235,7 +427,7 @@ class OutputStore:
                 # A save that finished between our scan and our claim has dropped its marker but left its file.
                 if index in self._indices(folder)[0]:
                     continue
-                target = folder / self._final_name(folder, index, seed)
+                target = folder / self._final_name(folder, index, stem, extension)
                 try:
                     os.link(temp, target)
                     return target

@@ -13,6 +13,7 @@ from PIL import Image
 
 from webui.services.controlnet import ControlMode, ControlNetService, ControlResizeMode
 from webui.services.requests import RequestError
+from webui.ui.prompt_tools import icon
 
 UNIT_FIELDS = (
     "enabled", "image", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode", "resize_mode",
@@ -58,7 +59,7 @@ def build_controlnet_section(service: ControlNetService, unit_count: Callable[[]
                     module = gr.Dropdown(preprocessors, value="none", label="Preprocessor", elem_id=f"{prefix}_module")
                     model = gr.Dropdown(_model_choices(service), value="None", label="Model",
                                         elem_id=f"{prefix}_model")
-                    refresh = gr.Button("🔄", elem_id=f"{prefix}_refresh", scale=0, min_width=40)
+                    refresh = gr.Button("", icon=icon("refresh"), elem_id=f"{prefix}_refresh", scale=0, min_width=40)
                     run = gr.Button("Preview", elem_id=f"{prefix}_run", scale=0)
                 with gr.Row():
                     weight = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control Weight",

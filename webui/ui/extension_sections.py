@@ -47,15 +47,15 @@ def collect_values(controls: list[SectionControl], values: tuple[Any, ...]) -> d
 
 
 def with_extension_controls(handler: Callable[..., Iterator[Any]], controls: list[SectionControl]) -> Callable[..., Iterator[Any]]:
-    """Wrap `handler(*inputs, extensions=..., request=..., progress=...)` as a Gradio handler whose inputs are the
+    """Wrap `handler(*inputs, extensions=..., request=...)` as a Gradio handler whose inputs are the
     handler's own parameters followed by the extension controls (exposed to API clients as `<extension>_<control>`)."""
-    names = [n for n in inspect.signature(handler).parameters if n not in ("extensions", "request", "progress")]
+    names = [n for n in inspect.signature(handler).parameters if n not in ("extensions", "request")]
     fixed, extra = len(names), len(controls)
 
     def wrapped(*args: Any) -> Iterator[Any]:
-        request, progress = args[fixed + extra:]
+        (request,) = args[fixed + extra:]
         extensions = collect_values(controls, args[fixed:fixed + extra])
-        yield from handler(*args[:fixed], extensions=extensions, request=request, progress=progress)
+        yield from handler(*args[:fixed], extensions=extensions, request=request)
 
     # Extension controls get their component's initial value as the default, so API clients written before an
     # extension was installed keep working (gradio_client treats parameters without a default as required).
@@ -65,16 +65,17 @@ def with_extension_controls(handler: Callable[..., Iterator[Any]], controls: lis
 
 
 def declare_inputs(handler: Any, names: list[str], defaults: dict[str, Any] | None = None) -> None:
-    """Give `handler(*args)` an explicit signature: `names`, then `request` and `progress` (see handler_signature)."""
+    """Give `handler(*args)` an explicit signature: `names`, then `request` (see handler_signature)."""
     handler.__signature__ = handler_signature(names, defaults)
     handler.__annotations__ = {"request": gr.Request}  # Gradio reads type hints to find the request parameter
 
 
 def handler_signature(names: list[str], defaults: dict[str, Any] | None = None) -> inspect.Signature:
-    """A signature for a handler taking a variable number of controls, then `request` and `progress`.
+    """A signature for a handler taking a variable number of controls, then `request`.
 
-    Gradio finds where to pass the request and the progress tracker by reading the handler's signature, so a handler
-    whose input count depends on the installed extensions declares its parameters explicitly.
+    Gradio finds where to pass the request by reading the handler's signature, so a handler whose input count depends
+    on the installed extensions declares its parameters explicitly. No progress tracker: a generating tab draws its own
+    progress bar in its status line (webui/ui/job_stream.py).
     """
     defaults = defaults or {}
     params = []
@@ -83,5 +84,4 @@ def handler_signature(names: list[str], defaults: dict[str, Any] | None = None) 
         params.append(inspect.Parameter(re.sub(r"\W", "_", name), inspect.Parameter.POSITIONAL_OR_KEYWORD, **kwargs))
     params.append(inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request,
                                     default=None))
-    params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
     return inspect.Signature(params)

@@ -18,7 +18,7 @@ def status_html(context: AppContext) -> str:
     rows = []
     for record in context.extensions.records:
         manifest = record.manifest
-        state = {"active": "✅ active", "disabled": "⏸ disabled", "failed": "❌ failed"}[record.status]
+        state = {"active": "active", "disabled": "disabled", "failed": "failed"}[record.status]
         details = ""
         if record.error:
             details = (f"<details><summary>{html.escape(record.error)}</summary>"
@@ -81,7 +81,7 @@ def build_extensions_tab(context: AppContext, install_allowed: bool) -> gr.HTML:
                 else:
                     return "Give a git URL or a .zip file.", status_html(context)
             except (ExtensionError, OSError, ValueError) as exc:
-                return f"⚠️ {exc}", status_html(context)
+                return f"**Error:** {exc}", status_html(context)
             return f"Installed **{name}** (disabled). Enable it above, then restart.", status_html(context)
 
         install.click(on_install, inputs=[url, archive, confirm], outputs=[message, table], api_name="extensions_install")

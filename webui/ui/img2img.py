@@ -28,7 +28,11 @@ from webui.services.requests import RequestError, parse_request
 from webui.services.uploads import UploadError, UploadLimits, check_header, load_image, to_rgb
 from webui.ui.bridge import UiBridge
 from webui.ui.extension_sections import render_sections, with_extension_controls
-from webui.ui.job_stream import error_message, job_buttons, run_job_streaming, wire_interrupt_and_select
+from webui.ui.job_stream import (
+    JobButtons, job_buttons, result_column, run_job_streaming, snap_size_to_8, wire_interrupt_and_select,
+    wire_sampler_schedules,
+)
+from webui.ui.prompt_tools import seed_row, token_counter, wire_seed_row
 from webui.ui.session import owner_of
 
 RESIZE_CHOICES = [RESIZE_MODE_LABELS[mode] for mode in sorted(RESIZE_MODE_LABELS)]
@@ -58,6 +62,47 @@ def guard_editor(editor: gr.ImageEditor, limits: UploadLimits) -> gr.ImageEditor
     return editor
 
 
+# The mask brush paints half-transparent, so the image shows through the mask. The mask is every pixel with alpha > 0
+# (`editor_image_and_mask`), so the opacity changes what is seen, never what is sent. White or black, whichever shows.
+MASK_COLORS: list[tuple[str, float]] = [("#ffffff", 0.5), ("#000000", 0.5)]
+
+
+def mask_editor(prefix: str, limits: UploadLimits) -> gr.ImageEditor:
+    """The brush sub-tab: the image-and-mask editor and its "Clear mask" button.
+
+    Brush, eraser (it erases the mask layer only; the image is a separate background layer) and undo are Gradio's
+    own. `assets/brush.js` adds what Gradio cannot do: a default brush and eraser size that follows the image, a size
+    popup that closes once a size is picked (it lies over the image), and a clear that keeps the image and is one step
+    of the editor's undo history. No component update is ever sent to this editor for that: Gradio would rebuild the
+    session's copy from its constructor arguments, without `guard_editor`.
+    """
+    editor = guard_editor(gr.ImageEditor(
+        label="Image and mask (paint over what to change)", type="pil", image_mode="RGBA",
+        sources=["upload", "clipboard"], layers=False, transforms=(),
+        brush=gr.Brush(colors=list(MASK_COLORS), color_mode="fixed"), eraser=gr.Eraser(),
+        elem_id=f"{prefix}_editor",
+    ), limits)
+    editor_id = f"'{prefix}_editor'"
+    editor.upload(None, js=f"() => {{ window.latentStudioBrush?.fitBrush({editor_id}); }}")
+    clear = gr.Button("Clear mask", size="sm", elem_id=f"{prefix}_clear_mask")
+    clear.click(None, js=f"() => {{ window.latentStudioBrush?.clearMask({editor_id}); }}")
+    return editor
+
+
+def mask_mode_control(prefix: str, submode: gr.Radio) -> gr.Radio:
+    """A1111's "Mask mode" (`inpainting_mask_invert`), right under the mask it inverts (brush or uploaded).
+
+    One control, not a second toggle kept in step with it; hidden in Outpaint, whose mask is always the new area and
+    is never inverted.
+    """
+    mask_mode = gr.Radio(MASK_MODES, value=MASK_MODES[0], type="index", label="Mask mode",
+                         info="Inpaint not masked inverts the mask: everything except the painted area is repainted",
+                         elem_id=f"{prefix}_mask_mode")
+    submode.change(lambda mode: gr.Radio(visible=mode != "outpaint"), inputs=[submode], outputs=[mask_mode],
+                   queue=False, show_progress="hidden")
+    return mask_mode
+
+
 @dataclass
 class Img2ImgPanel:
     """One tab's widgets: the prompt row, sampling settings, the output column and (inpaint tab) the mask inputs."""
@@ -81,6 +126,8 @@ class Img2ImgPanel:
     masked_content: gr.Radio | None = None
     inpaint_area: gr.Radio | None = None
     padding: gr.Slider | None = None
+    outpaint_image: gr.Image | None = None  # inpaint tab, outpaint sub-tab
+    buttons: JobButtons | None = None
 
 
 @dataclass
@@ -113,20 +160,22 @@ def _size(value: float | None) -> float | None:
 
 
 def _panel(
-    context: AppContext, prefix: str, inpaint: bool, limits: UploadLimits
+    context: AppContext, prefix: str, inpaint: bool, limits: UploadLimits, bridge: UiBridge
 ) -> tuple[Img2ImgPanel, list, list, list]:
     """Build one tab; returns the panel, its generate inputs (after the shared ones) and its outputs."""
     samplers = context.samplers
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{prefix}_prompt")
+            token_counter(prompt, f"{prefix}_token_counter")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{prefix}_neg_prompt")
+            token_counter(negative, f"{prefix}_neg_token_counter")
         with gr.Column(scale=1, min_width=160):
             buttons = job_buttons(prefix)
     panel_inputs: list = []
-    with gr.Row():
-        with gr.Column():
-            image = editor = submode = subtabs = None
+    with gr.Row(elem_classes=["ls-work-row"]):
+        with gr.Column(elem_id=f"{prefix}_settings_col", elem_classes=["ls-settings-col"]):
+            image = editor = submode = subtabs = outpaint_image = None
             if not inpaint:
                 image = gr.Image(label="Image", type="filepath", image_mode=None, sources=["upload", "clipboard"],
                                  elem_id=f"{prefix}_image")
@@ -137,11 +186,7 @@ def _panel(
                                    elem_id=f"{prefix}_submode")
                 with gr.Tabs(elem_id=f"{prefix}_mode") as subtabs:
                     with gr.Tab("Brush mask", id="brush", elem_id=f"{prefix}_tab_brush") as tab_brush:
-                        editor = guard_editor(gr.ImageEditor(
-                            label="Image and mask (paint over what to change)", type="pil", image_mode="RGBA",
-                            sources=["upload", "clipboard"], layers=False, transforms=(),
-                            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"), elem_id=f"{prefix}_editor",
-                        ), limits)
+                        editor = mask_editor(prefix, limits)
                     with gr.Tab("Upload mask", id="upload", elem_id=f"{prefix}_tab_upload") as tab_upload:
                         with gr.Row():
                             upload_image = gr.Image(label="Image", type="filepath", image_mode=None,
@@ -158,29 +203,29 @@ def _panel(
                                                  elem_id=f"{prefix}_outpaint_fill")
                 for tab, name in ((tab_brush, "brush"), (tab_upload, "upload"), (tab_outpaint, "outpaint")):
                     tab.select(lambda n=name: n, outputs=[submode], queue=False)
+                mask_mode = mask_mode_control(prefix, submode)
                 panel_inputs += [submode, editor, upload_image, upload_mask, outpaint_image, *sides, outpaint_fill]
             resize_mode = gr.Radio(RESIZE_CHOICES, value=RESIZE_CHOICES[0], type="index", label="Resize mode",
                                    elem_id=f"{prefix}_resize_mode")
             with gr.Row():
-                sampler = gr.Dropdown(samplers.names(), value="DPM++ 2M", label="Sampling method", elem_id=f"{prefix}_sampler")
+                sampler = gr.Dropdown(samplers.names(), value=context.settings.get("core.default_sampler"), label="Sampling method", elem_id=f"{prefix}_sampler")
                 schedule = gr.Dropdown(samplers.schedule_names(), value="Automatic", label="Schedule type",
                                        elem_id=f"{prefix}_schedule")
-            steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{prefix}_steps")
+            steps = gr.Slider(1, 150, value=context.settings.get("core.default_steps"), step=1, label="Sampling steps", elem_id=f"{prefix}_steps")
             with gr.Row():
                 width = gr.Slider(0, 2048, value=0, step=8, label="Width (0 = the input's)", elem_id=f"{prefix}_width")
                 height = gr.Slider(0, 2048, value=0, step=8, label="Height (0 = the input's)", elem_id=f"{prefix}_height")
             with gr.Row():
                 batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{prefix}_batch_count")
                 batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{prefix}_batch_size")
-            cfg_scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{prefix}_cfg_scale")
+            cfg_scale = gr.Slider(1, 30, value=context.settings.get("core.default_cfg_scale"), step=0.5, label="CFG Scale", elem_id=f"{prefix}_cfg_scale")
             denoise = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{prefix}_denoise")
-            seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id=f"{prefix}_seed")
+            seeds = seed_row(prefix)
+            seed = seeds.seed
             extension_controls = render_sections(context, "img2img", prefix)
             mask_blur = masked_content = inpaint_area = padding = None
             if inpaint:
                 mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id=f"{prefix}_mask_blur")
-                mask_mode = gr.Radio(MASK_MODES, value=MASK_MODES[0], type="index", label="Mask mode",
-                                     elem_id=f"{prefix}_mask_mode")
                 masked_content = gr.Radio(FILL_CHOICES, value=FILL_CHOICES[ORIGINAL], type="index",
                                           label="Masked content", elem_id=f"{prefix}_masked_content")
                 with gr.Row():
@@ -189,18 +234,21 @@ def _panel(
                     padding = gr.Slider(0, 256, value=32, step=4, label="Only masked padding, pixels",
                                         elem_id=f"{prefix}_padding")
                 panel_inputs += [mask_blur, mask_mode, masked_content, inpaint_area, padding]
-        with gr.Column():
-            preview = gr.Image(label="Preview", visible=False, interactive=False, elem_id=f"{prefix}_preview")
-            gallery = gr.Gallery(label="Output", columns=4, elem_id=f"{prefix}_gallery", format="png")
-            infotext = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id=f"{prefix}_infotext")
-            status = gr.Markdown(elem_id=f"{prefix}_status")
+        results = result_column(prefix, bridge)
+        gallery, preview, infotext, status = results.gallery, results.preview, results.infotext, results.status
     shared = [prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, batch_count, batch_size,
               denoise, resize_mode]
     panel = Img2ImgPanel(prefix, prompt, negative, sampler, schedule, steps, cfg_scale, seed, denoise, gallery,
-                         infotext, image, editor, submode, subtabs, mask_blur, masked_content, inpaint_area, padding)
+                         infotext, image, editor, submode, subtabs, mask_blur, masked_content, inpaint_area, padding,
+                         outpaint_image, buttons)
 
     wire_interrupt_and_select(context, buttons, gallery, infotext)
-    return panel, [buttons.generate, *shared, *panel_inputs], [gallery, preview, infotext, status], extension_controls
+    wire_seed_row(seeds, infotext)
+    wire_sampler_schedules(context.samplers, sampler, schedule)
+    for size in (width, height):
+        snap_size_to_8(size)
+    return (panel, [buttons.generate, *shared, *panel_inputs], [gallery, preview, infotext, status],
+            extension_controls)
 
 
 def _base_request(checkpoint: str, values: list[Any]) -> dict[str, Any]:
@@ -213,7 +261,7 @@ def _base_request(checkpoint: str, values: list[Any]) -> dict[str, Any]:
     )
 
 
-def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown) -> Img2ImgControls:
+def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown, bridge: UiBridge) -> Img2ImgControls:
     """The "img2img" and "Inpaint" tabs; call inside the app's `gr.Tabs`."""
     limits = UploadLimits.from_env()
     # Depth models estimate their depth map with the depth_midas preprocessor when its weights are installed.
@@ -221,12 +269,12 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown) -> Img2ImgC
     img2img_runner, outpaint_runner = Img2ImgRunner(context.samplers, depth), OutpaintRunner(context.samplers, depth)
 
     with gr.Tab("img2img", id="img2img"):
-        i2i, (generate, *inputs), outputs, i2i_extension_controls = _panel(context, "img2img", False, limits)
+        i2i, (generate, *inputs), outputs, i2i_extension_controls = _panel(context, "img2img", False, limits, bridge)
 
     def on_img2img(
         checkpoint_title: str, prompt: str, negative: str, sampler: str, schedule: str, steps: float, cfg: float,
         w: float, h: float, seed: float, count: float, size: float, denoise: float, resize_mode: int,
-        image_path: str | None, extensions: dict, request: gr.Request, progress: gr.Progress,
+        image_path: str | None, extensions: dict, request: gr.Request,
     ) -> Iterator[Any]:
         shared = [prompt, negative, sampler, schedule, steps, cfg, w, h, seed, count, size, denoise, resize_mode]
         try:
@@ -236,15 +284,16 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown) -> Img2ImgC
             gen_request = parse_request(Img2ImgRequest, dict(init_image=image, extensions=extensions,
                                                              **_base_request(checkpoint_title, shared)))
         except ValueError as exc:
-            raise error_message(exc) from None
-        yield from run_job_streaming(context, gen_request, owner_of(request), progress, img2img_runner)
+            raise i2i.buttons.notes.refuse(request, exc) from None
+        yield from run_job_streaming(context, gen_request, owner_of(request), i2i.buttons.notes, request,
+                                     img2img_runner)
 
-    generate.click(with_extension_controls(on_img2img, i2i_extension_controls),
+    i2i.buttons.on_generate_failure(generate.click(with_extension_controls(on_img2img, i2i_extension_controls),
                    inputs=[checkpoint, *inputs, *(c for _, _, c in i2i_extension_controls)], outputs=outputs,
-                   concurrency_limit=None, api_name="img2img")
+                   concurrency_limit=None, api_name="img2img", show_progress="hidden"))
 
     with gr.Tab("Inpaint", id="inpaint"):
-        inp, (generate, *inputs), outputs, inp_extension_controls = _panel(context, "inpaint", True, limits)
+        inp, (generate, *inputs), outputs, inp_extension_controls = _panel(context, "inpaint", True, limits, bridge)
 
     def on_inpaint(
         checkpoint_title: str, prompt: str, negative: str, sampler: str, schedule: str, steps: float, cfg: float,
@@ -252,7 +301,7 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown) -> Img2ImgC
         submode: str, editor: dict | None, upload_image: str | None, upload_mask: str | None,
         outpaint_image: str | None, left: float, right: float, up: float, down: float, fill_from: str,
         mask_blur: float, mask_mode: int, masked_content: int, inpaint_area: int, padding: float,
-        extensions: dict, request: gr.Request, progress: gr.Progress,
+        extensions: dict, request: gr.Request,
     ) -> Iterator[Any]:
         shared = [prompt, negative, sampler, schedule, steps, cfg, w, h, seed, count, size, denoise, resize_mode]
         fields = dict(
@@ -283,12 +332,12 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown) -> Img2ImgC
             gen_request = parse_request(Img2ImgRequest,
                                         dict(init_image=image, mask=mask, extensions=extensions, **fields))
         except ValueError as exc:
-            raise error_message(exc) from None
-        yield from run_job_streaming(context, gen_request, owner_of(request), progress, runner)
+            raise inp.buttons.notes.refuse(request, exc) from None
+        yield from run_job_streaming(context, gen_request, owner_of(request), inp.buttons.notes, request, runner)
 
-    generate.click(with_extension_controls(on_inpaint, inp_extension_controls),
+    inp.buttons.on_generate_failure(generate.click(with_extension_controls(on_inpaint, inp_extension_controls),
                    inputs=[checkpoint, *inputs, *(c for _, _, c in inp_extension_controls)], outputs=outputs,
-                   concurrency_limit=None, api_name="inpaint")
+                   concurrency_limit=None, api_name="inpaint", show_progress="hidden"))
     return Img2ImgControls(i2i, inp)
 
 
@@ -312,9 +361,8 @@ def _param_outputs(panel: Img2ImgPanel) -> list[Any]:
     return [getattr(panel, attr) for _, attr in _PARAM_FIELDS] + [panel.denoise]
 
 
-def _checked_path(path: str | None, limits: UploadLimits) -> str:
-    if not path:
-        raise gr.Error("no image to send: generate or upload one first")
+def checked_image_path(path: str, limits: UploadLimits) -> str:
+    """The upload check every sent image goes through, as any uploaded file does."""
     try:
         check_header(path, "image", limits)
     except UploadError as exc:
@@ -322,52 +370,33 @@ def _checked_path(path: str | None, limits: UploadLimits) -> str:
     return path
 
 
-def _send(panel: Img2ImgPanel, tabs: gr.Tabs, path: str, parsed: dict[str, Any]) -> list[Any]:
+def _send_updates(panel: Img2ImgPanel, path: str, parsed: dict[str, Any], outpaint: bool) -> list[Any]:
     if panel.image is not None:
-        target = gr.update(value=path)
-        extra: list[Any] = []
+        target: list[Any] = [gr.update(value=path)]
+    elif outpaint:
+        target = [gr.update(value=path), "outpaint", gr.Tabs(selected="outpaint")]
     else:
-        target = gr.update(value={"background": path, "layers": [], "composite": path})
-        extra = ["brush", gr.Tabs(selected="brush")]
-    return [target, *extra, *_param_updates(panel, parsed), gr.Tabs(selected=panel.prefix)]
+        # a plain value, not gr.update(): an update makes Gradio build a fresh editor for the session, without
+        # guard_editor's upload check
+        target = [{"background": path, "layers": [], "composite": path}, "brush", gr.Tabs(selected="brush")]
+    return [*target, *_param_updates(panel, parsed)]
 
 
-def _send_outputs(panel: Img2ImgPanel, tabs: gr.Tabs) -> list[Any]:
-    target = [panel.image] if panel.image is not None else [panel.editor, panel.submode, panel.subtabs]
-    return [*target, *_param_outputs(panel), tabs]
-
-
-def wire_send_from_gallery(
-    controls: Img2ImgControls, tabs: gr.Tabs, gallery: gr.Gallery, buttons: tuple[gr.Button, gr.Button]
-) -> None:
-    """txt2img's "Send to img2img"/"Send to inpaint": the selected (else the first) image and its infotext."""
-    limits = UploadLimits.from_env()
-    selected = gr.State(0)
-
-    def remember(evt: gr.SelectData) -> int:
-        return int(evt.index) if isinstance(evt.index, int) else 0
-
-    gallery.select(remember, outputs=[selected], queue=False)
-    gallery.change(lambda: 0, outputs=[selected], queue=False)
-
-    for panel, button in zip((controls.img2img, controls.inpaint), buttons):
-        def send(items: list | None, index: int, panel: Img2ImgPanel = panel) -> list[Any]:
-            if not items:
-                raise gr.Error("no image to send: generate one first")
-            item = items[index if 0 <= index < len(items) else 0]
-            path = _checked_path(str(item[0] if isinstance(item, (tuple, list)) else item), limits)
-            parsed = parse_infotext(read_infotext(Path(path)) or "")
-            return _send(panel, tabs, path, parsed)
-
-        button.click(send, inputs=[gallery, selected], outputs=_send_outputs(panel, tabs), queue=False)
+def _send_outputs(panel: Img2ImgPanel, outpaint: bool) -> list[Any]:
+    if panel.image is not None:
+        target = [panel.image]
+    else:
+        target = [panel.outpaint_image if outpaint else panel.editor, panel.submode, panel.subtabs]
+    return [*target, *_param_outputs(panel)]
 
 
 def register_send_targets(bridge: UiBridge, controls: Img2ImgControls) -> None:
-    """"Send to img2img"/"Send to inpaint" for any tab that offers send buttons (PNG Info, extensions)."""
-    limits = UploadLimits.from_env()
-    for name, label, panel in (("img2img", "Send to img2img", controls.img2img),
-                               ("inpaint", "Send to inpaint", controls.inpaint)):
-        def accept(path: str | None, values: dict, panel: Img2ImgPanel = panel) -> list[Any]:
-            return _send(panel, bridge.tabs, _checked_path(path, limits), values or {})[:-1]
+    """"Send to img2img / inpaint / outpaint" targets for every output that has send buttons (galleries, PNG Info,
+    extensions): the image and the parameters its infotext holds."""
+    for name, label, panel, outpaint in (("img2img", "Send to img2img", controls.img2img, False),
+                                         ("inpaint", "Send to inpaint", controls.inpaint, False),
+                                         ("outpaint", "Send to outpaint", controls.inpaint, True)):
+        def accept(path: str | None, values: dict, panel: Img2ImgPanel = panel, outpaint: bool = outpaint) -> list[Any]:
+            return _send_updates(panel, path or "", values or {}, outpaint)
 
-        bridge.register_target(name, label, panel.prefix, _send_outputs(panel, bridge.tabs)[:-1], accept)
+        bridge.register_target(name, label, panel.prefix, _send_outputs(panel, outpaint), accept)

@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from webui.services.embeddings import EmbeddingLibrary
 from webui.services.lora import LoraInfo, LoraLibrary
 from webui.services.model_manager import ModelManager
+from webui.ui.prompt_tools import icon
 
 # Adds the tag to the visible prompt box (the active tab's), unless it is there already, and tells Gradio the value
 # changed. In JavaScript because the picker is an extension section and does not own the prompt component.
@@ -92,7 +93,7 @@ def build_lora_picker(library: LoraLibrary, embeddings: EmbeddingLibrary | None 
             message = gr.Markdown("" if infos else empty, elem_id=f"{mode}_lora_message")
             gallery = gr.Gallery(items, columns=6, height="auto", allow_preview=False, show_label=False,
                                  elem_id=f"{mode}_lora_cards")
-            refresh = gr.Button("🔄 Refresh", size="sm", elem_id=f"{mode}_lora_refresh")
+            refresh = gr.Button("Refresh", icon=icon("refresh"), size="sm", elem_id=f"{mode}_lora_refresh")
         tag = gr.Textbox(visible=False, elem_id=f"{mode}_lora_tag")
 
         def on_select(current: list[LoraInfo], event: gr.SelectData) -> tuple[str, str]:
@@ -123,7 +124,7 @@ def build_lora_picker(library: LoraLibrary, embeddings: EmbeddingLibrary | None 
                                          elem_id=f"{mode}_ti_message")
                 ti_gallery = gr.Gallery(ti_items, columns=6, height="auto", allow_preview=False, show_label=False,
                                         elem_id=f"{mode}_ti_cards")
-                ti_refresh = gr.Button("🔄 Refresh", size="sm", elem_id=f"{mode}_ti_refresh")
+                ti_refresh = gr.Button("Refresh", icon=icon("refresh"), size="sm", elem_id=f"{mode}_ti_refresh")
 
             def on_ti_select(current: list[str], event: gr.SelectData) -> tuple[str, str]:
                 index = event.index if isinstance(event.index, int) else event.index[0]

@@ -8,13 +8,16 @@ from typing import Any
 
 import gradio as gr
 
-from webui.services.infotext import parse_infotext
+from webui.services.infotext import infotext_fields, parse_infotext
 from webui.services.outputs import read_infotext
 from webui.services.uploads import UploadError, UploadLimits, check_header
 
 
 def describe_image(path: str | None) -> tuple[str, str, dict]:
-    """(raw infotext, escaped HTML table, parsed dict) for an uploaded file."""
+    """(raw infotext, escaped HTML table, parsed dict) for an uploaded file.
+
+    The table shows only what the file holds; the parsed dict (for "send to") also has A1111's defaults and derived
+    keys (`Size-1`, `Clip skip`, `RNG`), which the file does not say and the table must not claim it does."""
     if not path:
         return "", "", {}
     try:
@@ -24,11 +27,11 @@ def describe_image(path: str | None) -> tuple[str, str, dict]:
     text = read_infotext(Path(path))
     if not text:
         return "", "<p>No generation parameters found in this image.</p>", {}
-    parsed = parse_infotext(text)
     rows = "".join(
-        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>" for key, value in parsed.items()
+        f"<tr><th>{html.escape(str(key))}</th><td>{html.escape(str(value))}</td></tr>"
+        for key, value in infotext_fields(text).items()
     )
-    return text, f"<table class='pnginfo'>{rows}</table>", parsed
+    return text, f"<table class='pnginfo'>{rows}</table>", parse_infotext(text)
 
 
 def build_pnginfo_tab(ui: Any = None) -> tuple[gr.Image, gr.Textbox, gr.State]:

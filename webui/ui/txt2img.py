@@ -11,7 +11,11 @@ from webui.context import AppContext
 from webui.services.requests import GenerationRequest, RequestError, parse_request
 from webui.ui.bridge import UiBridge
 from webui.ui.extension_sections import render_sections, with_extension_controls
-from webui.ui.job_stream import error_message, job_buttons, run_job_streaming, wire_interrupt_and_select
+from webui.ui.job_stream import (
+    job_buttons, result_column, run_job_streaming, snap_size_to_8, wire_interrupt_and_select,
+    wire_sampler_schedules,
+)
+from webui.ui.prompt_tools import seed_row, token_counter, wire_seed_row
 from webui.ui.session import owner_of
 
 @dataclass
@@ -29,48 +33,44 @@ class Txt2ImgControls:
     seed: gr.Number
     batch_count: gr.Slider
     batch_size: gr.Slider
-    gallery: gr.Gallery | None = None  # for "send to img2img/inpaint"
-    send_img2img: gr.Button | None = None
-    send_inpaint: gr.Button | None = None
+    gallery: gr.Gallery | None = None
+    extension_controls: list | None = None  # (extension, control name, component) of the extension sections
 
 
-def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgControls:
+def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown, bridge: UiBridge | None = None) -> Txt2ImgControls:
     width0, height0 = context.models.default_size()
     samplers = context.samplers
     with gr.Row():
         with gr.Column(scale=3):
             prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt", placeholder="a red circle on a blue background")
+            token_counter(prompt, "txt2img_token_counter")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
+            token_counter(negative, "txt2img_neg_token_counter")
         with gr.Column(scale=1, min_width=160):
             buttons = job_buttons("txt2img")
-    with gr.Row():
-        with gr.Column():
+    with gr.Row(elem_classes=["ls-work-row"]):
+        with gr.Column(elem_id="txt2img_settings_col", elem_classes=["ls-settings-col"]):
             with gr.Row():
-                sampler = gr.Dropdown(samplers.names(), value="DPM++ 2M", label="Sampling method", elem_id="txt2img_sampler")
+                sampler = gr.Dropdown(samplers.names(), value=context.settings.get("core.default_sampler"), label="Sampling method", elem_id="txt2img_sampler")
                 schedule = gr.Dropdown(samplers.schedule_names(), value="Automatic", label="Schedule type", elem_id="txt2img_schedule")
-            steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+            steps = gr.Slider(1, 150, value=context.settings.get("core.default_steps"), step=1, label="Sampling steps", elem_id="txt2img_steps")
             with gr.Row():
-                width = gr.Slider(64, 2048, value=width0, step=8, label="Width", elem_id="txt2img_width")
-                height = gr.Slider(64, 2048, value=height0, step=8, label="Height", elem_id="txt2img_height")
+                width = gr.Slider(64, 2048, value=context.settings.get("core.default_width") or width0, step=8, label="Width", elem_id="txt2img_width")
+                height = gr.Slider(64, 2048, value=context.settings.get("core.default_height") or height0, step=8, label="Height", elem_id="txt2img_height")
             with gr.Row():
                 batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
                 batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
-            cfg_scale = gr.Slider(1, 30, value=7, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
-            seed = gr.Number(value=-1, precision=0, label="Seed (-1 = random)", elem_id="txt2img_seed")
+            cfg_scale = gr.Slider(1, 30, value=context.settings.get("core.default_cfg_scale"), step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+            seeds = seed_row("txt2img")
+            seed = seeds.seed
             extension_controls = render_sections(context, "txt2img")
-        with gr.Column():
-            preview = gr.Image(label="Preview", visible=False, interactive=False, elem_id="txt2img_preview")
-            gallery = gr.Gallery(label="Output", columns=4, elem_id="txt2img_gallery", format="png")
-            with gr.Row():
-                send_img2img = gr.Button("Send to img2img", size="sm", elem_id="txt2img_send_img2img")
-                send_inpaint = gr.Button("Send to inpaint", size="sm", elem_id="txt2img_send_inpaint")
-            infotext = gr.Textbox(label="Generation parameters", lines=4, interactive=False, elem_id="txt2img_infotext")
-            status = gr.Markdown(elem_id="txt2img_status")
+        results = result_column("txt2img", bridge)
+        gallery, preview, infotext, status = results.gallery, results.preview, results.infotext, results.status
 
     def on_generate(
         checkpoint: str, prompt: str, negative_prompt: str, sampler_name: str, scheduler: str, steps: float,
         cfg_scale: float, width: float, height: float, seed: float | None, n_iter: float, batch_size: float,
-        extensions: dict, request: gr.Request, progress: gr.Progress,
+        extensions: dict, request: gr.Request,
     ) -> Iterator[Any]:
         try:
             gen_request = parse_request(GenerationRequest, dict(
@@ -79,22 +79,28 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown) -> Txt2ImgCo
                 seed=-1 if seed is None else seed, batch_size=batch_size, n_iter=n_iter, model=checkpoint or None,
                 extensions=extensions,
             ))
-        except RequestError as exc:  # the schema names the field; Gradio shows the one line
-            raise error_message(exc) from None
-        yield from run_job_streaming(context, gen_request, owner_of(request), progress)
+        except RequestError as exc:  # the schema names the field; the message goes next to Generate
+            raise buttons.notes.refuse(request, exc) from None
+        yield from run_job_streaming(context, gen_request, owner_of(request), buttons.notes, request)
 
-    buttons.generate.click(
+    generating = buttons.generate.click(
         with_extension_controls(on_generate, extension_controls),
         inputs=[checkpoint, prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, batch_count,
                 batch_size, *(component for _, _, component in extension_controls)],
         outputs=[gallery, preview, infotext, status],
         concurrency_limit=None,  # the job queue orders the device work; this handler submits and watches
         api_name="txt2img",
+        show_progress="hidden",  # one progress bar, in the status line: Gradio's overlay hid the live preview
     )
+    buttons.on_generate_failure(generating)
 
     wire_interrupt_and_select(context, buttons, gallery, infotext, public_api=True)
+    wire_seed_row(seeds, infotext)
+    wire_sampler_schedules(samplers, sampler, schedule)
+    for size in (width, height):
+        snap_size_to_8(size)
     return Txt2ImgControls(prompt, negative, sampler, schedule, steps, cfg_scale, width, height, seed, batch_count, batch_size,
-                           gallery, send_img2img, send_inpaint)
+                           gallery, extension_controls)
 
 
 _PASTE_FIELDS = (
@@ -111,3 +117,18 @@ def register_txt2img_target(bridge: UiBridge, controls: Txt2ImgControls) -> None
 
     outputs = [getattr(controls, attribute) for _, attribute in _PASTE_FIELDS]
     bridge.register_target("txt2img", "Send to txt2img", "txt2img", outputs, accept)
+
+
+def register_controlnet_target(bridge: UiBridge, controls: Txt2ImgControls) -> None:
+    """"Send to ControlNet": the image becomes txt2img's first ControlNet unit's control image (unit enabled), with
+    the parameters, when the ControlNet extension's section is there."""
+    accept = bridge.targets["txt2img"].accept
+    outputs = bridge.targets["txt2img"].outputs
+    unit = {name: component for extension, name, component in controls.extension_controls or []
+            if extension == "controlnet"}
+    if "unit0.image" in unit and "unit0.enabled" in unit:
+        def to_controlnet(image_path: str | None, parsed: dict[str, Any]) -> list[Any]:
+            return [*accept(image_path, parsed), gr.update(value=image_path), True]
+
+        bridge.register_target("controlnet", "Send to ControlNet", "txt2img",
+                               [*outputs, unit["unit0.image"], unit["unit0.enabled"]], to_controlnet)

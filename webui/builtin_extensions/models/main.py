@@ -55,7 +55,7 @@ def register(api: ExtensionAPI) -> None:
             try:
                 models.set_prediction_override(checkpoint, None if choice == "auto" else choice)
             except ModelError as exc:
-                return table(), f"⚠️ {exc}"
+                return table(), f"**Error:** {exc}"
             return table(), f"{checkpoint}: prediction type {choice} (used from the next generation)"
 
         apply.click(on_apply, inputs=[name, prediction], outputs=[listing, status],

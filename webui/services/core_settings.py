@@ -1,0 +1,163 @@
+"""The app's own settings, registered through the same `SettingSpec` API extensions use (`api.add_setting`).
+
+Grouped as A1111's Settings tab: saving, live previews, user interface, sampler parameters, model cache. Each one is
+read where it acts: `save_options` by the output store at every save, `generation_options` by the generation service
+at every job, the UI defaults when the UI is built (restart), the cache sizes through `SettingsStore.watch` (live).
+Keys are `core.<A1111 option name>` where A1111 has one, so its documentation explains them; docs/settings.md lists
+every key, its type, default and what it changes.
+"""
+
+from __future__ import annotations
+
+from webui.services.generation import PREVIEW_METHODS, GenerationOptions
+from webui.services.outputs import SAMPLE_FORMATS, SaveOptions, check_filename_pattern, check_folder
+from webui.services.settings import SettingSpec, SettingsStore
+
+SAVING = "Saving images"
+PREVIEWS = "Live previews"
+USER_INTERFACE = "User interface"
+SAMPLER_PARAMETERS = "Sampler parameters"
+MODEL_CACHE = "Model cache"
+SECTIONS = (SAVING, PREVIEWS, USER_INTERFACE, SAMPLER_PARAMETERS, MODEL_CACHE)  # the tab's order; extensions follow
+
+OUTDIR_TXT2IMG = "core.outdir_txt2img_samples"
+OUTDIR_IMG2IMG = "core.outdir_img2img_samples"
+OUTDIR_TXT2IMG_GRIDS = "core.outdir_txt2img_grids"
+OUTDIR_IMG2IMG_GRIDS = "core.outdir_img2img_grids"
+FILENAME_PATTERN = "core.samples_filename_pattern"
+GRID_SAVE = "core.grid_save"
+SAMPLES_FORMAT = "core.samples_format"
+JPEG_QUALITY = "core.jpeg_quality"
+ENABLE_PNGINFO = "core.enable_pnginfo"
+LIVE_PREVIEWS = "core.live_previews_enable"
+PREVIEW_EVERY = "core.show_progress_every_n_steps"
+PREVIEW_METHOD = "core.show_progress_type"
+DEFAULT_SAMPLER = "core.default_sampler"
+DEFAULT_STEPS = "core.default_steps"
+DEFAULT_CFG = "core.default_cfg_scale"
+DEFAULT_WIDTH = "core.default_width"
+DEFAULT_HEIGHT = "core.default_height"
+THEME = "core.theme"
+ETA = "core.eta_ddim"
+ENSD = "core.eta_noise_seed_delta"
+S_CHURN = "core.s_churn"
+CHECKPOINT_CACHE = "core.sd_checkpoint_cache"
+CONTROLNET_CACHE = "core.control_net_model_cache_size"
+
+THEMES = ("system", "light", "dark")
+DEFAULT_SAMPLER_NAME = "DPM++ 2M"
+
+
+def _multiple_of_8(value: int) -> str | None:
+    return None if value % 8 == 0 else "not a multiple of 8"
+
+
+def core_specs(sampler_names: list[str], checkpoint_cache: int = 1, controlnet_cache: int = 2) -> list[SettingSpec]:
+    """Every core option. `checkpoint_cache` is the `--ram-cache` flag: the default until a value is saved."""
+    folder_help = "a folder inside the outputs folder (letters, digits, space, '-', '_', '.'; '/' for subfolders)"
+    pattern_help = ("text with [tokens] such as [seed], [prompt_words], [date], [model_name]; no '/' "
+                    "(docs/settings.md lists every token)")
+    sampler_default = DEFAULT_SAMPLER_NAME if DEFAULT_SAMPLER_NAME in sampler_names else sampler_names[0]
+
+    def spec(key: str, default, label: str, kind: str = "text", section: str = SAVING, **more) -> SettingSpec:
+        return SettingSpec(key, default, label, kind, owner="core", section=section, **more)  # type: ignore[arg-type]
+
+    return [
+        spec(OUTDIR_TXT2IMG, "txt2img", "Output folder for txt2img images", help=folder_help, check=check_folder),
+        spec(OUTDIR_IMG2IMG, "img2img", "Output folder for img2img and inpaint images", help=folder_help,
+             check=check_folder),
+        spec(OUTDIR_TXT2IMG_GRIDS, "txt2img-grids", "Output folder for txt2img grids", help=folder_help,
+             check=check_folder),
+        spec(OUTDIR_IMG2IMG_GRIDS, "img2img-grids", "Output folder for img2img grids", help=folder_help,
+             check=check_folder),
+        spec(FILENAME_PATTERN, "[seed]", "File-name pattern (after the NNNNN- number)", help=pattern_help,
+             check=check_filename_pattern),
+        spec(GRID_SAVE, False, "Save a grid of each batch of more than one image", "checkbox"),
+        spec(SAMPLES_FORMAT, "png", "File format for images", "dropdown", choices=SAMPLE_FORMATS),
+        spec(JPEG_QUALITY, 80, "JPEG/WebP quality", "slider", minimum=1, maximum=100, step=1, integer=True),
+        spec(ENABLE_PNGINFO, True, "Save the generation parameters in the file (PNG info / EXIF)", "checkbox"),
+        spec(LIVE_PREVIEWS, True, "Show live previews while sampling", "checkbox", section=PREVIEWS),
+        spec(PREVIEW_EVERY, 3, "Live preview every N sampling steps", "slider", section=PREVIEWS, minimum=1,
+             maximum=32, step=1, integer=True),
+        spec(PREVIEW_METHOD, PREVIEW_METHODS[0], "Live preview method", "dropdown", section=PREVIEWS,
+             choices=PREVIEW_METHODS),
+        spec(DEFAULT_SAMPLER, sampler_default, "Default sampling method", "dropdown", section=USER_INTERFACE,
+             choices=tuple(sampler_names), restart_required=True),
+        spec(DEFAULT_STEPS, 20, "Default sampling steps", "slider", section=USER_INTERFACE, minimum=1, maximum=150,
+             step=1, integer=True, restart_required=True),
+        spec(DEFAULT_CFG, 7.0, "Default CFG scale", "slider", section=USER_INTERFACE, minimum=1, maximum=30, step=0.5,
+             restart_required=True),
+        spec(DEFAULT_WIDTH, 0, "Default txt2img width (0 = the model's own size)", "slider", section=USER_INTERFACE,
+             minimum=0, maximum=2048, step=8, integer=True, restart_required=True, check=_multiple_of_8,
+             help="a multiple of 8"),
+        spec(DEFAULT_HEIGHT, 0, "Default txt2img height (0 = the model's own size)", "slider",
+             section=USER_INTERFACE, minimum=0, maximum=2048, step=8, integer=True, restart_required=True,
+             check=_multiple_of_8, help="a multiple of 8"),
+        spec(THEME, "system", "Theme", "dropdown", section=USER_INTERFACE, choices=THEMES,
+             help="system follows the browser's light/dark preference; applies at once and on every page load"),
+        spec(ETA, 0.0, "Eta for DDIM (noise multiplier)", "slider", section=SAMPLER_PARAMETERS, minimum=0, maximum=1,
+             step=0.01),
+        spec(ENSD, 0, "Eta noise seed delta (ENSD) for ancestral and SDE samplers", "number",
+             section=SAMPLER_PARAMETERS, minimum=0, maximum=2**31 - 1, integer=True),
+        spec(S_CHURN, 0.0, "Sigma churn (Euler)", "slider", section=SAMPLER_PARAMETERS, minimum=0, maximum=100,
+             step=0.01),
+        spec(CHECKPOINT_CACHE, checkpoint_cache, "Checkpoints to keep in RAM", "slider", section=MODEL_CACHE,
+             minimum=0, maximum=16, step=1, integer=True),
+        spec(CONTROLNET_CACHE, controlnet_cache, "ControlNet models to keep loaded", "slider", section=MODEL_CACHE,
+             minimum=0, maximum=16, step=1, integer=True),
+    ]
+
+
+def register_core_settings(settings: SettingsStore, sampler_names: list[str], checkpoint_cache: int = 1,
+                           controlnet_cache: int = 2) -> None:
+    """Register the core options (before extensions load, so an extension cannot take a `core.` key)."""
+    for spec in core_specs(sampler_names, checkpoint_cache, controlnet_cache):
+        settings.register(spec)
+
+
+def save_options(settings: SettingsStore) -> SaveOptions:
+    """The Saving settings as the output store uses them."""
+    return SaveOptions(
+        folders={"txt2img": settings.get(OUTDIR_TXT2IMG), "img2img": settings.get(OUTDIR_IMG2IMG)},
+        grid_folders={"txt2img": settings.get(OUTDIR_TXT2IMG_GRIDS), "img2img": settings.get(OUTDIR_IMG2IMG_GRIDS)},
+        filename_pattern=settings.get(FILENAME_PATTERN),
+        format=settings.get(SAMPLES_FORMAT),
+        quality=int(settings.get(JPEG_QUALITY)),
+        pnginfo=bool(settings.get(ENABLE_PNGINFO)),
+        save_grid=bool(settings.get(GRID_SAVE)),
+    )
+
+
+def generation_options(settings: SettingsStore) -> GenerationOptions:
+    """Previews and sampler parameters as the generation service uses them, read once per job."""
+    return GenerationOptions(
+        live_previews=bool(settings.get(LIVE_PREVIEWS)),
+        preview_every=int(settings.get(PREVIEW_EVERY)),
+        preview_method=settings.get(PREVIEW_METHOD),
+        eta=float(settings.get(ETA)),
+        ensd=int(settings.get(ENSD)),
+        s_churn=float(settings.get(S_CHURN)),
+    )
+
+
+def ui_defaults(settings: SettingsStore) -> dict[str, object]:
+    """The generation tabs' starting values; read when the UI is built."""
+    return {
+        "sampler": settings.get(DEFAULT_SAMPLER),
+        "steps": settings.get(DEFAULT_STEPS),
+        "cfg_scale": settings.get(DEFAULT_CFG),
+        "width": settings.get(DEFAULT_WIDTH),
+        "height": settings.get(DEFAULT_HEIGHT),
+    }
+
+
+def settings_table_markdown(specs: list[SettingSpec]) -> str:
+    """The core options as a Markdown table; docs/settings.md holds this text and a test keeps them equal."""
+    lines = ["| Section | Key | Type | Default | Allowed | Restart |", "|---|---|---|---|---|---|"]
+    for section in SECTIONS:
+        for spec in (s for s in specs if s.section == section):
+            kind = "whole number" if spec.integer else "number" if spec.kind == "slider" else spec.kind
+            allowed = spec.allowed().replace("|", "\\|")
+            restart = "yes" if spec.restart_required else "no"
+            lines.append(f"| {section} | `{spec.key}` | {kind} | `{spec.default!r}` | {allowed} | {restart} |")
+    return "\n".join(lines) + "\n"
