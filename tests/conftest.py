@@ -142,3 +142,19 @@ def tiny_service_context(root: Path, checkpoint: TinyCheckpoint, name: str = "ti
     checkpoints.mkdir(parents=True)
     (checkpoints / f"{name}.safetensors").symlink_to(checkpoint.path)
     return build_context(AppPaths(root / "models", root / "outputs", root / "data"), device="cpu", load_extensions=False)
+
+
+@pytest.fixture(scope="module")
+def ui_browser():
+    """One headless Chromium per browser-test module (module scope: Playwright's sync API cannot run two at once, and
+    some modules drive their own)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.ui_artifacts import launch_chromium
+
+    with sync_playwright() as playwright:
+        browser = launch_chromium(playwright)
+        try:
+            yield browser
+        finally:
+            browser.close()

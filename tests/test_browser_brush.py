@@ -21,8 +21,7 @@ import pytest
 from PIL import Image
 
 from tests.server_process import AppServer
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, require_chromium
-from tests.ui_artifacts import VIEWPORTS, save_screenshot
+from tests.ui_artifacts import VIEWPORTS, open_app_page, save_screenshot
 
 TIMEOUT_MS = 120_000
 WIDTH, HEIGHT = 128, 80  # shorter side 80: a default stroke about 8 px wide (a brush radius of 4)
@@ -31,38 +30,22 @@ EDITOR = "#inpaint_editor"
 CANVAS = f"{EDITOR} .pixi-target canvas"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def chromium() -> None:
-    require_chromium()
-
-
 @pytest.fixture(scope="module")
-def browser(browser_app: AppServer):
-    """One browser for the module. The images this module generates are removed afterwards, so modules that count
-    the shared server's outputs are not affected by it."""
-    from playwright.sync_api import sync_playwright
-
+def browser(ui_browser, browser_app: AppServer):
+    """The module's browser. The images this module generates are removed afterwards, so modules that count the
+    shared server's outputs are not affected by it."""
     outputs = browser_app.root / "outputs"
     before = set(outputs.rglob("*")) if outputs.exists() else set()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
-            for path in sorted(set(outputs.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
-                path.unlink() if path.is_file() else path.rmdir()
+    yield ui_browser
+    for path in sorted(set(outputs.rglob("*")) - before, key=lambda p: len(p.parts), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
 
 
 @pytest.fixture(params=list(VIEWPORTS))
 def page(request: pytest.FixtureRequest, browser, browser_app: AppServer):
-    context = browser.new_context(viewport=VIEWPORTS[request.param])
-    page = context.new_page()
-    page.viewport_name = request.param  # type: ignore[attr-defined]
-    page.goto(browser_app.url, wait_until="domcontentloaded")
-    page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+    page = open_app_page(browser, browser_app.url, request.param)
     yield page
-    context.close()
+    page.context.close()
 
 
 @pytest.fixture(scope="module")

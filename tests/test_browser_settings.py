@@ -16,7 +16,6 @@ from typing import Any, Iterator
 import pytest
 
 from tests.server_process import AppServer
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, require_chromium
 from tests.ui_artifacts import VIEWPORTS, save_screenshot
 from webui.services.outputs import read_infotext
 
@@ -33,16 +32,8 @@ def server(browser_app: AppServer) -> AppServer:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+def browser(ui_browser) -> Any:
+    return ui_browser
 
 
 def post_options(server: AppServer, changes: dict[str, Any]) -> tuple[int, str]:

@@ -16,28 +16,15 @@ from pathlib import Path
 import pytest
 
 from tests.server_process import AppServer
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, require_chromium
-from tests.ui_artifacts import VIEWPORTS, save_screenshot
+from tests.ui_artifacts import VIEWPORTS, open_app_page, save_screenshot
 
 TIMEOUT_MS = 120_000
 ONE_SENTENCE = re.compile(r"^[A-Z0-9][^\n]*[.]$")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def chromium() -> None:
-    require_chromium()
-
-
 @pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+def browser(ui_browser):
+    return ui_browser
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +40,8 @@ def pages(browser, browser_app: AppServer) -> Iterator[dict]:
 def page(request: pytest.FixtureRequest, pages: dict, browser, browser_app: AppServer):
     name = request.param
     if name not in pages:
-        page = browser.new_context(viewport=VIEWPORTS[name]).new_page()
-        page.goto(browser_app.url, wait_until="domcontentloaded")
-        page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
-        pages[name] = page
+        pages[name] = open_app_page(browser, browser_app.url, name)
     page = pages[name]
-    page.viewport_name = name  # type: ignore[attr-defined]
     _open_tab(page, "txt2img")
     yield page
 

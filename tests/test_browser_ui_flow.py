@@ -17,38 +17,16 @@ from pathlib import Path
 import pytest
 
 from tests.server_process import AppServer
-from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, require_chromium
-from tests.ui_artifacts import VIEWPORTS, open_tab, save_screenshot
+from tests.ui_artifacts import VIEWPORTS, open_app_page, open_tab, save_screenshot
 
 TIMEOUT_MS = 120_000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def chromium() -> None:
-    require_chromium()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
-
-
 @pytest.fixture(params=list(VIEWPORTS))
-def page(request: pytest.FixtureRequest, browser, browser_app: AppServer):
-    context = browser.new_context(viewport=VIEWPORTS[request.param])
-    page = context.new_page()
-    page.viewport_name = request.param  # type: ignore[attr-defined]
-    page.goto(browser_app.url, wait_until="domcontentloaded")
-    page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+def page(request: pytest.FixtureRequest, ui_browser, browser_app: AppServer):
+    page = open_app_page(ui_browser, browser_app.url, request.param)
     yield page
-    context.close()
+    page.context.close()
 
 
 def _set(page, elem_id: str, value: object) -> None:

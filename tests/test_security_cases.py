@@ -427,10 +427,12 @@ def test_case_18_server_paths_in_component_values_are_neither_copied_nor_served(
     with _browser(server, "bob") as bob:
         for path in ("/etc/passwd", str(alice_png), str(ROOT / "launch.py")):
             value = {"path": path, "orig_name": "x.png", "meta": {"_type": "gradio.FileData"}}
-            for api_name, data in (("pnginfo", [value]), ("send", [[{"image": value, "caption": None}]])):
-                status, event, payload = _gradio_call(bob, api_name, data)
-                assert (status, event) == (200, "error"), (api_name, path, payload)
-                assert "was not uploaded by a user" in payload["error"]
+            status, event, payload = _gradio_call(bob, "pnginfo", [value])
+            assert (status, event) == (200, "error"), (path, payload)
+            assert "was not uploaded by a user" in payload["error"]
+        # the gallery "Send to ..." buttons are no API endpoints at all (they only move values between tabs)
+        endpoints = bob.get("gradio_api/info").json()["named_endpoints"]
+        assert "/pnginfo" in endpoints and not any("send" in name for name in endpoints)
     after = {p for p in cache.rglob("*") if p.is_file()} if cache.exists() else set()
     assert not any(p.name in ("passwd", alice_png.name, "launch.py") for p in after - before)
 

@@ -48,7 +48,7 @@ def test_whole_number_fields_accept_the_floats_sliders_send() -> None:
 
 
 def test_a_finished_job_reports_done_size_and_previews(app) -> None:
-    app.generation.preview_every = 1
+    app.settings.update({"core.show_progress_every_n_steps": 1})  # the Settings tab's "live preview every N steps"
     job = app.jobs.create("alice", "txt2img")
     request = GenerationRequest(prompt="a red circle", steps=4, width=96, height=64, seed=3, sampler_name="Euler")
     result = app.generation.run(job, request)

@@ -151,4 +151,4 @@ def test_txt2img_endpoint_matches_the_docs(app) -> None:
     assert all(re.fullmatch(r"(controlnet|cfg_rescale)_\w+", name) for name in names[len(documented):])
     extension_defaults = {p["parameter_name"]: p["parameter_default"] for p in endpoint["parameters"][len(documented):]}
     assert extension_defaults["cfg_rescale_enabled"] is False
-    assert [r["component"] for r in endpoint["returns"]] == ["Gallery", "Image", "Textbox", "Markdown"]
+    assert [r["component"] for r in endpoint["returns"]] == ["Gallery", "Image", "Textbox", "Html"]

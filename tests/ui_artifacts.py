@@ -51,3 +51,21 @@ def open_tab(page, name: str, attempts: int = 3) -> None:
         if selected.count() and selected.first.inner_text().strip() == name:
             return
     raise AssertionError(f"the {name!r} tab did not open")
+
+
+def launch_chromium(playwright):
+    """The Debian Chromium every browser test drives (skips without it on a developer machine, fails under CI)."""
+    from tests.test_browser import CHROMIUM, CHROMIUM_FLAGS, require_chromium
+
+    require_chromium()
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+
+
+def open_app_page(browser, url: str, viewport: str):
+    """A fresh browser context at one of VIEWPORTS with the app loaded; `page.viewport_name` names the viewport for
+    screenshot file names. Close it with `page.context.close()`."""
+    page = browser.new_context(viewport=VIEWPORTS[viewport]).new_page()
+    page.viewport_name = viewport
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector("#txt2img_prompt textarea", timeout=60_000)
+    return page
