@@ -196,16 +196,21 @@ def kohya_metadata(model: LoadedModel, shape: LoraShape, facts: dict[str, object
     return metadata
 
 
-def save_lora(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
-    """Atomic write: a temp file renamed over the final name, so a crash leaves no half-written LoRA behind."""
+def save_safetensors_atomically(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """A temp file renamed over the final name, so a crash leaves no half-written file behind."""
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.partial")
     try:
-        save_file(tensors, str(temp), metadata={**metadata, "sshs_model_hash": addnet_hash(tensors)})
+        save_file(tensors, str(temp), metadata=metadata)
         temp.replace(path)
     finally:
         temp.unlink(missing_ok=True)
     return path
+
+
+def save_lora(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Atomic write, with the addnet hash A1111 shows."""
+    return save_safetensors_atomically(path, tensors, {**metadata, "sshs_model_hash": addnet_hash(tensors)})

@@ -109,16 +109,8 @@ def embedding_owner(path: Path) -> str | None:
 
 
 def save_embedding(path: Path, embedding: TriggerEmbedding, lora_name: str) -> Path:
-    """Atomic write (temp file, then rename), as for the LoRA file."""
-    from safetensors.torch import save_file
+    """Atomic write, as for the LoRA file."""
+    from .lora_network import save_safetensors_atomically
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.partial")
-    try:
-        save_file(embedding.file_tensors(), str(temp),
-                  metadata={OWNER_KEY: lora_name, "trigger": embedding.trigger})
-        temp.replace(path)
-    finally:
-        temp.unlink(missing_ok=True)
-    return path
+    return save_safetensors_atomically(path, embedding.file_tensors(),
+                                       {OWNER_KEY: lora_name, "trigger": embedding.trigger})
