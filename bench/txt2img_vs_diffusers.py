@@ -63,6 +63,8 @@ def main() -> None:
 
     write_clip_tokenizer(work / "tokenizer", "<|endoftext|>")
     spec, schedule = context.samplers.resolve(args.sampler)
+    if spec.function is not None:  # an A1111 (k-diffusion) name: diffusers' pipeline runs its diffusers twin
+        spec, schedule = context.samplers.resolve(f"{spec.name} (diffusers)", schedule)
     pipe = StableDiffusionPipeline(
         vae=model.vae, text_encoder=model.text_encoders[0].model,
         tokenizer=CLIPTokenizer.from_pretrained(str(work / "tokenizer")), unet=model.unet,

@@ -129,7 +129,7 @@ def test_send_to_every_target_copies_image_and_parameters(page, browser_app: App
     _generate(page, "a blue star", steps=2, seed=21)
     _wait_idle_with_images(page, "txt2img")
     buttons = [text.strip() for text in page.locator("#txt2img_send_row button").all_inner_texts()]
-    assert buttons == ["Send to img2img", "Send to inpaint", "Send to outpaint", "Send to ControlNet"]
+    assert buttons == ["Send to img2img", "Send to inpaint", "Send to outpaint", "Send to ControlNet", "Send to extras"]
 
     page.click("#txt2img_send_img2img")
     page.wait_for_selector("#img2img_image img", timeout=30_000)

@@ -95,7 +95,7 @@ def _run(parity_models: ParityModels, tiny, controlnet_files, units: list[dict],
     `with_plain`, ours without any unit (to show the control had a visible effect)."""
     model, pipe = parity_models.get(tiny, "epsilon")
     seeds = batch_seeds(seed, 2)
-    params = SamplingParams(prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler", steps=STEPS, cfg_scale=CFG,
+    params = SamplingParams(prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler (diffusers)", steps=STEPS, cfg_scale=CFG,
                             width=width, height=height, seeds=seeds)
     ours_units, truths, images = [], [], []
     for unit in units:
@@ -116,7 +116,7 @@ def _run(parity_models: ParityModels, tiny, controlnet_files, units: list[dict],
     single = len(truths) == 1
     reference = cls.from_pipe(pipe, controlnet=truths[0] if single else truths)
     reference.set_progress_bar_config(disable=True)
-    reference.scheduler = reference_scheduler("Euler", "Automatic", "epsilon", seeds[0])
+    reference.scheduler = reference_scheduler("Euler (diffusers)", "Automatic", "epsilon", seeds[0])
     kwargs = dict(
         controlnet_conditioning_scale=[u.get("weight", 1.0) for u in units],
         control_guidance_start=[u.get("start", 0.0) for u in units],
@@ -221,7 +221,7 @@ def test_img2img_unit_matches_diffusers_controlnet_img2img(
     path, truth = controlnet_files[file]
     unit = ControlUnit(load_controlnet(path).model, control_image(control_picture(width, height), width, height, 0),
                        weight=0.9, guidance_end=0.6)
-    params = SamplingParams(prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler", steps=STEPS, cfg_scale=CFG,
+    params = SamplingParams(prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler (diffusers)", steps=STEPS, cfg_scale=CFG,
                             width=width, height=height, seeds=seeds)
     ours = img2img(model, params, REGISTRY, init, Img2ImgOptions(denoising_strength=0.7), [ControlNetExtension([unit])])
 
@@ -229,7 +229,7 @@ def test_img2img_unit_matches_diffusers_controlnet_img2img(
            else diffusers.StableDiffusionControlNetImg2ImgPipeline)
     reference = cls.from_pipe(pipe, controlnet=truth)
     reference.set_progress_bar_config(disable=True)
-    reference.scheduler = reference_scheduler("Euler", "Automatic", "epsilon", seeds[0])
+    reference.scheduler = reference_scheduler("Euler (diffusers)", "Automatic", "epsilon", seeds[0])
     latents = reference_latents(reference, reference.image_processor.preprocess(init)).repeat(2, 1, 1, 1)
     run = int(0.7 * STEPS) + 1  # A1111's step count, 4; diffusers runs int(steps * strength)
     ref = reference(

@@ -23,7 +23,7 @@ REGISTRY = SamplerRegistry()
 
 def params(prompt: str = "a red circle", negative: str = "blurry", cfg: float = 6.0, steps: int = 3,
            seeds: tuple[int, ...] = (7, 8)) -> SamplingParams:
-    return SamplingParams(prompt=prompt, negative_prompt=negative, sampler="Euler", steps=steps, cfg_scale=cfg,
+    return SamplingParams(prompt=prompt, negative_prompt=negative, sampler="Euler (diffusers)", steps=steps, cfg_scale=cfg,
                           width=64, height=64, seeds=list(seeds))
 
 
@@ -152,7 +152,7 @@ def test_cfg_rescale_matches_diffusers_guidance_rescale(
     p = params(prompt="a blue square", negative="noise", cfg=9.0, steps=4, seeds=tuple(seeds))
     ours = txt2img(ours_model, p, REGISTRY, [CfgRescale(0.7)])
     plain = txt2img(ours_model, p, REGISTRY)
-    pipe.scheduler = reference_scheduler("Euler", "Automatic", prediction, seeds[0])
+    pipe.scheduler = reference_scheduler("Euler (diffusers)", "Automatic", prediction, seeds[0])
     ref = pipe(prompt="a blue square", negative_prompt="noise", num_inference_steps=4, guidance_scale=9.0,
                guidance_rescale=0.7, width=64, height=64, latents=reference_noise(seeds, 64, 64),
                num_images_per_prompt=2).images

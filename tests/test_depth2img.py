@@ -119,9 +119,9 @@ def test_variant_detection_by_unet_input_channels() -> None:
 
 
 @pytest.mark.parametrize("sampler,schedule,strength,width,height", [
-    ("Euler", "Automatic", 0.7, 64, 96),
+    ("Euler (diffusers)", "Automatic", 0.7, 64, 96),
     ("DDIM", "Automatic", 0.5, 96, 64),
-    ("DPM++ 2M", "Karras", 0.8, 64, 64),  # A1111 runs all 5 steps: diffusers' strength 1
+    ("DPM++ 2M (diffusers)", "Karras", 0.8, 64, 64),  # A1111 runs all 5 steps: diffusers' strength 1
 ])
 def test_depth2img_matches_diffusers(depth: DepthPair, sampler: str, schedule: str, strength: float, width: int,
                                      height: int) -> None:

@@ -50,14 +50,14 @@ def write_sdxl(path: Path, clip_l: torch.Tensor, clip_g: torch.Tensor) -> Path:
 
 def images(model, prompt: str, negative: str, embeddings, width: int = 64, height: int = 64,
            steps: int = 4) -> list[np.ndarray]:
-    params = SamplingParams(prompt=prompt, negative_prompt=negative, sampler="Euler", steps=steps, cfg_scale=6.0,
+    params = SamplingParams(prompt=prompt, negative_prompt=negative, sampler="Euler (diffusers)", steps=steps, cfg_scale=6.0,
                             width=width, height=height, seeds=batch_seeds(3, 2), embeddings=embeddings)
     return [np.asarray(i, dtype=int) for i in txt2img(model, params, SamplerRegistry())]
 
 
 def reference_images(pipe, prompt: str, negative: str, width: int = 64, height: int = 64) -> list[np.ndarray]:
     seeds = batch_seeds(3, 2)
-    pipe.scheduler = reference_scheduler("Euler", "Automatic", "epsilon", seeds[0])
+    pipe.scheduler = reference_scheduler("Euler (diffusers)", "Automatic", "epsilon", seeds[0])
     out = pipe(prompt=prompt, negative_prompt=negative, num_inference_steps=4, guidance_scale=6.0, width=width,
                height=height, latents=reference_noise(seeds, height, width), num_images_per_prompt=2,
                generator=reference_generators(seeds)).images
@@ -146,7 +146,7 @@ def test_embeddings_through_the_app_with_ti_hashes(tiny_sd1, tiny_sdxl, tmp_path
     (models / "embeddings" / "junk.pt").write_bytes(b"not a pickle")
     app = build_context(AppPaths(models, tmp_path / "outputs", tmp_path / "data", ()), device="cpu")
     request = GenerationRequest(prompt="a circle, style_emb", negative_prompt="blurry", steps=3, width=64, height=64,
-                                seed=3, sampler_name="Euler", cfg_scale=6.0, batch_size=2)
+                                seed=3, sampler_name="Euler (diffusers)", cfg_scale=6.0, batch_size=2)
     result = app.generation.run(app.jobs.create("t", "txt2img"), request)
     model = app.models.get("tiny")
     expected = images(model, "a circle, style_emb", "blurry", app.embeddings.for_model(model), steps=3)

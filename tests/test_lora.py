@@ -66,14 +66,14 @@ def state_hash(model: LoadedModel) -> str:
 
 
 def ours_images(model: LoadedModel, seed: int = 5, width: int = 64, height: int = 64) -> list[np.ndarray]:
-    params = SamplingParams(prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler", schedule="Automatic", steps=4,
+    params = SamplingParams(prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler (diffusers)", schedule="Automatic", steps=4,
                             cfg_scale=6.0, width=width, height=height, seeds=batch_seeds(seed, 2))
     return [np.asarray(image, dtype=int) for image in txt2img(model, params, REGISTRY)]
 
 
 def reference_images(pipe, seed: int = 5, width: int = 64, height: int = 64, **kwargs) -> list[np.ndarray]:
     seeds = batch_seeds(seed, 2)
-    pipe.scheduler = reference_scheduler("Euler", "Automatic", "epsilon", seeds[0])
+    pipe.scheduler = reference_scheduler("Euler (diffusers)", "Automatic", "epsilon", seeds[0])
     images = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=4, guidance_scale=6.0, width=width,
                   height=height, latents=reference_noise(seeds, height, width), num_images_per_prompt=2,
                   generator=reference_generators(seeds), **kwargs).images

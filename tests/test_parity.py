@@ -1,4 +1,5 @@
-"""The project's txt2img equals diffusers' own pipelines on the same file, noise and scheduler (CPU, fp32).
+"""The project's txt2img equals diffusers' own pipelines on the same file, noise and scheduler (CPU, fp32), for every
+diffusers-backed sampler name (the k-diffusion names are checked against A1111 in test_a1111_seed_parity.py).
 
 The reference side never calls project engine code: its scheduler comes from the hand-written table in
 tests/sampler_table.py, its start noise and long-prompt embeddings are computed in tests/reference.py.
@@ -79,23 +80,24 @@ def test_ddim_matches_diffusers_pipeline(
     assert _compare(parity_models, tiny, "DDIM") <= MAX_PIXEL_DIFF
 
 
-@pytest.mark.parametrize("sampler", REGISTRY.names())
+@pytest.mark.parametrize("sampler", [name for name in REGISTRY.names() if REGISTRY.resolve(name)[0].path == "diffusers"])
 def test_every_sampler_matches_its_documented_scheduler(sampler: str, tiny_sd1, parity_models: ParityModels) -> None:
     assert sampler in SAMPLERS, "add the sampler to tests/sampler_table.py"
     assert _compare(parity_models, tiny_sd1, sampler) <= MAX_PIXEL_DIFF
 
 
-@pytest.mark.parametrize("sampler,schedule", [("DPM++ 2M", "Karras"), ("Euler a", "Automatic"), ("DPM++ 2M SDE", "Exponential")])
+@pytest.mark.parametrize("sampler,schedule", [("DPM++ 2M (diffusers)", "Karras"), ("Euler a (diffusers)", "Automatic"),
+                                              ("DPM++ 2M SDE (diffusers)", "Exponential")])
 def test_sdxl_samplers_match(sampler: str, schedule: str, tiny_sdxl, parity_models: ParityModels) -> None:
     assert _compare(parity_models, tiny_sdxl, sampler, schedule) <= MAX_PIXEL_DIFF
 
 
 def test_sdxl_empty_negative_prompt_is_zeroed_like_diffusers(tiny_sdxl, parity_models: ParityModels) -> None:
-    assert _compare(parity_models, tiny_sdxl, "Euler", negative="") <= MAX_PIXEL_DIFF
+    assert _compare(parity_models, tiny_sdxl, "Euler (diffusers)", negative="") <= MAX_PIXEL_DIFF
 
 
 def test_sd2_v_prediction_matches(tiny_sd2, parity_models: ParityModels) -> None:
-    assert _compare(parity_models, tiny_sd2, "DPM++ 2M", "Karras", prediction="v_prediction") <= MAX_PIXEL_DIFF
+    assert _compare(parity_models, tiny_sd2, "DPM++ 2M (diffusers)", "Karras", prediction="v_prediction") <= MAX_PIXEL_DIFF
 
 
 @pytest.mark.parametrize("family", ["tiny_sd1", "tiny_sdxl"])
@@ -105,7 +107,7 @@ def test_non_square_matches(
 ) -> None:
     """Width and height must not be swapped anywhere: latent shape, and SDXL's size micro-conditioning."""
     tiny = request.getfixturevalue(family)
-    assert _compare(parity_models, tiny, "Euler", width=width, height=height) <= MAX_PIXEL_DIFF
+    assert _compare(parity_models, tiny, "Euler (diffusers)", width=width, height=height) <= MAX_PIXEL_DIFF
 
 
 @pytest.mark.parametrize("family", ["tiny_sd1", "tiny_sdxl"])
@@ -117,5 +119,5 @@ def test_prompts_over_75_tokens_match_a1111_windows(
     _, pipe = parity_models.get(tiny, "epsilon")
     for text in (LONG_PROMPT, LONG_NEGATIVE):
         assert CHUNK < len(pipe.tokenizer(text, add_special_tokens=False, verbose=False).input_ids) <= 2 * CHUNK
-    diff = _compare(parity_models, tiny, "DPM++ 2M", "Karras", prompt=LONG_PROMPT, negative=LONG_NEGATIVE)
+    diff = _compare(parity_models, tiny, "DPM++ 2M (diffusers)", "Karras", prompt=LONG_PROMPT, negative=LONG_NEGATIVE)
     assert diff <= MAX_PIXEL_DIFF

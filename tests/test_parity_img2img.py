@@ -204,9 +204,9 @@ def _compare_img2img(pair: Pair, sampler: str, schedule: str, strength: float, w
 @pytest.mark.parametrize(
     "family,sampler,schedule,strength,width,height",
     [
-        ("sd1", "Euler", "Automatic", 0.5, 64, 96),
-        ("sd1", "Heun", "Karras", 0.7, 96, 64),  # second order: the start index is (steps - run) * order
-        ("sdxl", "Euler", "Automatic", 0.8, 64, 96),  # A1111 runs all 5 steps: diffusers needs strength 1 here
+        ("sd1", "Euler (diffusers)", "Automatic", 0.5, 64, 96),
+        ("sd1", "Heun (diffusers)", "Karras", 0.7, 96, 64),  # second order: the start index is (steps - run) * order
+        ("sdxl", "Euler (diffusers)", "Automatic", 0.8, 64, 96),  # A1111 runs all 5 steps: diffusers needs strength 1 here
         ("sdxl", "DDIM", "Automatic", 0.5, 96, 64),
     ],
 )
@@ -218,10 +218,10 @@ def test_img2img_matches_diffusers(family: str, sampler: str, schedule: str, str
 @pytest.mark.parametrize(
     "family,sampler,schedule,strength,width,height",
     [
-        ("sd1", "Euler", "Automatic", 0.7, 64, 96),  # 4 channels: the known region is blended back every step
-        ("sdxl", "DPM++ 2M", "Karras", 0.5, 96, 64),
+        ("sd1", "Euler (diffusers)", "Automatic", 0.7, 64, 96),  # 4 channels: the known region is blended back every step
+        ("sdxl", "DPM++ 2M (diffusers)", "Karras", 0.5, 96, 64),
         ("sd1_inpaint", "UniPC", "Automatic", 0.7, 96, 64),  # 9 channels: mask + masked-image latent as input
-        ("sdxl_inpaint", "Euler", "Automatic", 0.5, 64, 96),
+        ("sdxl_inpaint", "Euler (diffusers)", "Automatic", 0.5, 64, 96),
     ],
 )
 def test_inpaint_matches_diffusers(family: str, sampler: str, schedule: str, strength: float, width: int, height: int,
@@ -235,11 +235,11 @@ def test_txt2img_on_nine_channel_model_matches_diffusers_inpaint(family: str, wi
     """A1111 feeds a 9-channel model mask = 1 and the latent of a grey image: diffusers' inpaint at strength 1."""
     pair: Pair = request.getfixturevalue(family)
     seeds = batch_seeds(31, 2)
-    params = _params("Euler", "Automatic", seeds, width, height)
+    params = _params("Euler (diffusers)", "Automatic", seeds, width, height)
     latents = generate_latents(pair.ours, params, REGISTRY)
     ours = txt2img(pair.ours, params, REGISTRY)
     white = Image.new("L", (width, height), 255)
-    ref_latents, ref_images = _reference(pair, "Euler", "Automatic", seeds, width, height, None, white, 1.0)
+    ref_latents, ref_images = _reference(pair, "Euler (diffusers)", "Automatic", seeds, width, height, None, white, 1.0)
     diff = _pixel_diff(ours, ref_images)
     _check(f"{pair.ours.name} txt2img {width}x{height}", float((latents - ref_latents).abs().max()), diff, diff, ours)
 

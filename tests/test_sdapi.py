@@ -161,7 +161,8 @@ def test_case_26_progress_and_interrupt_belong_to_the_caller(server) -> None:
     ('{"prompt": "x", "width": 65, "height": 64}', "width"),
     ('{"prompt": "x", "batch_size": 0, "width": 64, "height": 64}', "batch_size"),
     ('{"prompt": "x", "steps": 61, "width": 64, "height": 64}', "steps"),
-    ('{"prompt": "x", "enable_hr": true, "width": 64, "height": 64}', "enable_hr"),
+    ('{"prompt": "x", "enable_hr": true, "hr_upscaler": "Magic 9x", "width": 64, "height": 64}', "hr_upscaler"),
+    ('{"prompt": "x", "enable_hr": true, "hr_scale": 8, "width": 64, "height": 64}', "hr_scale"),
     ('{"prompt": "x", "alwayson_scripts": {"no-such": {"args": []}}, "width": 64, "height": 64}', "no-such"),
 ])
 def test_case_04_bad_txt2img_requests_get_422_naming_the_field(server, body: str, field: str) -> None:

@@ -148,7 +148,7 @@ def test_txt2img_endpoint_matches_the_docs(app) -> None:
     names = [p["parameter_name"] for p in endpoint["parameters"]]
     documented = _documented_parameters()
     assert names[:len(documented)] == documented
-    assert all(re.fullmatch(r"(controlnet|cfg_rescale)_\w+", name) for name in names[len(documented):])
+    assert all(re.fullmatch(r"(controlnet|cfg_rescale|script)_\w+", name) for name in names[len(documented):])
     extension_defaults = {p["parameter_name"]: p["parameter_default"] for p in endpoint["parameters"][len(documented):]}
     assert extension_defaults["cfg_rescale_enabled"] is False
     assert [r["component"] for r in endpoint["returns"]] == ["Gallery", "Image", "Textbox", "Html"]

@@ -15,10 +15,14 @@ from webui.services.jobs import JobManager
 from webui.services.queue import DEFAULT_QUEUE_SIZE, JobQueue
 from webui.services.embeddings import EmbeddingLibrary
 from webui.services.lora import LoraLibrary
+from webui.services.latent_upscalers import register_latent_upscalers
 from webui.services.lora_training import LoraTrainingService
 from webui.services.model_manager import ModelManager, choose_device, choose_dtype
 from webui.services.outputs import OutputStore
 from webui.services.settings import SettingsStore
+from webui.services.styles import StyleStore
+from webui.services.upscalers import UPSCALER_FOLDERS, UpscalerLibrary
+from webui.services.extras import ExtrasService
 from webui.services.users import UserStore
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +68,11 @@ class AppPaths:
         """Weights for the preprocessors that need them (file names as in lllyasviel/Annotators)."""
         return self.models_dir / "ControlNetPreprocessor"
 
+    @property
+    def upscaler_dirs(self) -> tuple[Path, ...]:
+        """Model upscalers, in A1111's folders: models/ESRGAN, RealESRGAN, SwinIR, DAT, ScuNET, HAT."""
+        return tuple(self.models_dir / folder for folder in UPSCALER_FOLDERS)
+
     @classmethod
     def default(
         cls,
@@ -96,6 +105,9 @@ class AppContext:
     lora_training: LoraTrainingService
     queue: JobQueue
     users: UserStore  # who may log in, and who is an admin (one "local" admin when no login is configured)
+    upscalers: UpscalerLibrary  # model and Pillow upscalers: Extras, hires fix, /sdapi/v1/upscalers
+    styles: StyleStore  # A1111's styles.csv, in the data folder next to config.json
+    extras: ExtrasService  # the Extras tab's and /sdapi/v1/extra-* work: upscaling finished images
 
 
 def build_context(
@@ -137,6 +149,11 @@ def build_context(
     outputs.options = lambda: core_settings.save_options(settings)
     settings.watch(core_settings.CHECKPOINT_CACHE, models.set_ram_cache_size)
     settings.watch(core_settings.CONTROLNET_CACHE, lambda size: setattr(controlnet, "cache_size", int(size)))
+    upscalers = UpscalerLibrary(paths, models.device, models.dtype,
+                                options=lambda: core_settings.upscale_options(settings))
+    register_latent_upscalers(upscalers, paths.models_dir, models.device, models.dtype,
+                              options=lambda: core_settings.latent_upscale_options(settings))
+    extras = ExtrasService(upscalers, outputs, queue)
     extensions = ExtensionManager(
         [(BUILTIN_EXTENSIONS, True), *((folder, False) for folder in paths.extension_dirs)],
         settings,
@@ -144,11 +161,13 @@ def build_context(
         paths.data_dir / "extensions.json",
         APP_VERSION,
         models,
-        services={"controlnet": controlnet, "lora": loras, "embeddings": embeddings, "lora_training": lora_training},
+        services={"controlnet": controlnet, "lora": loras, "embeddings": embeddings, "lora_training": lora_training,
+                  "upscalers": upscalers, "extras": extras},
     )
     if load_extensions:
         extensions.load_all()
     generation = GenerationService(models, outputs, samplers, queue, hooks=extensions, embeddings=embeddings,
-                                   options=lambda: core_settings.generation_options(settings))
+                                   options=lambda: core_settings.generation_options(settings), upscalers=upscalers)
     return AppContext(paths, models, samplers, jobs, outputs, generation, settings, extensions, controlnet, loras,
-                      embeddings, lora_training, queue, users)
+                      embeddings, lora_training, queue, users, upscalers,
+                      StyleStore(paths.data_dir / "styles.csv"), extras)

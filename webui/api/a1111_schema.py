@@ -4,8 +4,8 @@ Why a second schema beside `webui.services.requests`: A1111 clients send A1111's
 many for features this app does not have, such as face restoration) with A1111's API defaults (50 steps, 512x512).
 These wire models accept that shape as it is, so existing clients work unchanged; the translation then hands the
 project's request schema only what it understands, where its constraints are checked. A field that asks for a
-feature this app lacks is refused when it would change the image (hires fix, tiling) and reported as ignored when it
-would not (styles, face restoration).
+feature this app lacks is refused when it would change the image (tiling) and reported as ignored when it
+would not (face restoration). `styles` names entries of the install's `styles.csv` (webui/services/styles.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from webui.services.requests import RequestError
 
 # Reported as ignored when set (the sampler noise knobs eta and s_* are not: clients send them by default).
-IGNORED_WHEN_SET = ("styles", "restore_faces", "comments", "refiner_checkpoint", "refiner_switch_at")
+IGNORED_WHEN_SET = ("restore_faces", "comments", "refiner_checkpoint", "refiner_switch_at")
 
 
 class _Wire(BaseModel):
@@ -83,7 +83,8 @@ class Txt2ImgBody(_Wire):
     hr_negative_prompt: str = ""
     force_task_id: str | None = None
     script_name: str | None = None
-    script_args: list[Any] | None = None
+    script_args: list[Any] | dict[str, Any] | None = Field(
+        default=None, description="the selectable script's arguments: A1111's positional list, or named arguments")
     send_images: bool = True
     save_images: bool = False
     alwayson_scripts: dict[str, Any] | None = None
@@ -160,6 +161,61 @@ class QueueEntry(BaseModel):
     error: str | None
 
 
+class ExtrasBaseBody(_Wire):
+    """A1111's `ExtrasBaseRequest`, with its defaults. Face restoration is not in this app: a visibility above 0 is
+    refused (it would change the image); `upscale_first` only orders it and is ignored. `save_images` is our
+    addition (A1111's API never saves Extras results; the UI does)."""
+
+    resize_mode: int = Field(0, description="0: scale by upscaling_resize; 1: scale to upscaling_resize_w x _h")
+    show_extras_results: bool = Field(True, description="false: return no image data")
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0
+    upscaling_resize: float = Field(2.0, description="scale factor when resize_mode is 0")
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = Field(True, description="scale to: crop to the exact size (else keep the aspect ratio)")
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = Field(0.0, description="0..1: how much of upscaler 2 is blended in")
+    upscale_first: bool = False
+    save_images: bool = False
+
+
+class ExtrasSingleImageBody(ExtrasBaseBody):
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, json_schema_extra={"examples": [
+        {"image": "<base64 PNG>", "upscaling_resize": 2, "upscaler_1": "Lanczos"}]})
+
+    image: str = Field("", description="base64 image (data: URL prefix allowed)")
+
+
+class ExtrasFileData(_Wire):
+    data: str = Field(description="base64 image (data: URL prefix allowed)")
+    name: str = ""
+
+
+class ExtrasBatchImagesBody(ExtrasBaseBody):
+    imageList: list[ExtrasFileData] = Field(default_factory=list)  # noqa: N815 - A1111's field name
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str = Field(description="the postprocessing keys as HTML (A1111's)")
+    image: str = Field(description="base64 PNG with its infotext; empty when show_extras_results is false")
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str
+    images: list[str]
+
+
+class UpscalerItem(BaseModel):
+    name: str
+    model_name: str | None
+    model_path: str | None
+    model_url: str | None
+    scale: float | None
+
+
 def request_fields(body: Txt2ImgBody, user_model: str | None) -> tuple[dict[str, Any], list[str]]:
     """The fields of the project's request that the body asks for, and warnings about what it asked for but this
     app ignores. Raises RequestError for what this app cannot do and would silently get wrong."""
@@ -168,17 +224,18 @@ def request_fields(body: Txt2ImgBody, user_model: str | None) -> tuple[dict[str,
         value = getattr(body, name)
         if value not in (None, False, [], {}, 0, 0.0, ""):
             warnings.append(f"{name}: ignored (not supported yet)")
-    if body.subseed_strength:
-        raise RequestError("subseed_strength", "variation seeds are not supported yet; send 0")
-    if body.enable_hr:
-        raise RequestError("enable_hr", "hires fix is not supported yet; send false, then upscale with img2img")
+    if body.enable_hr and isinstance(body, Img2ImgBody):
+        warnings.append("enable_hr: ignored (hires fix is a txt2img option)")
     if body.tiling:
         raise RequestError("tiling", "tiling is not supported yet; send false or null")
-    if body.script_name:
-        raise RequestError("script_name", f"no selectable script named {body.script_name!r} here")
     overrides = dict(body.override_settings or {})
     model = overrides.pop("sd_model_checkpoint", None) or user_model
     vae = overrides.pop("sd_vae", None)
+    # A1111 settings that this app takes per job: the noise source and the eta noise seed delta.
+    rng = overrides.pop("randn_source", None)
+    ensd = overrides.pop("eta_noise_seed_delta", None)
+    clip_skip = overrides.pop("CLIP_stop_at_last_layers", None)  # and the prompt encoding
+    emphasis = overrides.pop("emphasis", None)
     warnings += [f"override_settings.{key}: ignored (no such setting here)" for key in sorted(overrides)]
     fields: dict[str, Any] = {
         "prompt": body.prompt,
@@ -194,8 +251,48 @@ def request_fields(body: Txt2ImgBody, user_model: str | None) -> tuple[dict[str,
         "n_iter": body.n_iter,
         "model": _model_name(model) if model else None,
         "vae": vae,
+        "subseed": body.subseed,
+        "subseed_strength": body.subseed_strength,
+        # A1111's API default is -1 and anything not above 0 means "off".
+        "seed_resize_from_w": max(body.seed_resize_from_w, 0),
+        "seed_resize_from_h": max(body.seed_resize_from_h, 0),
     }
+    if rng is not None:
+        if rng not in ("GPU", "CPU", "NV"):
+            raise RequestError("override_settings.randn_source", f"{rng!r} is not one of 'GPU', 'CPU', 'NV'")
+        fields["rng"] = rng
+    if ensd is not None:
+        fields["ensd"] = ensd
+    if clip_skip is not None:
+        fields["clip_skip"] = clip_skip  # the request schema checks the range
+    if emphasis is not None:
+        fields["emphasis"] = emphasis
     return fields, warnings
+
+
+def hires_fields(body: Txt2ImgBody) -> dict[str, Any]:
+    """txt2img's hires fix fields (A1111's API defaults: denoising 0.75, upscaler null = the default latent mode).
+
+    A1111's legacy `firstphase_width/height` ask for the first pass at that size and the hires pass at
+    `width` x `height`: the same as resizing to the requested size."""
+    fields: dict[str, Any] = {
+        "enable_hr": body.enable_hr,
+        "denoising_strength": 0.75 if body.denoising_strength is None else body.denoising_strength,
+        "hr_scale": body.hr_scale,
+        "hr_upscaler": body.hr_upscaler,
+        "hr_second_pass_steps": body.hr_second_pass_steps,
+        "hr_resize_x": body.hr_resize_x,
+        "hr_resize_y": body.hr_resize_y,
+        "hr_checkpoint_name": _model_name(body.hr_checkpoint_name) if body.hr_checkpoint_name else None,
+        "hr_sampler_name": body.hr_sampler_name,
+        "hr_scheduler": body.hr_scheduler,
+        "hr_prompt": body.hr_prompt,
+        "hr_negative_prompt": body.hr_negative_prompt,
+    }
+    if body.enable_hr and (body.firstphase_width or body.firstphase_height):
+        fields.update(width=body.firstphase_width or body.width, height=body.firstphase_height or body.height,
+                      hr_resize_x=body.width, hr_resize_y=body.height)
+    return fields
 
 
 def _model_name(title: str) -> str:

@@ -35,11 +35,14 @@ from webui.api.a1111_schema import (
     ProgressState,
     QueueEntry,
     Txt2ImgBody,
+    hires_fields,
     is_url,
     request_fields,
     strip_data_url,
 )
+from webui.api.extras_api import ExtrasApi
 from webui.context import AppContext
+from webui.services.hires import LATENT_MODES, hires_size
 from webui.services.generation import APP_VERSION, GenerationOutOfMemory, GenerationResult
 from webui.services.img2img import Img2ImgRequest, Img2ImgRunner
 from webui.services.infotext import parse_infotext
@@ -48,6 +51,7 @@ from webui.services.model_manager import ModelError
 from webui.services.outputs import png_bytes, read_infotext
 from webui.services.queue import QueueFullError, UnknownJobError
 from webui.services.requests import GenerationRequest, RequestError
+from webui.services.scripts import ScriptService
 from webui.services.uploads import UploadLimits, load_image_base64
 
 SECRET_FLAG_WORDS = ("auth", "password", "token", "secret", "key")
@@ -117,6 +121,7 @@ class SdApi:
         self.limits = limits or ApiLimits()
         self.upload_limits = upload_limits or UploadLimits.from_env()
         self.img2img_runner = Img2ImgRunner(context.samplers, context.controlnet.preprocessors)
+        self.scripts = ScriptService(context.generation, context.extensions.scripts)  # `script_name` + `script_args`
         self._user_options: dict[str, dict[str, str]] = {}  # user -> {"sd_model_checkpoint": ..., "sd_vae": ...}
 
     # -- generation --------------------------------------------------------------------------------------------
@@ -135,14 +140,33 @@ class SdApi:
             side = getattr(request, name)
             if isinstance(side, int) and side > limits.max_side:
                 raise RequestError(name, f"{side} is larger than this server allows ({limits.max_side})")
+        if request.enable_hr:
+            self._check_hires_limits(request)
         count = request.batch_size * request.n_iter
         if count > limits.max_images:
             raise RequestError("n_iter", f"batch_size x n_iter = {count} images; this server allows "
                                          f"{limits.max_images} per request")
 
+    def _check_hires_limits(self, request: GenerationRequest) -> None:
+        """The hires pass's steps and size count against the same limits as the first pass's."""
+        limits = self.limits
+        if request.hr_second_pass_steps > limits.max_steps:
+            raise RequestError("hr_second_pass_steps", f"{request.hr_second_pass_steps} is more than this server "
+                                                       f"allows ({limits.max_steps})")
+        if request.width is None or request.height is None:
+            return
+        size = hires_size(request.width, request.height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
+        if max(size.upscale_to) > limits.max_side:
+            field = "hr_resize_x" if request.hr_resize_x or request.hr_resize_y else "hr_scale"
+            raise RequestError(field, f"the hires size {size.upscale_to[0]}x{size.upscale_to[1]} is larger than this "
+                                      f"server allows ({limits.max_side} a side)")
+
     def _base_fields(self, body: Txt2ImgBody, user: Any) -> tuple[dict[str, Any], list[str]]:
         options = self._user_options.get(user.name, {})
         fields, warnings = request_fields(body, options.get("sd_model_checkpoint") or self._server_default())
+        if body.styles:  # A1111 applies the styles to the prompts before anything else; the infotext shows the result
+            fields["prompt"], fields["negative_prompt"] = self.context.styles.apply(
+                fields["prompt"], fields["negative_prompt"], list(body.styles))
         if fields["vae"] is None and "sd_vae" in options:
             fields["vae"] = options["sd_vae"]
         extensions: dict[str, dict[str, Any]] = {}
@@ -162,8 +186,11 @@ class SdApi:
                    warnings: list[str]) -> GenerationResponse:
         try:
             self._check_limits(request)
-            job = self.context.generation.submit(user.name, request, runner,
-                                                 save=bool(body.save_images) and not body.do_not_save_samples)
+            save = bool(body.save_images) and not body.do_not_save_samples
+            if body.script_name:  # a selectable script: its generations run as one job
+                job = self._submit_script(user, request, runner, body, save)
+            else:
+                job = self.context.generation.submit(user.name, request, runner, save=save)
         except RequestError as exc:
             raise _unprocessable(exc) from exc
         except QueueFullError as exc:
@@ -185,6 +212,19 @@ class SdApi:
         result: GenerationResult = job.result or GenerationResult(interrupted=True)  # cancelled before it started
         return self._response(job, result, body, warnings)
 
+    def _submit_script(self, user: Any, request: GenerationRequest, runner: Any, body: Txt2ImgBody, save: bool
+                       ) -> Job:
+        """Check the script's arguments and each generation it plans against this server's limits, then queue it."""
+        mode = "img2img" if isinstance(request, Img2ImgRequest) else "txt2img"
+        prepared = self.scripts.prepare(str(body.script_name), body.script_args, request, mode)
+        for planned in prepared.requests:
+            self._check_limits(planned)
+        total = sum(planned.batch_size * planned.n_iter for planned in prepared.requests)
+        if total > self.limits.max_images:
+            raise RequestError("script_args", f"the script would make {total} images; this server allows "
+                                              f"{self.limits.max_images} per request")
+        return self.scripts.submit(user.name, prepared, request, runner, save=save)
+
     def _response(self, job: Job, result: GenerationResult, body: Txt2ImgBody, warnings: list[str]
                   ) -> GenerationResponse:
         images = []
@@ -194,6 +234,7 @@ class SdApi:
                 data = open(path, "rb").read() if path and os.path.isfile(path) else png_bytes(image, infotext)
                 images.append(_b64_png(data))
         info = self._info(result, job, warnings)
+        info["styles"] = list(body.styles or [])  # as A1111: the names; the prompts already hold their text
         parameters = body.model_dump(exclude={"init_images", "mask"})
         return GenerationResponse(images=images, parameters=parameters, info=json.dumps(info))
 
@@ -209,7 +250,9 @@ class SdApi:
             "all_negative_prompts": [request.negative_prompt] * len(seeds) if request else [],
             "seed": seeds[0] if seeds else (request.seed if request else -1),
             "all_seeds": seeds,
-            "subseed": -1, "all_subseeds": [-1] * len(seeds), "subseed_strength": 0,
+            "subseed": result.subseeds[0] if result.subseeds else (request.subseed if request else -1),
+            "all_subseeds": list(result.subseeds),
+            "subseed_strength": request.subseed_strength if request else 0,
             "width": request.width if request else 0, "height": request.height if request else 0,
             "sampler_name": request.sampler_name if request else "",
             "cfg_scale": request.cfg_scale if request else 0, "steps": request.steps if request else 0,
@@ -217,7 +260,8 @@ class SdApi:
             "restore_faces": False, "face_restoration_model": None,
             "sd_model_name": first.get("Model"), "sd_model_hash": first.get("Model hash"),
             "sd_vae_name": first.get("VAE"), "sd_vae_hash": first.get("VAE hash"),
-            "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+            "seed_resize_from_w": request.seed_resize_from_w if request and request.seed_resize_from_w else -1,
+            "seed_resize_from_h": request.seed_resize_from_h if request and request.seed_resize_from_h else -1,
             "denoising_strength": getattr(request, "denoising_strength", None),
             "extra_generation_params": {k: v for k, v in first.items()
                                         if k not in ("Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale",
@@ -238,7 +282,7 @@ class SdApi:
     async def txt2img(self, body: Txt2ImgBody, user: Any) -> GenerationResponse:
         try:
             fields, warnings = self._base_fields(body, user)
-            request = GenerationRequest(**fields)
+            request = GenerationRequest(**{**fields, **hires_fields(body)})
         except (RequestError, ValueError) as exc:
             raise _unprocessable(exc) from exc
         return await self._run(user, request, None, body, warnings)
@@ -489,6 +533,10 @@ class SdApi:
             return [{"name": label.lower().replace(" ", "_"), "label": label, "aliases": None, "default_rho": -1,
                      "need_inner_model": False} for label in context.samplers.schedule_names()]
 
+        @api.get("/latent-upscale-modes")
+        def latent_upscale_modes(user: Any = user_dep) -> list[dict[str, str]]:
+            return [{"name": name} for name in LATENT_MODES]
+
         @api.get("/sd-models")
         def sd_models(user: Any = user_dep) -> list[dict[str, Any]]:
             return self.sd_models()
@@ -526,20 +574,40 @@ class SdApi:
         def png_info(body: PngInfoBody, user: Any = user_dep) -> PngInfoResponse:
             return self.png_info(body)
 
+        @api.get("/prompt-styles")
+        def prompt_styles(user: Any = user_dep) -> list[dict[str, str]]:
+            """The install's styles.csv, as A1111 lists it."""
+            return [{"name": style.name, "prompt": style.prompt, "negative_prompt": style.negative_prompt}
+                    for style in context.styles.styles()]
+
         @api.get("/memory")
         def memory(user: Any = user_dep) -> dict[str, Any]:
             return self.memory()
 
         @api.get("/scripts")
         def scripts(user: Any = user_dep) -> dict[str, list[str]]:
-            """Always-on "scripts" are extensions here: `alwayson_scripts` takes these names."""
+            """The selectable scripts (`script_name`, lower-case titles as A1111 lists them), then the always-on
+            "scripts", which are extensions here (`alwayson_scripts` takes these names)."""
             names = [record.name.lower() for record in context.extensions.active()]
-            return {"txt2img": names, "img2img": names}
+            return {mode: [script.name for script in self.scripts.scripts(mode)] + names
+                    for mode in ("txt2img", "img2img")}
+
+        @api.get("/script-info")
+        def script_info(user: Any = user_dep) -> list[dict[str, Any]]:
+            """A1111's script-info: each selectable script's arguments in positional order (label, name, default,
+            range, choices), per mode; then the extensions as always-on scripts."""
+            listing = [*self.scripts.info("txt2img"), *self.scripts.info("img2img")]
+            for record in context.extensions.active():
+                for is_img2img in (False, True):
+                    listing.append({"name": record.name.lower(), "is_alwayson": True, "is_img2img": is_img2img,
+                                    "args": []})
+            return listing
 
         @api.get("/extensions")
         def extensions(user: Any = user_dep) -> list[dict[str, Any]]:
             return self.extensions()
 
+        ExtrasApi(context, self._image).add_routes(api, user_dep, admin_dep)  # upscalers, extra-single/batch-image
         return api
 
 

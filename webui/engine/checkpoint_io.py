@@ -167,7 +167,10 @@ def _unpickling_message(exc: Exception) -> str:
     return f"could not be loaded safely ({reason[:200]})"
 
 
-def _read_pickle(path: Path) -> RawCheckpoint:
+def load_pickle_safely(path: Path) -> object:
+    """A pickle-format file's contents as stored (nested dicts kept), through `torch.load(weights_only=True)` only,
+    after the torch-version and zip-member checks; a refusal names the file and the forbidden global."""
+    path = Path(path)
     try:
         require_safe_torch()
     except UnsafeTorchError as exc:
@@ -176,12 +179,16 @@ def _read_pickle(path: Path) -> RawCheckpoint:
     if is_zip:
         _check_zip_members(path)
     try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=is_zip)
     except Exception as exc:
         raise CheckpointReadError(
             f"{path.name}: {_unpickling_message(exc)}. "
             "Only plain tensor checkpoints are accepted; convert it to .safetensors."
         ) from exc
+
+
+def _read_pickle(path: Path) -> RawCheckpoint:
+    loaded = load_pickle_safely(path)
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):

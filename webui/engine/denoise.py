@@ -11,6 +11,8 @@ blending, 9-channel inputs, ControlNet residuals, previews, interrupt, CFG resca
     after_cfg(ctx)                        each step, once `ctx.denoised` holds the CFG-combined prediction
     after_step(ctx)                       each step, after the scheduler step (`ctx.latents` is the new sample)
     after_loop(ctx)                       once, after the last step
+    after_x0(ctx)                         k-diffusion samplers only (k_denoise.py): each model evaluation, once
+                                          `ctx.pred_original` holds the x0 estimate (replaceable)
 
 The shape follows InvokeAI's diffusion backend (one context, callbacks by type) and ComfyUI's hook names.
 """
@@ -26,8 +28,9 @@ from typing import Any, Literal, Sequence
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from .conditioning import Conditioning
+from .conditioning import Conditioning, ScheduledConditioning, stack_conditionings
 from .loader import LoadedModel
+from .rng import ImageRNG
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +51,14 @@ class DenoiseInputs:
     cfg_scale: float
     add_time_ids: torch.Tensor | None = None  # SDXL
     generators: list[torch.Generator] | None = None
+    # Each image's noise source (A1111's ImageRNG): k-diffusion samplers draw step noise with `rng.next()`.
+    rng: ImageRNG | None = None
     start_index: int = 0  # img2img: skip the schedule's first entries (the caller sets the scheduler's begin index)
     step_options: dict[str, Any] = field(default_factory=dict)  # eta, s_churn: passed where `scheduler.step` takes them
+    # A1111's prompt editing, alternation and AND: the conditioning per model call, which `predict()` picks (`cond` and
+    # `uncond` then hold the first call's). None: `cond` / `uncond` for the whole run.
+    cond_schedule: ScheduledConditioning | None = None
+    uncond_schedule: ScheduledConditioning | None = None
 
 
 @dataclass
@@ -101,6 +110,7 @@ class DenoiseContext:
     denoised: torch.Tensor | None = None  # replaceable in after_cfg
     pred_original: torch.Tensor | None = None  # the scheduler's x0 estimate after a step, when it gives one
     extras: dict[str, Any] = field(default_factory=dict)  # per-run scratch space for extensions
+    model_calls: int = 0  # model evaluations so far: A1111's CFG denoiser step counter, which prompt schedules follow
 
     @property
     def total_steps(self) -> int:
@@ -126,6 +136,9 @@ class DenoiseExtension:
         pass
 
     def after_loop(self, ctx: DenoiseContext) -> None:
+        pass
+
+    def after_x0(self, ctx: DenoiseContext) -> None:
         pass
 
 
@@ -175,24 +188,49 @@ class _Loop:
             return_dict=False,
         )[0]
 
+    def step_conditioning(self) -> tuple[list[tuple[Conditioning, float]], Conditioning | None]:
+        """This model call's (cond parts with their AND weights, uncond); advances the call counter."""
+        ctx, inputs = self.ctx, self.ctx.inputs
+        call = ctx.model_calls
+        ctx.model_calls += 1
+        parts = inputs.cond_schedule.at(call) if inputs.cond_schedule is not None else [(inputs.cond, 1.0)]
+        uncond = inputs.uncond
+        if uncond is not None and inputs.uncond_schedule is not None:
+            uncond = inputs.uncond_schedule.at(call)[0][0]
+        return parts, uncond
+
     def predict(self) -> None:
-        """The U-Net call(s) for one step and the CFG combination, into ctx.cond_output/uncond_output/denoised."""
+        """The U-Net call(s) for one model evaluation and the CFG combination, into ctx.cond_output/uncond_output/
+        denoised. With AND parts (A1111's composable diffusion) every part is a "cond" half of one call and
+        denoised = uncond + sum_i weight_i * cfg * (cond_i - uncond); ctx.cond_output is the first part's."""
         ctx, inputs = self.ctx, self.ctx.inputs
         scheduler, latents, t = ctx.scheduler, ctx.latents, ctx.timestep
-        if inputs.uncond is None:
-            ctx.cond_output = self.unet(scheduler.scale_model_input(latents, t), inputs.cond, ("cond",))
+        parts, uncond = self.step_conditioning()
+        if uncond is None:  # CFG off (denoise_inputs always gives an uncond when there are AND weights)
+            ctx.cond_output = self.unet(scheduler.scale_model_input(latents, t), parts[0][0], ("cond",))
             ctx.uncond_output = None
             ctx.denoised = ctx.cond_output
             return
-        if inputs.uncond.context.shape == inputs.cond.context.shape:  # one batched call, [uncond, cond] as diffusers
-            scaled = scheduler.scale_model_input(torch.cat([latents, latents]), t)
-            both = self.unet(scaled, _cat(inputs.uncond, inputs.cond), ("uncond", "cond"))
-            ctx.uncond_output, ctx.cond_output = both.chunk(2)
+        count = len(parts)
+        cond = parts[0][0] if count == 1 else stack_conditionings([c for c, _ in parts])
+        cond_halves: tuple[Half, ...] = ("cond",) * count
+        if uncond.context.shape[1] == cond.context.shape[1]:  # one batched call, [uncond, cond...] as diffusers
+            scaled = scheduler.scale_model_input(torch.cat([latents] * (count + 1)), t)
+            outputs = self.unet(scaled, _cat(uncond, cond), ("uncond", *cond_halves)).chunk(count + 1)
+            ctx.uncond_output, cond_outputs = outputs[0], outputs[1:]
         else:  # different prompt lengths: two calls, as A1111 does without padding
             scaled = scheduler.scale_model_input(latents, t)
-            ctx.uncond_output = self.unet(scaled, inputs.uncond, ("uncond",))
-            ctx.cond_output = self.unet(scaled, inputs.cond, ("cond",))
-        ctx.denoised = ctx.uncond_output + inputs.cfg_scale * (ctx.cond_output - ctx.uncond_output)
+            ctx.uncond_output = self.unet(scaled, uncond, ("uncond",))
+            cond_in = scaled if count == 1 else torch.cat([scaled] * count)
+            cond_outputs = self.unet(cond_in, cond, cond_halves).chunk(count)
+        ctx.cond_output = cond_outputs[0]
+        if count == 1 and parts[0][1] == 1.0:
+            ctx.denoised = ctx.uncond_output + inputs.cfg_scale * (ctx.cond_output - ctx.uncond_output)
+            return
+        denoised = ctx.uncond_output.clone()
+        for output, (_, weight) in zip(cond_outputs, parts):
+            denoised = denoised + (output - ctx.uncond_output) * (weight * inputs.cfg_scale)
+        ctx.denoised = denoised
 
     def run(self) -> torch.Tensor:
         ctx = self.ctx
@@ -223,7 +261,13 @@ def run_denoise(
     inputs: DenoiseInputs,
     extensions: Sequence[DenoiseExtension] = (),
 ) -> torch.Tensor:
-    """Run the scheduler's timesteps (from `inputs.start_index`) and return the final latents."""
+    """Run the scheduler's timesteps (from `inputs.start_index`) and return the final latents.
+
+    `scheduler` is a diffusers scheduler or, for samplers backed by a function, a `KDiffusionSchedule`."""
+    if getattr(scheduler, "is_k_diffusion", False):
+        from .k_denoise import run_k_denoise  # k_denoise builds on this module
+
+        return run_k_denoise(model, scheduler, inputs, extensions)  # type: ignore[arg-type]
     ctx = DenoiseContext(model, scheduler, inputs, scheduler.timesteps[inputs.start_index:], inputs.latents)
     return _Loop(ctx, extensions).run()
 

@@ -89,14 +89,30 @@ class InpaintChannels(DenoiseExtension):
 
 class KnownRegionBlend(DenoiseExtension):
     """4-channel inpainting: after every step the known region is put back, noised to the level the next step
-    expects (clean after the last), so only the masked region is sampled."""
+    expects (clean after the last), so only the masked region is sampled.
+
+    On the k-diffusion path A1111 blends the x0 estimate instead (each model evaluation: init outside the mask), and
+    the final latents once more; this extension does the same there."""
 
     def __init__(
         self, init: torch.Tensor, noise: torch.Tensor, repaint_mask: torch.Tensor, scheduler: SchedulerMixin
     ) -> None:
         self.init, self.noise, self.repaint_mask, self.scheduler = init, noise, repaint_mask, scheduler
+        self.k_diffusion = bool(getattr(scheduler, "is_k_diffusion", False))
+
+    def _keep_known(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.init * (1 - self.repaint_mask) + latents * self.repaint_mask
+
+    def after_x0(self, ctx: DenoiseContext) -> None:
+        ctx.pred_original = self._keep_known(ctx.pred_original)
+
+    def after_loop(self, ctx: DenoiseContext) -> None:
+        if self.k_diffusion:
+            ctx.latents = self._keep_known(ctx.latents)
 
     def after_step(self, ctx: DenoiseContext) -> None:
+        if self.k_diffusion:
+            return
         remaining = ctx.timesteps
         if ctx.step + 1 >= len(remaining):
             known = self.init

@@ -5,14 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
-from diffusers.image_processor import VaeImageProcessor
 
-from .conditioning import Conditioning, encode_prompts
+from .conditioning import Conditioning, ScheduledConditioning, TextOptions, encode_plan
 from .denoise import DenoiseExtension, DenoiseInputs, decode_latents, run_denoise
 from .denoise_extensions import InpaintChannels
+from .k_denoise import KDiffusionSchedule
 from .loader import DepthMapRequired, LoadedModel
+from .prompt_parser import plan_prompt, schedule_steps
+from .rng import ImageRNG
 from .samplers import SamplerRegistry
 
 if TYPE_CHECKING:
@@ -36,6 +39,20 @@ class SamplingParams:
     eta: float = 0.0  # DDIM's eta (A1111 `eta_ddim`); used by schedulers whose step takes `eta`
     s_churn: float = 0.0  # sigma churn (A1111 `s_churn`); used by schedulers whose step takes `s_churn` (Euler)
     ensd: int = 0  # eta noise seed delta: offsets the seeds of the per-step noise, never the initial noise
+    # Variation seeds (A1111 `subseed`, `subseed_strength`): image i's noise is slerped towards subseeds[i]'s.
+    subseeds: list[int] | None = None
+    subseed_strength: float = 0.0
+    seed_resize_from: tuple[int, int] = (0, 0)  # A1111 "Resize seed from" (width, height) in pixels; (0, 0) = off
+    # Noise source (A1111 `randn_source`): "CPU", "GPU" or "NV". The engine defaults to the CPU's, the same on every
+    # machine (the diffusers parity benchmarks rely on it); the service passes the user's setting (A1111: "GPU").
+    rng_source: str = "CPU"
+    # Set on hires fix's second pass: the first pass's step count. A1111's prompt editing then reads fractions 1-2 and
+    # steps past the first pass as this pass's (`prompt_parser.prompt_schedule(prompt, first_pass_steps, steps)`).
+    first_pass_steps: int | None = None
+    # How prompt text becomes conditioning (A1111's emphasis mode and CLIP skip), and A1111's "Use old prompt editing
+    # timelines" (a `when` below 1 is a fraction, else a step, whatever its decimal point).
+    text_options: TextOptions = TextOptions()
+    old_prompt_scheduling: bool = False
 
     def step_options(self) -> dict[str, float]:
         """Keyword arguments for `scheduler.step`; the loop passes only those a scheduler accepts."""
@@ -49,6 +66,21 @@ def initial_noise(seeds: list[int], channels: int, height: int, width: int) -> t
     """
     return torch.stack(
         [torch.randn((channels, height, width), generator=torch.Generator("cpu").manual_seed(seed)) for seed in seeds]
+    )
+
+
+def image_rng(model: LoadedModel, params: SamplingParams, latent_size: tuple[int, int]) -> ImageRNG:
+    """The batch's noise (initial and per-step) as A1111 draws it, from the params' seeds and seed options."""
+    return ImageRNG(
+        shape=(model.latent_channels, *latent_size),
+        seeds=list(params.seeds),
+        source=params.rng_source,
+        device=model.device,
+        subseeds=params.subseeds,
+        subseed_strength=params.subseed_strength,
+        seed_resize_from=params.seed_resize_from,
+        ensd=params.ensd,
+        latent_factor=model.vae_downscale,
     )
 
 
@@ -71,31 +103,61 @@ def inpaint_txt2img_channels(model: LoadedModel, batch: int, height: int, width:
     return torch.cat([mask, latent], dim=1).repeat(batch, 1, 1, 1).to(model.dtype)
 
 
-def denoise_inputs(model: LoadedModel, params: SamplingParams, latents: torch.Tensor, start_index: int = 0) -> DenoiseInputs:
+def prompt_conditioning(model: LoadedModel, params: SamplingParams, batch: int
+                        ) -> tuple[ScheduledConditioning, ScheduledConditioning | None]:
+    """The prompt's and the negative prompt's conditioning over the run (A1111's prompt editing, alternation, AND
+    weights), each distinct schedule encoded once. The negative one is None only when CFG is off (scale 1) and the
+    prompt is a single part of weight 1: AND weights need the unconditional prediction even at scale 1.
+
+    Schedules count steps as A1111 does (model calls of the sampler); on a hires pass (`first_pass_steps` set) they
+    are the hires pass's (`prompt_parser.plan_prompt(prompt, first_pass_steps, hires_steps=...)`)."""
+    steps = schedule_steps(params.sampler, params.steps)
+    base, hires = (steps, None) if params.first_pass_steps is None else (params.first_pass_steps, steps)
+    plan = plan_prompt(params.prompt, base, hires, params.old_prompt_scheduling)
+    cache: dict = {}
+    options = params.text_options
+    cond = encode_plan(model, plan, batch, options, params.embeddings, cache=cache)
+    if params.cfg_scale == 1.0 and cond.is_plain:
+        return cond, None
+    negative = plan_prompt(params.negative_prompt, base, hires, params.old_prompt_scheduling, positive=False)
+    uncond = encode_plan(model, negative, batch, options, params.embeddings, zero_if_empty=model.family.is_sdxl,
+                         cache=cache)
+    return cond, uncond
+
+
+def denoise_inputs(model: LoadedModel, params: SamplingParams, latents: torch.Tensor, start_index: int = 0,
+                   rng: ImageRNG | None = None) -> DenoiseInputs:
     """Prompt conditioning, CFG and SDXL micro-conditioning for one batch: the part every mode shares."""
     batch = len(params.seeds)
-    cond = encode_prompts(model, [params.prompt] * batch, embeddings=params.embeddings)
-    uncond: Conditioning | None = None
-    if params.cfg_scale != 1.0:
-        uncond = encode_prompts(model, [params.negative_prompt] * batch, zero_if_empty=model.family.is_sdxl,
-                                embeddings=params.embeddings)
+    cond_schedule, uncond_schedule = prompt_conditioning(model, params, batch)
+    uncond: Conditioning | None = uncond_schedule.first if uncond_schedule is not None else None
     return DenoiseInputs(
         latents=latents,
-        cond=cond,
+        cond=cond_schedule.first,
         uncond=uncond,
+        cond_schedule=None if cond_schedule.is_plain else cond_schedule,
+        uncond_schedule=None if uncond_schedule is None or uncond_schedule.is_plain else uncond_schedule,
         cfg_scale=params.cfg_scale,
         add_time_ids=sdxl_time_ids(params.width, params.height, batch, model.device, model.dtype)
         if model.family.is_sdxl
         else None,
         generators=step_generators([seed + params.ensd for seed in params.seeds]),
+        rng=rng,
         start_index=start_index,
         step_options=params.step_options(),
     )
 
 
 def build_scheduler(model: LoadedModel, params: SamplingParams, samplers: SamplerRegistry):
-    """The sampler table's scheduler for this model, with its timesteps set for `params.steps`."""
+    """The sampler table's scheduler for this model, with its timesteps set for `params.steps`: a diffusers scheduler,
+    or for sampler functions a `KDiffusionSchedule` (A1111's sigmas from the model's own noise table)."""
     spec, schedule = samplers.resolve(params.sampler, params.schedule)
+    if spec.function is not None:
+        return KDiffusionSchedule.for_model(
+            spec.function, spec.config_for(schedule, model.prediction_type)["schedule"], model, params.steps,
+            options=spec.overrides, brownian_noise=spec.brownian_noise,
+            discard_penultimate=spec.discard_penultimate_sigma,
+        )
     scheduler = spec.build(schedule, model.prediction_type, noise_seed=params.seeds[0] + params.ensd)
     scheduler.set_timesteps(params.steps, device=model.device)
     return scheduler
@@ -113,20 +175,25 @@ def generate_latents(
     scheduler = build_scheduler(model, params, samplers)
     batch = len(params.seeds)
     factor = model.vae_downscale
-    noise = initial_noise(params.seeds, model.latent_channels, params.height // factor, params.width // factor)
+    rng = image_rng(model, params, (params.height // factor, params.width // factor))
+    noise = rng.first()
     latents = (noise.to(model.device, model.dtype)) * scheduler.init_noise_sigma
     mode_extensions: list[DenoiseExtension] = []
     if model.variant == "inpaint":
         mode_extensions.append(InpaintChannels(inpaint_txt2img_channels(model, batch, params.height, params.width)))
-    return run_denoise(model, scheduler, denoise_inputs(model, params, latents), [*mode_extensions, *extensions])
+    return run_denoise(model, scheduler, denoise_inputs(model, params, latents, rng=rng),
+                       [*mode_extensions, *extensions])
 
 
-_postprocessor = VaeImageProcessor(do_normalize=True)
+def to_8bit_images(decoded: torch.Tensor) -> list[Image.Image]:
+    """[-1, 1] images -> 8-bit RGB the way A1111 converts them: clamp((x + 1) / 2) * 255, truncated (not rounded)."""
+    pixels = torch.clamp((decoded.float().cpu() + 1.0) / 2.0, min=0.0, max=1.0)
+    arrays = (255.0 * pixels.permute(0, 2, 3, 1).numpy()).astype(np.uint8)
+    return [Image.fromarray(array) for array in arrays]
 
 
 def latents_to_images(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
-    decoded = decode_latents(model, latents)
-    return _postprocessor.postprocess(decoded.float().cpu(), output_type="pil")
+    return to_8bit_images(decode_latents(model, latents))
 
 
 def txt2img(

@@ -25,7 +25,7 @@ from .generation import (
     SamplingParams,
     build_scheduler,
     denoise_inputs,
-    initial_noise,
+    image_rng,
     inpaint_txt2img_channels,
     latents_to_images,
 )
@@ -194,8 +194,11 @@ def img2img_latents(
     prepared: _Prepared,
     options: Img2ImgOptions,
     extensions: Sequence[DenoiseExtension] = (),
+    init_latents: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Encode, noise to the strength's start step, denoise (blending the known region), return final latents."""
+    """Encode, noise to the strength's start step, denoise (blending the known region), return final latents.
+
+    `init_latents` (one per seed, at the generation size) replaces encoding `prepared.image` (hires fix)."""
     run = img2img_steps(params.steps, options.denoising_strength)
     if model.variant == "depth":  # refused before any work
         if prepared.mask is not None:
@@ -210,11 +213,15 @@ def img2img_latents(
         latent_mask = _latent_mask(prepared.mask, latent_size, model.device, model.dtype)
         if options.inpainting_fill == FILL:
             image = fill_masked(image, prepared.mask)
-    init = encode_images(model, [image])
-    if init.shape[-2:] != latent_size:  # latent upscale
-        init = F.interpolate(init.float(), size=latent_size, mode="bilinear").to(model.dtype)
-    init = init.repeat(batch, 1, 1, 1)
-    noise = initial_noise(params.seeds, model.latent_channels, *latent_size).to(model.device, model.dtype)
+    if init_latents is not None:
+        init = init_latents.to(model.device, model.dtype)
+    else:
+        init = encode_images(model, [image])
+        if init.shape[-2:] != latent_size:  # latent upscale
+            init = F.interpolate(init.float(), size=latent_size, mode="bilinear").to(model.dtype)
+        init = init.repeat(batch, 1, 1, 1)
+    rng = image_rng(model, params, latent_size)
+    noise = rng.first().to(model.device, model.dtype)
     if latent_mask is not None and options.inpainting_fill == LATENT_NOISE:
         init = init * (1 - latent_mask) + noise * latent_mask
     elif latent_mask is not None and options.inpainting_fill == LATENT_NOTHING:
@@ -228,8 +235,8 @@ def img2img_latents(
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start)
     timesteps = scheduler.timesteps
-    if options.denoising_strength >= 1.0:  # strength 1 ignores the input: the txt2img start, pure noise
-        latents = noise * scheduler.init_noise_sigma
+    if options.denoising_strength >= 1.0 and not getattr(scheduler, "is_k_diffusion", False):
+        latents = noise * scheduler.init_noise_sigma  # diffusers: strength 1 ignores the input (pure noise)
     else:
         latents = scheduler.add_noise(init, noise, timesteps[start:start + 1].repeat(batch))
 
@@ -245,8 +252,23 @@ def img2img_latents(
                                                                 model.dtype)))
     elif latent_mask is not None:
         mode_extensions.append(KnownRegionBlend(init, noise, latent_mask, scheduler))
-    inputs = denoise_inputs(model, params, latents, start)
+    inputs = denoise_inputs(model, params, latents, start, rng=rng)
     return run_denoise(model, scheduler, inputs, [*mode_extensions, *extensions])
+
+
+def img2img_from_latents(
+    model: LoadedModel,
+    params: SamplingParams,
+    samplers: SamplerRegistry,
+    init_latents: torch.Tensor,
+    denoising_strength: float,
+    extensions: Sequence[DenoiseExtension] = (),
+) -> torch.Tensor:
+    """Plain img2img from latents already at the generation size, one per seed (hires fix's second pass): no
+    image, no mask, nothing to paste back."""
+    prepared = _Prepared(image=None, original=None, overlay=None, mask=None, paste_box=None)  # type: ignore[arg-type]
+    options = Img2ImgOptions(denoising_strength=denoising_strength)
+    return img2img_latents(model, params, samplers, prepared, options, extensions, init_latents=init_latents)
 
 
 def finish(images: list[Image.Image], prepared: _Prepared, options: Img2ImgOptions) -> list[Image.Image]:

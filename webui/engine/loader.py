@@ -63,6 +63,9 @@ class LoadedModel:
     text_encoders: list[TextEncoder]
     default_resolution: tuple[int, int]
     metadata: dict[str, str] = field(default_factory=dict)
+    # The training noise table the checkpoint stores (`alphas_cumprod`, as stored: an fp16 file's fp16 values), or
+    # None; A1111 builds its k-diffusion sigmas from it (sigma_schedules.py), else from LDM's betas.
+    alphas_cumprod: torch.Tensor | None = None
 
     @property
     def vae_scale(self) -> float:
@@ -237,7 +240,16 @@ def build_model(
         text_encoders=text_encoders,
         default_resolution=resolution,
         metadata=dict(raw.metadata),
+        alphas_cumprod=_stored_alphas_cumprod(raw.state_dict),
     )
+
+
+def _stored_alphas_cumprod(state_dict: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The stored noise table, copied at its own precision; ignored unless it is one value per training step."""
+    table = state_dict.get("alphas_cumprod")
+    if table is None or not table.is_floating_point() or table.ndim != 1 or len(table) < 2:
+        return None
+    return table.detach().to("cpu").clone()
 
 
 def load_checkpoint(

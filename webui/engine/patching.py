@@ -57,16 +57,18 @@ def patched(patches: Sequence[WeightPatch]) -> Iterator[int]:
         if not isinstance(getattr(patch.module, "weight", None), torch.Tensor):
             raise PatchError(f"{patch.source}: the target layer has no weight")
         by_module.setdefault(id(patch.module), (patch.module, []))[1].append(patch)
-    backups: list[tuple[torch.Tensor, torch.Tensor]] = []
+    # Restored through the module, not the tensor object: a model moved between devices while patched (hires fix's
+    # checkpoint switch parks it in RAM and brings it back) holds new weight tensors by then.
+    backups: list[tuple[torch.nn.Module, torch.Tensor]] = []
     try:
         with torch.no_grad():
             for module, module_patches in by_module.values():
                 weight = module.weight
                 merged = _merged(weight, module_patches)
-                backups.append((weight, weight.detach().clone()))
+                backups.append((module, weight.detach().clone()))
                 weight.copy_(merged)
         yield len(by_module)
     finally:
         with torch.no_grad():
-            for tensor, original in reversed(backups):
-                tensor.copy_(original)
+            for module, original in reversed(backups):
+                module.weight.copy_(original)

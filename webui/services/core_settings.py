@@ -9,21 +9,30 @@ every key, its type, default and what it changes.
 
 from __future__ import annotations
 
+from webui.engine.conditioning import MAX_CLIP_SKIP
+from webui.engine.prompt_parser import DEFAULT_EMPHASIS, EMPHASIS_MODES
+from webui.engine.rng import RNG_SOURCES
 from webui.services.generation import PREVIEW_METHODS, GenerationOptions
 from webui.services.outputs import SAMPLE_FORMATS, SaveOptions, check_filename_pattern, check_folder
 from webui.services.settings import SettingSpec, SettingsStore
+from webui.services.latent_upscalers import LatentUpscaleOptions
+from webui.services.upscalers import UpscaleOptions
 
 SAVING = "Saving images"
 PREVIEWS = "Live previews"
 USER_INTERFACE = "User interface"
 SAMPLER_PARAMETERS = "Sampler parameters"
 MODEL_CACHE = "Model cache"
-SECTIONS = (SAVING, PREVIEWS, USER_INTERFACE, SAMPLER_PARAMETERS, MODEL_CACHE)  # the tab's order; extensions follow
+UPSCALING = "Upscaling"
+PROMPTS = "Prompts"
+# the tab's order; extensions follow
+SECTIONS = (SAVING, PREVIEWS, USER_INTERFACE, SAMPLER_PARAMETERS, MODEL_CACHE, UPSCALING, PROMPTS)
 
 OUTDIR_TXT2IMG = "core.outdir_txt2img_samples"
 OUTDIR_IMG2IMG = "core.outdir_img2img_samples"
 OUTDIR_TXT2IMG_GRIDS = "core.outdir_txt2img_grids"
 OUTDIR_IMG2IMG_GRIDS = "core.outdir_img2img_grids"
+OUTDIR_EXTRAS = "core.outdir_extras_samples"
 FILENAME_PATTERN = "core.samples_filename_pattern"
 GRID_SAVE = "core.grid_save"
 SAMPLES_FORMAT = "core.samples_format"
@@ -40,9 +49,19 @@ DEFAULT_HEIGHT = "core.default_height"
 THEME = "core.theme"
 ETA = "core.eta_ddim"
 ENSD = "core.eta_noise_seed_delta"
+RANDN_SOURCE = "core.randn_source"
 S_CHURN = "core.s_churn"
 CHECKPOINT_CACHE = "core.sd_checkpoint_cache"
 CONTROLNET_CACHE = "core.control_net_model_cache_size"
+EMPHASIS = "core.emphasis"
+CLIP_SKIP = "core.CLIP_stop_at_last_layers"
+SDXL_CLIP_L_SKIP = "core.sdxl_clip_l_skip"
+OLD_SCHEDULING = "core.use_old_scheduling"
+ESRGAN_TILE = "core.ESRGAN_tile"
+ESRGAN_TILE_OVERLAP = "core.ESRGAN_tile_overlap"
+LDSR_STEPS = "core.ldsr_steps"
+SD_X4_STEPS = "core.sd_x4_upscaler_steps"
+SD_X4_NOISE_LEVEL = "core.sd_x4_upscaler_noise_level"
 
 THEMES = ("system", "light", "dark")
 DEFAULT_SAMPLER_NAME = "DPM++ 2M"
@@ -69,6 +88,8 @@ def core_specs(sampler_names: list[str], checkpoint_cache: int = 1, controlnet_c
         spec(OUTDIR_TXT2IMG_GRIDS, "txt2img-grids", "Output folder for txt2img grids", help=folder_help,
              check=check_folder),
         spec(OUTDIR_IMG2IMG_GRIDS, "img2img-grids", "Output folder for img2img grids", help=folder_help,
+             check=check_folder),
+        spec(OUTDIR_EXTRAS, "extras-images", "Output folder for images from the Extras tab", help=folder_help,
              check=check_folder),
         spec(FILENAME_PATTERN, "[seed]", "File-name pattern (after the NNNNN- number)", help=pattern_help,
              check=check_filename_pattern),
@@ -101,10 +122,36 @@ def core_specs(sampler_names: list[str], checkpoint_cache: int = 1, controlnet_c
              section=SAMPLER_PARAMETERS, minimum=0, maximum=2**31 - 1, integer=True),
         spec(S_CHURN, 0.0, "Sigma churn (Euler)", "slider", section=SAMPLER_PARAMETERS, minimum=0, maximum=100,
              step=0.01),
+        spec(RANDN_SOURCE, "GPU", "Random number generator source", "dropdown", section=SAMPLER_PARAMETERS,
+             choices=RNG_SOURCES,
+             help="GPU: the device's own (A1111's default; on a machine without one, the CPU's); CPU: the same on "
+                  "every machine; NV: NVIDIA's GPU generator computed on the CPU, so seeds from NVIDIA cards "
+                  "reproduce anywhere"),
         spec(CHECKPOINT_CACHE, checkpoint_cache, "Checkpoints to keep in RAM", "slider", section=MODEL_CACHE,
              minimum=0, maximum=16, step=1, integer=True),
         spec(CONTROLNET_CACHE, controlnet_cache, "ControlNet models to keep loaded", "slider", section=MODEL_CACHE,
              minimum=0, maximum=16, step=1, integer=True),
+        spec(ESRGAN_TILE, 192, "Tile size for model upscalers (0 = no tiling)", "slider", section=UPSCALING,
+             minimum=0, maximum=512, step=16, integer=True),
+        spec(ESRGAN_TILE_OVERLAP, 8, "Tile overlap for model upscalers", "slider", section=UPSCALING, minimum=0,
+             maximum=48, step=1, integer=True),
+        spec(LDSR_STEPS, 100, "LDSR processing steps", "slider", section=UPSCALING, minimum=1, maximum=200, step=1,
+             integer=True, help="DDIM steps of the LDSR upscaler (fewer is faster)"),
+        spec(SD_X4_STEPS, 50, "SD x4 upscaler steps", "slider", section=UPSCALING, minimum=1, maximum=150, step=1,
+             integer=True),
+        spec(SD_X4_NOISE_LEVEL, 20, "SD x4 upscaler noise level", "slider", section=UPSCALING, minimum=0,
+             maximum=350, step=1, integer=True,
+             help="noise added to the low-resolution image (more = more new detail)"),
+        spec(EMPHASIS, DEFAULT_EMPHASIS, "Emphasis mode", "dropdown", section=PROMPTS, choices=EMPHASIS_MODES,
+             help="how (word), [word] and (word:1.2) act: Original scales the words' encodings and keeps the chunk's "
+                  "mean; No norm scales only (often better for SDXL); Ignore drops the weights; None reads brackets "
+                  "as text"),
+        spec(CLIP_SKIP, 1, "Clip skip", "slider", section=PROMPTS, minimum=1, maximum=MAX_CLIP_SKIP, step=1,
+             integer=True, help="SD 1.x: stop the text encoder this many layers before its end (2 for anime-style "
+                                "models); SD 2.x and SDXL already use their penultimate layer"),
+        spec(SDXL_CLIP_L_SKIP, False, "Clip skip for SDXL's CLIP-L too", "checkbox", section=PROMPTS),
+        spec(OLD_SCHEDULING, False, "Old prompt editing timelines ([a:b:when]: below 1 a fraction, else a step)",
+             "checkbox", section=PROMPTS),
     ]
 
 
@@ -118,7 +165,8 @@ def register_core_settings(settings: SettingsStore, sampler_names: list[str], ch
 def save_options(settings: SettingsStore) -> SaveOptions:
     """The Saving settings as the output store uses them."""
     return SaveOptions(
-        folders={"txt2img": settings.get(OUTDIR_TXT2IMG), "img2img": settings.get(OUTDIR_IMG2IMG)},
+        folders={"txt2img": settings.get(OUTDIR_TXT2IMG), "img2img": settings.get(OUTDIR_IMG2IMG),
+                 "extras-images": settings.get(OUTDIR_EXTRAS)},
         grid_folders={"txt2img": settings.get(OUTDIR_TXT2IMG_GRIDS), "img2img": settings.get(OUTDIR_IMG2IMG_GRIDS)},
         filename_pattern=settings.get(FILENAME_PATTERN),
         format=settings.get(SAMPLES_FORMAT),
@@ -137,7 +185,24 @@ def generation_options(settings: SettingsStore) -> GenerationOptions:
         eta=float(settings.get(ETA)),
         ensd=int(settings.get(ENSD)),
         s_churn=float(settings.get(S_CHURN)),
+        rng_source=str(settings.get(RANDN_SOURCE)),
+        emphasis=str(settings.get(EMPHASIS)),
+        clip_skip=int(settings.get(CLIP_SKIP)),
+        sdxl_clip_l_skip=bool(settings.get(SDXL_CLIP_L_SKIP)),
+        old_scheduling=bool(settings.get(OLD_SCHEDULING)),
     )
+
+
+def upscale_options(settings: SettingsStore) -> UpscaleOptions:
+    """Tiling of the model upscalers, read at every upscale. A tile too small for its overlap runs untiled."""
+    tile, overlap = int(settings.get(ESRGAN_TILE)), int(settings.get(ESRGAN_TILE_OVERLAP))
+    return UpscaleOptions(tile=tile if tile > 2 * overlap else 0, overlap=overlap)
+
+
+def latent_upscale_options(settings: SettingsStore) -> LatentUpscaleOptions:
+    """Steps and noise level of the LDSR and SD x4 upscalers, read at every upscale."""
+    return LatentUpscaleOptions(ldsr_steps=int(settings.get(LDSR_STEPS)), sd_x4_steps=int(settings.get(SD_X4_STEPS)),
+                                sd_x4_noise_level=int(settings.get(SD_X4_NOISE_LEVEL)))
 
 
 def ui_defaults(settings: SettingsStore) -> dict[str, object]:

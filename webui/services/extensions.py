@@ -7,7 +7,8 @@ an app-version mismatch) disables only that extension, and is shown in the Exten
 
 Extensions import only from `webui.services` (never `webui.engine`): the types their hooks receive or return are
 re-exported here (`DenoiseExtension`, `DenoiseContext`, `CfgRescale`, `UNetCall`, `StepState`, `SamplerSpec`, `LoadedModel`,
-`GenerationRequest`, `RequestError`, `ExtraNetworkActivation`, `ExtraNetworkTag`); see `__all__`.
+`GenerationRequest`, `RequestError`, `ExtraNetworkActivation`, `ExtraNetworkTag`, and for selectable scripts `Script`,
+`ScriptArgs`, `ScriptRunner`); see `__all__`.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from webui.engine.tokenizer import count_tokens
 from webui.services.extra_networks import ExtraNetworkActivation, ExtraNetworkTag, group_by_kind, unhandled
 from webui.services.model_manager import ModelManager
 from webui.services.requests import GenerationRequest, RequestError
+from webui.services.scripts import Script, ScriptArgs, ScriptRunner
 from webui.services.settings import SettingKind, SettingSpec, SettingsStore
 
 __all__ = [
@@ -53,11 +55,13 @@ __all__ = [
     # what extensions use in their hooks (re-exported so that they never import the engine)
     "CfgRescale", "DenoiseContext", "DenoiseExtension", "ExtraNetworkActivation", "ExtraNetworkTag", "GenerationRequest",
     "LoadedModel", "RequestError", "SamplerSpec", "SettingKind", "StepState", "UNetCall",
+    "Script", "ScriptArgs", "ScriptRunner",
 ]
 
 log = logging.getLogger("webui.extensions")
 MANIFEST = "extension.toml"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+RESERVED_NAMES = frozenset({"script"})  # the txt2img/img2img Script dropdown's values travel under this name
 LOCAL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # a setting's or an endpoint's name inside its extension
 Mode = Literal["txt2img", "img2img"]
 
@@ -93,6 +97,8 @@ def read_manifest(folder: Path) -> Manifest:
     name = str(data.get("name", ""))
     if not NAME_PATTERN.match(name):
         raise ExtensionError(f"{folder.name}: name {name!r} must be lowercase letters, digits, '-' or '_'")
+    if name in RESERVED_NAMES:
+        raise ExtensionError(f"{folder.name}: name {name!r} is reserved by the app (its Script dropdown); rename it")
     entry = str(data.get("entry", "main.py"))
     if Path(entry).is_absolute() or ".." in Path(entry).parts:
         raise ExtensionError(f"{name}: entry {entry!r} must be a file inside the extension folder")
@@ -147,6 +153,7 @@ class Registrations:
     routes: list[RouteSpec] = field(default_factory=list)
     samplers: list[SamplerSpec] = field(default_factory=list)
     extra_networks: dict[str, ExtraNetworkHandler] = field(default_factory=dict)
+    scripts: list[Script] = field(default_factory=list)
 
 
 @dataclass
@@ -314,9 +321,11 @@ class ExtensionAPI:
         return name if name == prefix or name.startswith(f"{prefix}_") else f"{prefix}_{name}"
 
     @staticmethod
-    def count_tokens(prompt: str) -> tuple[int, int]:
-        """(tokens used, capacity): the prompt's CLIP tokens and the room in its 75-token chunks (A1111's `n/75`)."""
-        return count_tokens(prompt)
+    def count_tokens(prompt: str, steps: int = 20, positive: bool = True) -> tuple[int, int]:
+        """(tokens used, capacity): the prompt's CLIP tokens and the room in its 75-token chunks (A1111's `n/75`),
+        counted as the text encoder sees them: emphasis brackets and weights removed, `AND` parts (positive prompts
+        only) and prompt editing over `steps` steps taken apart, the longest text counted, BREAK padding included."""
+        return count_tokens(prompt, steps, positive=positive)
 
     def add_route(self, path: str, handler: Callable[..., Any], methods: Iterable[str] = ("GET",)) -> None:
         """An HTTP route served at `/ext/<extension>/<path>`, for logged-in users only (as the UI).
@@ -332,6 +341,15 @@ class ExtensionAPI:
 
     def add_sampler(self, spec: SamplerSpec) -> None:
         self._reg.samplers.append(spec)
+
+    def add_script(self, script: Script) -> None:
+        """A selectable script (the "Script" dropdown of txt2img/img2img, `script_name` in the API): a `Script`
+        instance with a title, an argument schema and `run(request, args, runner)`; see docs/extensions.md."""
+        if not isinstance(script, Script) or not script.title:
+            raise ExtensionError(f"{self.name}: add_script takes a Script instance with a title, not {_describe(script)}")
+        if any(other.name == script.name for other in self._reg.scripts):
+            raise ExtensionError(f"{self.name}: a script titled {script.title!r} is already registered")
+        self._reg.scripts.append(script)
 
 
 def _private_copy(request: GenerationRequest) -> GenerationRequest:
@@ -425,6 +443,14 @@ class _ContainedDenoise(DenoiseExtension):
             ctx.latents = latents
 
         self._run("after the loop", lambda: self.inner.after_loop(ctx), restore)
+
+    def after_x0(self, ctx: DenoiseContext) -> None:
+        estimate = ctx.pred_original.clone() if ctx.pred_original is not None else None
+
+        def restore() -> None:
+            ctx.pred_original = estimate
+
+        self._run("after the x0 estimate", lambda: self.inner.after_x0(ctx), restore)
 
 
 class ExtensionManager:
@@ -547,6 +573,11 @@ class ExtensionManager:
         added: list[str] = []
         try:
             register(api)
+            taken = {script.name for other in self.active() for script in other.registrations.scripts}
+            for script in record.registrations.scripts:
+                if script.name in taken:
+                    raise ExtensionError(f"a script titled {script.title!r} is already registered by another "
+                                         "extension; give yours another title")
             for sampler in record.registrations.samplers:
                 self.samplers.register(sampler)
                 added.append(sampler.name)
@@ -562,6 +593,10 @@ class ExtensionManager:
 
     def active(self) -> list[ExtensionRecord]:
         return [r for r in self.records if r.status == "active"]
+
+    def scripts(self) -> list[Script]:
+        """Every active extension's selectable scripts (the built-in ones register as extensions too)."""
+        return [script for record in self.active() for script in record.registrations.scripts]
 
     # ----- hook dispatch -----
     def _guarded(self, record: ExtensionRecord, where: str, call: Callable[[], Any]) -> Any:

@@ -20,15 +20,20 @@ from webui.engine.generation import SamplingParams, txt2img
 from webui.engine.loader import DepthMapRequired, LoadedModel
 from webui.engine.preview import decode_for_preview, fit_latent_to_rgb, identity_factors
 from webui.engine.samplers import SamplerError, SamplerRegistry
+from webui.engine.conditioning import TextOptions
+from webui.engine.prompt_parser import DEFAULT_EMPHASIS, PromptSyntaxError, plan_prompt, prompt_segments
 from webui.engine.tokenizer import EmbeddingMatcher, tokenize_prompt
 from webui.services.embeddings import EmbeddingLibrary
 from webui.services.extra_networks import ExtraNetworkActivation, ExtraNetworkTag, extract_tags, unhandled
+from webui.services.hires import HiresFix, ImageUpscalers
 from webui.services.infotext import format_infotext
 from webui.services.jobs import Job
 from webui.services.model_manager import ModelManager, ModelRecipe
 from webui.services.outputs import OutputSaveError, OutputStore
 from webui.services.queue import JobQueue
-from webui.services.requests import GenerationRequest, RequestError, resolve_for_model, seeds_for_iteration
+from webui.services.requests import (
+    GenerationRequest, RequestError, resolve_for_model, seeds_for_iteration, subseeds_for_iteration,
+)
 
 APP_VERSION = "0.1.0"
 # Live preview methods, A1111's names: a linear latent -> RGB map fitted from the model's VAE, or a full VAE decode.
@@ -45,6 +50,23 @@ class GenerationOptions:
     eta: float = 0.0
     ensd: int = 0
     s_churn: float = 0.0
+    rng_source: str = "GPU"  # A1111's `randn_source` (its default): the device's own generator
+    # Prompt encoding (A1111 `emphasis`, `CLIP_stop_at_last_layers`, `sdxl_clip_l_skip`)
+    emphasis: str = DEFAULT_EMPHASIS
+    clip_skip: int = 1
+    sdxl_clip_l_skip: bool = False
+    old_scheduling: bool = False  # A1111 `use_old_scheduling` (infotext `Old prompt editing timelines`)
+
+    def for_request(self, request: GenerationRequest) -> GenerationOptions:
+        """The options one job runs with: a request's own RNG source and ENSD (a pasted infotext's `RNG`, `ENSD`,
+        or the API's override_settings) win over the settings."""
+        return replace(self, rng_source=request.rng or self.rng_source,
+                       ensd=self.ensd if request.ensd is None else request.ensd,
+                       emphasis=request.emphasis or self.emphasis,
+                       clip_skip=self.clip_skip if request.clip_skip is None else request.clip_skip)
+
+    def text_options(self) -> TextOptions:
+        return TextOptions(emphasis=self.emphasis, clip_skip=self.clip_skip, sdxl_clip_l_skip=self.sdxl_clip_l_skip)
 
 
 ProgressFn = Callable[[int, int, torch.Tensor], None]
@@ -107,23 +129,26 @@ class NoHooks:
 
 
 class Txt2ImgRunner:
-    """txt2img: nothing beyond the shared request."""
+    """txt2img, with A1111's hires fix when the request enables it (webui.services.hires)."""
 
     mode = "txt2img"
 
-    def __init__(self, samplers: SamplerRegistry) -> None:
+    def __init__(self, samplers: SamplerRegistry, hires: HiresFix | None = None) -> None:
         self.samplers = samplers
+        self.hires = hires or HiresFix(samplers)
 
     def validate(self, request: GenerationRequest, model: LoadedModel) -> GenerationRequest:
         if model.variant == "depth":
             raise RequestError("model", str(DepthMapRequired(model.name)))
-        return request
+        return self.hires.validate(request, model)
 
     def sample(self, model, request, params, extensions) -> list[Image.Image]:
+        if request.enable_hr:
+            return self.hires.sample(model, request, params, extensions)
         return txt2img(model, params, self.samplers, extensions)
 
     def infotext_params(self, request: GenerationRequest) -> dict[str, Any]:
-        return {}
+        return self.hires.infotext_params(request)
 
 
 def unapplied_embeddings(library: EmbeddingLibrary, model: LoadedModel, *prompts: str) -> list[str]:
@@ -148,6 +173,46 @@ def unapplied_embeddings(library: EmbeddingLibrary, model: LoadedModel, *prompts
             for name in named]
 
 
+def prompt_infotext(request: GenerationRequest, options: GenerationOptions) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A1111's prompt-encoding keys: (`Clip skip` when above 1, among the core keys), (`Emphasis` when not
+    "Original" and a prompt has brackets it would act on, `Old prompt editing timelines` when that rule changes a
+    schedule; after the extra keys)."""
+    core = {"Clip skip": options.clip_skip} if options.clip_skip > 1 else {}
+    texts = (request.prompt, request.negative_prompt)
+    brackets = any("(" in text or "[" in text for text in texts)
+    later = {"Emphasis": options.emphasis} if options.emphasis != DEFAULT_EMPHASIS and brackets else {}
+    if options.old_scheduling and any(  # A1111 writes it only where the old rule changes a schedule
+            plan_prompt(text, request.steps, old_scheduling=True) != plan_prompt(text, request.steps) for text in texts):
+        later["Old prompt editing timelines"] = True
+    return core, later
+
+
+def check_prompt_syntax(request: GenerationRequest, emphasis: str = DEFAULT_EMPHASIS) -> None:
+    """Refuse, with a one-line message, a prompt whose emphasis A1111 cannot read (e.g. `(cat:1.2.3)`), before the
+    job loads anything. Every text a schedule can show is checked (20 steps stand for any count)."""
+    for field_name in ("prompt", "negative_prompt"):
+        text = getattr(request, field_name)
+        try:
+            for shown in plan_prompt(text, 20, positive=field_name == "prompt").texts:
+                prompt_segments(shown, emphasis)
+        except PromptSyntaxError as exc:
+            raise RequestError(field_name, str(exc)) from None
+
+
+def seed_infotext(request: GenerationRequest, options: GenerationOptions, subseed: int) -> dict[str, Any]:
+    """A1111's seed keys, each only when it applies: `Variation seed` and its strength when the strength is not 0,
+    `Seed resize from` when both sides are set, `RNG` when the source is not A1111's default (GPU)."""
+    keys: dict[str, Any] = {}
+    if request.subseed_strength:
+        keys["Variation seed"] = subseed
+        keys["Variation seed strength"] = request.subseed_strength
+    if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0:
+        keys["Seed resize from"] = f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
+    if options.rng_source != "GPU":
+        keys["RNG"] = options.rng_source
+    return keys
+
+
 class GenerationOutOfMemory(RuntimeError):
     """The device ran out of memory; its caches were freed, so the next (smaller) job works."""
 
@@ -160,6 +225,7 @@ class GenerationResult:
     infotexts: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)  # each image's variation seed (A1111's all_subseeds)
     grid_paths: list[str] = field(default_factory=list)  # grids of batches, when grid saving is on
     request: GenerationRequest | None = None
     interrupted: bool = False
@@ -179,6 +245,7 @@ class GenerationService:
         hooks: GenerationHooks | None = None,
         embeddings: EmbeddingLibrary | None = None,
         options: Callable[[], GenerationOptions] | None = None,
+        upscalers: ImageUpscalers | None = None,
     ) -> None:
         self.models = models
         self.outputs = outputs
@@ -191,7 +258,7 @@ class GenerationService:
         self.options: Callable[[], GenerationOptions] = options or (lambda: GenerationOptions(
             live_previews=bool(preview_every), preview_every=max(1, preview_every)))
         self._preview_factors: dict[int, torch.Tensor] = {}
-        self.txt2img = Txt2ImgRunner(samplers)
+        self.txt2img = Txt2ImgRunner(samplers, HiresFix(samplers, models, upscalers, embeddings))
 
     def validate(self, request: GenerationRequest, model: LoadedModel, runner: ModeRunner | None = None
                  ) -> GenerationRequest:
@@ -199,6 +266,7 @@ class GenerationService:
 
         The fields were checked when the request was built (the schema); what is left depends on the mode and model."""
         valid = (runner or self.txt2img).validate(request, model)
+        check_prompt_syntax(valid, valid.emphasis or DEFAULT_EMPHASIS)
         try:
             spec, schedule = self.samplers.resolve(valid.sampler_name, valid.scheduler)
             spec.config_for(schedule, model.prediction_type)
@@ -229,10 +297,15 @@ class GenerationService:
 
     def infotext(
         self, request: GenerationRequest, model: LoadedModel, seed: int, extra: dict[str, Any] | None = None,
-        options: GenerationOptions | None = None,
+        options: GenerationOptions | None = None, subseed: int | None = None,
     ) -> str:
         spec, schedule = self.samplers.resolve(request.sampler_name, request.scheduler)
-        core, later = self.sampler_infotext(request, options or GenerationOptions())  # the line puts ENSD in place
+        options = options or GenerationOptions()
+        core, later = self.sampler_infotext(request, options)  # the line puts ENSD in place
+        core.update(seed_infotext(request, options, request.subseed if subseed is None else subseed))
+        prompt_core, prompt_later = prompt_infotext(request, options)
+        core.update(prompt_core)
+        later = {**prompt_later, **later}
         params = {
             "Steps": request.steps,
             "Sampler": spec.name,
@@ -313,13 +386,14 @@ class GenerationService:
                   ) -> None:
         valid = self.validate(request, model, runner)
         embeddings = self.embeddings.for_model(model) if self.embeddings else None
-        extra_info = {**activation.infotext, **runner.infotext_params(valid)}
+        # A1111 sets the mode's keys (hires fix, inpaint) before the networks' (Lora hashes, TI hashes), §1.3
+        extra_info = {**runner.infotext_params(valid), **activation.infotext}
         if self.embeddings and embeddings:
             extra_info.update(self.embeddings.infotext(embeddings, prompt, negative))
         if self.embeddings:
             result.warnings.extend(unapplied_embeddings(self.embeddings, model, prompt, negative))
         result.request = valid
-        options = self.options()
+        options = self.options().for_request(valid)
         job.batches_total = valid.n_iter
         step_hooks = self.hooks.step_hooks(valid)
         feature_extensions = self.hooks.denoise_extensions(valid, model)  # ControlNet units, ...
@@ -339,6 +413,12 @@ class GenerationService:
                 eta=options.eta,
                 s_churn=options.s_churn,
                 ensd=options.ensd,
+                subseeds=subseeds_for_iteration(valid, iteration),
+                subseed_strength=valid.subseed_strength,
+                seed_resize_from=(valid.seed_resize_from_w, valid.seed_resize_from_h),
+                rng_source=options.rng_source,
+                text_options=options.text_options(),
+                old_prompt_scheduling=options.old_scheduling,
             )
 
             def on_progress(step: int, total: int, latents: torch.Tensor) -> None:
@@ -368,9 +448,10 @@ class GenerationService:
                 continue
             images = self.hooks.after_decode(images, valid)
             fields = self._pattern_fields(valid, model, seeds)
-            for number, (image, seed) in enumerate(zip(images, seeds)):
-                info = self.infotext(valid, model, seed, extra_info, options)
+            for number, (image, seed, subseed) in enumerate(zip(images, seeds, params.subseeds or seeds)):
+                info = self.infotext(valid, model, seed, extra_info, options, subseed=subseed)
                 self._keep(result, image, info, seed, runner.mode, save, job.owner, {**fields, "batch_number": number})
+                result.subseeds.append(subseed)
             job.batches_done = iteration + 1
             job.step = 0
             job.clear_skip()  # a Skip that came while decoding has nothing left to skip

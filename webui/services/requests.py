@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import secrets
 from dataclasses import replace
-from typing import TYPE_CHECKING, Annotated, Any, Callable, TypeVar, dataclass_transform
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Literal, TypeVar, dataclass_transform
 
 from pydantic import BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass as pydantic_dataclass
@@ -180,6 +180,32 @@ class GenerationRequest:
     vae: str | None = Field(None, description="A1111's sd_vae override: 'Automatic', 'None' or a file in models/VAE; "
                                               "None: the app's default")
     extensions: dict[str, dict[str, Any]] = Field(default_factory=dict, description="extension controls, by name")
+    # A1111's extra seed options (the "Extra" checkbox beside the seed) and per-job noise settings.
+    subseed: Whole = Field(-1, ge=-1, le=MAX_SEED, description="variation seed; -1: random; image i uses subseed + i")
+    subseed_strength: Finite = Field(0.0, ge=0, le=1, description="0: no variation; 1: the variation seed's noise")
+    seed_resize_from_w: Whole = Field(0, ge=0, le=MAX_SIDE, description="resize seed from width; 0: off")
+    seed_resize_from_h: Whole = Field(0, ge=0, le=MAX_SIDE, description="resize seed from height; 0: off")
+    rng: Literal["GPU", "CPU", "NV"] | None = Field(None, description="noise source (infotext RNG); None: the setting")
+    ensd: WholeOrNone = Field(None, ge=0, le=2**31 - 1, description="eta noise seed delta (infotext ENSD); None: the "
+                                                                    "setting")
+    # Prompt encoding per job (a pasted infotext's `Clip skip` / `Emphasis`, the API's override_settings).
+    clip_skip: WholeOrNone = Field(None, ge=1, le=12, description="CLIP skip (infotext Clip skip); None: the setting")
+    emphasis: Literal["Original", "No norm", "Ignore", "None"] | None = Field(
+        None, description="emphasis mode (infotext Emphasis); None: the setting")
+    # Hires fix (txt2img; A1111 UI defaults): upscale the first pass, then img2img it at the larger size.
+    enable_hr: bool = Field(False, description="hires fix: a second pass at a larger size")
+    denoising_strength: Finite = Field(0.7, ge=0, le=1, description="hires fix: how much the second pass changes")
+    hr_scale: Finite = Field(2.0, ge=1, le=8, description="hires fix: upscale by (ignored when a resize side is set)")
+    hr_upscaler: str | None = Field("Latent", max_length=200, description="hires fix: a latent mode or an image "
+                                                                         "upscaler; None: 'Latent'")
+    hr_second_pass_steps: Whole = Field(0, ge=0, le=1000, description="hires steps; 0: the same as steps")
+    hr_resize_x: Whole = Field(0, ge=0, le=MAX_SIDE, description="hires fix: resize width to; 0: from the height")
+    hr_resize_y: Whole = Field(0, ge=0, le=MAX_SIDE, description="hires fix: resize height to; 0: from the width")
+    hr_checkpoint_name: str | None = Field(None, max_length=500, description="hires checkpoint; None: the same")
+    hr_sampler_name: str | None = Field(None, max_length=200, description="hires sampler; None: the same")
+    hr_scheduler: str | None = Field(None, max_length=200, description="hires schedule type; None: the same")
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="hires prompt; empty: the prompt")
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="empty: the negative prompt")
 
 
 def size_multiple(model: LoadedModel) -> int:
@@ -199,13 +225,25 @@ def resolve_for_model(request: GenerationRequest, model: LoadedModel) -> Generat
         if side % multiple:
             raise RequestError(name, f"{side} is not a multiple of {multiple} for this model"
                                      f"{_nearest_multiples(side, multiple, 64, MAX_SIDE)}")
-    seed = request.seed
+    seed, subseed = request.seed, request.subseed
     if seed == -1:
         seed = secrets.randbelow(MAX_SEED + 1 - request.batch_size * request.n_iter)
-    return replace(request, width=width, height=height, seed=seed)  # replace re-checks the schema (e.g. the range)
+    if subseed == -1:  # drawn once per job, like the seed
+        subseed = secrets.randbelow(MAX_SEED + 1 - request.batch_size * request.n_iter)
+    # replace re-checks the schema (e.g. the range)
+    return replace(request, width=width, height=height, seed=seed, subseed=subseed)
 
 
 def seeds_for_iteration(request: GenerationRequest, iteration: int) -> list[int]:
-    """Image i of the whole job uses seed + i (A1111), across batch count and batch size."""
+    """Image i of the whole job uses seed + i (A1111), across batch count and batch size; with a variation strength
+    every image keeps the seed and the variation seeds vary instead."""
+    if request.subseed_strength:
+        return [request.seed] * request.batch_size
     start = request.seed + iteration * request.batch_size
+    return [(start + i) % (MAX_SEED + 1) for i in range(request.batch_size)]
+
+
+def subseeds_for_iteration(request: GenerationRequest, iteration: int) -> list[int]:
+    """Image i of the whole job uses subseed + i (A1111's variation seeds), as the seeds do without variation."""
+    start = request.subseed + iteration * request.batch_size
     return [(start + i) % (MAX_SEED + 1) for i in range(request.batch_size)]

@@ -13,6 +13,7 @@ from webui.services.uploads import UploadLimits
 from webui.ui.bridge import UiBridge
 from webui.ui.extension_ui import extension_ui, finalize_extension_ui
 from webui.ui.extensions_tab import build_extensions_tab, status_html
+from webui.ui.output_browser import build_output_browser_tab
 from webui.ui.prompt_tools import icon, open_outputs_button, wire_open_outputs
 from webui.ui.session import require_admin
 from webui.ui.settings_tab import build_settings_tab
@@ -91,6 +92,8 @@ def build_ui(context: AppContext, install_allowed: bool = True, local: bool = Fa
             register_txt2img_target(bridge, txt2img)
             img2img_ui.register_send_targets(bridge, img2img)
             register_controlnet_target(bridge, txt2img)
+            with gr.Tab("Image Browser", id="image_browser") as browser_tab:
+                build_output_browser_tab(context, browser_tab, bridge)
             build_extension_tabs(context, bridge)
             with gr.Tab("Settings", id="settings"):
                 build_settings_tab(context, demo)

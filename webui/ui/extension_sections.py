@@ -49,8 +49,11 @@ def collect_values(controls: list[SectionControl], values: tuple[Any, ...]) -> d
 def with_extension_controls(handler: Callable[..., Iterator[Any]], controls: list[SectionControl]) -> Callable[..., Iterator[Any]]:
     """Wrap `handler(*inputs, extensions=..., request=...)` as a Gradio handler whose inputs are the
     handler's own parameters followed by the extension controls (exposed to API clients as `<extension>_<control>`)."""
-    names = [n for n in inspect.signature(handler).parameters if n not in ("extensions", "request")]
+    own = inspect.signature(handler).parameters
+    names = [n for n in own if n not in ("extensions", "request")]
     fixed, extra = len(names), len(controls)
+    # The handler's own defaults stay defaults, so a control added later is optional for API clients too.
+    own_defaults = {n: own[n].default for n in names if own[n].default is not inspect.Parameter.empty}
 
     def wrapped(*args: Any) -> Iterator[Any]:
         (request,) = args[fixed + extra:]
@@ -60,7 +63,7 @@ def with_extension_controls(handler: Callable[..., Iterator[Any]], controls: lis
     # Extension controls get their component's initial value as the default, so API clients written before an
     # extension was installed keep working (gradio_client treats parameters without a default as required).
     defaults = {f"{ext}_{name}": getattr(component, "value", None) for ext, name, component in controls}
-    declare_inputs(wrapped, [*names, *defaults], defaults)
+    declare_inputs(wrapped, [*names, *defaults], {**own_defaults, **defaults})
     return wrapped
 
 

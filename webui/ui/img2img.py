@@ -24,15 +24,21 @@ from webui.services.img2img import (
 )
 from webui.services.infotext import parse_infotext
 from webui.services.outputs import read_infotext
+from webui.services.output_browser import OutputBrowser
 from webui.services.requests import RequestError, parse_request
 from webui.services.uploads import UploadError, UploadLimits, check_header, load_image, to_rgb
 from webui.ui.bridge import UiBridge
 from webui.ui.extension_sections import render_sections, with_extension_controls
+from webui.ui.script_controls import SCRIPT_KEY, script_controls, script_submitter
 from webui.ui.job_stream import (
     JobButtons, job_buttons, result_column, run_job_streaming, snap_size_to_8, wire_interrupt_and_select,
     wire_sampler_schedules,
 )
 from webui.ui.prompt_tools import seed_row, token_counter, wire_seed_row
+from webui.ui.seed_extras import SeedExtras, paste_fields as seed_paste_fields, paste_updates as seed_paste_updates
+from webui.ui.seed_extras import request_fields as seed_extra_fields, seed_extras
+from webui.ui.paste_params import PasteField, PasteWiring, sampler_check, wire_paste
+from webui.ui.styles_ui import prompt_tools, styled_prompts, wire_styles
 from webui.ui.session import owner_of
 
 RESIZE_CHOICES = [RESIZE_MODE_LABELS[mode] for mode in sorted(RESIZE_MODE_LABELS)]
@@ -128,6 +134,7 @@ class Img2ImgPanel:
     padding: gr.Slider | None = None
     outpaint_image: gr.Image | None = None  # inpaint tab, outpaint sub-tab
     buttons: JobButtons | None = None
+    seed_extras: SeedExtras | None = None  # the "Extra" seed options (variation seed, resize seed from, RNG)
 
 
 @dataclass
@@ -172,6 +179,7 @@ def _panel(
             token_counter(negative, f"{prefix}_neg_token_counter")
         with gr.Column(scale=1, min_width=160):
             buttons = job_buttons(prefix)
+            tools = prompt_tools(prefix, context.styles)
     panel_inputs: list = []
     with gr.Row(elem_classes=["ls-work-row"]):
         with gr.Column(elem_id=f"{prefix}_settings_col", elem_classes=["ls-settings-col"]):
@@ -222,7 +230,10 @@ def _panel(
             denoise = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{prefix}_denoise")
             seeds = seed_row(prefix)
             seed = seeds.seed
+            extras = seed_extras(prefix)
             extension_controls = render_sections(context, "img2img", prefix)
+            if not inpaint:  # A1111's "Script" dropdown; its values reach the handler under SCRIPT_KEY
+                extension_controls = [*extension_controls, *script_controls(context, "img2img", prefix).controls]
             mask_blur = masked_content = inpaint_area = padding = None
             if inpaint:
                 mask_blur = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id=f"{prefix}_mask_blur")
@@ -240,14 +251,25 @@ def _panel(
               denoise, resize_mode]
     panel = Img2ImgPanel(prefix, prompt, negative, sampler, schedule, steps, cfg_scale, seed, denoise, gallery,
                          infotext, image, editor, submode, subtabs, mask_blur, masked_content, inpaint_area, padding,
-                         outpaint_image, buttons)
+                         outpaint_image, buttons, extras)
 
     wire_interrupt_and_select(context, buttons, gallery, infotext)
     wire_seed_row(seeds, infotext)
     wire_sampler_schedules(context.samplers, sampler, schedule)
     for size in (width, height):
         snap_size_to_8(size)
-    return (panel, [buttons.generate, *shared, *panel_inputs], [gallery, preview, infotext, status],
+    wire_styles(context.styles, tools, prompt, negative, buttons.message)
+    # ↙ and dropped images fill the fields "send to" fills (its table), plus size and batch size
+    paste_fields = [PasteField(key, getattr(panel, attribute), sampler_check(context.samplers, attribute))
+                    for key, attribute in _PARAM_FIELDS]
+    paste_fields += [PasteField("Denoising strength", denoise), PasteField("Size-1", width),
+                     PasteField("Size-2", height), PasteField("Batch size", batch_size)]
+    paste_fields += seed_paste_fields(extras)
+    wire_paste(OutputBrowser(context.outputs), PasteWiring(tools.paste, prompt, tools.drop, buttons.message),
+               paste_fields, limits)
+    # the selected styles come last, after the tab's own inputs, so positional API callers are unaffected
+    return (panel, [buttons.generate, *shared, *panel_inputs, tools.styles, *extras.components()],
+            [gallery, preview, infotext, status],
             extension_controls)
 
 
@@ -274,19 +296,31 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown, bridge: UiB
     def on_img2img(
         checkpoint_title: str, prompt: str, negative: str, sampler: str, schedule: str, steps: float, cfg: float,
         w: float, h: float, seed: float, count: float, size: float, denoise: float, resize_mode: int,
-        image_path: str | None, extensions: dict, request: gr.Request,
+        image_path: str | None, styles: list[str] | None, seed_extra: bool = False, subseed: float | None = -1, subseed_strength: float = 0.0,
+        seed_resize_from_w: float = 0, seed_resize_from_h: float = 0, rng: str | None = None, *,
+        extensions: dict, request: gr.Request,
     ) -> Iterator[Any]:
+        script_values = extensions.pop(SCRIPT_KEY, {})
+        try:
+            prompt, negative = styled_prompts(context.styles, prompt, negative, styles)
+        except ValueError as exc:
+            raise i2i.buttons.notes.refuse(request, exc) from None
         shared = [prompt, negative, sampler, schedule, steps, cfg, w, h, seed, count, size, denoise, resize_mode]
         try:
             if not image_path:
                 raise RequestError("init_image", "no image: upload one (or send one from txt2img or PNG Info)")
             image = to_rgb(load_image(image_path, "image", limits))
             gen_request = parse_request(Img2ImgRequest, dict(init_image=image, extensions=extensions,
-                                                             **_base_request(checkpoint_title, shared)))
+                                                             **_base_request(checkpoint_title, shared),
+                                                             **seed_extra_fields(seed_extra, subseed, subseed_strength,
+                                                                                 seed_resize_from_w,
+                                                                                 seed_resize_from_h, rng)))
+            submit = script_submitter(context, "img2img", script_values, gen_request, owner_of(request),
+                                      img2img_runner)  # None: no script chosen
         except ValueError as exc:
             raise i2i.buttons.notes.refuse(request, exc) from None
         yield from run_job_streaming(context, gen_request, owner_of(request), i2i.buttons.notes, request,
-                                     img2img_runner)
+                                     img2img_runner, submit=submit)
 
     i2i.buttons.on_generate_failure(generate.click(with_extension_controls(on_img2img, i2i_extension_controls),
                    inputs=[checkpoint, *inputs, *(c for _, _, c in i2i_extension_controls)], outputs=outputs,
@@ -301,14 +335,22 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown, bridge: UiB
         submode: str, editor: dict | None, upload_image: str | None, upload_mask: str | None,
         outpaint_image: str | None, left: float, right: float, up: float, down: float, fill_from: str,
         mask_blur: float, mask_mode: int, masked_content: int, inpaint_area: int, padding: float,
+        styles: list[str] | None, seed_extra: bool = False, subseed: float | None = -1, subseed_strength: float = 0.0,
+        seed_resize_from_w: float = 0, seed_resize_from_h: float = 0, rng: str | None = None, *,
         extensions: dict, request: gr.Request,
     ) -> Iterator[Any]:
+        try:
+            prompt, negative = styled_prompts(context.styles, prompt, negative, styles)
+        except ValueError as exc:
+            raise inp.buttons.notes.refuse(request, exc) from None
         shared = [prompt, negative, sampler, schedule, steps, cfg, w, h, seed, count, size, denoise, resize_mode]
         fields = dict(
             _base_request(checkpoint_title, shared), mask_blur=mask_blur, inpainting_mask_invert=mask_mode or 0,
             inpainting_fill=ORIGINAL if masked_content is None else masked_content,
             inpaint_full_res=inpaint_area == 1, inpaint_full_res_padding=padding,
         )
+        fields.update(seed_extra_fields(seed_extra, subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h,
+                                        rng))
         try:
             runner: ModeRunner = img2img_runner
             if submode == "outpaint":
@@ -354,11 +396,12 @@ def _param_updates(panel: Img2ImgPanel, parsed: dict[str, Any]) -> list[Any]:
     updates = [gr.update(value=parsed[key]) if key in parsed else gr.update() for key, _ in _PARAM_FIELDS]
     strength = parsed.get("Denoising strength")
     updates.append(gr.update(value=strength) if isinstance(strength, (int, float)) else gr.update())
-    return updates
+    return updates + (seed_paste_updates(parsed) if panel.seed_extras else [])
 
 
 def _param_outputs(panel: Img2ImgPanel) -> list[Any]:
-    return [getattr(panel, attr) for _, attr in _PARAM_FIELDS] + [panel.denoise]
+    extras = panel.seed_extras.components() if panel.seed_extras else []
+    return [getattr(panel, attr) for _, attr in _PARAM_FIELDS] + [panel.denoise] + extras
 
 
 def checked_image_path(path: str, limits: UploadLimits) -> str:

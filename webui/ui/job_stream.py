@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 
@@ -114,13 +114,14 @@ class ErrorNotes:
 
 def run_job_streaming(
     context: AppContext, request: GenerationRequest, owner: str, notes: ErrorNotes, page: gr.Request | None,
-    runner: ModeRunner | None = None,
+    runner: ModeRunner | None = None, submit: Callable[[], Job] | None = None,
 ) -> Iterator[Any]:
     """Submit to the job queue, then yield (gallery, preview, infotext, status) updates: the place in the
     queue while waiting, one progress bar and the live preview while running, then the results. Only this job is
-    watched, so a user never sees another's progress or previews."""
+    watched, so a user never sees another's progress or previews. `submit` queues something else than the plain
+    generation of `request` (a selectable script's job, whose result has the same shape)."""
     try:
-        job = context.generation.submit(owner, request, runner)
+        job = submit() if submit is not None else context.generation.submit(owner, request, runner)
     except QueueFullError as exc:
         raise notes.refuse(page, exc) from None
     seen_version, shown_preview, shown_status = -1, 0, ""
