@@ -65,7 +65,8 @@ def test_one_progress_bar_and_an_uncovered_live_preview(page) -> None:
             + '.progress-text, #txt2img_infotext .progress-text, .eta-bar')].filter(shown);
         const img = document.querySelector('#txt2img_preview img');
         let onTop = 'no preview';
-        if (img && shown(img)) { const r = img.getBoundingClientRect();
+        if (img && shown(img)) { img.scrollIntoView({block: 'center'});  // a phone shows it below the fold
+            const r = img.getBoundingClientRect();
             const hit = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
             onTop = hit === img ? 'image' : (hit ? (hit.className || hit.tagName) : 'nothing'); }
         return {state: bar.dataset.state, text: bar.innerText, bars: bars.length, gradioBars: gradioBars.length, onTop};

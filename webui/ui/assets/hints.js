@@ -14,6 +14,7 @@
     "img2img": "Make a new image from an uploaded image and a prompt.",
     "Inpaint": "Repaint the masked part of an image, or extend its borders.",
     "PNG Info": "Read the generation parameters stored in an image file.",
+    "Extras": "Upscale single images or a batch with the upscalers in the models folder.",
     "Settings": "Options of the app and its extensions.",
     "Extensions": "Enable, disable and install extensions.",
     "ControlNet": "Try ControlNet preprocessors on an image and see their maps.",
@@ -33,6 +34,7 @@
     "Send to txt2img": "Copy this image's parameters into the txt2img tab.",
     "Send to outpaint": "Open the selected image in the Inpaint tab's Outpaint sub-tab, to extend it.",
     "Send to ControlNet": "Use this image as the control image of txt2img's first ControlNet unit.",
+    "Send to extras": "Open the selected image in the Extras tab, to upscale it.",
     // sampling
     "Sampling method": "The algorithm that removes noise step by step.",
     "Schedule type": "How the noise levels are spaced over the steps; Automatic picks the sampler's usual one.",
@@ -53,6 +55,7 @@
     "Noise source (RNG)": "Where the noise comes from: Setting follows Settings, and NV reproduces NVIDIA cards' seeds on any machine.",
     "Denoising strength": "How much of the input image to change; 0 keeps it, 1 ignores it.",
     "Resize mode": "How the input image is fitted to a different output size.",
+    "Script": "Run a script instead of a plain generation, such as an X/Y/Z plot or prompts from a file.",
     // results
     "Preview": "The image as it forms during sampling.",
     "Output": "The finished images; click one to see its parameters.",
