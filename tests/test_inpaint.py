@@ -200,9 +200,11 @@ def test_an_empty_mask_is_refused_with_a_message_saying_so(sd1) -> None:
 
 def test_nine_channel_model_does_plain_img2img_with_an_all_masked_grey_input(sd1_inpaint) -> None:
     """Without a mask a 9-channel model gets txt2img's extra channels (mask 1, grey masked image), as in A1111:
-    its img2img at strength 1 then equals its txt2img from the same seed."""
+    its img2img at strength 1 then equals its txt2img from the same seed. A diffusers scheduler, because A1111's
+    k-diffusion img2img keeps the input under sigma-max noise even at strength 1 (init + noise * sigma_max)."""
     from webui.engine.generation import txt2img
 
-    out = img2img(sd1_inpaint, params(), REGISTRY, picture(), Img2ImgOptions(denoising_strength=1.0))
-    reference = txt2img(sd1_inpaint, params(), REGISTRY)
+    diffusers_euler = params("Euler (diffusers)")
+    out = img2img(sd1_inpaint, diffusers_euler, REGISTRY, picture(), Img2ImgOptions(denoising_strength=1.0))
+    reference = txt2img(sd1_inpaint, diffusers_euler, REGISTRY)
     assert np.array_equal(np.asarray(out[0]), np.asarray(reference[0]))
