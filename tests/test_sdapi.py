@@ -252,3 +252,31 @@ def test_nowebui_serves_the_api_without_the_ui(app_dirs) -> None:
             assert "/sdapi/v1/txt2img" in http.get("openapi.json").json()["paths"]
     finally:
         api_only.stop()
+
+
+def test_infotext_field_fills_what_the_request_leaves_unset(server) -> None:
+    """A1111's `infotext` request field: every field the body does not send comes from the infotext (Clip skip and
+    RNG as override settings), so an infotext alone remakes its image; fields sent explicitly win."""
+    first = {**SMALL, "prompt": "a (blue:1.2) square", "negative_prompt": "blurry", "seed": 77, "steps": 4,
+             "subseed": 5, "subseed_strength": 0.3, "sampler_name": "DPM++ 2M", "scheduler": "Karras",
+             "override_settings": {"CLIP_stop_at_last_layers": 2, "randn_source": "CPU"}}
+    with _http(server, "bob") as http:
+        original = http.post("txt2img", json=first).json()
+        infotext = json.loads(original["info"])["infotexts"][0]
+        assert "Clip skip: 2" in infotext and "RNG: CPU" in infotext and "Variation seed: 5" in infotext
+        remade = http.post("txt2img", json={"infotext": infotext}).json()
+        changed = http.post("txt2img", json={"infotext": infotext, "seed": 78}).json()
+        broken = http.post("txt2img", json={"infotext": infotext.replace("Steps: 4", "Steps: many")}).json()
+    remade_info = json.loads(remade["info"])
+    assert remade_info["infotexts"][0] == infotext
+    assert _pixels(remade["images"][0]) == _pixels(original["images"][0])
+    changed_info = parse_infotext(json.loads(changed["info"])["infotexts"][0])
+    assert changed_info["Seed"] == 78 and changed_info["Steps"] == 4 and changed_info["Clip skip"] == 2
+    assert _pixels(changed["images"][0]) != _pixels(original["images"][0])
+    broken_info = json.loads(broken["info"])
+    assert any("infotext Steps: 'many'" in warning for warning in broken_info["warnings"]), broken_info["warnings"]
+    assert parse_infotext(broken_info["infotexts"][0])["Steps"] == 50  # A1111's API default, as the field was unset
+
+
+def _pixels(data: str) -> bytes:
+    return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB").tobytes()

@@ -10,10 +10,11 @@ would not (face restoration). `styles` names entries of the install's `styles.cs
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from webui.services.infotext import parse_infotext
 from webui.services.requests import RequestError
 
 # Reported as ignored when set (the sampler noise knobs eta and s_* are not: clients send them by default).
@@ -214,6 +215,55 @@ class UpscalerItem(BaseModel):
     model_path: str | None
     model_url: str | None
     scale: float | None
+
+
+# The `infotext` field: A1111's `apply_infotext` fills every field the request did not set from the infotext's keys
+# (its paste fields that carry an API name), and adds the keys that are settings to override_settings.
+INFOTEXT_FIELDS: dict[str, str] = {
+    "Prompt": "prompt", "Negative prompt": "negative_prompt", "Steps": "steps", "Sampler": "sampler_name",
+    "Schedule type": "scheduler", "CFG scale": "cfg_scale", "Seed": "seed", "Size-1": "width", "Size-2": "height",
+    "Variation seed": "subseed", "Variation seed strength": "subseed_strength",
+    "Seed resize from-1": "seed_resize_from_w", "Seed resize from-2": "seed_resize_from_h",
+    "Denoising strength": "denoising_strength", "Hires upscale": "hr_scale", "Hires upscaler": "hr_upscaler",
+    "Hires steps": "hr_second_pass_steps", "Hires resize-1": "hr_resize_x", "Hires resize-2": "hr_resize_y",
+    "Hires sampler": "hr_sampler_name", "Hires schedule type": "hr_scheduler", "Hires prompt": "hr_prompt",
+    "Hires negative prompt": "hr_negative_prompt", "Image CFG scale": "image_cfg_scale", "Mask blur": "mask_blur",
+}
+# A1111's `infotext_to_setting_name_mapping`, for the settings this app takes per job. `Model` and `VAE` are left
+# out as A1111 leaves them out by default (`disable_weights_auto_swap`): an infotext never swaps the checkpoint.
+INFOTEXT_SETTINGS: dict[str, str] = {"Clip skip": "CLIP_stop_at_last_layers", "ENSD": "eta_noise_seed_delta",
+                                     "RNG": "randn_source", "Emphasis": "emphasis"}
+BodyT = TypeVar("BodyT", bound="Txt2ImgBody")
+_USE_SAME = {"hr_sampler_name": "Use same sampler", "hr_scheduler": "Use same scheduler"}
+
+
+def apply_infotext(body: BodyT) -> tuple[BodyT, list[str]]:
+    """The body with the fields it left unset taken from `body.infotext` (fields sent explicitly win), and warnings
+    for infotext values that do not fit their field, which are skipped rather than failing the request."""
+    if not body.infotext:
+        return body, []
+    params = parse_infotext(body.infotext)
+    updates: dict[str, Any] = {}
+    warnings: list[str] = []
+    sent = body.model_fields_set
+    for key, field in INFOTEXT_FIELDS.items():
+        value = params.get(key)
+        if value is None or field in sent or field not in type(body).model_fields or value == _USE_SAME.get(field):
+            continue
+        try:
+            updates[field] = TypeAdapter(type(body).model_fields[field].annotation).validate_python(value)
+        except ValidationError as exc:
+            reason = exc.errors()[0]["msg"]
+            warnings.append(f"infotext {key}: {value!r} does not fit {field} ({reason}); ignored")
+    if not isinstance(body, Img2ImgBody) and "enable_hr" not in sent and "Denoising strength" in params and any(
+            key in params for key in ("Hires upscale", "Hires upscaler", "Hires resize-1")):
+        updates["enable_hr"] = True  # A1111's rule: a hires pass is recorded by its denoising strength and size
+    overrides = dict(body.override_settings or {})
+    for key, setting in INFOTEXT_SETTINGS.items():
+        if key in params and setting not in overrides:
+            overrides[setting] = params[key]
+    updates["override_settings"] = overrides
+    return body.model_copy(update=updates), warnings
 
 
 def request_fields(body: Txt2ImgBody, user_model: str | None) -> tuple[dict[str, Any], list[str]]:

@@ -35,6 +35,7 @@ from webui.api.a1111_schema import (
     ProgressState,
     QueueEntry,
     Txt2ImgBody,
+    apply_infotext,
     hires_fields,
     is_url,
     request_fields,
@@ -280,12 +281,13 @@ class SdApi:
         }
 
     async def txt2img(self, body: Txt2ImgBody, user: Any) -> GenerationResponse:
+        body, pasted = apply_infotext(body)
         try:
             fields, warnings = self._base_fields(body, user)
             request = GenerationRequest(**{**fields, **hires_fields(body)})
         except (RequestError, ValueError) as exc:
             raise _unprocessable(exc) from exc
-        return await self._run(user, request, None, body, warnings)
+        return await self._run(user, request, None, body, [*pasted, *warnings])
 
     def _image(self, value: str, field: str) -> Image.Image:
         if not isinstance(value, str) or not value:
@@ -296,8 +298,10 @@ class SdApi:
         return load_image_base64(strip_data_url(value), field, self.upload_limits)
 
     async def img2img(self, body: Img2ImgBody, user: Any) -> GenerationResponse:
+        body, pasted = apply_infotext(body)
         try:
             fields, warnings = self._base_fields(body, user)
+            warnings = [*pasted, *warnings]
             if not body.init_images:
                 raise RequestError("init_images", "send one base64 image in init_images")
             if len(body.init_images) > 1:
