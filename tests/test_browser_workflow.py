@@ -132,6 +132,34 @@ def test_pasted_infotext_and_dropped_png_fill_every_field(page) -> None:
     page.fill("#img2img_prompt textarea", "")
 
 
+OVERRIDES = ("a red circle, (blue background:1.3)\nSteps: 3, Sampler: Euler, CFG scale: 5, Seed: 5, Size: 64x64, "
+             "Clip skip: 2, Emphasis: No norm, Batch size: 1")
+
+
+def test_pasted_clip_skip_and_emphasis_become_the_tabs_override_settings(page) -> None:
+    """A1111's "Override settings": an infotext's Clip skip and Emphasis apply to this tab's jobs (the image's own
+    infotext records them), and an infotext without them clears the box."""
+    open_tab(page, "txt2img")
+    assert not page.locator("#txt2img_override_settings").is_visible()
+    page.fill("#txt2img_prompt textarea", OVERRIDES)
+    page.click("#txt2img_paste")
+    _wait_message(page, "field(s) from the prompt box")
+    page.wait_for_selector("#txt2img_override_settings", state="visible", timeout=TIMEOUT_MS)
+    shown = page.inner_text("#txt2img_override_settings")
+    assert "Clip skip: 2" in shown and "Emphasis: No norm" in shown, shown
+    save_screenshot(page, "workflow_override_settings-desktop")
+    page.click("#txt2img_generate")
+    page.wait_for_function("() => document.querySelector('#txt2img_infotext textarea').value.includes('Seed: 5')",
+                           timeout=TIMEOUT_MS)
+    infotext = page.input_value("#txt2img_infotext textarea")
+    assert "Clip skip: 2" in infotext and "Emphasis: No norm" in infotext, infotext
+
+    page.fill("#txt2img_prompt textarea", PASTED)
+    page.click("#txt2img_paste")
+    page.wait_for_selector("#txt2img_override_settings", state="hidden", timeout=TIMEOUT_MS)
+    _reset(page)
+
+
 def test_image_browser_finds_a_saved_image_by_its_prompt(page, browser_app: AppServer) -> None:
     word = f"zebra{uuid.uuid4().hex[:8]}"
     infotext = f"a {word} in the snow\nSteps: 5, Sampler: Euler, CFG scale: 6, Seed: 31337, Size: 16x16, Model: tiny"

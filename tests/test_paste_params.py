@@ -5,6 +5,7 @@ says why; keys the infotext lacks are left alone. Real Gradio components and the
 from __future__ import annotations
 
 import gradio as gr
+import pytest
 
 from webui.engine.samplers import SamplerRegistry
 from webui.services.infotext import has_parameter_line, parse_infotext
@@ -46,3 +47,18 @@ def test_only_an_infotext_is_taken_apart() -> None:
     assert not has_parameter_line("a cat: cute, colour: red")  # two pairs: a prompt, not parameters
     assert not has_parameter_line("Steps: 20, Sampler: Euler, Seed: 1\nand a second line")
     assert not has_parameter_line("   ")
+
+
+def test_override_settings_box_takes_only_what_it_can_apply() -> None:
+    from webui.services.requests import RequestError
+    from webui.ui.override_settings import override_entries, request_fields
+
+    parsed = parse_infotext("a cat\nSteps: 3, Seed: 1, Size: 64x64, Clip skip: 2, ENSD: 31337, Emphasis: No norm")
+    entries = override_entries(parsed)
+    assert entries == ["Clip skip: 2", "ENSD: 31337", "Emphasis: No norm"]
+    assert request_fields(entries) == {"clip_skip": 2, "ensd": 31337, "emphasis": "No norm"}
+    assert override_entries(parse_infotext("a cat\nSteps: 3, Seed: 1, Size: 64x64")) == []  # defaults: no entry
+    for bad, reason in (("Clip skip: two", "not a whole number"), ("Emphasis: Loud", "not one of"),
+                        ("Hypernet: x", "not an override this app knows")):
+        with pytest.raises(RequestError, match=reason):
+            request_fields([bad])

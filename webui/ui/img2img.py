@@ -297,7 +297,8 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown, bridge: UiB
         checkpoint_title: str, prompt: str, negative: str, sampler: str, schedule: str, steps: float, cfg: float,
         w: float, h: float, seed: float, count: float, size: float, denoise: float, resize_mode: int,
         image_path: str | None, styles: list[str] | None, seed_extra: bool = False, subseed: float | None = -1, subseed_strength: float = 0.0,
-        seed_resize_from_w: float = 0, seed_resize_from_h: float = 0, rng: str | None = None, *,
+        seed_resize_from_w: float = 0, seed_resize_from_h: float = 0, rng: str | None = None,
+        overrides: list[str] | None = None, *,
         extensions: dict, request: gr.Request,
     ) -> Iterator[Any]:
         script_values = extensions.pop(SCRIPT_KEY, {})
@@ -314,7 +315,8 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown, bridge: UiB
                                                              **_base_request(checkpoint_title, shared),
                                                              **seed_extra_fields(seed_extra, subseed, subseed_strength,
                                                                                  seed_resize_from_w,
-                                                                                 seed_resize_from_h, rng)))
+                                                                                 seed_resize_from_h, rng,
+                                                                                 overrides)))
             submit = script_submitter(context, "img2img", script_values, gen_request, owner_of(request),
                                       img2img_runner)  # None: no script chosen
         except ValueError as exc:
@@ -336,7 +338,8 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown, bridge: UiB
         outpaint_image: str | None, left: float, right: float, up: float, down: float, fill_from: str,
         mask_blur: float, mask_mode: int, masked_content: int, inpaint_area: int, padding: float,
         styles: list[str] | None, seed_extra: bool = False, subseed: float | None = -1, subseed_strength: float = 0.0,
-        seed_resize_from_w: float = 0, seed_resize_from_h: float = 0, rng: str | None = None, *,
+        seed_resize_from_w: float = 0, seed_resize_from_h: float = 0, rng: str | None = None,
+        overrides: list[str] | None = None, *,
         extensions: dict, request: gr.Request,
     ) -> Iterator[Any]:
         try:
@@ -349,9 +352,9 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown, bridge: UiB
             inpainting_fill=ORIGINAL if masked_content is None else masked_content,
             inpaint_full_res=inpaint_area == 1, inpaint_full_res_padding=padding,
         )
-        fields.update(seed_extra_fields(seed_extra, subseed, subseed_strength, seed_resize_from_w, seed_resize_from_h,
-                                        rng))
         try:
+            fields.update(seed_extra_fields(seed_extra, subseed, subseed_strength, seed_resize_from_w,
+                                            seed_resize_from_h, rng, overrides))
             runner: ModeRunner = img2img_runner
             if submode == "outpaint":
                 if not outpaint_image:

@@ -108,7 +108,10 @@ def paste_updates(fields: list[PasteField], parsed: dict[str, Any]) -> tuple[lis
             updates.append(gr.skip())
             continue
         try:
-            updates.append(gr.update(value=field_value(field, value)))
+            checked = field_value(field, value)
+            # a check may answer with a whole update (a box that also changes its choices and visibility)
+            is_update = isinstance(checked, dict) and checked.get("__type__") == "update"
+            updates.append(checked if is_update else gr.update(value=checked))
             filled += 1
         except ValueError as exc:
             notes.append(f"{_label(field)}: {exc}; kept the current value")

@@ -1,5 +1,6 @@
 """A1111's "Extra" seed options under the seed box: variation seed and strength, resize seed from, and the job's noise
-source (RNG), hidden until the Extra checkbox is ticked.
+source (RNG), hidden until the Extra checkbox is ticked; and the "Override settings" box under them
+(webui/ui/override_settings.py), which travels with them through the tabs' handlers, paste and "send to".
 
 As in A1111, the options count only while Extra is ticked, so a hidden leftover never changes an image. Pasting or
 sending an infotext with `Variation seed`, `Seed resize from` or a non-default `RNG` fills them and ticks Extra.
@@ -13,6 +14,7 @@ from typing import Any
 import gradio as gr
 
 from webui.services.core_settings import RNG_SOURCES
+from webui.ui import override_settings
 from webui.ui.paste_params import PasteField
 
 FROM_SETTING = "Setting"  # the RNG choice that leaves the noise source to the Settings tab
@@ -29,10 +31,12 @@ class SeedExtras:
     resize_from_w: gr.Slider
     resize_from_h: gr.Slider
     rng: gr.Dropdown
+    overrides: gr.Dropdown
 
     def components(self) -> list[Any]:
         """In the order `request_fields` and `paste_updates` use."""
-        return [self.enabled, self.subseed, self.subseed_strength, self.resize_from_w, self.resize_from_h, self.rng]
+        return [self.enabled, self.subseed, self.subseed_strength, self.resize_from_w, self.resize_from_h, self.rng,
+                self.overrides]
 
 
 def seed_extras(prefix: str) -> SeedExtras:
@@ -50,17 +54,20 @@ def seed_extras(prefix: str) -> SeedExtras:
             resize_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
                                  elem_id=f"{prefix}_seed_resize_from_h")
         rng = gr.Dropdown(list(RNG_CHOICES), value=FROM_SETTING, label="Noise source (RNG)", elem_id=f"{prefix}_rng")
+    overrides = override_settings.override_box(prefix)  # outside the group: it counts whether Extra is ticked or not
     enabled.change(lambda on: gr.Group(visible=bool(on)), inputs=[enabled], outputs=[group], queue=False,
                    api_name=False, show_progress="hidden")
-    return SeedExtras(enabled, subseed, strength, resize_w, resize_h, rng)
+    return SeedExtras(enabled, subseed, strength, resize_w, resize_h, rng, overrides)
 
 
 def request_fields(enabled: bool | None, subseed: float | None, strength: float | None, resize_w: float | None,
-                   resize_h: float | None, rng: str | None) -> dict[str, Any]:
-    """The request fields the options ask for; nothing while Extra is off (A1111 ignores them then)."""
+                   resize_h: float | None, rng: str | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The request fields the options ask for: the seed options only while Extra is ticked (A1111 ignores them
+    then), the override settings always. Raises RequestError for an override entry it cannot use."""
+    fields = override_settings.request_fields(overrides)
     if not enabled:
-        return {}
-    fields: dict[str, Any] = {
+        return fields
+    fields |= {
         "subseed": -1 if subseed is None else subseed,
         "subseed_strength": strength or 0.0,
         "seed_resize_from_w": resize_w or 0,
@@ -95,10 +102,12 @@ def paste_values(parsed: dict[str, Any]) -> dict[str, Any]:
 def paste_updates(parsed: dict[str, Any]) -> list[Any]:
     """Updates for `SeedExtras.components()` ("send to" a tab); the fields the infotext does not set stay."""
     values = paste_values(parsed)
-    return [gr.update(value=values[name]) if name in values else gr.update() for name in _NAMES]
+    updates = [gr.update(value=values[name]) if name in values else gr.update() for name in _NAMES]
+    return [*updates, override_settings.paste_update(parsed)]
 
 
 def paste_fields(extras: SeedExtras) -> list[PasteField]:
     """Rows for a tab's ↙ paste table (webui/ui/paste_params.py)."""
-    return [PasteField(lambda parsed, name=name: paste_values(parsed).get(name), getattr(extras, name))
-            for name in _NAMES]
+    fields = [PasteField(lambda parsed, name=name: paste_values(parsed).get(name), getattr(extras, name))
+              for name in _NAMES]
+    return [*fields, PasteField(override_settings.paste_update, extras.overrides, check=lambda update: update)]

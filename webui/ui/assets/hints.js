@@ -53,6 +53,7 @@
     "Resize seed from width": "Draw the seed's noise at this width and centre it, to keep a composition at a new size (0 = off).",
     "Resize seed from height": "Draw the seed's noise at this height and centre it, to keep a composition at a new size (0 = off).",
     "Noise source (RNG)": "Where the noise comes from: Setting follows Settings, and NV reproduces NVIDIA cards' seeds on any machine.",
+    "Override settings": "Settings a pasted infotext asks for (Clip skip, ENSD, Emphasis), used by this tab's jobs only; remove one to use your own setting.",
     "Denoising strength": "How much of the input image to change; 0 keeps it, 1 ignores it.",
     "Resize mode": "How the input image is fitted to a different output size.",
     "Script": "Run a script instead of a plain generation, such as an X/Y/Z plot or prompts from a file.",
