@@ -33,6 +33,7 @@ from webui.engine.hires import (
 )
 from webui.engine.img2img import img2img_steps
 from webui.engine.loader import LoadedModel
+from webui.engine.prompt_parser import schedule_steps
 from webui.engine.samplers import SamplerError, SamplerRegistry
 from webui.services.embeddings import EmbeddingLibrary
 from webui.services.extra_networks import extract_tags
@@ -210,7 +211,9 @@ class HiresFix:
             width, height = plan.size.final_size
             second = replace(params, prompt=prompt, negative_prompt=negative, sampler=plan.sampler,
                              schedule=plan.schedule, steps=plan.steps, width=width, height=height,
-                             embeddings=embeddings, first_pass_steps=params.steps)
+                             embeddings=embeddings,
+                             # A1111's `firstpass_steps`: the first pass's model calls (two a step for Heun, DPM2)
+                             first_pass_steps=schedule_steps(params.sampler, params.steps))
             result = hires_pass(hires_model, second, self.samplers, upscaled, request.denoising_strength,
                                 counter.second_pass())
             return latents_to_images(hires_model, result)
