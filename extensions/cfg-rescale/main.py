@@ -8,13 +8,13 @@ extension API like every name an extension uses.
 
 from __future__ import annotations
 
-import gradio as gr
-
 from webui.services.extensions import CfgRescale  # the engine's extension, through the public API
 
 
 def register(api) -> None:
     def build(mode: str) -> dict:
+        import gradio as gr  # imported when the UI is built, so the CLI, which never builds it, starts faster
+
         with gr.Row():
             enabled = gr.Checkbox(label="Enable CFG rescale", value=False, elem_id=f"{mode}_cfg_rescale_enabled")
             strength = gr.Slider(0.0, 1.0, value=0.7, step=0.05, label="Rescale φ", elem_id=f"{mode}_cfg_rescale_phi")

@@ -83,8 +83,11 @@ def parse_controlnet_spec(spec: str, index: int, limits=None) -> dict:
     return unit
 
 
+COMMANDS = {"generate": "txt2img; prints the path of every written file"}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("generate", help="txt2img; prints the path of every written file")
+    parser = subparsers.add_parser("generate", help=COMMANDS["generate"])
     add_sampling_arguments(parser)
     parser.set_defaults(run=run)
 

@@ -19,8 +19,12 @@ def _add_image_arguments(parser: argparse.ArgumentParser, denoise: float) -> Non
                                                              "$LATENT_STUDIO_MAX_IMAGE_PIXELS)")
 
 
+COMMANDS = {"img2img": "img2img, or inpaint with --mask; prints every written file",
+            "outpaint": "extend the image on any side; prints every written file"}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("img2img", help="img2img, or inpaint with --mask; prints every written file")
+    parser = subparsers.add_parser("img2img", help=COMMANDS["img2img"])
     add_sampling_arguments(parser)
     _add_image_arguments(parser, 0.75)
     parser.add_argument("--mask", type=Path, help="white (or opaque) = repaint; without it: plain img2img")
@@ -36,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                    "one is estimated with depth_midas when its weights are installed")
     parser.set_defaults(run=run_img2img)
 
-    outpaint = subparsers.add_parser("outpaint", help="extend the image on any side; prints every written file")
+    outpaint = subparsers.add_parser("outpaint", help=COMMANDS["outpaint"])
     add_sampling_arguments(outpaint)
     _add_image_arguments(outpaint, 0.75)
     for side in ("left", "right", "up", "down"):

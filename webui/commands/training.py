@@ -11,6 +11,19 @@ import argparse
 import importlib
 
 
+# The commands this module registers and their one-line help: `python -m webui --help` lists them without
+# importing the training code (webui/cli.py).
+COMMANDS = {
+    "train-ae": "stage 1: train the KL autoencoder on synthetic shapes",
+    "train-ldm": "stage 2: train the text-conditioned latent diffusion model",
+    "export-default": "write a trained run as one SD1-layout .safetensors",
+    "train-controlnet": "train a ControlNet (Canny maps) for the default model",
+    "export-controlnet": "write a train-controlnet run as one cldm-1.1 file",
+    "train-lora": "train a LoRA on a folder of captioned images (kohya format)",
+    "make-dataset": "render synthetic captioned shapes to a folder (PNG + captions)",
+}
+
+
 def _lazy(module: str, function: str = "run"):
     def runner(args: argparse.Namespace) -> int:
         return int(getattr(importlib.import_module(module), function)(args) or 0)
@@ -46,29 +59,29 @@ def reconstruction_adherence(vae, size: int, count: int = 400) -> dict[str, floa
 def register(subparsers: argparse._SubParsersAction) -> None:
     from webui.training import train_ae, train_controlnet, train_ldm, train_lora
 
-    parser = subparsers.add_parser("train-ae", help="stage 1: train the KL autoencoder on synthetic shapes")
+    parser = subparsers.add_parser("train-ae", help=COMMANDS["train-ae"])
     train_ae.add_arguments(parser)
     parser.set_defaults(run=run_train_ae)
 
-    parser = subparsers.add_parser("train-ldm", help="stage 2: train the text-conditioned latent diffusion model")
+    parser = subparsers.add_parser("train-ldm", help=COMMANDS["train-ldm"])
     train_ldm.add_arguments(parser)
     parser.set_defaults(run=_lazy("webui.training.train_ldm"))
-    parser = subparsers.add_parser("export-default", help="write a trained run as one SD1-layout .safetensors")
+    parser = subparsers.add_parser("export-default", help=COMMANDS["export-default"])
     train_ldm.add_export_arguments(parser)
     parser.set_defaults(run=_lazy("webui.training.train_ldm", "run_export"))
 
-    parser = subparsers.add_parser("train-controlnet", help="train a ControlNet (Canny maps) for the default model")
+    parser = subparsers.add_parser("train-controlnet", help=COMMANDS["train-controlnet"])
     train_controlnet.add_arguments(parser)
     parser.set_defaults(run=_lazy("webui.training.train_controlnet"))
-    parser = subparsers.add_parser("export-controlnet", help="write a train-controlnet run as one cldm-1.1 file")
+    parser = subparsers.add_parser("export-controlnet", help=COMMANDS["export-controlnet"])
     train_controlnet.add_export_arguments(parser)
     parser.set_defaults(run=_lazy("webui.training.train_controlnet", "run_export"))
 
-    parser = subparsers.add_parser("train-lora", help="train a LoRA on a folder of captioned images (kohya format)")
+    parser = subparsers.add_parser("train-lora", help=COMMANDS["train-lora"])
     train_lora.add_arguments(parser)
     parser.set_defaults(run=_lazy("webui.training.train_lora"))
 
-    parser = subparsers.add_parser("make-dataset", help="render synthetic captioned shapes to a folder (PNG + captions)")
+    parser = subparsers.add_parser("make-dataset", help=COMMANDS["make-dataset"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--count", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)

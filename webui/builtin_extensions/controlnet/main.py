@@ -10,7 +10,6 @@ from typing import Any
 
 from webui.services.controlnet import ControlNetService, units_from_controls
 from webui.services.extensions import ExtensionAPI, GenerationRequest, LoadedModel
-from webui.ui.controlnet import build_controlnet_section, build_controlnet_tab
 
 DEFAULT_UNITS = 3
 
@@ -19,8 +18,19 @@ def register(api: ExtensionAPI) -> None:
     service: ControlNetService = api.services["controlnet"]
     api.add_setting("units", DEFAULT_UNITS, "ControlNet units in txt2img/img2img (applies after a restart)",
                     kind="number", minimum=1, maximum=10, step=1)
-    api.add_tab("ControlNet", build_controlnet_tab(service))
-    api.add_section("ControlNet", build_controlnet_section(service, lambda: int(api.setting("units") or DEFAULT_UNITS)))
+
+    def tab(ui: Any) -> None:
+        from webui.ui.controlnet import build_controlnet_tab  # the UI (Gradio) loads only when the app builds it; the CLI never does
+
+        build_controlnet_tab(service)(ui)
+
+    def section(mode: str) -> dict[str, Any]:
+        from webui.ui.controlnet import build_controlnet_section
+
+        return build_controlnet_section(service, lambda: int(api.setting("units") or DEFAULT_UNITS))(mode)
+
+    api.add_tab("ControlNet", tab)
+    api.add_section("ControlNet", section)
 
     def denoise(request: GenerationRequest, model: LoadedModel, controls: dict[str, Any]):
         units = units_from_controls(controls, service.limits)  # the app's upload limits, not only the default

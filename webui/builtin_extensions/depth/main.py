@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-import gradio as gr
-
 from webui.services.extensions import ExtensionAPI
 from webui.services.img2img import Img2ImgRequest
 from webui.services.requests import GenerationRequest
@@ -19,6 +17,8 @@ from webui.services.uploads import load_image
 
 def register(api: ExtensionAPI) -> None:
     def build(mode: str) -> dict[str, Any]:
+        import gradio as gr  # loaded only when the app builds its UI; the CLI never does
+
         image = gr.Image(label="Depth map for SD 2 depth models (brighter = nearer; empty: estimated with "
                                "depth_midas)", type="pil", sources=["upload", "clipboard"], elem_id=f"{mode}_depth_map")
         return {"image": image}

@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from webui.services.extensions import ExtensionAPI
-from webui.ui.extras import build_extras_tab
 
 
 def register(api: ExtensionAPI) -> None:
     extras = api.services["extras"]
 
     def build(ui: Any) -> None:
+        from webui.ui.extras import build_extras_tab  # the UI (Gradio) loads only when the app builds it; the CLI never does
+
         build_extras_tab(extras.upscalers, extras, extras.queue, ui)
 
     api.add_tab("Extras", build)

@@ -7,13 +7,20 @@ the infotext. The picker section lists the LoRA folder as cards; clicking one ad
 
 from __future__ import annotations
 
+from typing import Any
+
 from webui.services.extensions import ExtensionAPI
 from webui.services.lora import LoraLibrary
-from webui.ui.lora import build_lora_picker
 
 
 def register(api: ExtensionAPI) -> None:
     library: LoraLibrary = api.services["lora"]
     api.add_extra_network("lora", library.activate)
     api.add_extra_network("lyco", library.activate)  # old LyCORIS extension's tag, an alias in A1111 too
-    api.add_section("LoRA", build_lora_picker(library, api.services.get("embeddings"), api.models))
+
+    def section(mode: str) -> dict[str, Any]:
+        from webui.ui.lora import build_lora_picker  # the UI (Gradio) loads only when the app builds it; the CLI never does
+
+        return build_lora_picker(library, api.services.get("embeddings"), api.models)(mode)
+
+    api.add_section("LoRA", section)

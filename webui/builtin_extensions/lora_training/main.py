@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from webui.services.extensions import ExtensionAPI
-from webui.ui.lora_training import build_lora_training_tab
 
 
 def register(api: ExtensionAPI) -> None:
-    api.add_tab("LoRA training", build_lora_training_tab(api.services["lora_training"], api.models))
+    def tab(ui: Any) -> None:
+        from webui.ui.lora_training import build_lora_training_tab  # the UI (Gradio) loads only when the app builds it; the CLI never does
+
+        build_lora_training_tab(api.services["lora_training"], api.models)(ui)
+
+    api.add_tab("LoRA training", tab)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import gradio as gr
-
 from webui.services.extensions import ExtensionAPI
 from webui.services.model_manager import ModelError, ModelManager
 
@@ -40,6 +38,8 @@ def register(api: ExtensionAPI) -> None:
         return [list(row.values()) for row in describe(models)]
 
     def build(ui) -> None:
+        import gradio as gr  # loaded only when the app builds its UI; the CLI never does
+
         listing = gr.Dataframe(
             value=table(), headers=["name", "hash", "family", "resolution", "prediction", "MB"], interactive=False,
             elem_id="models_table",

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import HTTPException, UploadFile
 
 from webui.services.extensions import ExtensionAPI
 from webui.services.infotext import parse_infotext
 from webui.services.outputs import read_infotext
 from webui.services.uploads import UploadLimits, check_header
-from webui.ui.pnginfo import build_pnginfo_tab
 
 
 def register(api: ExtensionAPI) -> None:
-    api.add_tab("PNG Info", build_pnginfo_tab)
+    def tab(ui: Any) -> None:
+        from webui.ui.pnginfo import build_pnginfo_tab  # the UI (Gradio) loads only when the app builds it; the CLI never does
+
+        build_pnginfo_tab(ui)
+
+    api.add_tab("PNG Info", tab)
 
     async def read(file: UploadFile) -> dict:
         """POST an image as multipart `file`; returns its raw infotext and the parsed parameters."""
