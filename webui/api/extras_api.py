@@ -6,7 +6,6 @@ work queued as the caller's job (one device job at a time), the job interrupted 
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import html
 from typing import Any, Callable
@@ -23,19 +22,15 @@ from webui.api.a1111_schema import (
     UpscalerItem,
     strip_data_url,
 )
+from webui.api.job_http import run_to_completion, unprocessable
 from webui.context import AppContext
 from webui.services.extras import ExtrasInput, ExtrasRequest, ExtrasResult
 from webui.services.outputs import png_bytes, read_infotext
-from webui.services.queue import QueueFullError
 from webui.services.requests import RequestError
 from webui.services.upscalers import UpscalerError
 
 # (base64 value, field name) -> the decoded image, through the same upload checks as img2img's init_images
 ImageLoader = Callable[[str, str], Image.Image]
-
-
-def _unprocessable(exc: Exception) -> HTTPException:
-    return HTTPException(422, detail=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def extras_request(body: ExtrasBaseBody) -> ExtrasRequest:
@@ -76,26 +71,14 @@ class ExtrasApi:
         self.load_image = load_image
 
     async def _run(self, user: Any, inputs: list[ExtrasInput], body: ExtrasBaseBody) -> ExtrasResult:
-        try:
-            request = extras_request(body)
-            job = self.context.extras.submit(user.name, inputs, request, save=body.save_images)
-        except RequestError as exc:
-            raise _unprocessable(exc) from exc
-        except QueueFullError as exc:
-            raise HTTPException(503, detail=str(exc), headers={"Retry-After": "10"}) from exc
-        loop, finished = asyncio.get_running_loop(), asyncio.Event()
-        job.when_done(lambda: loop.call_soon_threadsafe(finished.set))
-        try:
-            await finished.wait()
-        except asyncio.CancelledError:  # the client went away: stop its job
-            job.interrupt()
-            raise
+        job = await run_to_completion(
+            lambda: self.context.extras.submit(user.name, inputs, extras_request(body), save=body.save_images))
         if job.status == "failed":
             exc = job.exception
             if isinstance(exc, UpscalerError) and "not enough memory" in str(exc):
                 raise HTTPException(503, detail=str(exc))
             if isinstance(exc, (RequestError, UpscalerError, ValueError)):
-                raise _unprocessable(exc)
+                raise unprocessable(exc)
             raise HTTPException(500, detail=f"upscaling failed: {job.error}")
         return job.result or ExtrasResult(interrupted=True)
 
@@ -107,7 +90,7 @@ class ExtrasApi:
         try:
             inputs = [_decode(self.load_image, body.image, "image", "image")]
         except RequestError as exc:
-            raise _unprocessable(exc) from exc
+            raise unprocessable(exc) from exc
         result = await self._run(user, inputs, body)
         image = self._encoded(result, 0) if body.show_extras_results and result.images else ""
         return ExtrasSingleImageResponse(html_info=html_info(result), image=image)
@@ -118,7 +101,7 @@ class ExtrasApi:
             inputs = [_decode(self.load_image, item.data, f"imageList.{index}.data", item.name or f"image{index}")
                       for index, item in enumerate(body.imageList)]
         except RequestError as exc:
-            raise _unprocessable(exc) from exc
+            raise unprocessable(exc) from exc
         result = await self._run(user, inputs, body)
         images = [self._encoded(result, i) for i in range(len(result.images))] if body.show_extras_results else []
         return ExtrasBatchImagesResponse(html_info=html_info(result), images=images)

@@ -11,7 +11,6 @@ Differences from A1111, all for sharing one server safely:
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import datetime
 import io
@@ -42,6 +41,7 @@ from webui.api.a1111_schema import (
     strip_data_url,
 )
 from webui.api.extras_api import ExtrasApi
+from webui.api.job_http import run_to_completion, unprocessable
 from webui.context import AppContext
 from webui.services.hires import LATENT_MODES, hires_size
 from webui.services.generation import APP_VERSION, GenerationOutOfMemory, GenerationResult
@@ -50,7 +50,7 @@ from webui.services.infotext import parse_infotext
 from webui.services.jobs import Job
 from webui.services.model_manager import ModelError
 from webui.services.outputs import png_bytes, read_infotext
-from webui.services.queue import QueueFullError, UnknownJobError
+from webui.services.queue import UnknownJobError
 from webui.services.requests import GenerationRequest, RequestError
 from webui.services.scripts import ScriptService
 from webui.services.uploads import UploadLimits, load_image_base64
@@ -65,10 +65,6 @@ class ApiLimits:
     max_steps: int = 150
     max_side: int = 2048
     max_images: int = 64  # batch_size x n_iter
-
-
-def _unprocessable(exc: Exception) -> HTTPException:
-    return HTTPException(422, detail=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def _b64_png(data: bytes) -> str:
@@ -185,30 +181,20 @@ class SdApi:
 
     async def _run(self, user: Any, request: GenerationRequest, runner: Any, body: Txt2ImgBody,
                    warnings: list[str]) -> GenerationResponse:
-        try:
+        def submit() -> Job:
             self._check_limits(request)
             save = bool(body.save_images) and not body.do_not_save_samples
             if body.script_name:  # a selectable script: its generations run as one job
-                job = self._submit_script(user, request, runner, body, save)
-            else:
-                job = self.context.generation.submit(user.name, request, runner, save=save)
-        except RequestError as exc:
-            raise _unprocessable(exc) from exc
-        except QueueFullError as exc:
-            raise HTTPException(503, detail=str(exc), headers={"Retry-After": "10"}) from exc
-        loop, finished = asyncio.get_running_loop(), asyncio.Event()
-        job.when_done(lambda: loop.call_soon_threadsafe(finished.set))
-        try:
-            await finished.wait()
-        except asyncio.CancelledError:  # the client went away: stop its job instead of computing for nobody
-            job.interrupt()
-            raise
+                return self._submit_script(user, request, runner, body, save)
+            return self.context.generation.submit(user.name, request, runner, save=save)
+
+        job = await run_to_completion(submit)
         if job.status == "failed":
             exc = job.exception
             if isinstance(exc, GenerationOutOfMemory):  # the caches were freed; a smaller request can work now
                 raise HTTPException(503, detail=str(exc))
             if isinstance(exc, (RequestError, ModelError, ValueError)):
-                raise _unprocessable(exc)
+                raise unprocessable(exc)
             raise HTTPException(500, detail=f"generation failed: {job.error}")
         result: GenerationResult = job.result or GenerationResult(interrupted=True)  # cancelled before it started
         return self._response(job, result, body, warnings)
@@ -286,7 +272,7 @@ class SdApi:
             fields, warnings = self._base_fields(body, user)
             request = GenerationRequest(**{**fields, **hires_fields(body)})
         except (RequestError, ValueError) as exc:
-            raise _unprocessable(exc) from exc
+            raise unprocessable(exc) from exc
         return await self._run(user, request, None, body, [*pasted, *warnings])
 
     def _image(self, value: str, field: str) -> Image.Image:
@@ -321,7 +307,7 @@ class SdApi:
                 inpainting_mask_invert=body.inpainting_mask_invert,
             )
         except (RequestError, ValueError) as exc:
-            raise _unprocessable(exc) from exc
+            raise unprocessable(exc) from exc
         response = await self._run(user, request, self.img2img_runner, body, warnings)
         if body.include_init_images and response.images is not None:
             response.images.append(strip_data_url(body.init_images[0]))
@@ -397,7 +383,7 @@ class SdApi:
             if "sd_vae" in personal:
                 personal["sd_vae"] = self.context.models.check_vae(str(personal["sd_vae"]))
         except (ModelError, ValueError) as exc:
-            raise _unprocessable(exc) from exc
+            raise unprocessable(exc) from exc
         if changes:
             if not user.is_admin:
                 raise HTTPException(403, detail="changing settings needs an admin; you may set sd_model_checkpoint "
@@ -409,7 +395,7 @@ class SdApi:
             try:
                 self.context.settings.update(changes)
             except ValueError as exc:
-                raise _unprocessable(exc) from exc
+                raise unprocessable(exc) from exc
         self._user_options.setdefault(user.name, {}).update(personal)
         return True
 
