@@ -15,6 +15,7 @@ import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from packaging.version import InvalidVersion, Version
@@ -225,3 +226,18 @@ def read_metadata(path: Path) -> dict[str, str]:
     if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
         return {}
     return read_safetensors_header(path)[1]
+
+
+def assign_state(module: torch.nn.Module, state: dict[str, torch.Tensor],
+                 problem: Callable[[str], Exception]) -> None:
+    """Put `state`'s tensors (as fp32) into `module` in place and freeze it for inference; raise `problem(reason)`
+    when a weight the module needs is missing or has another shape, so the caller's message names the file."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise problem(f"is incomplete ({len(missing)} weights missing, first {missing[0]!r})")
+    wrong = [k for k, v in expected.items() if tuple(v.shape) != tuple(state[k].shape)]
+    if wrong:
+        raise problem(f"has a tensor of the wrong shape ({wrong[0]!r})")
+    module.load_state_dict({k: state[k].float() for k in expected}, strict=True, assign=True)
+    module.eval().requires_grad_(False)

@@ -35,7 +35,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 from PIL import Image
 
 from .architecture import ArchitectureError, infer_vae_config, shapes_of, strip_prefix
-from .checkpoint_io import CheckpointReadError, read_checkpoint
+from .checkpoint_io import CheckpointReadError, assign_state, read_checkpoint
 
 UNET_PREFIX = "model.diffusion_model."
 VQ_PREFIX = "first_stage_model."
@@ -368,17 +368,7 @@ def ldsr_vq_config(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
 
 
 def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise LdsrError(f"{path.name}: the {what} is incomplete ({len(missing)} weights missing, first "
-                        f"{missing[0]!r}); download the LDSR checkpoint again")
-    wrong = [k for k, v in expected.items() if tuple(v.shape) != tuple(state[k].shape)]
-    if wrong:
-        raise LdsrError(f"{path.name}: the {what} has a tensor of the wrong shape ({wrong[0]!r}); download the "
-                        "LDSR checkpoint again")
-    module.load_state_dict({k: state[k].float() for k in expected}, strict=True, assign=True)
-    module.eval().requires_grad_(False)
+    assign_state(module, state, lambda reason: LdsrError(f"{path.name}: the {what} {reason}; download the LDSR checkpoint again"))
 
 
 def load_ldsr(path: Path, config_path: Path | None = None, use_ema: bool = True) -> LdsrModel:

@@ -26,7 +26,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, con
 from PIL import Image
 
 from .architecture import ArchitectureError, AttentionRule, infer_unet_config, infer_vae_config, shapes_of, strip_prefix
-from .checkpoint_io import CheckpointReadError, read_checkpoint
+from .checkpoint_io import CheckpointReadError, assign_state, read_checkpoint
 from .families import SD2, UNET_PREFIX, VAE_PREFIX
 from .loader import ModelLoadError, TextEncoder, _build_text_encoder
 from .tokenizer import tokenize_prompt
@@ -117,17 +117,7 @@ def sd_upscaler_unet_config(unet_shapes: dict[str, tuple[int, ...]]) -> dict:
 
 
 def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise SdUpscalerError(f"{path.name}: the {what} is incomplete ({len(missing)} weights missing, first "
-                              f"{missing[0]!r}); download the x4 upscaler again")
-    wrong = [k for k, v in expected.items() if tuple(v.shape) != tuple(state[k].shape)]
-    if wrong:
-        raise SdUpscalerError(f"{path.name}: the {what} has a tensor of the wrong shape ({wrong[0]!r}); download "
-                              "the x4 upscaler again")
-    module.load_state_dict({k: state[k].float() for k in expected}, strict=True, assign=True)
-    module.eval().requires_grad_(False)
+    assign_state(module, state, lambda reason: SdUpscalerError(f"{path.name}: the {what} {reason}; download the x4 upscaler again"))
 
 
 def load_sd_upscaler(path: Path) -> SdUpscalerModel:
