@@ -88,6 +88,18 @@ def test_section_control_reaches_the_hook_by_name(server: AppServer) -> None:
     assert np.abs(image_on - image_off).max() > 20
 
 
+def test_models_tab_shows_the_loaded_checkpoint_and_unloads_it(server: AppServer) -> None:
+    client = Client(server.url, verbose=False)
+    title = client.predict(api_name="/refresh_checkpoints")["value"]
+    client.predict(title, "a dot", "", "Euler", "Automatic", 2, 7, 64, 64, 4, 1, 1, api_name="/txt2img")
+    rows = client.predict(api_name="/models_loaded")["data"]
+    assert [row[:2] for row in rows] == [["tiny", "active, on the device"]] and rows[0][4] > 0
+    assert httpx.get(server.url + "ext/models/loaded").json()[0]["name"] == "tiny"
+    table, message = client.predict("tiny", api_name="/models_unload")
+    assert table["data"] == [] and "tiny: unloaded" in message
+    assert "was not loaded" in client.predict("tiny", api_name="/models_unload")[1]
+
+
 def test_settings_persist_across_restart(server: AppServer, dirs) -> None:
     client = Client(server.url, verbose=False)
     config = _config(server)

@@ -300,3 +300,29 @@ def test_concurrent_get_of_different_models_gives_each_its_own(five) -> None:
     everything = [manager.active, *manager._ram_cache.values()]
     assert len({id(model) for model in everything}) == 3
     assert [model.name for model in everything] == [manager.active_name, *cached]
+
+
+def test_residency_says_what_is_where_with_its_bytes_and_unload_frees_it(manager: ModelManager) -> None:
+    """The Models tab and `/sdapi/v1/memory` report this table; the byte count is the file's tensors (fp32 here),
+    computed independently from the safetensors header."""
+    from webui.engine.checkpoint_io import read_safetensors_header
+
+    assert manager.residency() == []
+    manager.get("one")
+    manager.get("sub/two")
+    table = manager.residency()
+    assert [(entry.name, entry.where, entry.device, entry.dtype) for entry in table] == [
+        ("sub/two", "device", "cpu", "float32"), ("one", "ram", "cpu", "float32")]
+    header, _ = read_safetensors_header(manager.resolve("one").path)
+    model_keys = {key: spec for key, spec in header.items() if key.startswith(("model.diffusion_model.",
+                                                                               "first_stage_model.", "cond_stage_model."))}
+    file_elements = sum(int(torch.Size(spec["shape"]).numel()) for spec in model_keys.values())
+    # The loaded modules hold the file's weights (fp32, 4 bytes each) plus a few buffers the file does not store
+    # (CLIP's position ids), and nothing twice.
+    assert file_elements * 4 <= table[1].bytes <= file_elements * 4 * 1.01
+    assert manager.unload("one") is True and manager.unload("one") is False
+    assert [entry.name for entry in manager.residency()] == ["sub/two"]
+    assert manager.unload("sub/two") is True and manager.active_name is None and manager.residency() == []
+    assert manager.get("one").unet is not None  # loads again from the file
+    with pytest.raises(ModelError):
+        manager.unload("no-such-model")

@@ -280,3 +280,20 @@ def test_infotext_field_fills_what_the_request_leaves_unset(server) -> None:
 
 def _pixels(data: str) -> bytes:
     return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB").tobytes()
+
+
+def test_memory_lists_the_loaded_checkpoints_and_an_admin_unloads_them(server) -> None:
+    with _http(server, "bob") as http:
+        http.post("txt2img", json={**SMALL, "prompt": "a dot", "seed": 3}).raise_for_status()
+        memory = http.get("memory").json()
+        refused = http.post("unload-checkpoint")
+    assert {"ram", "cuda", "models"} <= set(memory)
+    loaded = {entry["name"]: entry for entry in memory["models"]}
+    assert "tiny" in loaded and loaded["tiny"]["bytes"] > 1000 and loaded["tiny"]["where"] in ("device", "ram")
+    assert refused.status_code == 403
+    with _http(server, "alice") as http:
+        unloaded = http.post("unload-checkpoint").json()["unloaded"]
+        after = http.get("memory").json()["models"]
+        again = http.post("txt2img", json={**SMALL, "prompt": "a dot", "seed": 3})
+    assert "tiny" in unloaded and after == []
+    assert again.status_code == 200  # the next job loads the checkpoint again

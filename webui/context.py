@@ -162,7 +162,7 @@ def build_context(
         APP_VERSION,
         models,
         services={"controlnet": controlnet, "lora": loras, "embeddings": embeddings, "lora_training": lora_training,
-                  "upscalers": upscalers, "extras": extras},
+                  "upscalers": upscalers, "extras": extras, "jobs": jobs},
     )
     if load_extensions:
         extensions.load_all()

@@ -16,7 +16,7 @@ import datetime
 import io
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -443,8 +443,8 @@ class SdApi:
         items.pop("parameters", None)
         return PngInfoResponse(info=text, items=items, parameters=parse_infotext(text) if text else {})
 
-    @staticmethod
-    def memory() -> dict[str, Any]:
+    def memory(self) -> dict[str, Any]:
+        """A1111's `ram` and `cuda` figures, plus `models`: each loaded checkpoint, where it is and its bytes."""
         import torch
 
         page, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
@@ -457,7 +457,8 @@ class SdApi:
                                                "peak": torch.cuda.max_memory_allocated()}}
         else:
             cuda = {"error": "no CUDA device"}
-        return {"ram": ram, "cuda": cuda}
+        models = [asdict(entry) for entry in self.context.models.residency()]
+        return {"ram": ram, "cuda": cuda, "models": models}
 
     # -- the router -------------------------------------------------------------------------------------------------
 
@@ -539,6 +540,15 @@ class SdApi:
         @api.post("/refresh-checkpoints")
         def refresh_checkpoints(user: Any = admin_dep) -> None:
             context.models.refresh()
+
+        @api.post("/unload-checkpoint")
+        def unload_checkpoint(user: Any = admin_dep) -> dict[str, list[str]]:
+            """Drop every loaded checkpoint from the device and RAM, after the running job (A1111's endpoint)."""
+            with context.jobs.device_lock:
+                names = [entry.name for entry in context.models.residency()]
+                for name in names:
+                    context.models.unload(name)
+            return {"unloaded": names}
 
         @api.post("/refresh-vae")
         def refresh_vae(user: Any = admin_dep) -> None:

@@ -14,7 +14,7 @@ import gc
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -81,6 +81,31 @@ class ModelRecipe:
     checkpoint: str | None = None  # None: the active (or default) checkpoint
     vae: str = AUTOMATIC_VAE
     patches: tuple[PatchSource, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelResidency:
+    """Where one loaded checkpoint's weights are: on the compute device (the active model) or parked in RAM."""
+
+    name: str
+    where: Literal["device", "ram"]
+    device: str
+    dtype: str
+    bytes: int
+
+
+def weight_bytes(model: LoadedModel) -> int:
+    """The bytes a model's parameters and buffers hold, each storage counted once (shared tensors are not doubled)."""
+    seen: set[tuple[str, int]] = set()
+    total = 0
+    for module in model.modules():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            storage = tensor.untyped_storage()
+            key = (str(tensor.device), storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+    return total
 
 
 def choose_device(requested: str | None) -> torch.device:
@@ -321,6 +346,26 @@ class ModelManager:
                 dropped = True
         if dropped:
             gc.collect()
+
+    def residency(self) -> list[ModelResidency]:
+        """What is loaded where, with sizes: the active model first, then the RAM cache, most recently used first."""
+        with self._lock:
+            placed = [(name, "device", model) for name, model in ([self._active] if self._active else [])]
+            placed += [(name, "ram", model) for name, model in reversed(self._ram_cache.items())]
+            return [ModelResidency(name, where, str(model.device), str(model.dtype).removeprefix("torch."),
+                                   weight_bytes(model)) for name, where, model in placed]
+
+    def unload(self, name: str) -> bool:
+        """Drop a checkpoint from the device and from RAM (the next job that needs it reads the file again).
+        Call it between jobs (the job lock held): it never waits for a running job. False when it was not loaded."""
+        with self._lock:
+            info = self.resolve(name)
+            loaded = info.name in self._ram_cache or bool(self._active and self._active[0] == info.name)
+            self._forget(info.name)
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return loaded
 
     def set_prediction_override(self, name: str, prediction: PredictionType | None) -> None:
         """Per-model eps/v override (SD2 files cannot always tell); reloads the model if it is loaded."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 from webui.services.extensions import ExtensionAPI
 from webui.services.model_manager import ModelError, ModelManager
 
 PREDICTIONS = ["auto", "epsilon", "v_prediction"]
+LOADED_HEADERS = ("checkpoint", "where", "device", "dtype", "MB")
 
 
 def describe(models: ModelManager) -> list[dict[str, Any]]:
@@ -34,8 +36,15 @@ def register(api: ExtensionAPI) -> None:
     if models is None:
         raise RuntimeError("the models extension needs the model manager")
 
+    jobs = api.services["jobs"]
+
     def table() -> list[list[Any]]:
         return [list(row.values()) for row in describe(models)]
+
+    def loaded_rows() -> list[list[Any]]:
+        where = {"device": "active, on the device", "ram": "cached in RAM"}
+        return [[entry.name, where[entry.where], entry.device, entry.dtype,
+                 round(entry.bytes / 2**20, 1)] for entry in models.residency()]
 
     def build(ui) -> None:
         import gradio as gr  # loaded only when the app builds its UI; the CLI never does
@@ -61,5 +70,27 @@ def register(api: ExtensionAPI) -> None:
         apply.click(on_apply, inputs=[name, prediction], outputs=[listing, status],
                     api_name=api.api_name("set_prediction"))  # /models_set_prediction
 
+        gr.Markdown("### Loaded now")
+        loaded = gr.Dataframe(value=loaded_rows(), headers=list(LOADED_HEADERS), interactive=False,
+                              elem_id="models_loaded")
+        with gr.Row():
+            refresh = gr.Button("Refresh", size="sm", elem_id="models_loaded_refresh")
+            unload = gr.Button("Unload the chosen checkpoint", size="sm", elem_id="models_unload")
+
+        def on_unload(checkpoint: str | None) -> tuple[list[list[Any]], str]:
+            if not checkpoint:
+                return loaded_rows(), "Choose a checkpoint above first."
+            try:
+                with jobs.device_lock:  # after the running job, never under it
+                    was_loaded = models.unload(checkpoint)
+            except ModelError as exc:
+                return loaded_rows(), f"**Error:** {exc}"
+            note = "unloaded; the next job that uses it reads the file again" if was_loaded else "was not loaded"
+            return loaded_rows(), f"{checkpoint}: {note}."
+
+        refresh.click(loaded_rows, outputs=[loaded], api_name=api.api_name("loaded"))  # /models_loaded
+        unload.click(on_unload, inputs=[name], outputs=[loaded, status], api_name=api.api_name("unload"))
+
     api.add_tab("Models", build)
     api.add_route("list", lambda: describe(models))
+    api.add_route("loaded", lambda: [asdict(entry) for entry in models.residency()])

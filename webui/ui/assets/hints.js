@@ -34,6 +34,7 @@
     "Send to txt2img": "Copy this image's parameters into the txt2img tab.",
     "Send to outpaint": "Open the selected image in the Inpaint tab's Outpaint sub-tab, to extend it.",
     "Send to ControlNet": "Use this image as the control image of txt2img's first ControlNet unit.",
+    "Unload the chosen checkpoint": "Free the memory the chosen checkpoint takes; the next job that needs it loads it again.",
     "Send to extras": "Open the selected image in the Extras tab, to upscale it.",
     // sampling
     "Sampling method": "The algorithm that removes noise step by step.",
@@ -214,6 +215,7 @@
     lora_refresh: "Look for new or removed LoRA files.",
     ti_refresh: "Look for new or removed embedding files.",
     refresh: "Look for new or removed ControlNet models.",
+    loaded_refresh: "Show again which checkpoints are loaded, where, and how much memory each takes.",
     run: "Run the preprocessor on the control image and show its map.",
   };
 
