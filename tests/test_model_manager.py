@@ -326,3 +326,35 @@ def test_residency_says_what_is_where_with_its_bytes_and_unload_frees_it(manager
     assert manager.get("one").unet is not None  # loads again from the file
     with pytest.raises(ModelError):
         manager.unload("no-such-model")
+
+
+def test_budgets_keep_the_most_recently_used_on_each_level(tmp_path: Path, tiny_sd1) -> None:
+    """Four copies of one tiny checkpoint, each B bytes: a VRAM budget of 2.5 B keeps the two most recently used on
+    the device (switching between them moves nothing), a RAM budget of 1.5 B keeps one more in RAM, and the least
+    recently used is dropped; lowering the budgets live evicts at once, the active model last of all."""
+    folder = tmp_path / "Stable-diffusion"
+    folder.mkdir()
+    for name in "abcd":
+        shutil.copy(tiny_sd1.path, folder / f"{name}.safetensors")
+    manager = ModelManager(folder, tmp_path / "VAE", HashCache(tmp_path / "hashes.json"), torch.device("cpu"),
+                           torch.float32, ram_cache_size=5)
+    a = manager.get("a")
+    size = manager.residency()[0].bytes
+    manager.set_budgets(vram_budget=int(2.5 * size), ram_budget=int(1.5 * size))
+
+    def where() -> list[tuple[str, str]]:
+        return [(entry.name, entry.where) for entry in manager.residency()]
+
+    b = manager.get("b")
+    assert where() == [("b", "device"), ("a", "device")]
+    assert manager.get("a") is a and where() == [("a", "device"), ("b", "device")]  # a pointer swap
+    manager.get("c")
+    assert where() == [("c", "device"), ("a", "device"), ("b", "ram")]
+    manager.get("d")
+    assert where() == [("d", "device"), ("c", "device"), ("a", "ram")]  # b, least recently used, is dropped
+    assert manager.get("a") is a and where() == [("a", "device"), ("d", "device"), ("c", "ram")]
+    assert manager.get("b") is not b  # dropped earlier: read from the file again
+    manager.set_budgets(vram_budget=None, ram_budget=0)  # one model on the device, none in RAM
+    assert where() == [("b", "device")]
+    manager.set_budgets(vram_budget=0, ram_budget=None)  # a budget too small for any model keeps the active one
+    assert where() == [("b", "device")] and manager.active_name == "b"

@@ -116,6 +116,8 @@ def build_context(
     precision: str | None = None,
     ram_cache_size: int = 1,
     outputs: OutputStore | None = None,
+    vram_budget_gb: float = 0.0,
+    ram_budget_gb: float = 0.0,
     load_extensions: bool = True,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     users: UserStore | None = None,
@@ -145,9 +147,12 @@ def build_context(
 
     settings = SettingsStore(paths.data_dir / "config.json")
     # Core options first (an extension cannot take a `core.` key); each is read where it acts (docs/settings.md).
-    core_settings.register_core_settings(settings, samplers.names(), ram_cache_size, controlnet.cache_size)
+    core_settings.register_core_settings(settings, samplers.names(), ram_cache_size, controlnet.cache_size,
+                                         vram_budget_gb, ram_budget_gb)
     outputs.options = lambda: core_settings.save_options(settings)
     settings.watch(core_settings.CHECKPOINT_CACHE, models.set_ram_cache_size)
+    for budget in (core_settings.VRAM_BUDGET, core_settings.RAM_BUDGET):
+        settings.watch(budget, lambda _: models.set_budgets(*core_settings.model_budgets(settings)))
     settings.watch(core_settings.CONTROLNET_CACHE, lambda size: setattr(controlnet, "cache_size", int(size)))
     upscalers = UpscalerLibrary(paths, models.device, models.dtype,
                                 options=lambda: core_settings.upscale_options(settings))

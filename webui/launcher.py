@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when present)")
     parser.add_argument("--precision", choices=["fp32", "fp16", "bf16"])
     parser.add_argument("--ram-cache", type=int, default=1, help="recently used checkpoints kept in RAM (default 1)")
+    parser.add_argument("--vram-budget", type=float, default=0.0, metavar="GB",
+                        help="keep recently used checkpoints on the device up to this many GB (default 0: only the "
+                             "active one)")
+    parser.add_argument("--ram-budget", type=float, default=0.0, metavar="GB",
+                        help="bytes of checkpoints kept in RAM, in GB (default 0: half of this machine's RAM)")
     parser.add_argument("--no-preload", action="store_true", help="do not load the default model at start-up")
     parser.add_argument("--extensions-dir", type=Path, action="append", default=[],
                         help="another folder of extensions (repeatable)")
@@ -166,7 +171,8 @@ def main(argv: Sequence[str] | None = None) -> None:
               "the server from the app", file=sys.stderr)
     try:
         context = build_context(paths, device=args.device, precision=args.precision, ram_cache_size=args.ram_cache,
-                                users=users, queue_size=args.queue_size)
+                                users=users, queue_size=args.queue_size, vram_budget_gb=args.vram_budget,
+                                ram_budget_gb=args.ram_budget)
     except ValueError as exc:
         raise LaunchError(f"error: {exc}") from exc
     removed = context.outputs.remove_stale_temporaries()

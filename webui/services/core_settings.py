@@ -9,6 +9,8 @@ every key, its type, default and what it changes.
 
 from __future__ import annotations
 
+import os
+
 from webui.engine.conditioning import MAX_CLIP_SKIP
 from webui.engine.prompt_parser import DEFAULT_EMPHASIS, EMPHASIS_MODES
 from webui.engine.rng import RNG_SOURCES
@@ -53,6 +55,8 @@ RANDN_SOURCE = "core.randn_source"
 S_CHURN = "core.s_churn"
 CHECKPOINT_CACHE = "core.sd_checkpoint_cache"
 CONTROLNET_CACHE = "core.control_net_model_cache_size"
+VRAM_BUDGET = "core.vram_budget_gb"
+RAM_BUDGET = "core.ram_budget_gb"
 EMPHASIS = "core.emphasis"
 CLIP_SKIP = "core.CLIP_stop_at_last_layers"
 SDXL_CLIP_L_SKIP = "core.sdxl_clip_l_skip"
@@ -71,8 +75,10 @@ def _multiple_of_8(value: int) -> str | None:
     return None if value % 8 == 0 else "not a multiple of 8"
 
 
-def core_specs(sampler_names: list[str], checkpoint_cache: int = 1, controlnet_cache: int = 2) -> list[SettingSpec]:
-    """Every core option. `checkpoint_cache` is the `--ram-cache` flag: the default until a value is saved."""
+def core_specs(sampler_names: list[str], checkpoint_cache: int = 1, controlnet_cache: int = 2,
+               vram_budget_gb: float = 0.0, ram_budget_gb: float = 0.0) -> list[SettingSpec]:
+    """Every core option. `checkpoint_cache` and the budgets are the `--ram-cache`, `--vram-budget` and
+    `--ram-budget` flags: the defaults until a value is saved."""
     folder_help = "a folder inside the outputs folder (letters, digits, space, '-', '_', '.'; '/' for subfolders)"
     pattern_help = ("text with [tokens] such as [seed], [prompt_words], [date], [model_name]; no '/' "
                     "(docs/settings.md lists every token)")
@@ -131,6 +137,10 @@ def core_specs(sampler_names: list[str], checkpoint_cache: int = 1, controlnet_c
              minimum=0, maximum=16, step=1, integer=True),
         spec(CONTROLNET_CACHE, controlnet_cache, "ControlNet models to keep loaded", "slider", section=MODEL_CACHE,
              minimum=0, maximum=16, step=1, integer=True),
+        spec(VRAM_BUDGET, vram_budget_gb, "Checkpoints on the device: memory budget in GB (0 = only the active one)",
+             "number", section=MODEL_CACHE, minimum=0, maximum=4096),
+        spec(RAM_BUDGET, ram_budget_gb, "Checkpoints in RAM: memory budget in GB (0 = half of this machine's RAM)",
+             "number", section=MODEL_CACHE, minimum=0, maximum=65536),
         spec(ESRGAN_TILE, 192, "Tile size for model upscalers (0 = no tiling)", "slider", section=UPSCALING,
              minimum=0, maximum=512, step=16, integer=True),
         spec(ESRGAN_TILE_OVERLAP, 8, "Tile overlap for model upscalers", "slider", section=UPSCALING, minimum=0,
@@ -156,10 +166,23 @@ def core_specs(sampler_names: list[str], checkpoint_cache: int = 1, controlnet_c
 
 
 def register_core_settings(settings: SettingsStore, sampler_names: list[str], checkpoint_cache: int = 1,
-                           controlnet_cache: int = 2) -> None:
+                           controlnet_cache: int = 2, vram_budget_gb: float = 0.0, ram_budget_gb: float = 0.0) -> None:
     """Register the core options (before extensions load, so an extension cannot take a `core.` key)."""
-    for spec in core_specs(sampler_names, checkpoint_cache, controlnet_cache):
+    for spec in core_specs(sampler_names, checkpoint_cache, controlnet_cache, vram_budget_gb, ram_budget_gb):
         settings.register(spec)
+
+
+def model_budgets(settings: SettingsStore) -> tuple[int | None, int | None]:
+    """The model manager's (VRAM, RAM) byte budgets from the settings. 0 means automatic: on the device only the
+    active model (A1111's behaviour, leaving the rest of the GPU to the sampling), in RAM half of physical memory."""
+    vram_gb, ram_gb = float(settings.get(VRAM_BUDGET) or 0), float(settings.get(RAM_BUDGET) or 0)
+    vram = int(vram_gb * 2**30) if vram_gb > 0 else None
+    ram = int(ram_gb * 2**30) if ram_gb > 0 else physical_ram_bytes() // 2
+    return vram, ram
+
+
+def physical_ram_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def save_options(settings: SettingsStore) -> SaveOptions:

@@ -139,6 +139,8 @@ class ModelManager:
         device: torch.device,
         dtype: torch.dtype,
         ram_cache_size: int = 1,
+        vram_budget: int | None = None,
+        ram_budget: int | None = None,
     ) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.vae_dir = Path(vae_dir)
@@ -146,12 +148,17 @@ class ModelManager:
         self.device = device
         self.dtype = dtype
         self.ram_cache_size = ram_cache_size
+        # Byte budgets of the two LRU levels. On the device, None keeps only the active model there (A1111's
+        # behaviour); a budget keeps as many recently used models as fit, so switching back is a pointer swap.
+        # In RAM, the count (`ram_cache_size`) and, when set, the bytes both bound the cache.
+        self.vram_budget = vram_budget
+        self.ram_budget = ram_budget
         self.prediction_overrides: dict[str, PredictionType] = {}
         self.vae_choice: str = AUTOMATIC_VAE  # the default for requests that name no VAE (A1111's sd_vae setting)
         self._lock = threading.RLock()
         self._vaes: OrderedDict[tuple[Path, float, int], torch.nn.Module] = OrderedDict()  # per-job VAE choices
         self._checkpoints: dict[str, CheckpointInfo] = {}
-        self._active: tuple[str, LoadedModel] | None = None
+        self._on_device: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first; last = active
         self._ram_cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self.refresh()
 
@@ -207,8 +214,9 @@ class ModelManager:
     def default_size(self, name: str | None = None) -> tuple[int, int]:
         """(width, height) the UI should start with, read from the file header without loading the model."""
         with self._lock:
-            if self._active and (name is None or self.resolve(name).name == self._active[0]):
-                return self._active[1].default_resolution
+            active = self._active
+            if active and (name is None or self.resolve(name).name == active[0]):
+                return active[1].default_resolution
         info = self.resolve(name) if name else self.default_checkpoint()
         if info is None:
             return (512, 512)
@@ -240,6 +248,11 @@ class ModelManager:
         return f"{info.name} [{known}]" if known else info.name
 
     # ----- loading -----
+    @property
+    def _active(self) -> tuple[str, LoadedModel] | None:
+        """The most recently used model on the device: what a request without a checkpoint runs on."""
+        return next(reversed(self._on_device.items()), None)
+
     @property
     def active(self) -> LoadedModel | None:
         with self._lock:
@@ -275,20 +288,33 @@ class ModelManager:
                     raise ModelError(f"no checkpoints found; put a .safetensors file in {self.checkpoint_dir}")
                 name = default.name
             info = self.resolve(name)
-            if self._active and self._active[0] == info.name:
-                return self._active[1]
+            if info.name in self._on_device:
+                self._on_device.move_to_end(info.name)
+                return self._on_device[info.name]
             model = self._ram_cache.pop(info.name, None)
             if model is None:
                 model = self._load_fresh(info)
+            if self.vram_budget is not None:  # a hard cap: make room before the move
+                self._make_room_on_device(weight_bytes(model))
             try:
                 self._place(model)
             except RuntimeError as exc:  # torch.OutOfMemoryError included; the weights are still in RAM
                 raise self._placement_failed(info.name, model, exc) from exc
-            previous = self._active
-            self._active = (info.name, model)
-            if previous is not None:
-                self._cache_in_ram(*previous)
+            self._on_device[info.name] = model
+            self._make_room_on_device(0, keep=info.name)  # without a budget the previous model leaves only now
             return model
+
+    def _make_room_on_device(self, incoming: int, keep: str | None = None) -> None:
+        """Move least recently used models (never `keep`) to RAM until `incoming` more bytes fit the VRAM budget;
+        without a budget, every model but `keep` leaves the device."""
+        while True:
+            others = [name for name in self._on_device if name != keep]
+            if not others:
+                return
+            used = sum(weight_bytes(model) for model in self._on_device.values())
+            if self.vram_budget is not None and used + incoming <= self.vram_budget:
+                return
+            self._cache_in_ram(others[0], self._on_device.pop(others[0]))
 
     def _placement_failed(self, name: str, model: LoadedModel, exc: RuntimeError) -> ModelError:
         """Moving `model` to the device failed part-way: bring it back to the CPU into the RAM cache (so a retry does
@@ -326,11 +352,29 @@ class ModelManager:
             model.to("cpu", self._ram_dtype)
             self._ram_cache[name] = model
             self._ram_cache.move_to_end(name)
-            while len(self._ram_cache) > self.ram_cache_size:
-                self._ram_cache.popitem(last=False)
+            self._trim_ram_cache()
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def _trim_ram_cache(self) -> bool:
+        """Drop least recently used models until the count and the byte budget hold; True if any was dropped."""
+        dropped = False
+        while self._ram_cache and (len(self._ram_cache) > self.ram_cache_size or self.ram_budget is not None and sum(
+                weight_bytes(model) for model in self._ram_cache.values()) > self.ram_budget):
+            self._ram_cache.popitem(last=False)
+            dropped = True
+        return dropped
+
+    def set_budgets(self, vram_budget: int | None, ram_budget: int | None) -> None:
+        """The budget settings, live: lower ones move or drop least recently used models at once."""
+        with self._lock:
+            self.vram_budget, self.ram_budget = vram_budget, ram_budget
+            active = self._active
+            self._make_room_on_device(0, keep=active[0] if active else None)  # the active model always stays
+            dropped = self._trim_ram_cache()
+        if dropped:
+            gc.collect()
 
     def cached_names(self) -> list[str]:
         with self._lock:
@@ -340,17 +384,14 @@ class ModelManager:
         """The "Checkpoints to keep in RAM" setting, live: a smaller size drops the least recently used at once."""
         with self._lock:
             self.ram_cache_size = max(0, int(size))
-            dropped = False
-            while len(self._ram_cache) > self.ram_cache_size:
-                self._ram_cache.popitem(last=False)
-                dropped = True
+            dropped = self._trim_ram_cache()
         if dropped:
             gc.collect()
 
     def residency(self) -> list[ModelResidency]:
         """What is loaded where, with sizes: the active model first, then the RAM cache, most recently used first."""
         with self._lock:
-            placed = [(name, "device", model) for name, model in ([self._active] if self._active else [])]
+            placed = [(name, "device", model) for name, model in reversed(self._on_device.items())]
             placed += [(name, "ram", model) for name, model in reversed(self._ram_cache.items())]
             return [ModelResidency(name, where, str(model.device), str(model.dtype).removeprefix("torch."),
                                    weight_bytes(model)) for name, where, model in placed]
@@ -360,7 +401,7 @@ class ModelManager:
         Call it between jobs (the job lock held): it never waits for a running job. False when it was not loaded."""
         with self._lock:
             info = self.resolve(name)
-            loaded = info.name in self._ram_cache or bool(self._active and self._active[0] == info.name)
+            loaded = info.name in self._ram_cache or info.name in self._on_device
             self._forget(info.name)
         gc.collect()
         if self.device.type == "cuda":
@@ -443,8 +484,7 @@ class ModelManager:
 
     def _forget(self, name: str) -> None:
         self._ram_cache.pop(name, None)
-        if self._active and self._active[0] == name:
-            self._active = None
+        if self._on_device.pop(name, None) is not None:
             gc.collect()
 
     def model_hash(self, model: LoadedModel) -> str:
