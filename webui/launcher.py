@@ -10,8 +10,7 @@ from typing import Any, Sequence
 
 from webui import offline
 from webui.api.request_guard import DEFAULT_MAX_BODY_MB
-from webui.api.routes import mount_routes, mount_sdapi
-from webui.api.sdapi import ApiLimits
+from webui.api.limits import ApiLimits
 from webui.services.queue import DEFAULT_QUEUE_SIZE
 from webui.services.supply_chain import (UnsafeTorchError, find_known_malicious, installed_distributions,
                                         require_safe_torch)
@@ -157,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     from webui.api.auth import GradioLogin, login_message
     from webui.api.file_guard import OutputsFileGuard
+    from webui.api.routes import mount_routes, mount_sdapi  # the API and the engine: imported once the checks pass
     from webui.api.request_guard import RequestGuard
     from webui.context import AppPaths, build_context
     from webui.ui.app import build_ui
@@ -225,6 +225,7 @@ def _serve_api_only(args: argparse.Namespace, context: Any, users: UserStore, fl
 
     from webui.api.auth import GradioLogin
     from webui.api.request_guard import RequestGuard
+    from webui.api.routes import mount_routes, mount_sdapi
 
     app = FastAPI(title="Latent Studio API", docs_url=None, redoc_url=None, openapi_url=None,
                   middleware=[Middleware(RequestGuard, max_body_bytes=args.max_body_mb * 1024 * 1024),

@@ -12,7 +12,8 @@ from fastapi.openapi.utils import get_openapi
 
 from webui.api.auth import (basic_credentials, client_address, current_user, install, require_admin, throttled_error,
                             unauthorized)
-from webui.api.sdapi import ApiLimits, SdApi
+from webui.api.limits import ApiLimits
+from webui.api.sdapi import SdApi
 from webui.context import AppContext
 from webui.services.generation import APP_VERSION
 from webui.services.users import LoginThrottled, User

@@ -16,7 +16,7 @@ import datetime
 import io
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any, Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -42,6 +42,7 @@ from webui.api.a1111_schema import (
 )
 from webui.api.extras_api import ExtrasApi
 from webui.api.job_http import run_to_completion, unprocessable
+from webui.api.limits import ApiLimits
 from webui.context import AppContext
 from webui.services.hires import LATENT_MODES, hires_size
 from webui.services.generation import APP_VERSION, GenerationOutOfMemory, GenerationResult
@@ -56,15 +57,6 @@ from webui.services.scripts import ScriptService
 from webui.services.uploads import UploadLimits, load_image_base64
 
 SECRET_FLAG_WORDS = ("auth", "password", "token", "secret", "key")
-
-
-@dataclass(frozen=True)
-class ApiLimits:
-    """What one API call may ask for, on top of the request schema's own ranges (a server owner may lower them)."""
-
-    max_steps: int = 150
-    max_side: int = 2048
-    max_images: int = 64  # batch_size x n_iter
 
 
 def _b64_png(data: bytes) -> str:
