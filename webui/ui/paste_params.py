@@ -112,7 +112,7 @@ def paste_updates(fields: list[PasteField], parsed: dict[str, Any]) -> tuple[lis
             # a check may answer with a whole update (a box that also changes its choices and visibility)
             is_update = isinstance(checked, dict) and checked.get("__type__") == "update"
             updates.append(checked if is_update else gr.update(value=checked))
-            filled += 1
+            filled += 0 if is_update and checked.get("value") in (None, [], "") else 1  # a box only cleared
         except ValueError as exc:
             notes.append(f"{_label(field)}: {exc}; kept the current value")
             updates.append(gr.skip())
