@@ -95,7 +95,8 @@ def main() -> None:
         "cli_over_in_process": round(cli / warm, 2),
         "launch_to_first_page_seconds": round(statistics.median(page_seconds), 2),
         "rounds": args.rounds,
-        "what": "medians; one image = 20 steps at the model's own size, the CLI's default sampler and CFG, PNG with infotext written",
+        "what": "medians; one image = 20 steps at the model's own size, the CLI's default sampler and CFG, "
+                "PNG with infotext written",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")

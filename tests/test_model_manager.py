@@ -314,8 +314,8 @@ def test_residency_says_what_is_where_with_its_bytes_and_unload_frees_it(manager
     assert [(entry.name, entry.where, entry.device, entry.dtype) for entry in table] == [
         ("sub/two", "device", "cpu", "float32"), ("one", "ram", "cpu", "float32")]
     header, _ = read_safetensors_header(manager.resolve("one").path)
-    model_keys = {key: spec for key, spec in header.items() if key.startswith(("model.diffusion_model.",
-                                                                               "first_stage_model.", "cond_stage_model."))}
+    prefixes = ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.")
+    model_keys = {key: spec for key, spec in header.items() if key.startswith(prefixes)}
     file_elements = sum(int(torch.Size(spec["shape"]).numel()) for spec in model_keys.values())
     # The loaded modules hold the file's weights (fp32, 4 bytes each) plus a few buffers the file does not store
     # (CLIP's position ids), and nothing twice.

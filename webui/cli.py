@@ -10,7 +10,6 @@ from typing import Sequence
 from webui import offline
 
 
-
 def _command_modules() -> list[ModuleType]:
     """The command modules: light at import (argparse only); each names its commands in `COMMANDS` and adds their
     options in `register`, where the heavy imports (torch, diffusers, the training code) happen."""

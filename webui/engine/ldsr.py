@@ -368,7 +368,8 @@ def ldsr_vq_config(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
 
 
 def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:
-    assign_state(module, state, lambda reason: LdsrError(f"{path.name}: the {what} {reason}; download the LDSR checkpoint again"))
+    assign_state(module, state,
+                 lambda reason: LdsrError(f"{path.name}: the {what} {reason}; download the LDSR checkpoint again"))
 
 
 def load_ldsr(path: Path, config_path: Path | None = None, use_ema: bool = True) -> LdsrModel:

@@ -117,7 +117,8 @@ def sd_upscaler_unet_config(unet_shapes: dict[str, tuple[int, ...]]) -> dict:
 
 
 def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> None:
-    assign_state(module, state, lambda reason: SdUpscalerError(f"{path.name}: the {what} {reason}; download the x4 upscaler again"))
+    assign_state(module, state,
+                 lambda reason: SdUpscalerError(f"{path.name}: the {what} {reason}; download the x4 upscaler again"))
 
 
 def load_sd_upscaler(path: Path) -> SdUpscalerModel:

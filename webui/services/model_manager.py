@@ -307,14 +307,13 @@ class ModelManager:
     def _make_room_on_device(self, incoming: int, keep: str | None = None) -> None:
         """Move least recently used models (never `keep`) to RAM until `incoming` more bytes fit the VRAM budget;
         without a budget, every model but `keep` leaves the device."""
-        while True:
-            others = [name for name in self._on_device if name != keep]
-            if not others:
-                return
-            used = sum(weight_bytes(model) for model in self._on_device.values())
+        used = sum(weight_bytes(model) for model in self._on_device.values()) if self.vram_budget is not None else 0
+        for name in [name for name in self._on_device if name != keep]:
             if self.vram_budget is not None and used + incoming <= self.vram_budget:
                 return
-            self._cache_in_ram(others[0], self._on_device.pop(others[0]))
+            model = self._on_device.pop(name)
+            used -= weight_bytes(model) if self.vram_budget is not None else 0
+            self._cache_in_ram(name, model)
 
     def _placement_failed(self, name: str, model: LoadedModel, exc: RuntimeError) -> ModelError:
         """Moving `model` to the device failed part-way: bring it back to the CPU into the RAM cache (so a retry does
@@ -359,10 +358,12 @@ class ModelManager:
 
     def _trim_ram_cache(self) -> bool:
         """Drop least recently used models until the count and the byte budget hold; True if any was dropped."""
+        used = sum(weight_bytes(model) for model in self._ram_cache.values()) if self.ram_budget is not None else 0
         dropped = False
-        while self._ram_cache and (len(self._ram_cache) > self.ram_cache_size or self.ram_budget is not None and sum(
-                weight_bytes(model) for model in self._ram_cache.values()) > self.ram_budget):
-            self._ram_cache.popitem(last=False)
+        while self._ram_cache and (len(self._ram_cache) > self.ram_cache_size
+                                   or self.ram_budget is not None and used > self.ram_budget):
+            _, model = self._ram_cache.popitem(last=False)
+            used -= weight_bytes(model) if self.ram_budget is not None else 0
             dropped = True
         return dropped
 

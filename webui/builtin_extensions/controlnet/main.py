@@ -20,7 +20,7 @@ def register(api: ExtensionAPI) -> None:
                     kind="number", minimum=1, maximum=10, step=1)
 
     def tab(ui: Any) -> None:
-        from webui.ui.controlnet import build_controlnet_tab  # the UI (Gradio) loads only when the app builds it; the CLI never does
+        from webui.ui.controlnet import build_controlnet_tab  # Gradio only when the UI is built, never in the CLI
 
         build_controlnet_tab(service)(ui)
 

@@ -15,7 +15,7 @@ def register(api: ExtensionAPI) -> None:
     extras = api.services["extras"]
 
     def build(ui: Any) -> None:
-        from webui.ui.extras import build_extras_tab  # the UI (Gradio) loads only when the app builds it; the CLI never does
+        from webui.ui.extras import build_extras_tab  # Gradio only when the UI is built, never in the CLI
 
         build_extras_tab(extras.upscalers, extras, extras.queue, ui)
 

@@ -19,7 +19,7 @@ def register(api: ExtensionAPI) -> None:
     api.add_extra_network("lyco", library.activate)  # old LyCORIS extension's tag, an alias in A1111 too
 
     def section(mode: str) -> dict[str, Any]:
-        from webui.ui.lora import build_lora_picker  # the UI (Gradio) loads only when the app builds it; the CLI never does
+        from webui.ui.lora import build_lora_picker  # Gradio only when the UI is built, never in the CLI
 
         return build_lora_picker(library, api.services.get("embeddings"), api.models)(mode)
 

@@ -9,7 +9,7 @@ from webui.services.extensions import ExtensionAPI
 
 def register(api: ExtensionAPI) -> None:
     def tab(ui: Any) -> None:
-        from webui.ui.lora_training import build_lora_training_tab  # the UI (Gradio) loads only when the app builds it; the CLI never does
+        from webui.ui.lora_training import build_lora_training_tab  # Gradio only when the UI is built, never in the CLI
 
         build_lora_training_tab(api.services["lora_training"], api.models)(ui)
 

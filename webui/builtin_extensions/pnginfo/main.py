@@ -14,7 +14,7 @@ from webui.services.uploads import UploadLimits, check_header
 
 def register(api: ExtensionAPI) -> None:
     def tab(ui: Any) -> None:
-        from webui.ui.pnginfo import build_pnginfo_tab  # the UI (Gradio) loads only when the app builds it; the CLI never does
+        from webui.ui.pnginfo import build_pnginfo_tab  # Gradio only when the UI is built, never in the CLI
 
         build_pnginfo_tab(ui)
 
