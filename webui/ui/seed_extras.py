@@ -110,4 +110,4 @@ def paste_fields(extras: SeedExtras) -> list[PasteField]:
     """Rows for a tab's ↙ paste table (webui/ui/paste_params.py)."""
     fields = [PasteField(lambda parsed, name=name: paste_values(parsed).get(name), getattr(extras, name))
               for name in _NAMES]
-    return [*fields, PasteField(override_settings.paste_update, extras.overrides, check=lambda update: update)]
+    return [*fields, PasteField(override_settings.paste_update, extras.overrides)]  # the key yields a whole update
