@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from webui.engine.samplers import SamplerRegistry
 from webui.services.controlnet import ControlNetService
@@ -108,6 +109,28 @@ class AppContext:
     upscalers: UpscalerLibrary  # model and Pillow upscalers: Extras, hires fix, /sdapi/v1/upscalers
     styles: StyleStore  # A1111's styles.csv, in the data folder next to config.json
     extras: ExtrasService  # the Extras tab's and /sdapi/v1/extra-* work: upscaling finished images
+    workers: Any = None  # RayWorkers when generation runs on Ray workers (`start_workers`), else None
+
+    def start_workers(self, count: int = 0, address: str | None = None, precision: str | None = None,
+                      threads: int = 0) -> Any:
+        """Run generation jobs on Ray workers from now on (`--workers`, `--ray-address`); Ray is imported only
+        here. The queue stays the front door; images are still saved by this process."""
+        import torch
+
+        from webui.services.ray_workers import RayWorkers, WorkerSettings
+
+        # CPU results depend on the thread count (reduction order), so workers use this process's unless told
+        threads = threads or torch.get_num_threads()
+        settings = WorkerSettings(self.paths.models_dir, self.paths.data_dir, precision, threads)
+        self.workers = RayWorkers(settings, workers=count, address=address)
+        self.queue.attach_pool(self.workers.pool)
+        return self.workers
+
+    def shutdown(self) -> None:
+        """Stop the queue (the running job stops within a step) and any workers."""
+        self.queue.shutdown()
+        if self.workers is not None:
+            self.workers.shutdown()
 
 
 def build_context(
@@ -167,12 +190,13 @@ def build_context(
         APP_VERSION,
         models,
         services={"controlnet": controlnet, "lora": loras, "embeddings": embeddings, "lora_training": lora_training,
-                  "upscalers": upscalers, "extras": extras, "jobs": jobs},
+                  "upscalers": upscalers, "extras": extras, "jobs": jobs, "queue": queue},
     )
     if load_extensions:
         extensions.load_all()
     generation = GenerationService(models, outputs, samplers, queue, hooks=extensions, embeddings=embeddings,
-                                   options=lambda: core_settings.generation_options(settings), upscalers=upscalers)
+                                   options=lambda: core_settings.generation_options(settings), upscalers=upscalers,
+                                   settings_snapshot=settings.stored)
     return AppContext(paths, models, samplers, jobs, outputs, generation, settings, extensions, controlnet, loras,
                       embeddings, lora_training, queue, users, upscalers,
                       StyleStore(paths.data_dir / "styles.csv"), extras)

@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "active one)")
     parser.add_argument("--ram-budget", type=float, default=0.0, metavar="GB",
                         help="bytes of checkpoints kept in RAM, in GB (default 0: half of this machine's RAM)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="run generation on N Ray worker processes: one per GPU, or CPU processes on a machine "
+                             "without one (needs: pip install -r requirements-ray.txt; docs/scaling.md)")
+    parser.add_argument("--ray-address", metavar="ADDRESS",
+                        help="join a running Ray cluster (e.g. 10.0.0.5:6379) and start one worker per GPU in it; "
+                             "nodes that join later get workers too (docs/scaling.md)")
     parser.add_argument("--no-preload", action="store_true", help="do not load the default model at start-up")
     parser.add_argument("--extensions-dir", type=Path, action="append", default=[],
                         help="another folder of extensions (repeatable)")
@@ -147,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     check_torch()
     if args.queue_size < 1:
         raise LaunchError(f"error: --queue-size must be at least 1, not {args.queue_size}")
+    if args.workers < 0:
+        raise LaunchError(f"error: --workers must be 0 or more, not {args.workers}")
     if args.max_body_mb < 1:
         raise LaunchError(f"error: --max-body-mb must be at least 1, not {args.max_body_mb}")
     users = build_users(args)
@@ -175,13 +183,22 @@ def main(argv: Sequence[str] | None = None) -> None:
                                 ram_budget_gb=args.ram_budget)
     except ValueError as exc:
         raise LaunchError(f"error: {exc}") from exc
+    if args.workers or args.ray_address:
+        from webui.services.ray_workers import RayUnavailable
+
+        try:
+            workers = context.start_workers(args.workers, args.ray_address, args.precision)
+        except RayUnavailable as exc:
+            raise LaunchError(f"error: {exc}") from exc
+        print(f"generation runs on Ray workers: {workers.pool.description} ({len(workers.pool.report())} now)",
+              file=sys.stderr)
     removed = context.outputs.remove_stale_temporaries()
     if removed:
         print(f"removed {len(removed)} unfinished image file(s) left by an earlier run that was killed",
               file=sys.stderr)
     limits = ApiLimits(args.api_max_steps, args.api_max_side, args.api_max_images)
     flags = vars(args).copy()
-    if not args.no_preload and context.models.default_checkpoint() is not None:
+    if not args.no_preload and context.workers is None and context.models.default_checkpoint() is not None:
         threading.Thread(target=_preload, args=(context,), daemon=True).start()
     if args.nowebui:
         _serve_api_only(args, context, users, flags, limits)
@@ -213,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     mount_routes(demo.server_app, context, stop=stop.set)
     mount_sdapi(demo.server_app, context, flags, limits)
     _serve_until_stopped(demo, stop)
-    context.queue.shutdown()
+    context.shutdown()
 
 
 def _serve_api_only(args: argparse.Namespace, context: Any, users: UserStore, flags: dict[str, Any],
@@ -236,7 +253,7 @@ def _serve_api_only(args: argparse.Namespace, context: Any, users: UserStore, fl
     mount_sdapi(app, context, flags, limits)
     print(f"API only (--nowebui): http://{config.host}:{args.port}/sdapi/v1/ (schema at /docs)", flush=True)
     server.run()
-    context.queue.shutdown()
+    context.shutdown()
 
 
 def _serve_until_stopped(demo: Any, stop: threading.Event) -> None:

@@ -576,6 +576,15 @@ class SdApi:
         def memory(user: Any = user_dep) -> dict[str, Any]:
             return self.memory()
 
+        @api.get("/workers")
+        def workers(user: Any = user_dep) -> dict[str, Any]:
+            """Where generation jobs run: this process, or the Ray workers with their state, host, device, job,
+            failures and the checkpoints they hold (a worker out of rotation is listed with its last error)."""
+            pool = context.queue.pool
+            if pool is None:
+                return {"mode": "in-process", "workers": []}
+            return {"mode": pool.description, "workers": pool.report()}
+
         @api.get("/scripts")
         def scripts(user: Any = user_dep) -> dict[str, list[str]]:
             """The selectable scripts (`script_name`, lower-case titles as A1111 lists them), then the always-on

@@ -30,7 +30,7 @@ from webui.services.infotext import format_infotext
 from webui.services.jobs import Job
 from webui.services.model_manager import ModelManager, ModelRecipe
 from webui.services.outputs import OutputSaveError, OutputStore
-from webui.services.queue import JobQueue
+from webui.services.queue import JobQueue, RemoteWork
 from webui.services.requests import (
     GenerationRequest, RequestError, resolve_for_model, seeds_for_iteration, subseeds_for_iteration,
 )
@@ -227,6 +227,7 @@ class GenerationResult:
     seeds: list[int] = field(default_factory=list)
     subseeds: list[int] = field(default_factory=list)  # each image's variation seed (A1111's all_subseeds)
     grid_paths: list[str] = field(default_factory=list)  # grids of batches, when grid saving is on
+    fields: list[dict[str, Any]] = field(default_factory=list)  # each image's file-name pattern fields
     request: GenerationRequest | None = None
     interrupted: bool = False
     warnings: list[str] = field(default_factory=list)
@@ -246,8 +247,11 @@ class GenerationService:
         embeddings: EmbeddingLibrary | None = None,
         options: Callable[[], GenerationOptions] | None = None,
         upscalers: ImageUpscalers | None = None,
+        settings_snapshot: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.models = models
+        # The stored settings a pool worker adopts for each job (extensions read theirs there)
+        self.settings_snapshot: Callable[[], dict[str, Any]] = settings_snapshot or dict
         self.outputs = outputs
         self.samplers = samplers
         self.queue = queue
@@ -339,14 +343,94 @@ class GenerationService:
         runner = runner or self.txt2img
         if not request.vae:
             request = replace(request, vae=self.models.vae_choice)
-        return self.queue.submit(owner, runner.mode, lambda job: self.run(job, request, runner, save))
+        remote = self._remote_work(owner, request, runner, save) if self.queue.pool is not None else None
+        return self.queue.submit(owner, runner.mode, lambda job: self.run(job, request, runner, save), remote)
 
-    def run(self, job: Job, request: GenerationRequest, runner: ModeRunner | None = None, save: bool = True
-            ) -> GenerationResult:
+    def _remote_work(self, owner: str, request: GenerationRequest, runner: ModeRunner, save: bool
+                     ) -> RemoteWork | None:
+        """The job as data for a pool worker, or None when only this process can run it (an extension's runner).
+
+        The checkpoint is pinned now (a request without one runs on the model this process would use), and the
+        settings and options are those of this moment, as for an in-process job."""
+        from webui.services.generation_worker import GenerationTask, runner_kind
+
+        kind = runner_kind(runner)
+        if kind is None:
+            return None
+        if request.model is None:
+            request = replace(request, model=self.models.choice_name())
+        task = GenerationTask(owner, request, kind, runner.mode, self.options(), self.settings_snapshot())
+        return RemoteWork(task.checkpoint, lambda job, slot, attempt: self.run_on_worker(job, task, slot, save))
+
+    def run_on_worker(self, job: Job, task: Any, slot: Any, save: bool = True) -> GenerationResult:
+        """Run `task` on a pool worker and mirror it into `job`: counters, previews, cancel and skip cross the
+        process boundary, and each image is saved here, as it arrives, under the usual rules (owner's folder, atomic
+        writes), so a worker that dies later loses none of them. A retried job keeps its earlier images and goes on
+        from its first unfinished batch. Raises WorkerLost (the queue retries) or the task's own error."""
+        from webui.services.generation_worker import with_start
+
+        handle = slot.handle
+        result = job.result if isinstance(job.result, GenerationResult) else GenerationResult()
+        job.result = result
+        result.warnings.extend(notice for notice in job.notices if notice not in result.warnings)
+        task = with_start(task, job.batches_done)
+        call = handle.start(job.id, task)
+        seen, cancelled, preview_seen = 0, False, -1
+        while True:
+            final = call.wait(0.1)
+            if job.interrupted and not cancelled and final is None:
+                handle.cancel(job.id)
+                cancelled = True
+            if job.skip_requested and final is None:
+                handle.skip(job.id)
+                job.clear_skip()
+            progress = final if final is not None else handle.poll(job.id, seen)
+            fresh = progress.images[seen:] if final is not None else progress.images
+            preview_seen = self._mirror(job, progress, preview_seen)
+            for image in fresh:
+                self._keep(result, image.image, image.infotext, image.seed, task.mode, save, job.owner,
+                           image.fields)
+                result.subseeds.append(image.subseed)
+            seen += len(fresh)
+            job.touch()
+            if final is not None:
+                break
+        slot.holds = list(final.holds)
+        result.warnings.extend(final.warnings)
+        result.request = final.request or result.request or task.request
+        if final.exception is not None:
+            job.error = str(final.exception).splitlines()[0] if str(final.exception) else type(final.exception).__name__
+            raise final.exception
+        if final.interrupted:
+            result.interrupted = True
+            job.set_status("interrupted")
+        elif save and len(result.images) > 1:
+            fields = {**result.fields[0], "seed_first": result.seeds[0], "seed_last": result.seeds[-1],
+                      "batch_size": len(result.seeds), "seed": result.seeds[0]}
+            fields.pop("batch_number", None)
+            self._keep_grid(result, result.images, result.infotexts[0], task.mode, job.owner, fields)
+        return result
+
+    @staticmethod
+    def _mirror(job: Job, progress: Any, preview_seen: int) -> int:
+        """Copy a worker's counters and newest preview into the front end's job; returns the preview version seen."""
+        job.step, job.total_steps = progress.step, progress.total_steps
+        job.batches_done, job.batches_total = progress.batches_done, progress.batches_total
+        if progress.sampling_started is not None and job.sampling_started is None:
+            job.sampling_started = time.time()  # this machine's clock: the ETA is computed here
+        if progress.preview_latents is not None and progress.preview_version != preview_seen:
+            job.preview_factors, job.preview_latents = progress.preview_factors, progress.preview_latents
+            job.preview_version += 1
+            return progress.preview_version
+        return preview_seen
+
+    def run(self, job: Job, request: GenerationRequest, runner: ModeRunner | None = None, save: bool = True,
+            start_iteration: int = 0) -> GenerationResult:
         """Run a job to completion (or interruption) on this thread; the queue's worker calls it holding the device.
 
         The job's model is checked out for it alone: its VAE and its LoRAs (from `<lora:...>` tags, which are removed
-        from the prompt the text encoder sees but kept in the infotext) apply only while it runs.
+        from the prompt the text encoder sees but kept in the infotext) apply only while it runs. `start_iteration`
+        skips batches another worker already finished (a retried job); their seeds are not reused.
         """
         runner = runner or self.txt2img
         result = GenerationResult()
@@ -361,7 +445,8 @@ class GenerationService:
             activation = self.hooks.extra_networks([*tags, *negative_tags], request)
             result.warnings.extend(activation.warnings)
             with self.models.checkout(self.recipe(request, activation)) as model:
-                self._generate(job, request, runner, model, prompt, negative, activation, result, save)
+                self._generate(job, request, runner, model, prompt, negative, activation, result, save,
+                               start_iteration)
             job.set_status("done")
         except Interrupted:
             result.interrupted = True
@@ -382,8 +467,8 @@ class GenerationService:
         return result
 
     def _generate(self, job: Job, request: GenerationRequest, runner: ModeRunner, model: LoadedModel, prompt: str,
-                  negative: str, activation: ExtraNetworkActivation, result: GenerationResult, save: bool = True
-                  ) -> None:
+                  negative: str, activation: ExtraNetworkActivation, result: GenerationResult, save: bool = True,
+                  start_iteration: int = 0) -> None:
         valid = self.validate(request, model, runner)
         embeddings = self.embeddings.for_model(model) if self.embeddings else None
         # A1111 sets the mode's keys (hires fix, inpaint) before the networks' (Lora hashes, TI hashes), §1.3
@@ -395,9 +480,10 @@ class GenerationService:
         result.request = valid
         options = self.options().for_request(valid)
         job.batches_total = valid.n_iter
+        job.batches_done = start_iteration
         step_hooks = self.hooks.step_hooks(valid)
         feature_extensions = self.hooks.denoise_extensions(valid, model)  # ControlNet units, ...
-        for iteration in range(valid.n_iter):
+        for iteration in range(start_iteration, valid.n_iter):
             seeds = seeds_for_iteration(valid, iteration)
             params = SamplingParams(
                 prompt=prompt,
@@ -479,6 +565,7 @@ class GenerationService:
         result.images.append(image)
         result.infotexts.append(infotext)
         result.seeds.append(seed)
+        result.fields.append(fields or {})
         if not save:
             return
         try:  # folder, name pattern, format and infotext as the Saving settings say

@@ -277,6 +277,19 @@ class ModelManager:
             torch.nn.Module.to(model.vae, torch.float32)  # fp16 VAEs overflow into NaN (classic SDXL VAE); decoding in fp32 is cheap
         return model
 
+    def choice_name(self, name: str | None = None) -> str:
+        """The checkpoint `get(name)` would use, without loading it: the named one, else the active, else the
+        default (a job sent to another process must name its model)."""
+        with self._lock:
+            if name is None and self._active:
+                return self._active[0]
+        if name is None:
+            default = self.default_checkpoint()
+            if default is None:
+                raise ModelError(f"no checkpoints found; put a .safetensors file in {self.checkpoint_dir}")
+            return default.name
+        return self.resolve(name).name
+
     def get(self, name: str | None = None) -> LoadedModel:
         """The requested (or active, or default) model on the compute device, loading it if needed."""
         with self._lock:

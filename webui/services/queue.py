@@ -7,6 +7,11 @@ does). The queue is bounded; a full queue refuses new work with a message instea
 
 The worker holds `JobManager.device_lock` while a job runs, the same first-come-first-served lock a LoRA training
 run takes for each of its steps, so generation and training never use the device at once.
+
+With a worker pool (`attach_pool`: Ray workers, `--workers`/`--ray-address`) the queue stays the one front door and
+keeps its fair order; only where jobs run changes. A dispatcher hands each job that has `RemoteWork` to a free pool
+worker (one that holds the job's checkpoint when it can) and runs the rest (extras, scripts) in-process as before.
+A job whose worker dies mid-job goes back to the head of its owner's line once, for another worker.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any, Callable
 from webui.services.jobs import Job, JobManager
 
 DEFAULT_QUEUE_SIZE = 64
+# How many times a job whose worker process died is run again on another worker.
+RETRIES_AFTER_WORKER_LOSS = 1
 
 
 class QueueFullError(RuntimeError):
@@ -34,9 +41,21 @@ class UnknownJobError(LookupError):
 
 
 @dataclass
+class RemoteWork:
+    """How a pool worker runs a job: `run(job, slot, attempt)` mirrors it into `job` and raises WorkerLost when the
+    worker's process dies; `checkpoint` is what routing prefers a worker to hold already."""
+
+    checkpoint: str | None
+    run: Callable[[Job, Any, int], Any]
+
+
+@dataclass
 class _Entry:
     job: Job
     work: Callable[[Job], Any]
+    remote: RemoteWork | None = None
+    attempt: int = 0
+    excluded: frozenset[str] = frozenset()  # workers that died running this job
 
 
 class JobQueue:
@@ -53,12 +72,32 @@ class JobQueue:
         self._worker: threading.Thread | None = None
         self._stopping = False
         self._stepwise: dict[str, Job] = {}  # running step-wise jobs (`start_stepwise`), by id
-        self.running: Job | None = None
+        self.running: Job | None = None  # the in-process job holding the device
+        self.pool: Any = None  # a WorkerPool once attached
+        self._remote_running: dict[str, Job] = {}
+        self._local_lane: deque[_Entry] = deque()  # pool mode: in-process entries waiting for the local thread
+        self._local_worker: threading.Thread | None = None
+
+    def attach_pool(self, pool: Any) -> None:
+        """Send jobs that can run remotely to `pool`'s workers from now on (call before the first job)."""
+        self.pool = pool
+        pool.on_change(self._wake)
+
+    def _wake(self) -> None:
+        with self._condition:
+            self._condition.notify_all()
+
+    @property
+    def running_jobs(self) -> list[Job]:
+        """Every job running now: the in-process one and those on pool workers."""
+        local = [self.running] if self.running is not None else []
+        return local + list(self._remote_running.values())
 
     # -- submitting and watching -------------------------------------------------------------------------------
 
-    def submit(self, owner: str, kind: str, work: Callable[[Job], Any]) -> Job:
-        """Queue `work(job)`; its return value becomes `job.result`, an exception becomes `job.error`."""
+    def submit(self, owner: str, kind: str, work: Callable[[Job], Any], remote: RemoteWork | None = None) -> Job:
+        """Queue `work(job)`; its return value becomes `job.result`, an exception becomes `job.error`. With a pool
+        attached, `remote` runs it on a worker instead (`work` stays the fallback when no worker is in rotation)."""
         with self._condition:
             if self._stopping:
                 raise QueueFullError("the server is shutting down; no new jobs are taken")
@@ -67,7 +106,7 @@ class JobQueue:
                 raise QueueFullError(f"queue full: {waiting} jobs are waiting (the limit is {self.max_size}); "
                                      "try again when some have finished")
             job = self.jobs.create(owner=owner, kind=kind)
-            self._lines.setdefault(owner, deque()).append(_Entry(job, work))
+            self._lines.setdefault(owner, deque()).append(_Entry(job, work, remote if self.pool else None))
             if owner not in self._turns:
                 self._turns.append(owner)
             self._ensure_worker()
@@ -115,6 +154,8 @@ class JobQueue:
         place = self.position(job)
         if place is None:
             return None
+        if self.pool is not None:  # jobs ahead run side by side, one per worker: the ones waiting ahead count
+            return place
         running = self.running
         return place + (1 if running is not None and running is not job else 0)
 
@@ -152,10 +193,10 @@ class JobQueue:
 
     def skip_running_of(self, user: str) -> bool:
         """The Skip button: the user's running job, if any."""
-        running = self.running
-        if running is not None and running.owner == user and running.status == "running":
-            running.skip()
-            return True
+        for running in self.running_jobs:
+            if running.owner == user and running.status == "running":
+                running.skip()
+                return True
         return False
 
     def _drop_if_waiting(self, job: Job) -> None:
@@ -182,8 +223,8 @@ class JobQueue:
         for entry in entries:
             entry.job.interrupt()
             self._drop_if_waiting(entry.job)
-        if self.running is not None:
-            self.running.interrupt()
+        for running in self.running_jobs:
+            running.interrupt()
         if self._worker is not None:
             self._worker.join(timeout)
 
@@ -191,7 +232,8 @@ class JobQueue:
 
     def _ensure_worker(self) -> None:
         if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._work_loop, name="job-queue-worker", daemon=True)
+            loop = self._work_loop if self.pool is None else self._dispatch_loop
+            self._worker = threading.Thread(target=loop, name="job-queue-worker", daemon=True)
             self._worker.start()
 
     def _next_entry(self) -> _Entry | None:
@@ -223,6 +265,111 @@ class JobQueue:
                 self._execute(entry.job, entry.work)
         finally:
             self.running = None
+
+    # -- the dispatcher (pool mode) ----------------------------------------------------------------------------------
+
+    def _dispatch_loop(self) -> None:
+        """Hand the next job in fair order to a free worker, or to the local thread when it must run in-process."""
+        while True:
+            with self._condition:
+                while True:
+                    if self._stopping and not self._turns:
+                        return
+                    chosen = self._next_dispatch()
+                    if chosen is not None:
+                        break
+                    self._condition.wait(timeout=1.0)
+            entry, slot = chosen
+            if slot is None:
+                self._run_locally(entry)
+            else:
+                self._remote_running[entry.job.id] = entry.job
+                threading.Thread(target=self._run_remote, args=(entry, slot), name=f"{entry.job.id}-remote",
+                                 daemon=True).start()
+
+    def _next_dispatch(self) -> tuple[_Entry, Any] | None:
+        """(entry, worker slot) for the job whose turn it is, (entry, None) to run it in-process, or None to wait.
+        Called holding the condition."""
+        if not self._turns:
+            return None
+        line = self._lines[self._turns[0]]
+        entry = line[0]
+        slot = None
+        if entry.remote is not None and self.pool.can_run(entry.excluded):
+            slot = self.pool.take(entry.remote, entry.job.id, entry.excluded)
+            if slot is None:
+                return None  # its turn, but every worker is busy: wait for one
+        owner = self._turns.popleft()
+        line.popleft()
+        if line:
+            self._turns.append(owner)
+        else:
+            del self._lines[owner]
+        return entry, slot
+
+    def _run_locally(self, entry: _Entry) -> None:
+        """In-process work (extras, scripts, or every job when no worker is left in rotation), one at a time."""
+        with self._condition:
+            self._local_lane.append(entry)
+            if self._local_worker is None or not self._local_worker.is_alive():
+                self._local_worker = threading.Thread(target=self._local_loop, name="job-queue-local", daemon=True)
+                self._local_worker.start()
+
+    def _local_loop(self) -> None:
+        while True:
+            with self._condition:
+                if not self._local_lane:
+                    self._local_worker = None
+                    return
+                entry = self._local_lane.popleft()
+            self._run(entry)
+
+    def _run_remote(self, entry: _Entry, slot: Any) -> None:
+        from webui.services.worker_pool import WorkerLost
+
+        job = entry.job
+        try:
+            if entry.attempt:
+                job.notices.append(f"Retry {entry.attempt} ran on {slot.name}.")
+            job.worker = slot.name
+            job.set_status("running")
+            result = entry.remote.run(job, slot, entry.attempt)
+            job.result = result if result is not None else job.result
+            if job.status == "running":
+                job.set_status("interrupted" if job.interrupted else "done")
+        except WorkerLost as lost:
+            self._remote_running.pop(job.id, None)
+            self.pool.release(slot, lost=lost)
+            self._retry_or_fail(entry, slot.name, lost)
+            return
+        except BaseException as exc:  # the job failed; the worker is fine and takes the next one
+            job.exception = exc
+            job.error = job.error or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            job.set_status("failed")
+        self._remote_running.pop(job.id, None)
+        self.pool.release(slot)
+        job.mark_done()
+
+    def _retry_or_fail(self, entry: _Entry, worker: str, lost: Exception) -> None:
+        """Once: back to the head of its owner's line, for another worker; the finished images stay in its result."""
+        job = entry.job
+        if entry.attempt >= RETRIES_AFTER_WORKER_LOSS or job.interrupted or self._stopping:
+            job.error = (f"{lost} while running this job, and so did the worker of its retry; finished images were "
+                         "kept. Try again, and check the workers table (Models tab, /sdapi/v1/workers)")
+            job.exception = RuntimeError(job.error)
+            job.set_status("interrupted" if job.interrupted else "failed")
+            job.mark_done()
+            return
+        job.notices.append(f"This job was retried: {lost} while running it. It went back to the head of the queue "
+                           "for another worker, from its first unfinished batch; finished images were kept.")
+        retry = _Entry(job, entry.work, entry.remote, entry.attempt + 1, entry.excluded | {worker})
+        with self._condition:
+            job.set_status("queued")
+            self._lines.setdefault(job.owner, deque()).appendleft(retry)
+            if job.owner in self._turns:
+                self._turns.remove(job.owner)
+            self._turns.appendleft(job.owner)
+            self._condition.notify_all()
 
     @staticmethod
     def _execute(job: Job, work: Callable[[Job], Any]) -> None:

@@ -35,6 +35,11 @@ class RequestError(ValueError):
     def __init__(self, field_name: str, message: str) -> None:
         super().__init__(f"{field_name}: {message}")
         self.field_name = field_name
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Picklable with both arguments, so a worker process's refusal reaches the front end as a RequestError."""
+        return type(self), (self.field_name, self.message)
 
 
 def _not_bool(value: Any) -> Any:

@@ -205,6 +205,24 @@ class SettingsStore:
         self._listeners.setdefault(key, []).append(listener)
         listener(self.get(key))
 
+    def stored(self) -> dict[str, Any]:
+        """The saved values (what config.json holds): what a generation worker in another process adopts."""
+        with self._lock:
+            return dict(self._values)
+
+    def adopt(self, values: dict[str, Any]) -> None:
+        """Take another store's saved values in memory only (a generation worker mirroring its front end): nothing
+        is written, and the listeners of the keys that changed run as after `update`."""
+        with self._lock:
+            old, self._values = self._values, dict(values)
+        for key in set(old) | set(values):
+            if old.get(key) != values.get(key):
+                for listener in self._listeners.get(key, []):
+                    try:
+                        listener(self.get(key))
+                    except Exception:
+                        log.exception("applying the new value of %s failed", key)
+
     def update(self, changes: dict[str, Any]) -> ApplyReport:
         """Validate every change first, then persist all of them at once; values equal to the current ones are not
         changes, and when nothing changes the file is not written at all."""

@@ -30,8 +30,11 @@ UNET_TARGET_PARENTS = ("attentions.",)
 TEXT_TARGET_PARENTS = ("self_attn.", "mlp.")
 # Which U-Net layers: kohya's default, or only the cross-attention keys and values (Custom Diffusion, Kumari et al.
 # 2023: a new concept through what the text does to the image, with the least drift elsewhere).
-UNET_LAYER_CHOICES = ("attention", "cross-attention-kv")
+# "attention+conv" adds kohya's LoCon layers (`conv_dim`): the 3x3 convolutions of the ResNet blocks and the down/up
+# samplers. They reach the U-Net levels that have no attention at all (the shipped model's full-resolution level).
+UNET_LAYER_CHOICES = ("attention", "cross-attention-kv", "attention+conv")
 CROSS_ATTENTION_KV = ("attn2.to_k", "attn2.to_v")
+CONV_TARGET_PARENTS = ("resnets.", "downsamplers.", "upsamplers.")
 
 
 class LoraShapeError(ValueError):
@@ -65,14 +68,26 @@ class _Part:
     targets: list[str]
 
 
+def _is_attention_target(path: str, module: torch.nn.Module) -> bool:
+    return (any(parent in path for parent in UNET_TARGET_PARENTS)
+            and (isinstance(module, torch.nn.Linear)
+                 or (isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1))))
+
+
+def _is_conv_target(path: str, module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.Conv2d) and any(parent in path for parent in CONV_TARGET_PARENTS)
+
+
 def _unet_targets(model: LoadedModel, layers: str = "attention") -> list[str]:
-    return [
-        path for path, module in model.unet.named_modules()
-        if any(parent in path for parent in UNET_TARGET_PARENTS)
-        and (isinstance(module, torch.nn.Linear)
-             or (isinstance(module, torch.nn.Conv2d) and module.kernel_size == (1, 1)))
-        and (layers == "attention" or path.endswith(CROSS_ATTENTION_KV))
-    ]
+    targets = []
+    for path, module in model.unet.named_modules():
+        if layers == "cross-attention-kv":
+            chosen = _is_attention_target(path, module) and path.endswith(CROSS_ATTENTION_KV)
+        else:
+            chosen = _is_attention_target(path, module) or (layers == "attention+conv" and _is_conv_target(path, module))
+        if chosen:
+            targets.append(path)
+    return targets
 
 
 def _text_targets(module: torch.nn.Module) -> list[str]:

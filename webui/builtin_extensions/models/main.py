@@ -10,6 +10,16 @@ from webui.services.model_manager import ModelError, ModelManager
 
 PREDICTIONS = ["auto", "epsilon", "v_prediction"]
 LOADED_HEADERS = ("checkpoint", "where", "device", "dtype", "MB")
+WORKER_HEADERS = ("worker", "state", "host", "device", "job", "jobs done", "failures", "holds", "last error")
+
+
+def worker_rows(queue: Any) -> list[list[Any]]:
+    """The generation workers (Ray, `--workers`/`--ray-address`); empty when jobs run in this process."""
+    pool = getattr(queue, "pool", None)
+    if pool is None:
+        return []
+    return [[w["name"], w["state"], w.get("host", ""), w.get("device", ""), w["job"] or "", w["jobs_done"],
+             w["failures"], ", ".join(w["holds"]), w["last_error"] or ""] for w in pool.report()]
 
 
 def describe(models: ModelManager) -> list[dict[str, Any]]:
@@ -37,6 +47,7 @@ def register(api: ExtensionAPI) -> None:
         raise RuntimeError("the models extension needs the model manager")
 
     jobs = api.services["jobs"]
+    queue = api.services.get("queue")
 
     def table() -> list[list[Any]]:
         return [list(row.values()) for row in describe(models)]
@@ -90,6 +101,16 @@ def register(api: ExtensionAPI) -> None:
 
         refresh.click(loaded_rows, outputs=[loaded], api_name=api.api_name("loaded"))  # /models_loaded
         unload.click(on_unload, inputs=[name], outputs=[loaded, status], api_name=api.api_name("unload"))
+
+        pool = getattr(queue, "pool", None)
+        if pool is not None:  # started with --workers or --ray-address
+            gr.Markdown(f"### Generation workers\n{pool.description}. Each has its own device and model cache; a "
+                        "worker whose process keeps dying is taken out of rotation.")
+            workers = gr.Dataframe(value=worker_rows(queue), headers=list(WORKER_HEADERS), interactive=False,
+                                   elem_id="models_workers")
+            refresh_workers = gr.Button("Refresh", size="sm", elem_id="models_workers_refresh")
+            refresh_workers.click(lambda: worker_rows(queue), outputs=[workers],
+                                  api_name=api.api_name("workers"))  # /models_workers
 
     api.add_tab("Models", build)
     api.add_route("list", lambda: describe(models))
