@@ -26,9 +26,11 @@ def setup_torch(seed: int, threads: int | None) -> None:
 
 
 def make_accelerator(cpu: bool = False, mixed_precision: str = "no"):
+    """The run's Accelerator. Without CUDA it is told so (`cpu=True`): only then do processes started by
+    `accelerate launch` on CPUs join one data-parallel run (gloo) instead of each training alone."""
     from accelerate import Accelerator
 
-    return Accelerator(cpu=cpu, mixed_precision=mixed_precision)
+    return Accelerator(cpu=cpu or not torch.cuda.is_available(), mixed_precision=mixed_precision)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

@@ -243,7 +243,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"ControlNet {count_parameters(raw):,} params (U-Net {count_parameters(unet):,}, frozen); "
               f"{len(pool.captions)} scenes; device {device}; steps {start_step}->{args.steps}")
 
-    rank = accelerator.process_index
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = slice(rank * args.batch_size, (rank + 1) * args.batch_size)  # this process's share of a global batch
     progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps,
                     disable=not accelerator.is_main_process)
     started = time.time()
@@ -251,16 +252,19 @@ def run(args: argparse.Namespace) -> int:
     running = None
     done = start_step
     for step in progress:
-        # Every (seed, step, rank) has its own generator: resuming replays exactly the same batches.
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 64 + rank)
-        index = torch.randint(0, len(pool.mean), (args.batch_size,), generator=g)
+        # Every (seed, step) has its own generator: resuming replays exactly the same batches. Each process of a
+        # multi-process run draws the whole global batch (batch size x processes) and keeps its share, so the run
+        # equals one process with the global batch.
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 64)
+        whole = args.batch_size * world
+        index = torch.randint(0, len(pool.mean), (whole,), generator=g)
         latents = (pool.mean[index] + pool.std[index] * torch.randn(pool.mean[index].shape, generator=g)) * scale
         ids = _prompt_ids(pool, index, g, args.caption_dropout, args.short_prompts, empty_ids)
         noise = training_noise(latents.shape, args.offset_noise, g)
-        timesteps = torch.randint(0, SD_TRAIN_TIMESTEPS, (args.batch_size,), generator=g)
-        latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
-        hint = hints_all[index].to(device)
-        noise, timesteps = signal_free_top(noise, timesteps, latents, alphas, args.signal_free_top, g)
+        timesteps = torch.randint(0, SD_TRAIN_TIMESTEPS, (whole,), generator=g)
+        noise, timesteps = signal_free_top(noise, timesteps, latents, alphas.cpu(), args.signal_free_top, g)
+        latents, noise, timesteps, ids = (t[mine].to(device) for t in (latents, noise, timesteps, ids))
+        hint = hints_all[index[mine]].to(device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
         with torch.no_grad():
             context = text_encoder(input_ids=ids.to(device)).last_hidden_state
@@ -275,12 +279,13 @@ def run(args: argparse.Namespace) -> int:
         accelerator.clip_grad_norm_(controlnet.parameters(), 1.0)
         optimizer.step()
         _ema_update(ema, raw, min(args.ema_decay, (1 + step) / (10 + step)))
-        running = loss.detach() if running is None else 0.98 * running + 0.02 * loss.detach()
+        batch_loss = accelerator.reduce(loss.detach(), reduction="mean") if world > 1 else loss.detach()
+        running = batch_loss if running is None else 0.98 * running + 0.02 * batch_loss
         done = step + 1
         stop = budget.expired()  # read once, so the last step taken is always sampled and saved
         if accelerator.is_main_process and (done % args.log_every == 0 or done == args.steps or stop):
             progress.set_postfix(loss=f"{running.item():.4f}")
-            log.write(step=done, loss=round(loss.item(), 5), smoothed=round(running.item(), 5),
+            log.write(step=done, loss=round(batch_loss.item(), 5), smoothed=round(running.item(), 5),
                       lr=round(optimizer.param_groups[0]["lr"], 7), seconds=round(time.time() - started, 1))
         if accelerator.is_main_process and (done % args.checkpoint_every == 0 or done == args.steps or stop):
             save_training_state(out, done, {"controlnet": raw.state_dict(), "ema": ema.state_dict(),

@@ -281,24 +281,28 @@ def run(args: argparse.Namespace) -> int:
         print(f"U-Net {count_parameters(unet):,} params, text encoder {count_parameters(text_encoder):,}; "
               f"latents {tuple(mean.shape[1:])}, scale_factor {scale:.5f}; device {device}; steps {start_step}->{args.steps}")
 
-    rank = accelerator.process_index
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = slice(rank * args.batch_size, (rank + 1) * args.batch_size)  # this process's share of a global batch
     progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, disable=not accelerator.is_main_process)
     started = time.time()
     budget = TimeBudget(args.max_minutes)
     running = None
     done = start_step
     for step in progress:
-        # Every (seed, step, rank) has its own generator: resuming replays exactly the same batches.
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 64 + rank)
-        index = torch.randint(0, len(mean), (args.batch_size,), generator=g)
+        # Every (seed, step) has its own generator: resuming replays exactly the same batches. Each process of a
+        # multi-process run draws the whole global batch (batch size x processes) and keeps its share, so the run
+        # equals one process with the global batch.
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 64)
+        whole = args.batch_size * world
+        index = torch.randint(0, len(mean), (whole,), generator=g)
         latents = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=g)) * scale
         ids = ids_all[index].clone()
-        drop = torch.rand(args.batch_size, generator=g) < args.caption_dropout
+        drop = torch.rand(whole, generator=g) < args.caption_dropout
         ids[drop] = empty_ids
         noise = training_noise(latents.shape, args.offset_noise, g, args.pyramid_noise)
-        timesteps = torch.randint(0, args.max_timestep, (args.batch_size,), generator=g)
-        latents, noise, timesteps, ids = latents.to(device), noise.to(device), timesteps.to(device), ids.to(device)
-        noise, timesteps = signal_free_top(noise, timesteps, latents, alphas, args.signal_free_top, g)
+        timesteps = torch.randint(0, args.max_timestep, (whole,), generator=g)
+        noise, timesteps = signal_free_top(noise, timesteps, latents, alphas.cpu(), args.signal_free_top, g)
+        latents, noise, timesteps, ids = (t[mine].to(device) for t in (latents, noise, timesteps, ids))
         noisy = scheduler.add_noise(latents, noise, timesteps)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(budget.schedule_step(step, args.steps), args.lr, args.warmup, args.steps)
@@ -314,12 +318,13 @@ def run(args: argparse.Namespace) -> int:
         _ema_update(ema_unet, unet, decay)
         _ema_update(ema_text, text_encoder, decay)
         # Kept on the device: .item() waits for the GPU, so it is only called when logging.
-        running = loss.detach() if running is None else 0.98 * running + 0.02 * loss.detach()
+        batch_loss = accelerator.reduce(loss.detach(), reduction="mean") if world > 1 else loss.detach()
+        running = batch_loss if running is None else 0.98 * running + 0.02 * batch_loss
         done = step + 1
         stop = budget.expired()  # read once, so the last step taken is always sampled and saved
         if accelerator.is_main_process and (done % args.log_every == 0 or done == args.steps):
             progress.set_postfix(loss=f"{running.item():.4f}")
-            log.write(step=done, loss=round(loss.item(), 5), smoothed=round(running.item(), 5), seconds=round(time.time() - started, 1))
+            log.write(step=done, loss=round(batch_loss.item(), 5), smoothed=round(running.item(), 5), seconds=round(time.time() - started, 1))
         if accelerator.is_main_process and (done % args.sample_every == 0 or done == args.steps or stop):
             grid = sample_images(ema_unet, ema_text, vae, scale, SAMPLE_PROMPTS, latent_size=latent_size)
             save_grid(grid, out / "samples" / f"step-{done:06d}.png")

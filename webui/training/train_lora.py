@@ -217,6 +217,18 @@ def check_embedding_slot(settings: LoraTrainingSettings) -> None:
                                 "word")
 
 
+class SilentObserver:
+    """Reports nothing: the processes of a multi-process run other than the main one."""
+
+    def started(self, total_steps: int, dataset: LoraDataset, resumed_from: int) -> None: ...
+
+    def stepped(self, progress: TrainingProgress) -> None: ...
+
+    def sampled(self, step: int, images: list[Image.Image], paths: list[Path]) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
 class PrintObserver:
     """The CLI's observer: a line every `every` steps."""
 
@@ -383,6 +395,8 @@ def train_lora(
 
     accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available(),
                               gradient_accumulation_steps=settings.gradient_accumulation)
+    if not accelerator.is_main_process:  # one process of several reports; the others would only repeat it
+        observer = SilentObserver()
     if model is None:
         model = load_checkpoint(Path(settings.base))
     if model.variant != "normal":
@@ -411,11 +425,19 @@ def train_lora(
                                   for image in dataset.images])
     empty_ids = caption_ids(model, [""])
     world, rank = accelerator.num_processes, accelerator.process_index
-    # Several processes (accelerate launch) take every world-th batch; all must run the same number of steps or DDP's
-    # gradient sync would wait forever, so an epoch's batches are cut to a multiple of the process count.
-    per_epoch = len(epoch_batches(bucket_of, repeats, settings.batch_size, 0)) // world
+    # Several processes (accelerate launch) share each global batch of batch_size x processes images, every process
+    # drawing the whole batch's noise and taking its own images: the run equals one process with the global batch.
+    global_batch = settings.batch_size * world
+
+    def usable_batches(epoch: int) -> list:
+        """The epoch's global batches; with several processes, a bucket's last batch with fewer images than
+        processes is left out (a process without an image would stall the others)."""
+        batches = epoch_batches(bucket_of, repeats, global_batch, settings.seed * 1_000_003 + epoch)
+        return [batch for batch in batches if len(batch.indices) >= world]
+
+    per_epoch = len(usable_batches(0))
     if per_epoch < 1:
-        raise TrainingError(f"{world} processes need at least {world} batches per epoch: lower the batch size")
+        raise TrainingError(f"{world} processes need batches of at least {world} images: add images or repeats")
     updates_per_epoch = max(1, math.ceil(per_epoch / settings.gradient_accumulation))
     total_steps = settings.max_steps or settings.epochs * updates_per_epoch
 
@@ -487,25 +509,29 @@ def train_lora(
     try:
         epoch = step // updates_per_epoch
         while step < total_steps and not interrupted:
-            batches = epoch_batches(bucket_of, repeats, settings.batch_size, settings.seed * 1_000_003 + epoch)
-            mine = batches[:len(batches) // world * world][rank::world]
+            batches = usable_batches(epoch)
             skip = (step - epoch * updates_per_epoch) * settings.gradient_accumulation
-            for position in range(skip, len(mine)):
-                batch = mine[position]
+            for position in range(skip, len(batches)):
+                whole = batches[position]
                 if should_stop():
                     interrupted = True
                     break
-                # Noise depends only on (seed, epoch, batch, rank): a resumed run draws what it would have drawn.
-                g = torch.Generator().manual_seed(((settings.seed * 1_000_003 + epoch) * 100_003 + position) * 64 + rank)
+                # Noise depends only on (seed, epoch, batch): a resumed run draws what it would have drawn, and so
+                # does each process of a multi-process run, which then keeps its share (`mine`) of every draw.
+                g = torch.Generator().manual_seed((settings.seed * 1_000_003 + epoch) * 100_003 * 64 + position * 64)
+                mine = list(range(rank, len(whole.indices), world))
+                batch = replace(whole, indices=tuple(whole.indices[i] for i in mine))
                 with device_guard(), accelerator.accumulate(denoiser), accelerator.autocast():
-                    latents = _batch_latents(model, dataset, batch, cache, g) * model.vae_scale
+                    mean, std = _posterior(model, dataset, batch, cache)
+                    shape = (len(whole.indices), *mean.shape[1:])
+                    latents = (mean + std * torch.randn(shape, generator=g)[mine]) * model.vae_scale
                     ids = [encoder_ids[list(batch.indices)].clone() for encoder_ids in ids_all]
-                    drop = torch.rand(len(batch.indices), generator=g) < settings.caption_dropout
+                    drop = (torch.rand(len(whole.indices), generator=g) < settings.caption_dropout)[mine]
                     for encoder_ids, empty in zip(ids, empty_ids):
                         encoder_ids[drop] = empty[0]
-                    noise = training_noise(latents.shape, settings.noise_offset, g)
-                    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(batch.indices),),
-                                              generator=g)
+                    noise = training_noise(shape, settings.noise_offset, g)[mine]
+                    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(whole.indices),),
+                                              generator=g)[mine]
                     latents, noise, timesteps = (t.to(accelerator.device) for t in (latents, noise, timesteps))
                     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
                     target = noise_scheduler.get_velocity(latents, noise, timesteps) if prediction == "v_prediction" else noise
@@ -515,7 +541,9 @@ def train_lora(
                     per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
                     weights = min_snr_weights(alphas[timesteps], settings.min_snr_gamma, prediction)
                     weights = weights * sample_weight[list(batch.indices)].to(weights.device)
-                    loss = (per_sample * weights).mean()
+                    # This process's share of the global batch's mean: DDP averages over processes, which makes it
+                    # the mean over the whole batch, as one process would compute it.
+                    loss = (per_sample * weights).sum() * (world / len(whole.indices))
                     if not torch.isfinite(loss):
                         raise TrainingError(f"the loss became {loss.item()} at step {step + 1}: lower the learning "
                                             f"rate; the last saved state (step {last_saved}) can be resumed")
@@ -525,11 +553,12 @@ def train_lora(
                     optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                seen += len(batch.indices) * world
+                seen += len(whole.indices)
                 if not accelerator.sync_gradients:
                     continue
                 step += 1
-                loss_value = float(loss.detach().item())
+                batch_loss = accelerator.reduce(loss.detach(), reduction="mean") if world > 1 else loss.detach()
+                loss_value = float(batch_loss.item())
                 smoothed = loss_value if smoothed is None else 0.9 * smoothed + 0.1 * loss_value
                 elapsed = time.time() - clock
                 progress = TrainingProgress(step, total_steps, epoch, loss_value, smoothed,
@@ -583,15 +612,12 @@ def train_lora(
                           seen / max(seconds, 1e-9), dataset.warnings, embedding_file)
 
 
-def _batch_latents(model: LoadedModel, dataset: LoraDataset, batch, cache: dict, g: torch.Generator) -> torch.Tensor:
-    """A fresh posterior sample for each image (cached mean/std when latents are cached)."""
+def _posterior(model: LoadedModel, dataset: LoraDataset, batch, cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's latent posterior (mean, std): cached, or encoded now; the caller draws the sample."""
     if cache:
-        mean = torch.stack([cache[i][0] for i in batch.indices])
-        std = torch.stack([cache[i][1] for i in batch.indices])
-    else:
-        pixels = np.stack([load_for_bucket(dataset.images[i].path, batch.bucket) for i in batch.indices])
-        mean, std = _encode_latents(model, pixels)
-    return mean + std * torch.randn(mean.shape, generator=g)
+        return torch.stack([cache[i][0] for i in batch.indices]), torch.stack([cache[i][1] for i in batch.indices])
+    pixels = np.stack([load_for_bucket(dataset.images[i].path, batch.bucket) for i in batch.indices])
+    return _encode_latents(model, pixels)
 
 
 def _check_resumable(saved: dict, settings: LoraTrainingSettings) -> None:
@@ -744,10 +770,12 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {exc}") from None
     finally:
         signal.signal(signal.SIGINT, previous)
-    if result.output is None:
+    if result.interrupted:
         print(f"interrupted at step {result.steps}: continue with the same command plus --resume "
               f"(state in {settings.run_path})")
         return 130
+    if result.output is None:  # another process of a multi-process run (accelerate launch) wrote the files
+        return 0
     if result.embedding is not None:
         print(f"wrote {result.embedding}: write {settings.trigger.strip()!r} in a prompt to use the learned word")
     print(f"wrote {result.output} ({result.steps} steps, {result.seconds:.0f} s, {result.samples_per_second:.2f} samples/s, "
