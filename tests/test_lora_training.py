@@ -341,3 +341,38 @@ def test_cross_attention_kv_layers_train_only_the_keys_and_values_of_cross_atten
     assert len(kv_targets) < len(all_targets)
     with pytest.raises(LoraShapeError, match="unet_layers must be one of"):
         LoraShape(unet_layers="everything").check()
+
+
+def test_locon_layers_with_their_own_rank_and_alpha_load_back_as_trained(tiny_sd1, concept_folder: Path,
+                                                                         tmp_path: Path) -> None:
+    """"attention+conv" (kohya's LoCon): the ResNet and sampler 3x3 convolutions train too, with kohya's conv_dim
+    and conv_alpha. The file's conv layers carry that rank and alpha, and both diffusers' loader and ours give back
+    the model as trained."""
+    trained = load_checkpoint(tiny_sd1.path)
+    settings = settings_for(tiny_sd1.path, concept_folder, tmp_path, learning_rate=2e-2, max_steps=3,
+                            train_text_encoder=False, unet_layers="attention+conv", conv_rank=2, conv_alpha=1.0)
+    result = train_lora(settings, Quiet(), model=trained)
+    with safe_open(str(result.output), "pt") as handle:
+        conv_down = handle.get_tensor("lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight")
+        conv_alpha = handle.get_tensor("lora_unet_down_blocks_0_resnets_0_conv1.alpha")
+        attention = [k for k in handle.keys() if k.endswith("attn1_to_q.lora_down.weight")][0]
+        attention_rank = handle.get_tensor(attention).shape[0]
+        metadata = handle.metadata()
+    assert conv_down.shape[0] == 2 and conv_down.shape[2:] == (3, 3) and float(conv_alpha) == 1.0
+    assert attention_rank == 4
+    assert json.loads(metadata["ss_network_args"]) == {"conv_dim": "2", "conv_alpha": "1"}
+
+    latents, t, context, extra = _unet_inputs(trained)
+    base = load_checkpoint(tiny_sd1.path)
+    with torch.no_grad():
+        base_out = base.unet(latents, t, context).sample
+        ours = trained.unet(latents, t, context).sample
+        with patched(lora_patches(read_lora(result.output), base, 1.0, 1.0)):
+            patched_out = base.unet(latents, t, context).sample
+        pipe = load_reference_pipeline(tiny_sd1.path, tiny_sd1.model, tmp_path / "ref")
+        pipe.load_lora_weights(str(result.output))
+        theirs = pipe.unet(latents, t, context).sample
+    change = (ours - base_out).abs().max()
+    assert change > 1e-3
+    assert (patched_out - ours).abs().max() < 0.02 * change
+    assert (theirs - ours).abs().max() < 0.02 * change

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from gradio_client import Client
+
 from tests.server_process import AppServer
 from webui.engine.generation import SamplingParams, txt2img
 from webui.engine.loader import load_checkpoint
@@ -31,6 +33,7 @@ from webui.engine.synthetic import write_synthetic_checkpoint
 pytest.importorskip("ray", reason="the Ray tests need requirements-ray.txt (the test command installs it)")
 
 USERS = {"alice": "pw-alice-1", "bob": "pw-bob-22"}
+WORKER_UNIT = "latent_studio_worker"  # what a CPU node advertises to get a worker (docs/scaling.md)
 SMALL = {"width": 64, "height": 64, "steps": 4, "sampler_name": "Euler", "cfg_scale": 5.0, "save_images": True}
 
 
@@ -47,7 +50,7 @@ def app_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def server(app_dirs: tuple[Path, Path]):
     auth = ",".join(f"{user}:{password}" for user, password in USERS.items())
-    app = AppServer(*app_dirs, "--auth", auth, "--admin", "alice", "--nowebui", "--workers", "2").wait_ready()
+    app = AppServer(*app_dirs, "--auth", auth, "--admin", "alice", "--workers", "2").wait_ready()
     try:
         _wait_for_workers(app, lambda workers: all(w["state"] == "idle" for w in workers), 600)
         yield app
@@ -216,3 +219,48 @@ def test_a_killed_worker_has_its_job_rerun_elsewhere_and_loses_nothing(server, e
     workers = _wait_for_workers(server, lambda ws: all(w["state"] == "idle" for w in ws), 300)
     killed = next(w for w in workers if w["name"] == victim["name"])
     assert killed["failures"] == 1 and killed["pid"] != victim["pid"]  # Ray started it again; it is back in rotation
+
+
+def test_the_models_tab_shows_the_workers(server) -> None:
+    """The UI's table (Models tab, "Generation workers") through Gradio's API, as the browser fetches it."""
+    client = Client(server.url, auth=("bob", USERS["bob"]), verbose=False)
+    table = client.predict(api_name="/models_workers")
+    rows = {row[0]: row for row in table["data"]}
+    assert set(rows) == {"worker-1", "worker-2"}
+    assert all(row[1] == "idle" and row[3] == "cpu" for row in rows.values())
+    assert sum(int(row[6]) for row in rows.values()) == 1  # the worker killed above
+    assert any("tiny" in row[7] for row in rows.values())  # the checkpoints each holds
+
+
+def test_a_node_that_joins_the_cluster_gets_a_worker_that_takes_jobs(tmp_path: Path, app_dirs, engine) -> None:
+    """`--ray-address`: the app joins a running cluster (here a test cluster of one head node with two worker
+    units), starts a worker per unit, and a node that joins later gets a worker within seconds."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {WORKER_UNIT: 1}})
+    app = None
+    try:
+        auth = ",".join(f"{user}:{password}" for user, password in USERS.items())
+        app = AppServer(app_dirs[0], tmp_path / "outputs", "--auth", auth, "--nowebui", "--ray-address",
+                        cluster.address).wait_ready()
+        _wait_for_workers(app, lambda workers: [w["state"] for w in workers] == ["idle"], 300)
+        cluster.add_node(num_cpus=1, resources={WORKER_UNIT: 1})  # a machine joins
+        workers = _wait_for_workers(app, lambda ws: len(ws) == 2 and all(w["state"] == "idle" for w in ws), 300)
+        joined = workers[1]["name"]
+        with _http(app, "alice") as alice, _http(app, "bob") as bob:
+            replies = {}
+            threads = [threading.Thread(target=lambda c=c, u=u: replies.__setitem__(u, c.post(
+                "txt2img", json={**SMALL, "prompt": "a purple cross", "seed": 70, "steps": 20})))
+                for c, u in ((alice, "alice"), (bob, "bob"))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert _jobs_done(_workers(app))[joined] >= 1
+        for reply in replies.values():
+            assert reply.status_code == 200, reply.text
+            assert np.array_equal(_decode(reply.json()["images"][0]), _expected(engine, reply.json())[0])
+    finally:
+        if app is not None:
+            app.stop()
+        cluster.shutdown()

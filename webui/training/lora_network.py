@@ -48,6 +48,16 @@ class LoraShape:
     train_unet: bool = True
     train_text_encoder: bool = True
     unet_layers: str = "attention"
+    conv_rank: int = 0  # kohya's conv_dim: the rank of the LoCon 3x3-conv layers (0 = `rank`)
+    conv_alpha: float = 0.0  # kohya's conv_alpha (0 = `alpha`)
+
+    @property
+    def conv_rank_used(self) -> int:
+        return self.conv_rank or self.rank
+
+    @property
+    def conv_alpha_used(self) -> float:
+        return self.conv_alpha or self.alpha
 
     def check(self) -> None:
         if self.unet_layers not in UNET_LAYER_CHOICES:
@@ -56,6 +66,9 @@ class LoraShape:
             raise LoraShapeError(f"rank must be at least 1 (got {self.rank})")
         if not self.alpha > 0:  # also catches NaN
             raise LoraShapeError(f"alpha must be a positive number (got {self.alpha})")
+        if self.conv_rank < 0 or not self.conv_alpha >= 0:
+            raise LoraShapeError(f"the conv rank and alpha must be 0 (= rank, alpha) or positive (got "
+                                 f"{self.conv_rank}, {self.conv_alpha})")
         if not (self.train_unet or self.train_text_encoder):
             raise LoraShapeError("train the U-Net, the text encoder, or both: neither is selected")
 
@@ -66,6 +79,7 @@ class _Part:
     module: torch.nn.Module
     kohya_prefix: str
     targets: list[str]
+    convs: frozenset[str] = frozenset()  # the LoCon targets (3x3 convolutions): conv rank and alpha
 
 
 def _is_attention_target(path: str, module: torch.nn.Module) -> bool:
@@ -117,11 +131,21 @@ class LoraNetwork:
         for part in self.parts:
             if not part.targets:
                 raise LoraShapeError(f"the model's {part.key} has no layers a LoRA can train")
+            part.convs = convs = self._convs(part)
             config = LoraConfig(r=shape.rank, lora_alpha=shape.alpha, target_modules=part.targets,
-                                init_lora_weights=True)
+                                init_lora_weights=True,
+                                rank_pattern={f"^{path}$": shape.conv_rank_used for path in convs},
+                                alpha_pattern={f"^{path}$": shape.conv_alpha_used for path in convs})
             inject_adapter_in_model(config, part.module, adapter_name=ADAPTER)
         for parameter in self.trainable_parameters():
             parameter.requires_grad_(True)
+
+    @staticmethod
+    def _convs(part: _Part) -> frozenset[str]:
+        """The part's LoCon targets (3x3 convolutions), which take the conv rank and alpha (before injection)."""
+        modules = dict(part.module.named_modules())
+        return frozenset(path for path in part.targets
+                         if isinstance(modules[path], torch.nn.Conv2d) and modules[path].kernel_size != (1, 1))
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for part in self.parts for name, p in part.module.named_parameters() if ".lora_" in name]
@@ -161,14 +185,15 @@ class LoraNetwork:
 
     def kohya_state_dict(self, dtype: torch.dtype = torch.float16) -> dict[str, torch.Tensor]:
         tensors: dict[str, torch.Tensor] = {}
-        alpha = torch.tensor(float(self.shape.alpha), dtype=dtype)
         for part in self.parts:
+            convs = part.convs
             for key, value in get_peft_model_state_dict(part.module, adapter_name=ADAPTER).items():
                 path, _, kind = key.rpartition(".lora_")  # "<path>.lora_A.weight" -> ("<path>", "A.weight")
                 name = self._kohya_name(part, path)
                 which = "lora_down" if kind.startswith("A") else "lora_up"
                 tensors[f"{name}.{which}.weight"] = value.detach().to("cpu", dtype).contiguous()
-                tensors[f"{name}.alpha"] = alpha.clone()
+                alpha = self.shape.conv_alpha_used if path in convs else self.shape.alpha
+                tensors[f"{name}.alpha"] = torch.tensor(float(alpha), dtype=dtype)
         return tensors
 
 
@@ -194,7 +219,8 @@ def kohya_metadata(model: LoadedModel, shape: LoraShape, facts: dict[str, object
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(shape.rank),
         "ss_network_alpha": f"{shape.alpha:g}",
-        "ss_network_args": json.dumps({}),
+        "ss_network_args": json.dumps({"conv_dim": str(shape.conv_rank_used), "conv_alpha": f"{shape.conv_alpha_used:g}"}
+                                      if shape.unet_layers == "attention+conv" else {}),
         "ss_network_train_unet_only": str(not shape.train_text_encoder),
         "ss_network_train_text_encoder_only": str(not shape.train_unet),
         "ss_base_model_version": version,

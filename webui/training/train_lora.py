@@ -40,7 +40,7 @@ from .lora_dataset import (
     DatasetError, LoraDataset, epoch_batches, load_for_bucket, make_buckets, nearest_bucket, scan_dataset,
     with_regularization,
 )
-from .lora_network import LoraNetwork, LoraShape, LoraShapeError, kohya_metadata, save_lora
+from .lora_network import UNET_LAYER_CHOICES, LoraNetwork, LoraShape, LoraShapeError, kohya_metadata, save_lora
 from .trigger_embedding import TriggerEmbedding, embedding_owner, save_embedding
 from .models import sd_noise_scheduler
 
@@ -76,6 +76,8 @@ class LoraTrainingSettings:
     train_unet: bool = True
     train_text_encoder: bool = True
     unet_layers: str = "attention"  # or "cross-attention-kv" (Custom Diffusion: less drift on other prompts)
+    conv_rank: int = 0  # "attention+conv" only: kohya's conv_dim (0 = rank)
+    conv_alpha: float = 0.0  # kohya's conv_alpha (0 = alpha)
     optimizer: str = "AdamW"
     learning_rate: float = 0.0  # 0 = automatic: 1e-4 for SD-sized U-Nets (>= 320 channels), 1e-3 for small ones
     text_encoder_lr: float = 0.0  # 0 = the same as learning_rate
@@ -120,7 +122,8 @@ class LoraTrainingSettings:
 
     @property
     def shape(self) -> LoraShape:
-        return LoraShape(self.rank, self.alpha, self.train_unet, self.train_text_encoder, self.unet_layers)
+        return LoraShape(self.rank, self.alpha, self.train_unet, self.train_text_encoder, self.unet_layers,
+                         self.conv_rank, self.conv_alpha)
 
     def check(self) -> None:
         """Refuse impossible settings before anything is loaded or written."""
@@ -719,6 +722,10 @@ _HELP = {
                          "(pivotal tuning)",
     "embedding_lr": "0 = automatic (5e-3; 1.0 with Prodigy)",
     "embedding_dir": "where the trigger word's embedding goes (default: 'embeddings' beside --output-dir)",
+    "unet_layers": "attention: kohya's LoRA; attention+conv: also the ResNet 3x3 convolutions (LoCon); "
+                   "cross-attention-kv: only the keys and values of cross-attention",
+    "conv_rank": "attention+conv: the convolutions' rank, kohya's conv_dim (0 = --rank)",
+    "conv_alpha": "attention+conv: kohya's conv_alpha (0 = --alpha)",
 }
 
 
@@ -738,7 +745,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         elif item.name in ("output_dir", "run_dir", "reg_data", "embedding_dir"):
             parser.add_argument(flag, type=Path, default=default, help=help_text or "folder")
         else:
-            choices = {"optimizer": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS, "mixed_precision": PRECISIONS}.get(item.name)
+            choices = {"optimizer": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS, "mixed_precision": PRECISIONS,
+                       "unet_layers": UNET_LAYER_CHOICES}.get(item.name)
             parser.add_argument(flag, type=type(default), default=default, choices=choices,
                                 help=f"{help_text} (default {default})".strip())
     parser.add_argument("--sample-prompt", action="append", default=[], dest="sample_prompts",

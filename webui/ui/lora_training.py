@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from webui.services.lora_training import (
-    LR_SCHEDULERS, OPTIMIZERS, PRECISIONS, LoraTrainingService, LoraTrainingSettings, TrainingRun,
+    LR_SCHEDULERS, OPTIMIZERS, PRECISIONS, UNET_LAYER_CHOICES, LoraTrainingService, LoraTrainingSettings, TrainingRun,
 )
 from webui.services.model_manager import ModelManager
 
@@ -35,6 +35,9 @@ _FIELDS: list[tuple[str, str]] = [
     ("alpha", "Alpha"),
     ("train_unet", "Train the U-Net"),
     ("train_text_encoder", "Train the text encoder"),
+    ("unet_layers", "U-Net layers (attention+conv = LoCon: also the 3x3 convolutions, which draw shapes)"),
+    ("conv_rank", "Conv rank (LoCon conv_dim; 0 = rank)"),
+    ("conv_alpha", "Conv alpha (0 = alpha)"),
     ("optimizer", "Optimizer"),
     ("learning_rate", "Learning rate (0 = automatic: 1e-4 for SD-sized models, 1e-3 for small ones, 1 for Prodigy)"),
     ("text_encoder_lr", "Text-encoder learning rate (0 = same)"),
@@ -62,7 +65,8 @@ _FIELDS: list[tuple[str, str]] = [
 def _component(field: str, label: str) -> gr.components.Component:
     default = getattr(_DEFAULTS, field)
     elem_id = f"lora_train_{field}"
-    choices = {"optimizer": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS, "mixed_precision": PRECISIONS}.get(field)
+    choices = {"optimizer": OPTIMIZERS, "lr_scheduler": LR_SCHEDULERS, "mixed_precision": PRECISIONS,
+               "unet_layers": UNET_LAYER_CHOICES}.get(field)
     if choices:
         return gr.Dropdown(list(choices), value=default, label=label, elem_id=elem_id)
     if field == "sample_prompts":
