@@ -104,6 +104,19 @@ def _expected(engine, response: dict, checkpoint: str = "tiny") -> list[np.ndarr
     return images
 
 
+def _txt2img_in_background(server: AppServer, user: str, body: dict) -> tuple[threading.Thread, dict]:
+    """Post a txt2img request on a thread; its response lands in the returned dict under "reply"."""
+    result: dict[str, httpx.Response] = {}
+
+    def generate() -> None:
+        with _http(server, user) as client:
+            result["reply"] = client.post("txt2img", json=body)
+
+    thread = threading.Thread(target=generate)
+    thread.start()
+    return thread, result
+
+
 def _jobs_done(workers: list[dict]) -> dict[str, int]:
     return {w["name"]: w["jobs_done"] for w in workers}
 
@@ -113,18 +126,13 @@ def test_two_users_jobs_run_on_both_workers_and_equal_the_in_process_images(serv
     before = _jobs_done(_workers(server))
     responses: dict[str, dict] = {}
 
-    def generate(user: str, seed: int) -> None:
-        with _http(server, user) as client:
-            body = {**SMALL, "prompt": f"a red circle for {user}", "seed": seed, "batch_size": 2}
-            reply = client.post("txt2img", json=body)
-            assert reply.status_code == 200, reply.text
-            responses[user] = reply.json()
-
-    threads = [threading.Thread(target=generate, args=(user, seed)) for user, seed in (("alice", 11), ("bob", 22))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
+    posts = {user: _txt2img_in_background(server, user, {**SMALL, "prompt": f"a red circle for {user}", "seed": seed,
+                                                         "batch_size": 2})
+             for user, seed in (("alice", 11), ("bob", 22))}
+    for user, (thread, result) in posts.items():
         thread.join()
+        assert result["reply"].status_code == 200, result["reply"].text
+        responses[user] = result["reply"].json()
 
     for user in USERS:
         got = [_decode(image) for image in responses[user]["images"]]
@@ -160,15 +168,8 @@ def test_routing_prefers_the_worker_that_already_holds_the_checkpoint(server, en
 
 def test_progress_previews_and_cancel_cross_the_process_boundary(server, app_dirs) -> None:
     _, outputs = app_dirs
-    body = {**SMALL, "prompt": "a long job", "steps": 60, "n_iter": 50, "seed": 500}
-    result: dict[str, httpx.Response] = {}
-
-    def generate() -> None:
-        with _http(server, "alice") as client:
-            result["reply"] = client.post("txt2img", json=body)
-
-    thread = threading.Thread(target=generate)
-    thread.start()
+    thread, result = _txt2img_in_background(server, "alice", {**SMALL, "prompt": "a long job", "steps": 60,
+                                                               "n_iter": 50, "seed": 500})
     with _http(server, "alice") as alice, _http(server, "bob") as bob:
         deadline = time.time() + 120
         seen_preview = False
@@ -189,15 +190,8 @@ def test_progress_previews_and_cancel_cross_the_process_boundary(server, app_dir
 
 def test_a_killed_worker_has_its_job_rerun_elsewhere_and_loses_nothing(server, engine, app_dirs) -> None:
     _, outputs = app_dirs
-    body = {**SMALL, "prompt": "a green star", "steps": 30, "n_iter": 4, "seed": 900}
-    result: dict[str, httpx.Response] = {}
-
-    def generate() -> None:
-        with _http(server, "bob") as client:
-            result["reply"] = client.post("txt2img", json=body)
-
-    thread = threading.Thread(target=generate)
-    thread.start()
+    thread, result = _txt2img_in_background(server, "bob", {**SMALL, "prompt": "a green star", "steps": 30,
+                                                             "n_iter": 4, "seed": 900})
     deadline = time.time() + 120
     while time.time() < deadline and not list((outputs / "bob").rglob("*-900.png")):
         time.sleep(0.1)
@@ -247,17 +241,13 @@ def test_a_node_that_joins_the_cluster_gets_a_worker_that_takes_jobs(tmp_path: P
         cluster.add_node(num_cpus=1, resources={WORKER_UNIT: 1})  # a machine joins
         workers = _wait_for_workers(app, lambda ws: len(ws) == 2 and all(w["state"] == "idle" for w in ws), 300)
         joined = workers[1]["name"]
-        with _http(app, "alice") as alice, _http(app, "bob") as bob:
-            replies = {}
-            threads = [threading.Thread(target=lambda c=c, u=u: replies.__setitem__(u, c.post(
-                "txt2img", json={**SMALL, "prompt": "a purple cross", "seed": 70, "steps": 20})))
-                for c, u in ((alice, "alice"), (bob, "bob"))]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+        body = {**SMALL, "prompt": "a purple cross", "seed": 70, "steps": 20}
+        posts = [_txt2img_in_background(app, user, body) for user in USERS]
+        for thread, _ in posts:
+            thread.join()
         assert _jobs_done(_workers(app))[joined] >= 1
-        for reply in replies.values():
+        for _, result in posts:
+            reply = result["reply"]
             assert reply.status_code == 200, reply.text
             assert np.array_equal(_decode(reply.json()["images"][0]), _expected(engine, reply.json())[0])
     finally:

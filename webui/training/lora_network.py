@@ -98,7 +98,8 @@ def _unet_targets(model: LoadedModel, layers: str = "attention") -> list[str]:
         if layers == "cross-attention-kv":
             chosen = _is_attention_target(path, module) and path.endswith(CROSS_ATTENTION_KV)
         else:
-            chosen = _is_attention_target(path, module) or (layers == "attention+conv" and _is_conv_target(path, module))
+            conv = layers == "attention+conv" and _is_conv_target(path, module)
+            chosen = _is_attention_target(path, module) or conv
         if chosen:
             targets.append(path)
     return targets
@@ -219,7 +220,8 @@ def kohya_metadata(model: LoadedModel, shape: LoraShape, facts: dict[str, object
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(shape.rank),
         "ss_network_alpha": f"{shape.alpha:g}",
-        "ss_network_args": json.dumps({"conv_dim": str(shape.conv_rank_used), "conv_alpha": f"{shape.conv_alpha_used:g}"}
+        "ss_network_args": json.dumps({"conv_dim": str(shape.conv_rank_used),
+                                       "conv_alpha": f"{shape.conv_alpha_used:g}"}
                                       if shape.unet_layers == "attention+conv" else {}),
         "ss_network_train_unet_only": str(not shape.train_text_encoder),
         "ss_network_train_text_encoder_only": str(not shape.train_unet),

@@ -324,7 +324,8 @@ def run(args: argparse.Namespace) -> int:
         stop = budget.expired()  # read once, so the last step taken is always sampled and saved
         if accelerator.is_main_process and (done % args.log_every == 0 or done == args.steps):
             progress.set_postfix(loss=f"{running.item():.4f}")
-            log.write(step=done, loss=round(batch_loss.item(), 5), smoothed=round(running.item(), 5), seconds=round(time.time() - started, 1))
+            log.write(step=done, loss=round(batch_loss.item(), 5), smoothed=round(running.item(), 5),
+                      seconds=round(time.time() - started, 1))
         if accelerator.is_main_process and (done % args.sample_every == 0 or done == args.steps or stop):
             grid = sample_images(ema_unet, ema_text, vae, scale, SAMPLE_PROMPTS, latent_size=latent_size)
             save_grid(grid, out / "samples" / f"step-{done:06d}.png")
