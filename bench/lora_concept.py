@@ -1,4 +1,4 @@
-"""Teach the shipped default model a colour it never saw ("rectangle") with a LoRA, and measure what it learned.
+"""Teach the shipped default model a shape word it never saw ("rectangle") with a LoRA, and measure what it learned.
 
 1. Render 30 captioned rectangle scenes (`shapes.concept_scenes`, training seed) into a folder.
 2. Train a LoRA on it through `train_lora` with the training tab's defaults (any override is recorded).
@@ -6,7 +6,7 @@
    - held-out rectangle prompts (another seed) with the LoRA at weight 1 (and without it, for reference);
    - the standard held-out prompts of the trained colours, with and without the LoRA.
 
-    python bench/lora_concept.py [--prompts 200] [--concept-prompts 100] [--set epochs=40 ...]
+    python bench/lora_concept.py --reg 120 [--prompts 200] [--concept-prompts 100] [--set epochs=40 ...]
 
 Writes bench/results/lora_concept.json; docs/lora-training.md quotes it.
 """
