@@ -24,10 +24,20 @@ from webui.shapes import concept_scenes, write_captioned_folder
 DEFAULT_MODEL = ROOT / "models/Stable-diffusion/latent-studio-shapes.safetensors"
 
 
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
+
+
 def _run(processes: int, *args: str, timeout: float = 600) -> None:
+    """One process: the CLI's entry point in this process (torch is already imported here; every command is run
+    with `--threads 1`, as each launched process is). Several: `accelerate launch`, as a user runs it."""
+    if processes == 1:
+        from webui.cli import main
+
+        assert main(list(args)) in (0, None)
+        return
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-                str(29500 + os.getpid() % 1000)] if processes > 1 else [sys.executable]
+                str(29500 + os.getpid() % 1000)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run([*launcher, "-m", "webui", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)

@@ -151,7 +151,8 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
         components["data"] = _component("data", dict(_FIELDS)["data"])
         groups = {
             "Network and data": ("resolution", "buckets", "rank", "alpha", "train_unet", "train_text_encoder",
-                                 "trigger_embedding", "reg_data", "prior_loss_weight"),
+                                 "unet_layers", "conv_rank", "conv_alpha", "trigger_embedding", "reg_data",
+                                 "prior_loss_weight"),
             "Optimizer and schedule": ("optimizer", "learning_rate", "text_encoder_lr", "embedding_lr", "lr_scheduler",
                                        "warmup_steps", "epochs", "max_steps", "batch_size", "gradient_accumulation"),
             "Training tricks": ("caption_dropout", "noise_offset", "min_snr_gamma", "cache_latents",
