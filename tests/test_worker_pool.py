@@ -43,7 +43,7 @@ class ScriptedWorker:
             return _Call(WorkerLost(f"{self.name}'s process stopped"))
         return _Call(TaskProgress(status="done", finished=True, holds=[task.checkpoint]))
 
-    def poll(self, task_id: str, images_seen: int) -> TaskProgress:
+    def poll(self, task_id: str, images_seen: int, preview_seen: int) -> TaskProgress:
         raise AssertionError("a finished call is never polled")
 
     def cancel(self, task_id: str) -> None: ...

@@ -367,13 +367,11 @@ class GenerationService:
         process boundary, and each image is saved here, as it arrives, under the usual rules (owner's folder, atomic
         writes), so a worker that dies later loses none of them. A retried job keeps its earlier images and goes on
         from its first unfinished batch. Raises WorkerLost (the queue retries) or the task's own error."""
-        from webui.services.generation_worker import with_start
-
         handle = slot.handle
         result = job.result if isinstance(job.result, GenerationResult) else GenerationResult()
         job.result = result
         result.warnings.extend(notice for notice in job.notices if notice not in result.warnings)
-        task = with_start(task, job.batches_done)
+        task = replace(task, start_iteration=job.batches_done)
         call = handle.start(job.id, task)
         seen, cancelled, preview_seen = 0, False, -1
         while True:
@@ -384,7 +382,7 @@ class GenerationService:
             if job.skip_requested and final is None:
                 handle.skip(job.id)
                 job.clear_skip()
-            progress = final if final is not None else handle.poll(job.id, seen)
+            progress = final if final is not None else handle.poll(job.id, seen, preview_seen)
             fresh = progress.images[seen:] if final is not None else progress.images
             preview_seen = self._mirror(job, progress, preview_seen)
             for image in fresh:
@@ -399,8 +397,7 @@ class GenerationService:
         result.warnings.extend(final.warnings)
         result.request = final.request or result.request or task.request
         if final.exception is not None:
-            job.error = str(final.exception).splitlines()[0] if str(final.exception) else type(final.exception).__name__
-            raise final.exception
+            raise final.exception  # the queue records it on the job, as for an in-process failure
         if final.interrupted:
             result.interrupted = True
             job.set_status("interrupted")

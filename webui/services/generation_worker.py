@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import threading
 import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +86,6 @@ class TaskProgress:
     holds: list[str] = field(default_factory=list)  # checkpoints in this worker's caches, after the task
 
 
-@dataclass
-class _Running:
-    job: Job
-    thread: threading.Thread | None = None
-
-
 class GenerationWorker:
     """Builds its services once, then runs tasks; `run` blocks, `poll`/`cancel`/`skip` may be called meanwhile."""
 
@@ -109,7 +103,7 @@ class GenerationWorker:
                          extension_dirs=AppPaths.default().extension_dirs)
         self.context = build_context(paths, device=device, precision=precision)
         self._runners = self._build_runners()
-        self._tasks: dict[str, _Running] = {}
+        self._tasks: dict[str, Job] = {}
         self._lock = threading.Lock()
 
     def _build_runners(self) -> dict[str, Any]:
@@ -135,7 +129,7 @@ class GenerationWorker:
         """Run `task` to its end on this thread; returns the final progress (the images not yet polled included)."""
         job = Job(id=task_id, owner=task.owner, kind=task.runner)
         with self._lock:
-            self._tasks[task_id] = _Running(job)
+            self._tasks[task_id] = job
         result: GenerationResult | None = None
         exception: BaseException | None = None
         try:
@@ -148,7 +142,7 @@ class GenerationWorker:
             exception = _portable(exc)
         finally:
             job.mark_done()
-        progress = self.poll(task_id, 0)
+        progress = self.poll(task_id, 0, -1)
         progress.exception = exception
         progress.holds = self.holds()
         if result is not None:
@@ -159,36 +153,39 @@ class GenerationWorker:
             self._tasks.pop(task_id, None)
         return progress
 
-    def poll(self, task_id: str, images_seen: int) -> TaskProgress:
-        """The job's counters and preview now, and the finished images after the first `images_seen`."""
+    def _job(self, task_id: str) -> Job | None:
         with self._lock:
-            running = self._tasks.get(task_id)
-        if running is None:
+            return self._tasks.get(task_id)
+
+    def poll(self, task_id: str, images_seen: int, preview_seen: int) -> TaskProgress:
+        """The job's counters now, its preview if newer than `preview_seen` (a poll ten times a second must not
+        ship the same latents every time), and the finished images after the first `images_seen`."""
+        job = self._job(task_id)
+        if job is None:
             return TaskProgress(status="unknown", finished=True)
-        job = running.job
         result: GenerationResult | None = job.result
         images: list[FinishedImage] = []
         if result is not None:
             count = min(len(result.images), len(result.infotexts), len(result.fields), len(result.subseeds))
             images = [FinishedImage(result.images[i], result.infotexts[i], result.seeds[i], result.subseeds[i],
                                     result.fields[i]) for i in range(images_seen, count)]
+        fresh_preview = job.preview_version != preview_seen
         return TaskProgress(
             status=job.status, step=job.step, total_steps=job.total_steps, batches_done=job.batches_done,
             batches_total=job.batches_total, sampling_started=job.sampling_started,
-            preview_latents=job.preview_latents, preview_factors=job.preview_factors,
+            preview_latents=job.preview_latents if fresh_preview else None,
+            preview_factors=job.preview_factors if fresh_preview else None,
             preview_version=job.preview_version, images=images, finished=job.done.is_set(), error=job.error)
 
     def cancel(self, task_id: str) -> None:
-        with self._lock:
-            running = self._tasks.get(task_id)
-        if running is not None:
-            running.job.interrupt()
+        job = self._job(task_id)
+        if job is not None:
+            job.interrupt()
 
     def skip(self, task_id: str) -> None:
-        with self._lock:
-            running = self._tasks.get(task_id)
-        if running is not None and running.job.status == "running":
-            running.job.skip()
+        job = self._job(task_id)
+        if job is not None and job.status == "running":
+            job.skip()
 
 
 def _portable(exc: Exception) -> Exception:
@@ -202,7 +199,3 @@ def _portable(exc: Exception) -> Exception:
     except Exception:
         text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         return RuntimeError(text)
-
-
-def with_start(task: GenerationTask, start_iteration: int) -> GenerationTask:
-    return replace(task, start_iteration=start_iteration)

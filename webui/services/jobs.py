@@ -72,7 +72,6 @@ class Job:
     preview_factors: Any = None
     preview_version: int = 0
     error: str | None = None
-    worker: str | None = None  # the pool worker running it (None: this process)
     notices: list[str] = field(default_factory=list)  # what happened to it the user should know (a retry)
     exception: BaseException | None = field(default=None, repr=False)
     result: Any = None

@@ -283,24 +283,19 @@ class ModelManager:
         with self._lock:
             if name is None and self._active:
                 return self._active[0]
-        if name is None:
-            default = self.default_checkpoint()
-            if default is None:
-                raise ModelError(f"no checkpoints found; put a .safetensors file in {self.checkpoint_dir}")
-            return default.name
-        return self.resolve(name).name
+            if name is None:
+                default = self.default_checkpoint()
+                if default is None:
+                    raise ModelError(f"no checkpoints found; put a .safetensors file in {self.checkpoint_dir}")
+                return default.name
+            return self.resolve(name).name
 
     def get(self, name: str | None = None) -> LoadedModel:
         """The requested (or active, or default) model on the compute device, loading it if needed."""
         with self._lock:
-            if name is None:
-                if self._active:
-                    return self._active[1]
-                default = self.default_checkpoint()
-                if default is None:
-                    raise ModelError(f"no checkpoints found; put a .safetensors file in {self.checkpoint_dir}")
-                name = default.name
-            info = self.resolve(name)
+            if name is None and self._active:
+                return self._active[1]
+            info = self.resolve(self.choice_name(name))
             if info.name in self._on_device:
                 self._on_device.move_to_end(info.name)
                 return self._on_device[info.name]

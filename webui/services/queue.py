@@ -328,26 +328,17 @@ class JobQueue:
         from webui.services.worker_pool import WorkerLost
 
         job = entry.job
+        if entry.attempt:
+            job.notices.append(f"Retry {entry.attempt} ran on {slot.name}.")
         try:
-            if entry.attempt:
-                job.notices.append(f"Retry {entry.attempt} ran on {slot.name}.")
-            job.worker = slot.name
-            job.set_status("running")
-            result = entry.remote.run(job, slot, entry.attempt)
-            job.result = result if result is not None else job.result
-            if job.status == "running":
-                job.set_status("interrupted" if job.interrupted else "done")
+            self._record(job, lambda job: entry.remote.run(job, slot, entry.attempt), passthrough=(WorkerLost,))
         except WorkerLost as lost:
             self._remote_running.pop(job.id, None)
             self.pool.release(slot, lost=lost)
             self._retry_or_fail(entry, slot.name, lost)
             return
-        except BaseException as exc:  # the job failed; the worker is fine and takes the next one
-            job.exception = exc
-            job.error = job.error or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            job.set_status("failed")
         self._remote_running.pop(job.id, None)
-        self.pool.release(slot)
+        self.pool.release(slot)  # before `done`: whoever waited on the job finds the worker free again
         job.mark_done()
 
     def _retry_or_fail(self, entry: _Entry, worker: str, lost: Exception) -> None:
@@ -374,17 +365,26 @@ class JobQueue:
     @staticmethod
     def _execute(job: Job, work: Callable[[Job], Any]) -> None:
         try:
+            JobQueue._record(job, work)
+        finally:
+            job.mark_done()
+
+    @staticmethod
+    def _record(job: Job, work: Callable[[Job], Any], passthrough: tuple[type[BaseException], ...] = ()) -> None:
+        """Run `work(job)` and record its outcome on the job (result, status, error); the `passthrough` exceptions
+        are raised instead (a lost worker: the job is not over)."""
+        try:
             job.set_status("running")
             result = work(job)
             job.result = result if result is not None else job.result
             if job.status == "running":
                 job.set_status("interrupted" if job.interrupted else "done")
+        except passthrough:
+            raise
         except BaseException as exc:  # recorded on the job; the worker goes on with the next one
             job.exception = exc
             job.error = job.error or (str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             job.set_status("failed")
-        finally:
-            job.mark_done()
 
     # -- step-wise jobs ---------------------------------------------------------------------------------------------
 

@@ -112,17 +112,14 @@ class RayWorkerHandle:
     def start(self, task_id: str, task: GenerationTask) -> _RayCall:
         return _RayCall(self.actor.run.remote(task_id, task), self.name)
 
-    def poll(self, task_id: str, images_seen: int) -> TaskProgress:
-        return self._call("poll", task_id, images_seen)
+    def poll(self, task_id: str, images_seen: int, preview_seen: int) -> TaskProgress:
+        return self._call("poll", task_id, images_seen, preview_seen)
 
     def cancel(self, task_id: str) -> None:
         self._call("cancel", task_id)
 
     def skip(self, task_id: str) -> None:
         self._call("skip", task_id)
-
-    def pid(self) -> int:
-        return int(self.describe()["pid"])
 
     def stop(self) -> None:
         import ray
@@ -148,6 +145,7 @@ class RayWorkers:
         resources = ray.cluster_resources()
         self.gpu = resources.get("GPU", 0) >= 1
         self.wanted = workers  # 0: one per GPU / worker unit in the cluster
+        self._actor_class = ray.remote(GenerationWorker)
         self.pool = WorkerPool(self.discover, self._describe_setup(address))
         for handle in self.discover():
             self.pool.add(handle)
@@ -174,9 +172,8 @@ class RayWorkers:
                                  "prints it) or leave out --ray-address") from exc
 
     def _describe_setup(self, address: str | None) -> str:
-        kind = "GPU" if self.gpu else "CPU"
         where = f"cluster {address}" if address else "this machine"
-        return f"Ray ({where}), one worker per {kind if self.gpu else WORKER_RESOURCE + ' unit'}"
+        return f"Ray ({where}), one worker per {'GPU' if self.gpu else WORKER_RESOURCE + ' unit'}"
 
     def _units(self) -> int:
         """Worker units in the cluster now: GPUs, or `latent_studio_worker` units on CPU clusters."""
@@ -198,8 +195,7 @@ class RayWorkers:
         name = f"worker-{self._started + 1}"
         self._started += 1
         needs = {"num_gpus": 1, "num_cpus": 1} if self.gpu else {"num_cpus": 0, "resources": {WORKER_RESOURCE: 1}}
-        actor_class = self._ray.remote(GenerationWorker)
-        actor = actor_class.options(name=None, max_concurrency=8, max_restarts=MAX_RESTARTS, max_task_retries=0,
+        actor = self._actor_class.options(name=None, max_concurrency=8, max_restarts=MAX_RESTARTS, max_task_retries=0,
                                     **needs).remote(name, self.settings.models_dir, self.settings.data_dir,
                                                     None, self.settings.precision, self.settings.threads)
         return RayWorkerHandle(actor, name)

@@ -42,7 +42,7 @@ class WorkerHandle(Protocol):
 
     def start(self, task_id: str, task: GenerationTask) -> TaskCall: ...
 
-    def poll(self, task_id: str, images_seen: int) -> TaskProgress: ...
+    def poll(self, task_id: str, images_seen: int, preview_seen: int) -> TaskProgress: ...
 
     def cancel(self, task_id: str) -> None: ...
 
@@ -136,10 +136,6 @@ class WorkerPool:
             listener()
 
     # -- routing ------------------------------------------------------------------------------------------------------
-
-    def in_rotation(self) -> int:
-        with self._lock:
-            return sum(slot.state != "out of rotation" for slot in self._slots)
 
     def can_run(self, exclude: frozenset[str] = frozenset()) -> bool:
         """Whether any worker in rotation, other than `exclude`, could take a job (now or once it is free)."""
