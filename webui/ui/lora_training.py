@@ -35,7 +35,7 @@ _FIELDS: list[tuple[str, str]] = [
     ("alpha", "Alpha"),
     ("train_unet", "Train the U-Net"),
     ("train_text_encoder", "Train the text encoder"),
-    ("unet_layers", "U-Net layers (attention+conv = LoCon: also the 3x3 convolutions, which draw shapes)"),
+    ("unet_layers", "U-Net layers (attention+conv = LoCon)"),
     ("conv_rank", "Conv rank (LoCon conv_dim; 0 = rank)"),
     ("conv_alpha", "Conv alpha (0 = alpha)"),
     ("optimizer", "Optimizer"),
@@ -150,9 +150,9 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
                 components[field] = _component(field, dict(_FIELDS)[field])
         components["data"] = _component("data", dict(_FIELDS)["data"])
         groups = {
-            "Network and data": ("resolution", "buckets", "rank", "alpha", "train_unet", "train_text_encoder",
-                                 "unet_layers", "conv_rank", "conv_alpha", "trigger_embedding", "reg_data",
-                                 "prior_loss_weight"),
+            "Network and data": (("rank", "alpha", "unet_layers", "conv_rank", "conv_alpha"),
+                                 ("resolution", "buckets", "train_unet", "train_text_encoder", "trigger_embedding"),
+                                 ("reg_data", "prior_loss_weight")),
             "Optimizer and schedule": ("optimizer", "learning_rate", "text_encoder_lr", "embedding_lr", "lr_scheduler",
                                        "warmup_steps", "epochs", "max_steps", "batch_size", "gradient_accumulation"),
             "Training tricks": ("caption_dropout", "noise_offset", "min_snr_gamma", "cache_latents",
@@ -160,10 +160,12 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
             "Samples and saving": ("sample_prompts", "sample_every", "save_every", "resume"),
         }
         for title, names in groups.items():
+            rows = names if isinstance(names[0], tuple) else (names,)  # a group is one row, or several
             with gr.Accordion(title, open=title == "Network and data"):
-                with gr.Row():
-                    for field in names:
-                        components[field] = _component(field, dict(_FIELDS)[field])
+                for row in rows:
+                    with gr.Row():
+                        for field in row:
+                            components[field] = _component(field, dict(_FIELDS)[field])
         with gr.Row():
             start = gr.Button("Start training", variant="primary", elem_id="lora_train_start")
             interrupt = gr.Button("Interrupt", elem_id="lora_train_interrupt")

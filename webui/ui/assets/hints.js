@@ -146,7 +146,7 @@
     "Alpha": "Scales the LoRA's updates; half the rank is a common choice.",
     "Train the U-Net": "Train the part that paints the image.",
     "Train the text encoder": "Also train the part that reads the prompt.",
-    "U-Net layers (attention+conv = LoCon: also the 3x3 convolutions, which draw shapes)": "Which image-model layers the LoRA trains; attention+conv (LoCon) learns new shapes best.",
+    "U-Net layers (attention+conv = LoCon)": "Which image-model layers the LoRA trains; attention+conv (LoCon) also trains the convolutions that draw shapes, and learns new shapes best.",
     "Conv rank (LoCon conv_dim; 0 = rank)": "The size of the convolution layers' part of a LoCon; lower changes other prompts less.",
     "Conv alpha (0 = alpha)": "Scales the convolution layers' updates; 0 uses Alpha.",
     "Optimizer": "The algorithm that updates the weights.",
