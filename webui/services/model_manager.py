@@ -295,7 +295,8 @@ class ModelManager:
         with self._lock:
             if name is None and self._active:
                 return self._active[1]
-            info = self.resolve(self.choice_name(name))
+            # resolve `name` itself: it may be a path to a file outside the checkpoint folder
+            info = self.resolve(name if name is not None else self.choice_name())
             if info.name in self._on_device:
                 self._on_device.move_to_end(info.name)
                 return self._on_device[info.name]
