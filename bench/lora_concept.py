@@ -140,15 +140,22 @@ def main() -> int:
             "regularization_like_training": args.reg_like_training, "sampler": "Euler a", "sampling_steps": 20,
             "trigger_embedding": settings.learns_trigger,
         }
+        # Misses by "size shape" show where the old words suffer (a new shape can pull its neighbours).
+        misses_without: dict[str, int] = {}
+        misses_with: dict[str, int] = {}
         if not args.skip_baselines:
             report["concept_without_lora"] = generate_and_score(model, concept, args.cfg)
-            report["old_without_lora"] = generate_and_score(model, old, args.cfg)
+            report["old_without_lora"] = generate_and_score(model, old, args.cfg, misses=misses_without)
+            report["old_misses_without_lora"] = dict(sorted(misses_without.items()))
         with patched(lora_patches(lora, model, 1.0, 1.0)):
             report["concept_with_lora"] = generate_and_score(model, concept, args.cfg, embeddings=embeddings)
-            report["old_with_lora"] = generate_and_score(model, old, args.cfg, embeddings=embeddings)
+            report["old_with_lora"] = generate_and_score(model, old, args.cfg, embeddings=embeddings,
+                                                         misses=misses_with)
+        report["old_misses_with_lora"] = dict(sorted(misses_with.items()))
     key = "shape_colour"
     if args.skip_baselines:
-        print(json.dumps({k: report[k] for k in ("concept_with_lora", "old_with_lora", "train_seconds", "steps")}))
+        print(json.dumps({k: report[k] for k in ("concept_with_lora", "old_with_lora", "old_misses_with_lora",
+                                                  "train_seconds", "steps")}))
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         return 0
     report["summary"] = {

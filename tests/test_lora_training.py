@@ -376,3 +376,37 @@ def test_locon_layers_with_their_own_rank_and_alpha_load_back_as_trained(tiny_sd
     assert change > 1e-3
     assert (patched_out - ours).abs().max() < 0.02 * change
     assert (theirs - ours).abs().max() < 0.02 * change
+
+
+def test_output_preservation_keeps_the_swapped_word_and_the_empty_prompt_where_the_base_model_had_them(
+        concept_folder: Path, tmp_path: Path) -> None:
+    """With a preservation word, captions saying "square" where the trigger was keep the base model's prediction
+    (ai-toolkit's output preservation), and so does the empty prompt (CFG's unconditional branch); the same run
+    without preservation pulls both along with the new concept."""
+    from webui.training.train_lora import caption_ids, encode_batch, swap_word
+
+    assert swap_word("a Rectangle, two rectangles; rectangle.", "rectangle", "square") == \
+        "a square, two rectangles; square."
+    with pytest.raises(TrainingError, match="trigger word"):
+        settings_for(DEFAULT_MODEL, concept_folder, tmp_path, preserve_words="square").check()
+    common = dict(max_steps=8, learning_rate=1e-2, train_text_encoder=False, trigger="rectangle",
+                  trigger_embedding=False)
+    plain = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "plain", **common), Quiet())
+    kept = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "kept", preserve_words="square",
+                                   preserve_unconditional=True, preservation_weight=4.0, **common), Quiet())
+    model = load_checkpoint(DEFAULT_MODEL)
+    captions = {"square": [swap_word(scene.caption, "rectangle", "square") for scene in concept_scenes(8)],
+                "empty": [""] * 8}
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn((8, model.latent_channels, 16, 16), generator=g)
+    timesteps = torch.full((8,), 400)
+    drift: dict[tuple[str, str], float] = {}
+    with torch.no_grad():
+        for prompt, texts in captions.items():
+            context = encode_batch(model, caption_ids(model, texts)).context
+            base = model.unet(latents, timesteps, context).sample
+            for name, result in (("plain", plain), ("kept", kept)):
+                with patched(lora_patches(read_lora(result.output), model, 1.0, 1.0)):
+                    drift[name, prompt] = (model.unet(latents, timesteps, context).sample - base).pow(2).mean().item()
+    for prompt in captions:
+        assert drift["plain", prompt] > 0 and drift["kept", prompt] < 0.5 * drift["plain", prompt], drift

@@ -11,13 +11,16 @@ exact model being trained, so a file we write always loads back into the same mo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save as serialize
 
 from webui.engine.export import unet_module_to_ldm
@@ -147,6 +150,20 @@ class LoraNetwork:
         modules = dict(part.module.named_modules())
         return frozenset(path for path in part.targets
                          if isinstance(modules[path], torch.nn.Conv2d) and modules[path].kernel_size != (1, 1))
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """The base model for a moment: every adapter off (peft's switch, which also freezes and then re-enables
+        their gradients)."""
+        layers = [module for part in self.parts for module in part.module.modules()
+                  if isinstance(module, BaseTunerLayer)]
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.enable_adapters(True)
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for part in self.parts for name, p in part.module.named_parameters() if ".lora_" in name]

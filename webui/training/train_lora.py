@@ -47,6 +47,7 @@ from .models import sd_noise_scheduler
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
 PRECISIONS = ("no", "fp16", "bf16")
+
 NAME_PATTERN = re.compile(r"^[\w][\w.\- ]{0,99}$")
 
 
@@ -69,6 +70,14 @@ class LoraTrainingSettings:
     embedding_dir: Path | None = None  # default: "embeddings" beside output_dir (models/embeddings)
     reg_data: Path | None = None  # kohya's regularisation folder (images + captions of what should not change)
     prior_loss_weight: float = 1.0
+    # Output preservation (ai-toolkit's "differential output preservation"): each training image is also seen with
+    # the trigger word swapped for one of these words (and, with preserve_unconditional, with the empty prompt), and
+    # the LoRA must then predict what the base model predicts: the concept stays out of its neighbours' captions.
+    # Off by default: on the shipped model it halved those captions' drift but did not lift old-word adherence at
+    # CFG 6, and preserving the empty prompt cost the new word most of what it learned (docs/lora-training.md).
+    preserve_words: str = ""  # comma-separated, e.g. "square, circle"; empty = off
+    preservation_weight: float = 1.0
+    preserve_unconditional: bool = False
     resolution: int = 0  # 0 = the model's native resolution
     buckets: bool = True
     rank: int = 16
@@ -124,6 +133,10 @@ class LoraTrainingSettings:
         return folder / f"{self.trigger.strip()}.safetensors"
 
     @property
+    def preservation_words(self) -> list[str]:
+        return [word.strip() for word in self.preserve_words.split(",") if word.strip()]
+
+    @property
     def shape(self) -> LoraShape:
         return LoraShape(self.rank, self.alpha, self.train_unet, self.train_text_encoder, self.unet_layers,
                          self.conv_rank, self.conv_alpha)
@@ -141,7 +154,8 @@ class LoraTrainingSettings:
                              ("embedding learning rate", self.embedding_lr),
                              ("caption dropout", self.caption_dropout), ("noise offset", self.noise_offset),
                              ("min-SNR gamma", self.min_snr_gamma), ("alpha", self.alpha),
-                             ("prior loss weight", self.prior_loss_weight)):
+                             ("prior loss weight", self.prior_loss_weight),
+                             ("preservation weight", self.preservation_weight)):
             if not math.isfinite(value):
                 problems.append(f"{label} must be a number (got {value})")
         if math.isfinite(self.learning_rate) and self.learning_rate < 0:
@@ -152,8 +166,9 @@ class LoraTrainingSettings:
             problems.append(f"text-encoder learning rate must be 0 (same as the U-Net) or above (got {self.text_encoder_lr})")
         if not 0 <= self.caption_dropout < 1:
             problems.append(f"caption dropout must be in [0, 1) (got {self.caption_dropout})")
-        if self.noise_offset < 0 or self.min_snr_gamma < 0 or self.prior_loss_weight < 0:
-            problems.append("noise offset, min-SNR gamma and prior loss weight must be 0 (off) or above")
+        if min(self.noise_offset, self.min_snr_gamma, self.prior_loss_weight, self.preservation_weight) < 0:
+            problems.append("noise offset, min-SNR gamma, prior loss weight and preservation weight must be 0 (off) "
+                            "or above")
         for label, value, low in (("rank", self.rank, 1), ("batch size", self.batch_size, 1),
                                   ("gradient accumulation", self.gradient_accumulation, 1), ("epochs", self.epochs, 1),
                                   ("max steps", self.max_steps, 0), ("warm-up steps", self.warmup_steps, 0),
@@ -167,6 +182,8 @@ class LoraTrainingSettings:
             problems.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.lr_scheduler not in LR_SCHEDULERS:
             problems.append(f"LR schedule {self.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}")
+        if self.preservation_words and not self.trigger.strip():
+            problems.append("preservation words replace the trigger word in the captions: give a trigger word")
         if self.mixed_precision not in PRECISIONS:
             problems.append(f"mixed precision {self.mixed_precision!r} is not one of {', '.join(PRECISIONS)}")
         elif self.mixed_precision != "no" and not torch.cuda.is_available():
@@ -429,6 +446,15 @@ def train_lora(
     ids_all = caption_ids(model, [image.caption for image in dataset.images])
     sample_weight = torch.tensor([settings.prior_loss_weight if image.regularization else 1.0
                                   for image in dataset.images])
+    preserve_words = settings.preservation_words
+    swapped_ids: dict[tuple[int, str], list[torch.Tensor]] = {}
+
+    def preservation_ids(index: int, word: str) -> list[torch.Tensor]:
+        """Token ids of image `index`'s caption with the trigger word swapped for `word` (computed once)."""
+        if (index, word) not in swapped_ids:
+            caption = swap_word(dataset.images[index].caption, settings.trigger.strip(), word)
+            swapped_ids[(index, word)] = [t[0] for t in caption_ids(model, [caption])]
+        return swapped_ids[(index, word)]
     empty_ids = caption_ids(model, [""])
     world, rank = accelerator.num_processes, accelerator.process_index
     # Several processes (accelerate launch) share each global batch of batch_size x processes images, every process
@@ -543,10 +569,38 @@ def train_lora(
                     target = noise_scheduler.get_velocity(latents, noise, timesteps) if prediction == "v_prediction" else noise
                     time_ids = (sdxl_time_ids(batch.bucket[0], batch.bucket[1], len(batch.indices), accelerator.device,
                                               model.dtype) if model.family.is_sdxl else None)
-                    pred = denoiser(noisy.to(model.dtype), timesteps, [i.to(accelerator.device) for i in ids], time_ids)
-                    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
                     weights = min_snr_weights(alphas[timesteps], settings.min_snr_gamma, prediction)
                     weights = weights * sample_weight[list(batch.indices)].to(weights.device)
+                    ids = [i.to(accelerator.device) for i in ids]
+                    if preserve_words or settings.preserve_unconditional:
+                        # Each training image once more for each preserved caption (its trigger swapped for a
+                        # preservation word; the empty prompt), towards the base model's own prediction for that
+                        # caption on the same noisy latent.
+                        choice = torch.randint(0, max(1, len(preserve_words)), (len(whole.indices),), generator=g)[mine]
+                        concept_rows = [row for row, index in enumerate(batch.indices)
+                                        if not dataset.images[index].regularization]
+                        rows, captions = [], []
+                        for row in concept_rows:
+                            if preserve_words:
+                                rows.append(row)
+                                captions.append(preservation_ids(batch.indices[row], preserve_words[choice[row]]))
+                            if settings.preserve_unconditional:
+                                rows.append(row)
+                                captions.append([empty[0] for empty in empty_ids])
+                        if rows:
+                            swapped = [torch.stack([caption[e] for caption in captions]).to(accelerator.device)
+                                       for e in range(len(ids))]
+                            extra_time_ids = time_ids[rows] if time_ids is not None else None
+                            base = _base_prediction(accelerator.unwrap_model(denoiser), network, noisy[rows].to(model.dtype),
+                                                    timesteps[rows], swapped, extra_time_ids)
+                            noisy = torch.cat([noisy, noisy[rows]])
+                            timesteps = torch.cat([timesteps, timesteps[rows]])
+                            ids = [torch.cat([i, s]) for i, s in zip(ids, swapped)]
+                            time_ids = torch.cat([time_ids, extra_time_ids]) if time_ids is not None else None
+                            target = torch.cat([target.float(), base])
+                            weights = torch.cat([weights, weights[rows] * settings.preservation_weight])
+                    pred = denoiser(noisy.to(model.dtype), timesteps, ids, time_ids)
+                    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
                     # This process's share of the global batch's mean: DDP averages over processes, which makes it
                     # the mean over the whole batch, as one process would compute it.
                     loss = (per_sample * weights).sum() * (world / len(whole.indices))
@@ -616,6 +670,18 @@ def train_lora(
         observer.message(f"interrupted at step {step}/{total_steps}; resume to continue from the saved state")
     return TrainingResult(output, step, total_steps, interrupted, loss_value, seconds,
                           seen / max(seconds, 1e-9), dataset.warnings, embedding_file)
+
+
+def _base_prediction(denoiser: "_Denoiser", network: LoraNetwork, noisy: torch.Tensor, timesteps: torch.Tensor,
+                     ids: list[torch.Tensor], time_ids: torch.Tensor | None) -> torch.Tensor:
+    """The base model's own prediction (adapters off, no gradient): output preservation's target."""
+    with torch.no_grad(), network.disabled():
+        return denoiser(noisy, timesteps, ids, time_ids).float()
+
+
+def swap_word(caption: str, word: str, replacement: str) -> str:
+    """`caption` with each whole-word `word` (any case) replaced."""
+    return re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", replacement, caption, flags=re.IGNORECASE)
 
 
 def _posterior(model: LoadedModel, dataset: LoraDataset, batch, cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -729,6 +795,12 @@ _HELP = {
                    "cross-attention-kv: only the keys and values of cross-attention",
     "conv_rank": "attention+conv: the convolutions' rank, kohya's conv_dim (0 = --rank)",
     "conv_alpha": "attention+conv: kohya's conv_alpha (0 = --alpha)",
+    "preserve_words": "comma-separated words swapped in for the trigger word: for those captions the LoRA must "
+                      "predict what the base model predicts (output preservation; keeps the concept out of its "
+                      "neighbours)",
+    "preservation_weight": "the preservation loss's weight",
+    "preserve_unconditional": "also hold the empty prompt (CFG's unconditional branch) to the base model's prediction "
+                              "on the training images",
 }
 
 

@@ -29,6 +29,10 @@ _FIELDS: list[tuple[str, str]] = [
     ("trigger_embedding", "Learn the trigger word too (pivotal tuning: models/embeddings/<trigger>.safetensors)"),
     ("reg_data", "Regularisation folder (optional: images + captions of what should stay as it is)"),
     ("prior_loss_weight", "Prior loss weight (regularisation images)"),
+    ("preserve_words", "Preservation words (optional, comma-separated: captions with the trigger swapped for each "
+                       "must draw what the base model draws)"),
+    ("preservation_weight", "Preservation weight"),
+    ("preserve_unconditional", "Preserve the empty prompt (CFG's unconditional branch)"),
     ("resolution", "Resolution (0 = the model's own)"),
     ("buckets", "Aspect-ratio buckets"),
     ("rank", "Rank (network dim)"),
@@ -152,7 +156,8 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
         groups = {
             "Network and data": (("rank", "alpha", "unet_layers", "conv_rank", "conv_alpha"),
                                  ("resolution", "buckets", "train_unet", "train_text_encoder", "trigger_embedding"),
-                                 ("reg_data", "prior_loss_weight")),
+                                 ("reg_data", "prior_loss_weight"),
+                                 ("preserve_words", "preservation_weight", "preserve_unconditional")),
             "Optimizer and schedule": ("optimizer", "learning_rate", "text_encoder_lr", "embedding_lr", "lr_scheduler",
                                        "warmup_steps", "epochs", "max_steps", "batch_size", "gradient_accumulation"),
             "Training tricks": ("caption_dropout", "noise_offset", "min_snr_gamma", "cache_latents",
