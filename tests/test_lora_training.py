@@ -410,3 +410,42 @@ def test_output_preservation_keeps_the_swapped_word_and_the_empty_prompt_where_t
                     drift[name, prompt] = (model.unet(latents, timesteps, context).sample - base).pow(2).mean().item()
     for prompt in captions:
         assert drift["plain", prompt] > 0 and drift["kept", prompt] < 0.5 * drift["plain", prompt], drift
+
+
+def test_prior_guidance_holds_the_guided_prediction_of_the_regularisation_prompts(concept_folder: Path,
+                                                                                 tmp_path: Path) -> None:
+    """With prior guidance 6, the regularisation captions' CFG-6 prediction (6 x cond - 5 x uncond, what sampling
+    uses) stays near the base model's; the same run with kohya's noise target lets it drift further."""
+    from webui.shapes import eval_scenes, render
+    from webui.training.models import sd_noise_scheduler
+    from webui.training.train_lora import caption_ids, encode_batch
+
+    with pytest.raises(TrainingError, match="prior guidance"):
+        settings_for(DEFAULT_MODEL, concept_folder, tmp_path, prior_guidance=0.5).check()
+    reg = tmp_path / "reg"
+    scenes = eval_scenes(4)
+    write_captioned_folder(reg, scenes)
+    common = dict(max_steps=24, learning_rate=3e-3, train_text_encoder=False, trigger="rectangle",
+                  trigger_embedding=False, reg_data=reg)
+    plain = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "plain", **common), Quiet())
+    held = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "held", prior_guidance=6.0, **common),
+                      Quiet())
+    model = load_checkpoint(DEFAULT_MODEL)
+    g = torch.Generator().manual_seed(2)
+    timesteps = torch.tensor([200, 400, 600, 800])
+    with torch.no_grad():  # the regularisation images themselves, noised, as training saw them
+        pixels = torch.stack([torch.from_numpy(np.array(render(scene, 64))) for scene in scenes])
+        clean = model.vae.encode(pixels.permute(0, 3, 1, 2).float() / 127.5 - 1).latent_dist.mean * model.vae_scale
+        latents = sd_noise_scheduler().add_noise(clean, torch.randn(clean.shape, generator=g), timesteps)
+        cond = encode_batch(model, caption_ids(model, [scene.caption for scene in scenes])).context
+        uncond = encode_batch(model, caption_ids(model, [""] * 4)).context
+
+        def guided() -> torch.Tensor:
+            return 6 * model.unet(latents, timesteps, cond).sample - 5 * model.unet(latents, timesteps, uncond).sample
+
+        base = guided()
+        drift = {}
+        for name, result in (("plain", plain), ("held", held)):
+            with patched(lora_patches(read_lora(result.output), model, 1.0, 1.0)):
+                drift[name] = (guided() - base).pow(2).mean().item()
+    assert drift["plain"] > 0 and drift["held"] < 0.5 * drift["plain"], drift

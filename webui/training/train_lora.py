@@ -78,6 +78,10 @@ class LoraTrainingSettings:
     preserve_words: str = ""  # comma-separated, e.g. "square, circle"; empty = off
     preservation_weight: float = 1.0
     preserve_unconditional: bool = False
+    # 0: regularisation images train towards the noise (kohya's prior loss). A CFG scale (>= 1): they hold the base
+    # model's prediction guided at that scale, both branches (the caption and the empty prompt), since sampling's
+    # s x cond - (s - 1) x uncond multiplies a drift of either branch (docs/lora-training.md).
+    prior_guidance: float = 0.0
     resolution: int = 0  # 0 = the model's native resolution
     buckets: bool = True
     rank: int = 16
@@ -155,7 +159,8 @@ class LoraTrainingSettings:
                              ("caption dropout", self.caption_dropout), ("noise offset", self.noise_offset),
                              ("min-SNR gamma", self.min_snr_gamma), ("alpha", self.alpha),
                              ("prior loss weight", self.prior_loss_weight),
-                             ("preservation weight", self.preservation_weight)):
+                             ("preservation weight", self.preservation_weight),
+                             ("prior guidance", self.prior_guidance)):
             if not math.isfinite(value):
                 problems.append(f"{label} must be a number (got {value})")
         if math.isfinite(self.learning_rate) and self.learning_rate < 0:
@@ -166,7 +171,8 @@ class LoraTrainingSettings:
             problems.append(f"text-encoder learning rate must be 0 (same as the U-Net) or above (got {self.text_encoder_lr})")
         if not 0 <= self.caption_dropout < 1:
             problems.append(f"caption dropout must be in [0, 1) (got {self.caption_dropout})")
-        if min(self.noise_offset, self.min_snr_gamma, self.prior_loss_weight, self.preservation_weight) < 0:
+        if min(self.noise_offset, self.min_snr_gamma, self.prior_loss_weight, self.preservation_weight,
+               self.prior_guidance) < 0:
             problems.append("noise offset, min-SNR gamma, prior loss weight and preservation weight must be 0 (off) "
                             "or above")
         for label, value, low in (("rank", self.rank, 1), ("batch size", self.batch_size, 1),
@@ -182,6 +188,8 @@ class LoraTrainingSettings:
             problems.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.lr_scheduler not in LR_SCHEDULERS:
             problems.append(f"LR schedule {self.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}")
+        if math.isfinite(self.prior_guidance) and 0 < self.prior_guidance < 1:
+            problems.append(f"prior guidance must be 0 (off) or a CFG scale of at least 1 (got {self.prior_guidance})")
         if self.preservation_words and not self.trigger.strip():
             problems.append("preservation words replace the trigger word in the captions: give a trigger word")
         if self.mixed_precision not in PRECISIONS:
@@ -599,8 +607,34 @@ def train_lora(
                             time_ids = torch.cat([time_ids, extra_time_ids]) if time_ids is not None else None
                             target = torch.cat([target.float(), base])
                             weights = torch.cat([weights, weights[rows] * settings.preservation_weight])
+                    guided_rows = ([row for row, index in enumerate(batch.indices)
+                                    if dataset.images[index].regularization] if settings.prior_guidance else [])
+                    if guided_rows:
+                        # Regularisation images hold the base model's CFG-guided prediction: sampling uses
+                        # s x cond - (s - 1) x uncond, so a drift of one branch reaches the image s times over.
+                        first_uncond = noisy.shape[0]
+                        blank = [empty[0].expand(len(guided_rows), -1).to(accelerator.device) for empty in empty_ids]
+                        reg_time_ids = time_ids[guided_rows] if time_ids is not None else None
+                        reg_noisy, reg_steps = noisy[guided_rows].to(model.dtype), timesteps[guided_rows]
+                        unwrapped = accelerator.unwrap_model(denoiser)
+                        base_cond = _base_prediction(unwrapped, network, reg_noisy, reg_steps,
+                                                     [i[guided_rows] for i in ids], reg_time_ids)
+                        base_uncond = _base_prediction(unwrapped, network, reg_noisy, reg_steps, blank, reg_time_ids)
+                        noisy = torch.cat([noisy, noisy[guided_rows]])
+                        timesteps = torch.cat([timesteps, reg_steps])
+                        ids = [torch.cat([i, b]) for i, b in zip(ids, blank)]
+                        time_ids = torch.cat([time_ids, reg_time_ids]) if time_ids is not None else None
+                        target = torch.cat([target.float(), base_uncond])
+                        weights = torch.cat([weights, torch.zeros(len(guided_rows), device=weights.device)])
                     pred = denoiser(noisy.to(model.dtype), timesteps, ids, time_ids)
                     per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+                    if guided_rows:
+                        scale = settings.prior_guidance
+                        uncond_pred = pred[first_uncond:first_uncond + len(guided_rows)].float()
+                        drift = (scale * pred[guided_rows].float() - (scale - 1) * uncond_pred
+                                 - (scale * base_cond - (scale - 1) * base_uncond))
+                        per_sample = per_sample.index_put((torch.tensor(guided_rows, device=per_sample.device),),
+                                                          drift.pow(2).flatten(1).mean(1))
                     # This process's share of the global batch's mean: DDP averages over processes, which makes it
                     # the mean over the whole batch, as one process would compute it.
                     loss = (per_sample * weights).sum() * (world / len(whole.indices))
@@ -799,6 +833,8 @@ _HELP = {
                       "predict what the base model predicts (output preservation; keeps the concept out of its "
                       "neighbours)",
     "preservation_weight": "the preservation loss's weight",
+    "prior_guidance": "0 = regularisation images train towards the noise (kohya); a CFG scale = they hold the base "
+                      "model's prediction guided at that scale (both branches)",
     "preserve_unconditional": "also hold the empty prompt (CFG's unconditional branch) to the base model's prediction "
                               "on the training images",
 }

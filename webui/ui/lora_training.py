@@ -29,6 +29,7 @@ _FIELDS: list[tuple[str, str]] = [
     ("trigger_embedding", "Learn the trigger word too (pivotal tuning: models/embeddings/<trigger>.safetensors)"),
     ("reg_data", "Regularisation folder (optional: images + captions of what should stay as it is)"),
     ("prior_loss_weight", "Prior loss weight (regularisation images)"),
+    ("prior_guidance", "Prior guidance (0 = noise target; a CFG scale = hold the base model's guided prediction)"),
     ("preserve_words", "Preservation words (optional, comma-separated: captions with the trigger swapped for each "
                        "must draw what the base model draws)"),
     ("preservation_weight", "Preservation weight"),
@@ -156,7 +157,7 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
         groups = {
             "Network and data": (("rank", "alpha", "unet_layers", "conv_rank", "conv_alpha"),
                                  ("resolution", "buckets", "train_unet", "train_text_encoder", "trigger_embedding"),
-                                 ("reg_data", "prior_loss_weight"),
+                                 ("reg_data", "prior_loss_weight", "prior_guidance"),
                                  ("preserve_words", "preservation_weight", "preserve_unconditional")),
             "Optimizer and schedule": ("optimizer", "learning_rate", "text_encoder_lr", "embedding_lr", "lr_scheduler",
                                        "warmup_steps", "epochs", "max_steps", "batch_size", "gradient_accumulation"),
