@@ -173,8 +173,8 @@ class LoraTrainingSettings:
             problems.append(f"caption dropout must be in [0, 1) (got {self.caption_dropout})")
         if min(self.noise_offset, self.min_snr_gamma, self.prior_loss_weight, self.preservation_weight,
                self.prior_guidance) < 0:
-            problems.append("noise offset, min-SNR gamma, prior loss weight and preservation weight must be 0 (off) "
-                            "or above")
+            problems.append("noise offset, min-SNR gamma, prior loss weight, preservation weight and prior guidance "
+                            "must be 0 (off) or above")
         for label, value, low in (("rank", self.rank, 1), ("batch size", self.batch_size, 1),
                                   ("gradient accumulation", self.gradient_accumulation, 1), ("epochs", self.epochs, 1),
                                   ("max steps", self.max_steps, 0), ("warm-up steps", self.warmup_steps, 0),
