@@ -579,55 +579,42 @@ def train_lora(
                                               model.dtype) if model.family.is_sdxl else None)
                     weights = min_snr_weights(alphas[timesteps], settings.min_snr_gamma, prediction)
                     weights = weights * sample_weight[list(batch.indices)].to(weights.device)
-                    ids = [i.to(accelerator.device) for i in ids]
+                    inputs = _StepInputs(noisy.to(model.dtype), timesteps, [i.to(accelerator.device) for i in ids],
+                                         time_ids, target.float(), weights)
+                    unwrapped = accelerator.unwrap_model(denoiser)
                     if preserve_words or settings.preserve_unconditional:
                         # Each training image once more for each preserved caption (its trigger swapped for a
                         # preservation word; the empty prompt), towards the base model's own prediction for that
                         # caption on the same noisy latent.
                         choice = torch.randint(0, max(1, len(preserve_words)), (len(whole.indices),), generator=g)[mine]
-                        concept_rows = [row for row, index in enumerate(batch.indices)
-                                        if not dataset.images[index].regularization]
                         rows, captions = [], []
-                        for row in concept_rows:
+                        for row, index in enumerate(batch.indices):
+                            if dataset.images[index].regularization:
+                                continue
                             if preserve_words:
                                 rows.append(row)
-                                captions.append(preservation_ids(batch.indices[row], preserve_words[choice[row]]))
+                                captions.append(preservation_ids(index, preserve_words[choice[row]]))
                             if settings.preserve_unconditional:
                                 rows.append(row)
                                 captions.append([empty[0] for empty in empty_ids])
                         if rows:
                             swapped = [torch.stack([caption[e] for caption in captions]).to(accelerator.device)
-                                       for e in range(len(ids))]
-                            extra_time_ids = time_ids[rows] if time_ids is not None else None
-                            base = _base_prediction(accelerator.unwrap_model(denoiser), network, noisy[rows].to(model.dtype),
-                                                    timesteps[rows], swapped, extra_time_ids)
-                            noisy = torch.cat([noisy, noisy[rows]])
-                            timesteps = torch.cat([timesteps, timesteps[rows]])
-                            ids = [torch.cat([i, s]) for i, s in zip(ids, swapped)]
-                            time_ids = torch.cat([time_ids, extra_time_ids]) if time_ids is not None else None
-                            target = torch.cat([target.float(), base])
-                            weights = torch.cat([weights, weights[rows] * settings.preservation_weight])
+                                       for e in range(len(ids_all))]
+                            base = inputs.base_prediction(unwrapped, network, rows, swapped)
+                            inputs.append(rows, swapped, base, inputs.weights[rows] * settings.preservation_weight)
                     guided_rows = ([row for row, index in enumerate(batch.indices)
                                     if dataset.images[index].regularization] if settings.prior_guidance else [])
                     if guided_rows:
                         # Regularisation images hold the base model's CFG-guided prediction: sampling uses
                         # s x cond - (s - 1) x uncond, so a drift of one branch reaches the image s times over.
-                        first_uncond = noisy.shape[0]
                         blank = [empty[0].expand(len(guided_rows), -1).to(accelerator.device) for empty in empty_ids]
-                        reg_time_ids = time_ids[guided_rows] if time_ids is not None else None
-                        reg_noisy, reg_steps = noisy[guided_rows].to(model.dtype), timesteps[guided_rows]
-                        unwrapped = accelerator.unwrap_model(denoiser)
-                        base_cond = _base_prediction(unwrapped, network, reg_noisy, reg_steps,
-                                                     [i[guided_rows] for i in ids], reg_time_ids)
-                        base_uncond = _base_prediction(unwrapped, network, reg_noisy, reg_steps, blank, reg_time_ids)
-                        noisy = torch.cat([noisy, noisy[guided_rows]])
-                        timesteps = torch.cat([timesteps, reg_steps])
-                        ids = [torch.cat([i, b]) for i, b in zip(ids, blank)]
-                        time_ids = torch.cat([time_ids, reg_time_ids]) if time_ids is not None else None
-                        target = torch.cat([target.float(), base_uncond])
-                        weights = torch.cat([weights, torch.zeros(len(guided_rows), device=weights.device)])
-                    pred = denoiser(noisy.to(model.dtype), timesteps, ids, time_ids)
-                    per_sample = (pred.float() - target.float()).pow(2).flatten(1).mean(1)
+                        base_cond = inputs.base_prediction(unwrapped, network, guided_rows,
+                                                           [i[guided_rows] for i in inputs.ids])
+                        base_uncond = inputs.base_prediction(unwrapped, network, guided_rows, blank)
+                        first_uncond = inputs.append(guided_rows, blank, base_uncond,
+                                                     torch.zeros(len(guided_rows), device=inputs.weights.device))
+                    pred = denoiser(inputs.noisy, inputs.timesteps, inputs.ids, inputs.time_ids)
+                    per_sample = (pred.float() - inputs.target).pow(2).flatten(1).mean(1)
                     if guided_rows:
                         scale = settings.prior_guidance
                         uncond_pred = pred[first_uncond:first_uncond + len(guided_rows)].float()
@@ -635,6 +622,7 @@ def train_lora(
                                  - (scale * base_cond - (scale - 1) * base_uncond))
                         per_sample = per_sample.index_put((torch.tensor(guided_rows, device=per_sample.device),),
                                                           drift.pow(2).flatten(1).mean(1))
+                    weights = inputs.weights
                     # This process's share of the global batch's mean: DDP averages over processes, which makes it
                     # the mean over the whole batch, as one process would compute it.
                     loss = (per_sample * weights).sum() * (world / len(whole.indices))
@@ -706,11 +694,36 @@ def train_lora(
                           seen / max(seconds, 1e-9), dataset.warnings, embedding_file)
 
 
-def _base_prediction(denoiser: "_Denoiser", network: LoraNetwork, noisy: torch.Tensor, timesteps: torch.Tensor,
-                     ids: list[torch.Tensor], time_ids: torch.Tensor | None) -> torch.Tensor:
-    """The base model's own prediction (adapters off, no gradient): output preservation's target."""
-    with torch.no_grad(), network.disabled():
-        return denoiser(noisy, timesteps, ids, time_ids).float()
+@dataclass
+class _StepInputs:
+    """One step's U-Net inputs with their targets and loss weights. Output preservation and prior guidance append
+    rows (a batch row again, with another caption), so one forward and backward pass covers them all."""
+
+    noisy: torch.Tensor
+    timesteps: torch.Tensor
+    ids: list[torch.Tensor]  # per text encoder
+    time_ids: torch.Tensor | None  # SDXL only
+    target: torch.Tensor
+    weights: torch.Tensor
+
+    def base_prediction(self, denoiser: "_Denoiser", network: LoraNetwork, rows: list[int],
+                        ids: list[torch.Tensor]) -> torch.Tensor:
+        """The base model's own prediction (adapters off, no gradient) for `rows` with captions `ids`."""
+        time_ids = self.time_ids[rows] if self.time_ids is not None else None
+        with torch.no_grad(), network.disabled():
+            return denoiser(self.noisy[rows], self.timesteps[rows], ids, time_ids).float()
+
+    def append(self, rows: list[int], ids: list[torch.Tensor], target: torch.Tensor, weights: torch.Tensor) -> int:
+        """Rows `rows` again with captions `ids`; returns the index of the first new row."""
+        first = self.noisy.shape[0]
+        self.noisy = torch.cat([self.noisy, self.noisy[rows]])
+        self.timesteps = torch.cat([self.timesteps, self.timesteps[rows]])
+        self.ids = [torch.cat([mine, extra]) for mine, extra in zip(self.ids, ids)]
+        if self.time_ids is not None:
+            self.time_ids = torch.cat([self.time_ids, self.time_ids[rows]])
+        self.target = torch.cat([self.target, target])
+        self.weights = torch.cat([self.weights, weights])
+        return first
 
 
 def swap_word(caption: str, word: str, replacement: str) -> str:
