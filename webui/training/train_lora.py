@@ -582,6 +582,7 @@ def train_lora(
                     inputs = _StepInputs(noisy.to(model.dtype), timesteps, [i.to(accelerator.device) for i in ids],
                                          time_ids, target.float(), weights)
                     unwrapped = accelerator.unwrap_model(denoiser)
+                    is_prior = [dataset.images[index].regularization for index in batch.indices]
                     if preserve_words or settings.preserve_unconditional:
                         # Each training image once more for each preserved caption (its trigger swapped for a
                         # preservation word; the empty prompt), towards the base model's own prediction for that
@@ -589,7 +590,7 @@ def train_lora(
                         choice = torch.randint(0, max(1, len(preserve_words)), (len(whole.indices),), generator=g)[mine]
                         rows, captions = [], []
                         for row, index in enumerate(batch.indices):
-                            if dataset.images[index].regularization:
+                            if is_prior[row]:
                                 continue
                             if preserve_words:
                                 rows.append(row)
@@ -602,8 +603,7 @@ def train_lora(
                                        for e in range(len(ids_all))]
                             base = inputs.base_prediction(unwrapped, network, rows, swapped)
                             inputs.append(rows, swapped, base, inputs.weights[rows] * settings.preservation_weight)
-                    guided_rows = ([row for row, index in enumerate(batch.indices)
-                                    if dataset.images[index].regularization] if settings.prior_guidance else [])
+                    guided_rows = [row for row, prior in enumerate(is_prior) if prior] if settings.prior_guidance else []
                     if guided_rows:
                         # Regularisation images hold the base model's CFG-guided prediction: sampling uses
                         # s x cond - (s - 1) x uncond, so a drift of one branch reaches the image s times over.
