@@ -95,6 +95,19 @@ def test_a_failing_job_is_reported_and_the_worker_goes_on() -> None:
         queue.run_now("alice", "txt2img", broken, timeout=30)
 
 
+def test_the_worker_thread_ends_when_nothing_waits_and_the_next_job_starts_another() -> None:
+    """An idle worker that ran torch would keep its OpenMP team, which slows torch on every other thread about 3x on
+    a 2-core CPU (bench/thread_teams.py), so the worker ends when the queue is empty."""
+    queue = JobQueue(JobManager())
+    first = queue.submit("alice", "txt2img", lambda job: threading.current_thread())
+    assert queue.wait(first, 30) and first.status == "done"
+    first.result.join(10)
+    assert not first.result.is_alive()
+    second = queue.submit("bob", "txt2img", lambda job: threading.current_thread())
+    assert queue.wait(second, 30) and second.status == "done"
+    assert second.result is not first.result
+
+
 def test_queue_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         JobQueue(JobManager(), 0)

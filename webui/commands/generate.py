@@ -134,8 +134,11 @@ def run_and_print(args: argparse.Namespace, request, runner=None) -> int:
     # img2img runners get the preprocessors, so depth models can estimate their depth map
     runner = runner(context.samplers, context.controlnet.preprocessors) if runner else None
     context.outputs.remove_stale_temporaries()  # what a killed earlier run left half-written
-    job = context.generation.submit("cli", request, runner)  # the same queue as the UI and the HTTP API
-    context.queue.wait(job)
+    try:
+        job = context.generation.submit("cli", request, runner)  # the same queue as the UI and the HTTP API
+        context.queue.wait(job)
+    finally:
+        context.shutdown()  # a caller in the same process (a script, the tests) gets no stray queue back
     if job.status == "failed":
         raise job.exception or RuntimeError(job.error)
     result = job.result

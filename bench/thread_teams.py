@@ -1,0 +1,100 @@
+"""Benchmark: torch on one thread while another thread that ran torch stays alive (the job queue's old idle worker).
+
+    .venv/bin/python bench/thread_teams.py [--calls 20]
+
+Each thread that runs a parallel torch op gets its own OpenMP team. With more team threads alive than CPU cores,
+libgomp stops spin-waiting between parallel regions, and a model made of many small ops (the shipped one) pays a
+futex wake-up per op. Measured, in one run, on the shipped model's U-Net (batch 2, 16x16 latent, as with CFG):
+- the U-Net call on the main thread alone;
+- the same while another thread that ran one U-Net call waits, alive (what the queue's worker did before it ended
+  when idle);
+- the same after a job ran through the app's `JobQueue`, whose worker now ends when nothing waits.
+Writes bench/results/thread_teams.json. Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from webui.engine.loader import load_checkpoint  # noqa: E402
+from webui.services.jobs import JobManager  # noqa: E402
+from webui.services.queue import JobQueue  # noqa: E402
+
+MODEL = ROOT / "models" / "Stable-diffusion" / "latent-studio-shapes.safetensors"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "thread_teams.json")
+    args = parser.parse_args()
+    model = load_checkpoint(MODEL)
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn((2, model.latent_channels, 16, 16), generator=g)
+    timesteps = torch.tensor([500, 500])
+    context = torch.randn((2, 77, model.unet.config.cross_attention_dim), generator=g)
+
+    def unet_call() -> None:
+        with torch.no_grad():
+            model.unet(latents, timesteps, context)
+
+    def per_call() -> float:
+        unet_call()
+        rounds = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            for _ in range(args.calls):
+                unet_call()
+            rounds.append((time.perf_counter() - start) / args.calls)
+        return statistics.median(rounds)
+
+    alone = per_call()
+    release = threading.Event()
+
+    def idle_after_torch() -> None:
+        unet_call()
+        release.wait()
+
+    lingering = threading.Thread(target=idle_after_torch)
+    lingering.start()
+    time.sleep(0.5)
+    beside_idle_thread = per_call()
+    release.set()
+    lingering.join()
+    after_join = per_call()
+
+    queue = JobQueue(JobManager())
+    job = queue.submit("bench", "txt2img", lambda job: unet_call())
+    queue.wait(job)
+    time.sleep(0.5)
+    after_queue_job = per_call()
+    summary = {
+        "machine": f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+        "unet_call_ms_alone": round(alone * 1000, 2),
+        "unet_call_ms_beside_an_idle_thread_that_ran_torch": round(beside_idle_thread * 1000, 2),
+        "slowdown_beside_idle_thread": round(beside_idle_thread / alone, 2),
+        "unet_call_ms_after_that_thread_ended": round(after_join * 1000, 2),
+        "unet_call_ms_after_a_job_through_the_queue": round(after_queue_job * 1000, 2),
+        "slowdown_after_a_queue_job": round(after_queue_job / alone, 2),
+        "what": f"median of {args.rounds} rounds of {args.calls} U-Net calls, shipped model, batch 2, 16x16 latent",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
