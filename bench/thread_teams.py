@@ -8,7 +8,9 @@ futex wake-up per op. Measured, in one run, on the shipped model's U-Net (batch 
 - the U-Net call on the main thread alone;
 - the same while another thread that ran one U-Net call waits, alive (what the queue's worker did before it ended
   when idle);
-- the same after a job ran through the app's `JobQueue`, whose worker now ends when nothing waits.
+- the same after a job ran through the app's `JobQueue`, whose worker now ends when nothing waits;
+- 60 LoRA training steps on their own thread (as the training tab runs them) with no other torch thread alive, and
+  beside an idle thread that once ran torch.
 Writes bench/results/thread_teams.json. Not a test: nothing is asserted.
 """
 
@@ -35,12 +37,60 @@ from webui.services.queue import JobQueue  # noqa: E402
 MODEL = ROOT / "models" / "Stable-diffusion" / "latent-studio-shapes.safetensors"
 
 
+def _training_seconds(load, steps: int) -> tuple[float, float]:
+    """LoRA training (the tab's defaults, `steps` steps, 30 rectangles) on its own thread: alone, then beside an idle
+    thread that loaded the model and ran one U-Net call. The main thread runs no torch here, or it would count too."""
+    import tempfile
+
+    from webui.shapes import concept_scenes, write_captioned_folder
+    from webui.training.train_lora import LoraTrainingSettings, SilentObserver, train_lora
+
+    work = Path(tempfile.mkdtemp(prefix="ls-bench-threads-"))
+    write_captioned_folder(work / "data", concept_scenes(30))
+
+    def train(tag: str) -> float:
+        settings = LoraTrainingSettings(base=MODEL, data=work / "data", name=tag, output_dir=work / "Lora",
+                                        run_dir=work / f"run-{tag}", embedding_dir=work / f"embeddings-{tag}",
+                                        trigger="rectangle", max_steps=steps, sample_every=0, save_every=0)
+        took: list[float] = []
+
+        def run() -> None:
+            start = time.perf_counter()
+            train_lora(settings, SilentObserver())
+            took.append(time.perf_counter() - start)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+        return took[0]
+
+    alone = train("alone")
+    release = threading.Event()
+
+    def idle_after_torch() -> None:
+        model = load(MODEL)
+        with torch.no_grad():
+            model.unet(torch.zeros((2, model.latent_channels, 16, 16)), torch.tensor([500, 500]),
+                       torch.zeros((2, 77, model.unet.config.cross_attention_dim)))
+        release.wait()
+
+    lingering = threading.Thread(target=idle_after_torch)
+    lingering.start()
+    time.sleep(1.0)
+    beside = train("beside")
+    release.set()
+    lingering.join()
+    return alone, beside
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--train-steps", type=int, default=60)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "thread_teams.json")
     args = parser.parse_args()
+    training_alone, training_beside = _training_seconds(load_checkpoint, args.train_steps)  # before main runs torch
     model = load_checkpoint(MODEL)
     g = torch.Generator().manual_seed(0)
     latents = torch.randn((2, model.latent_channels, 16, 16), generator=g)
@@ -89,6 +139,10 @@ def main() -> None:
         "unet_call_ms_after_that_thread_ended": round(after_join * 1000, 2),
         "unet_call_ms_after_a_job_through_the_queue": round(after_queue_job * 1000, 2),
         "slowdown_after_a_queue_job": round(after_queue_job / alone, 2),
+        "lora_training_seconds_alone": round(training_alone, 2),
+        "lora_training_seconds_beside_an_idle_thread_that_ran_torch": round(training_beside, 2),
+        "training_slowdown_beside_idle_thread": round(training_beside / training_alone, 2),
+        "training_steps": args.train_steps,
         "what": f"median of {args.rounds} rounds of {args.calls} U-Net calls, shipped model, batch 2, 16x16 latent",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
