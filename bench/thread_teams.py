@@ -17,12 +17,14 @@ Writes bench/results/thread_teams.json. Not a test: nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -37,7 +39,33 @@ from webui.services.queue import JobQueue  # noqa: E402
 MODEL = ROOT / "models" / "Stable-diffusion" / "latent-studio-shapes.safetensors"
 
 
-def _training_seconds(load, steps: int) -> tuple[float, float]:
+@contextlib.contextmanager
+def _idle_thread_that_ran(work: Callable[[], None]) -> Iterator[None]:
+    """Another thread runs `work` (torch) once, then waits, alive, until the block ends."""
+    release = threading.Event()
+
+    def run_then_wait() -> None:
+        work()
+        release.wait()
+
+    lingering = threading.Thread(target=run_then_wait)
+    lingering.start()
+    time.sleep(1.0)  # let `work` finish
+    try:
+        yield
+    finally:
+        release.set()
+        lingering.join()
+
+
+def _unet_call_on_a_fresh_model() -> None:
+    model = load_checkpoint(MODEL)
+    with torch.no_grad():
+        model.unet(torch.zeros((2, model.latent_channels, 16, 16)), torch.tensor([500, 500]),
+                   torch.zeros((2, 77, model.unet.config.cross_attention_dim)))
+
+
+def _training_seconds(steps: int) -> tuple[float, float]:
     """LoRA training (the tab's defaults, `steps` steps, 30 rectangles) on its own thread: alone, then beside an idle
     thread that loaded the model and ran one U-Net call. The main thread runs no torch here, or it would count too."""
     import tempfile
@@ -65,21 +93,8 @@ def _training_seconds(load, steps: int) -> tuple[float, float]:
         return took[0]
 
     alone = train("alone")
-    release = threading.Event()
-
-    def idle_after_torch() -> None:
-        model = load(MODEL)
-        with torch.no_grad():
-            model.unet(torch.zeros((2, model.latent_channels, 16, 16)), torch.tensor([500, 500]),
-                       torch.zeros((2, 77, model.unet.config.cross_attention_dim)))
-        release.wait()
-
-    lingering = threading.Thread(target=idle_after_torch)
-    lingering.start()
-    time.sleep(1.0)
-    beside = train("beside")
-    release.set()
-    lingering.join()
+    with _idle_thread_that_ran(_unet_call_on_a_fresh_model):
+        beside = train("beside")
     return alone, beside
 
 
@@ -90,7 +105,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=60)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "thread_teams.json")
     args = parser.parse_args()
-    training_alone, training_beside = _training_seconds(load_checkpoint, args.train_steps)  # before main runs torch
+    training_alone, training_beside = _training_seconds(args.train_steps)  # before main runs torch
     model = load_checkpoint(MODEL)
     g = torch.Generator().manual_seed(0)
     latents = torch.randn((2, model.latent_channels, 16, 16), generator=g)
@@ -112,18 +127,8 @@ def main() -> None:
         return statistics.median(rounds)
 
     alone = per_call()
-    release = threading.Event()
-
-    def idle_after_torch() -> None:
-        unet_call()
-        release.wait()
-
-    lingering = threading.Thread(target=idle_after_torch)
-    lingering.start()
-    time.sleep(0.5)
-    beside_idle_thread = per_call()
-    release.set()
-    lingering.join()
+    with _idle_thread_that_ran(unet_call):
+        beside_idle_thread = per_call()
     after_join = per_call()
 
     queue = JobQueue(JobManager())
