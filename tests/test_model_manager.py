@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from webui.engine.loader import LoadedModel
+from webui.engine.synthetic import write_synthetic_checkpoint
 from webui.services import model_manager as model_manager_module
 from webui.services.hashing import HashCache
 from webui.services.model_manager import ModelError, ModelManager
@@ -198,17 +199,16 @@ def out_of_memory_once(monkeypatch: pytest.MonkeyPatch):
     """Fault injection: once armed, the next move of a model (the manager placing it on its device) gets its UNet
     across and then raises torch.OutOfMemoryError, as a full GPU would part-way; moves after that work. There is no
     honest way to fill a device in a CPU-only test."""
-    real = LoadedModel.to
+    real = model_manager_module.move_packed
     armed = {"left": 0}
 
-    def to(self, device, dtype=None):
+    def move(module, device, dtype, pin=False):
+        real(module, device, dtype, pin)
         if armed["left"]:
             armed["left"] -= 1
-            torch.nn.Module.to(self.unet, device=device, dtype=dtype)
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB (injected)")
-        return real(self, device, dtype)
 
-    monkeypatch.setattr(LoadedModel, "to", to)
+    monkeypatch.setattr(model_manager_module, "move_packed", move)
     return armed
 
 
@@ -328,14 +328,15 @@ def test_residency_says_what_is_where_with_its_bytes_and_unload_frees_it(manager
         manager.unload("no-such-model")
 
 
-def test_budgets_keep_the_most_recently_used_on_each_level(tmp_path: Path, tiny_sd1) -> None:
-    """Four copies of one tiny checkpoint, each B bytes: a VRAM budget of 2.5 B keeps the two most recently used on
-    the device (switching between them moves nothing), a RAM budget of 1.5 B keeps one more in RAM, and the least
-    recently used is dropped; lowering the budgets live evicts at once, the active model last of all."""
+def test_budgets_keep_the_most_recently_used_on_each_level(tmp_path: Path) -> None:
+    """Four tiny checkpoints with different weights throughout (so that they share nothing), each B bytes: a VRAM
+    budget of 2.5 B keeps the two most recently used on the device (switching between them moves nothing), a RAM
+    budget of 1.5 B keeps one more in RAM, and the least recently used is dropped; lowering the budgets live evicts
+    at once, the active model last of all."""
     folder = tmp_path / "Stable-diffusion"
     folder.mkdir()
-    for name in "abcd":
-        shutil.copy(tiny_sd1.path, folder / f"{name}.safetensors")
+    for seed, name in enumerate("abcd"):
+        write_synthetic_checkpoint(folder / f"{name}.safetensors", "sd1", seed=20 + seed)
     manager = ModelManager(folder, tmp_path / "VAE", HashCache(tmp_path / "hashes.json"), torch.device("cpu"),
                            torch.float32, ram_cache_size=5)
     a = manager.get("a")
@@ -358,3 +359,86 @@ def test_budgets_keep_the_most_recently_used_on_each_level(tmp_path: Path, tiny_
     assert where() == [("b", "device")]
     manager.set_budgets(vram_budget=0, ram_budget=None)  # a budget too small for any model keeps the active one
     assert where() == [("b", "device")] and manager.active_name == "b"
+
+
+@pytest.fixture()
+def siblings(tmp_path: Path, tiny_sd1) -> Path:
+    """SD1 files in the real layout: `base`; `merge`, the same VAE and text encoder with another U-Net (what a U-Net
+    fine-tune or merge looks like); `own-vae`, base with another VAE; `one-step-vae`, base with one VAE weight moved
+    by one float step."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "Stable-diffusion"
+    folder.mkdir()
+    state = load_file(str(tiny_sd1.path))
+    save_file(state, str(folder / "base.safetensors"))
+    noise = torch.Generator().manual_seed(7)
+    merge = {key: value + 0.01 * torch.randn(value.shape, generator=noise)
+             if key.startswith("model.diffusion_model.") and value.is_floating_point() else value
+             for key, value in state.items()}
+    save_file(merge, str(folder / "merge.safetensors"))
+    key = "first_stage_model.decoder.conv_out.bias"
+    own = {**state, key: state[key] + 0.5}
+    save_file(own, str(folder / "own-vae.safetensors"))
+    one_step = {**state, key: state[key].clone()}
+    one_step[key][0] = torch.nextafter(one_step[key][0], torch.tensor(float("inf")))
+    save_file(one_step, str(folder / "one-step-vae.safetensors"))
+    return folder
+
+
+def _image(model: LoadedModel) -> torch.Tensor:
+    """A short txt2img through the engine: the latents and the decoded 8-bit pixels, both compared exactly."""
+    from webui.engine.generation import SamplingParams, generate_latents, latents_to_images
+    from webui.engine.samplers import SamplerRegistry
+
+    params = SamplingParams(prompt="a red circle", sampler="Euler", steps=3, cfg_scale=5.0, width=64, height=64,
+                            seeds=[11])
+    with torch.inference_mode():
+        latents = generate_latents(model, params, SamplerRegistry())
+        pixels = torch.tensor(list(latents_to_images(model, latents)[0].getdata()))
+    return torch.cat([latents.flatten().float(), pixels.flatten().float()])
+
+
+def _manager(folder: Path, tmp_path: Path, dtype: torch.dtype = torch.float32) -> ModelManager:
+    return ModelManager(folder, tmp_path / "VAE", HashCache(tmp_path / "hashes.json"), torch.device("cpu"), dtype,
+                        ram_cache_size=3)
+
+
+def test_a_vae_or_text_encoder_identical_to_a_loaded_one_is_kept_once(siblings: Path, tmp_path: Path) -> None:
+    from webui.engine.loader import load_checkpoint
+    from webui.services.model_manager import module_bytes
+
+    manager = _manager(siblings, tmp_path)
+    base, merge, own = (manager.get(name) for name in ("base", "merge", "own-vae"))
+    encoder = base.text_encoders[0].model
+    assert merge.vae is base.vae and merge.text_encoders[0].model is encoder and merge.unet is not base.unet
+    assert own.vae is not base.vae and own.text_encoders[0].model is encoder
+    assert manager.get("one-step-vae").vae is not base.vae  # one float step apart: not shared
+    manager.unload("one-step-vae")
+    table = {entry.name: entry for entry in manager.residency()}
+    assert table["merge"].shared_bytes == module_bytes([base.vae, encoder]) > 0
+    assert table["own-vae"].shared_bytes == module_bytes([encoder])
+    assert table["base"].shared_bytes == module_bytes([base.vae, encoder])
+    assert len({table[name].bytes for name in table}) == 1  # each still reports its whole size
+    # Each checkpoint draws exactly what it draws loaded on its own, and dropping the first one breaks nothing.
+    alone = {name: _image(load_checkpoint(siblings / f"{name}.safetensors")) for name in ("base", "merge", "own-vae")}
+    assert not torch.equal(alone["base"], alone["own-vae"])
+    for name, model in (("base", base), ("merge", merge), ("own-vae", own)):
+        assert torch.equal(_image(manager.get(name)), alone[name]), name
+    assert manager.unload("base") and torch.equal(_image(manager.get("merge")), alone["merge"])
+
+
+def test_a_shared_component_stays_on_the_device_while_a_model_there_uses_it(siblings: Path, tmp_path: Path) -> None:
+    """bf16 on the CPU: the device copy is bf16 and the RAM cache fp32, so moves really convert. Parking `merge`
+    must not move the VAE and text encoder that the active `base` is using, and every image equals that of a manager
+    that only ever loaded one model."""
+    manager = _manager(siblings, tmp_path, torch.bfloat16)
+    base = manager.get("base")
+    merge = manager.get("merge")  # base is parked: its U-Net goes to fp32, the shared parts stay bf16 for merge
+    assert base.unet.dtype == torch.float32 and merge.unet.dtype == torch.bfloat16
+    assert merge.vae is base.vae and base.vae.dtype == torch.bfloat16
+    assert manager.get("base") is base and base.unet.dtype == torch.bfloat16 and base.vae.dtype == torch.bfloat16
+    for name in ("base", "merge", "base"):
+        single = _manager(siblings, tmp_path / name)
+        single.dtype = torch.bfloat16
+        assert torch.equal(_image(manager.get(name)), _image(single.get(name))), name

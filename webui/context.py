@@ -22,6 +22,7 @@ from webui.services.model_manager import ModelManager, choose_device, choose_dty
 from webui.services.outputs import OutputStore
 from webui.services.settings import SettingsStore
 from webui.services.styles import StyleStore
+from webui.services.unet_compiler import UNetCompiler
 from webui.services.upscalers import UPSCALER_FOLDERS, UpscalerLibrary
 from webui.services.extras import ExtrasService
 from webui.services.users import UserStore
@@ -109,6 +110,7 @@ class AppContext:
     upscalers: UpscalerLibrary  # model and Pillow upscalers: Extras, hires fix, /sdapi/v1/upscalers
     styles: StyleStore  # A1111's styles.csv, in the data folder next to config.json
     extras: ExtrasService  # the Extras tab's and /sdapi/v1/extra-* work: upscaling finished images
+    compiler: UNetCompiler  # the optional torch.compile of each placed U-Net (`--compile`, core.compile_unet)
     workers: Any = None  # RayWorkers when generation runs on Ray workers (`start_workers`), else None
 
     def start_workers(self, count: int = 0, address: str | None = None, precision: str | None = None,
@@ -144,6 +146,7 @@ def build_context(
     load_extensions: bool = True,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     users: UserStore | None = None,
+    compile_unet: bool = False,
 ) -> AppContext:
     torch_device = choose_device(device)
     dtype = choose_dtype(torch_device, precision)
@@ -171,7 +174,10 @@ def build_context(
     settings = SettingsStore(paths.data_dir / "config.json")
     # Core options first (an extension cannot take a `core.` key); each is read where it acts (docs/settings.md).
     core_settings.register_core_settings(settings, samplers.names(), ram_cache_size, controlnet.cache_size,
-                                         vram_budget_gb, ram_budget_gb)
+                                         vram_budget_gb, ram_budget_gb, compile_unet)
+    compiler = UNetCompiler(paths.data_dir / "torch-compile", enabled=bool(settings.get(core_settings.COMPILE_UNET)))
+    models.on_placed.append(compiler.attach)
+    settings.watch(core_settings.COMPILE_UNET, lambda on: compiler.set_enabled(on, models.loaded_models()))
     outputs.options = lambda: core_settings.save_options(settings)
     settings.watch(core_settings.CHECKPOINT_CACHE, models.set_ram_cache_size)
     for budget in (core_settings.VRAM_BUDGET, core_settings.RAM_BUDGET):
@@ -199,4 +205,4 @@ def build_context(
                                    settings_snapshot=settings.stored)
     return AppContext(paths, models, samplers, jobs, outputs, generation, settings, extensions, controlnet, loras,
                       embeddings, lora_training, queue, users, upscalers,
-                      StyleStore(paths.data_dir / "styles.csv"), extras)
+                      StyleStore(paths.data_dir / "styles.csv"), extras, compiler)

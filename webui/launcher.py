@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="join a running Ray cluster (e.g. 10.0.0.5:6379) and start one worker per GPU in it; "
                              "nodes that join later get workers too (docs/scaling.md)")
     parser.add_argument("--no-preload", action="store_true", help="do not load the default model at start-up")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile the U-Net with torch.compile, in the background (setting: core.compile_unet)")
     parser.add_argument("--extensions-dir", type=Path, action="append", default=[],
                         help="another folder of extensions (repeatable)")
     parser.add_argument("--enable-insecure-extension-access", action="store_true",
@@ -180,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         context = build_context(paths, device=args.device, precision=args.precision, ram_cache_size=args.ram_cache,
                                 users=users, queue_size=args.queue_size, vram_budget_gb=args.vram_budget,
-                                ram_budget_gb=args.ram_budget)
+                                ram_budget_gb=args.ram_budget, compile_unet=args.compile)
     except ValueError as exc:
         raise LaunchError(f"error: {exc}") from exc
     if args.workers or args.ray_address:

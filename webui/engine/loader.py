@@ -1,8 +1,9 @@
 """Build diffusers/transformers modules from a single-file LDM checkpoint, fully offline.
 
 Key renaming is diffusers' own (`convert_ldm_*`, `convert_open_clip_checkpoint`); configs come from
-`architecture.py` instead of the Hub. Modules are created with empty parameters and the converted tensors are assigned,
-so a memory-mapped safetensors file is not copied when no dtype change is needed.
+`architecture.py` instead of the Hub. Modules are created with empty parameters and the converted tensors (views of
+the memory-mapped file where no conversion is needed) are assigned; each module's weights are then packed into one
+buffer (`weight_packing`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .architecture import (
 )
 from .checkpoint_io import RawCheckpoint, read_checkpoint
 from .families import UNET_PREFIX, VAE_PREFIX, ModelFamily, TextEncoderSlot, detect_family, detect_variant
+from .weight_packing import move_packed
 
 PredictionType = Literal["epsilon", "v_prediction"]
 Variant = Literal["normal", "inpaint", "depth"]
@@ -111,12 +113,14 @@ class DepthMapRequired(ValueError):
         )
 
 
-def _assign(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], dtype: torch.dtype, what: str) -> None:
+def _assign(module: torch.nn.Module, state_dict: dict[str, torch.Tensor], dtype: torch.dtype | None, what: str) -> None:
+    """Put the converted tensors into `module` as they are (no copy) or, with `dtype`, converted."""
     expected = set(module.state_dict().keys())
     missing = sorted(expected - state_dict.keys())
     if missing:
         raise ModelLoadError(f"{what}: {len(missing)} weights missing (first: {missing[0]})")
-    tensors = {k: state_dict[k].to(dtype) if state_dict[k].is_floating_point() else state_dict[k] for k in expected}
+    tensors = {k: state_dict[k].to(dtype) if dtype is not None and state_dict[k].is_floating_point() else state_dict[k]
+               for k in expected}
     module.load_state_dict(tensors, strict=True, assign=True)
     module.eval().requires_grad_(False)
 
@@ -147,7 +151,8 @@ def resolve_prediction_type(
     return DEPTH_PREDICTION if variant == "depth" else family.default_prediction
 
 
-def _build_text_encoder(raw: RawCheckpoint, shapes: dict, slot: TextEncoderSlot, dtype: torch.dtype) -> TextEncoder:
+def _build_text_encoder(raw: RawCheckpoint, shapes: dict, slot: TextEncoderSlot,
+                        dtype: torch.dtype | None) -> TextEncoder:
     checkpoint = raw.state_dict
     if slot.layout == "hf":
         te_shapes = strip_prefix(shapes, slot.prefix)
@@ -197,13 +202,14 @@ def build_vae(vae_tensors: dict[str, torch.Tensor], like: LoadedModel, what: str
 
 def build_model(
     raw: RawCheckpoint,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = torch.float32,
     prediction_override: PredictionType | None = None,
     vae_override: dict[str, torch.Tensor] | None = None,
     name: str | None = None,
 ) -> LoadedModel:
     """Turn a raw checkpoint into ready modules on the CPU (the caller moves them to a device). `name` is how the
-    app lists it (default: the file stem)."""
+    app lists it (default: the file stem). `dtype` None keeps each tensor as stored (a view of the memory-mapped file),
+    for a caller that packs and converts the weights itself in one copy (the model manager, `weight_packing`)."""
     display_name = name or raw.path.stem
     name = raw.path.name
     shapes = shapes_of(raw.state_dict)
@@ -255,8 +261,12 @@ def _stored_alphas_cumprod(state_dict: dict[str, torch.Tensor]) -> torch.Tensor 
 def load_checkpoint(
     path: Path, dtype: torch.dtype = torch.float32, prediction_override: PredictionType | None = None
 ) -> LoadedModel:
-    """Read and build in one call (CLI, tests, benchmarks)."""
-    return build_model(read_checkpoint(Path(path)), dtype=dtype, prediction_override=prediction_override)
+    """Read and build in one call (CLI, tests, benchmarks). Each module's weights are packed into one buffer of their
+    own, as the model manager does, so the model holds its weights and not a map of the whole file."""
+    model = build_model(read_checkpoint(Path(path)), dtype=dtype, prediction_override=prediction_override)
+    for module in model.modules():
+        move_packed(module, "cpu", dtype)
+    return model
 
 
 def read_vae_override(path: Path) -> dict[str, torch.Tensor]:

@@ -57,6 +57,7 @@ CHECKPOINT_CACHE = "core.sd_checkpoint_cache"
 CONTROLNET_CACHE = "core.control_net_model_cache_size"
 VRAM_BUDGET = "core.vram_budget_gb"
 RAM_BUDGET = "core.ram_budget_gb"
+COMPILE_UNET = "core.compile_unet"
 EMPHASIS = "core.emphasis"
 CLIP_SKIP = "core.CLIP_stop_at_last_layers"
 SDXL_CLIP_L_SKIP = "core.sdxl_clip_l_skip"
@@ -76,7 +77,7 @@ def _multiple_of_8(value: int) -> str | None:
 
 
 def core_specs(sampler_names: list[str], checkpoint_cache: int = 1, controlnet_cache: int = 2,
-               vram_budget_gb: float = 0.0, ram_budget_gb: float = 0.0) -> list[SettingSpec]:
+               vram_budget_gb: float = 0.0, ram_budget_gb: float = 0.0, compile_unet: bool = False) -> list[SettingSpec]:
     """Every core option. `checkpoint_cache` and the budgets are the `--ram-cache`, `--vram-budget` and
     `--ram-budget` flags: the defaults until a value is saved."""
     folder_help = "a folder inside the outputs folder (letters, digits, space, '-', '_', '.'; '/' for subfolders)"
@@ -141,6 +142,9 @@ def core_specs(sampler_names: list[str], checkpoint_cache: int = 1, controlnet_c
              "number", section=MODEL_CACHE, minimum=0, maximum=4096),
         spec(RAM_BUDGET, ram_budget_gb, "Checkpoints in RAM: memory budget in GB (0 = half of this machine's RAM)",
              "number", section=MODEL_CACHE, minimum=0, maximum=65536),
+        spec(COMPILE_UNET, compile_unet, "Compile the U-Net with torch.compile", "checkbox", section=MODEL_CACHE,
+             help="faster sampling once compiled; each new image size is compiled in the background while the first "
+                  "images of that size are made as usual (--compile)"),
         spec(ESRGAN_TILE, 192, "Tile size for model upscalers (0 = no tiling)", "slider", section=UPSCALING,
              minimum=0, maximum=512, step=16, integer=True),
         spec(ESRGAN_TILE_OVERLAP, 8, "Tile overlap for model upscalers", "slider", section=UPSCALING, minimum=0,
@@ -166,9 +170,11 @@ def core_specs(sampler_names: list[str], checkpoint_cache: int = 1, controlnet_c
 
 
 def register_core_settings(settings: SettingsStore, sampler_names: list[str], checkpoint_cache: int = 1,
-                           controlnet_cache: int = 2, vram_budget_gb: float = 0.0, ram_budget_gb: float = 0.0) -> None:
+                           controlnet_cache: int = 2, vram_budget_gb: float = 0.0, ram_budget_gb: float = 0.0,
+                           compile_unet: bool = False) -> None:
     """Register the core options (before extensions load, so an extension cannot take a `core.` key)."""
-    for spec in core_specs(sampler_names, checkpoint_cache, controlnet_cache, vram_budget_gb, ram_budget_gb):
+    for spec in core_specs(sampler_names, checkpoint_cache, controlnet_cache, vram_budget_gb, ram_budget_gb,
+                           compile_unet):
         settings.register(spec)
 
 

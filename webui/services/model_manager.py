@@ -14,7 +14,7 @@ import gc
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,12 +34,14 @@ from webui.engine.loader import (
     LoadedModel,
     ModelLoadError,
     PredictionType,
+    TextEncoder,
     build_model,
     build_vae,
     declared_resolution,
     read_vae_override,
 )
 from webui.engine.patching import PatchError, WeightPatch, patched
+from webui.engine.weight_packing import move_packed
 from webui.services.hashing import HashCache
 
 log = logging.getLogger("webui.models")
@@ -92,13 +94,15 @@ class ModelResidency:
     device: str
     dtype: str
     bytes: int
+    shared_bytes: int = 0  # of `bytes`, what it shares with another loaded checkpoint (an identical VAE or text encoder)
 
 
-def weight_bytes(model: LoadedModel) -> int:
-    """The bytes a model's parameters and buffers hold, each storage counted once (shared tensors are not doubled)."""
+def module_bytes(modules: Iterable[torch.nn.Module]) -> int:
+    """The bytes these modules' parameters and buffers hold, each module and each storage counted once (a component
+    two checkpoints share, or tied tensors, are not doubled)."""
     seen: set[tuple[str, int]] = set()
     total = 0
-    for module in model.modules():
+    for module in {id(module): module for module in modules}.values():
         for tensor in [*module.parameters(), *module.buffers()]:
             storage = tensor.untyped_storage()
             key = (str(tensor.device), storage.data_ptr())
@@ -106,6 +110,41 @@ def weight_bytes(model: LoadedModel) -> int:
                 seen.add(key)
                 total += storage.nbytes()
     return total
+
+
+def weight_bytes(model: LoadedModel) -> int:
+    """The bytes one model's weights hold."""
+    return module_bytes(model.modules())
+
+
+def _same_bytes(new: torch.Tensor, kept: torch.Tensor) -> bool:
+    """Whether `new`, stored as `kept` is, would be bit for bit `kept` (NaN and -0.0 compared as bits)."""
+    if new.shape != kept.shape or new.dtype.is_floating_point != kept.dtype.is_floating_point:
+        return False
+    converted = new.to(kept.device, kept.dtype)
+    if kept.is_floating_point():
+        bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}.get(kept.element_size())
+        if bits is not None:
+            return torch.equal(converted.contiguous().view(bits), kept.contiguous().view(bits))
+    return torch.equal(converted, kept)
+
+
+def identical_modules(new: torch.nn.Module, kept: torch.nn.Module) -> bool:
+    """Same class, same configuration and the same weights byte for byte, once `new`'s are stored as `kept`'s are:
+    then `new` can be dropped and `kept` used in its place. Stops at the first tensor that differs."""
+    if type(new) is not type(kept) or _config_of(new) != _config_of(kept):
+        return False
+    new_state, kept_state = new.state_dict(), kept.state_dict()
+    if new_state.keys() != kept_state.keys():
+        return False
+    return all(_same_bytes(new_state[key], kept_state[key]) for key in kept_state)
+
+
+def _config_of(module: torch.nn.Module) -> dict:
+    config = getattr(module, "config", None)
+    if config is None:
+        return {}
+    return dict(config.to_dict() if hasattr(config, "to_dict") else config)
 
 
 def choose_device(requested: str | None) -> torch.device:
@@ -160,6 +199,8 @@ class ModelManager:
         self._checkpoints: dict[str, CheckpointInfo] = {}
         self._on_device: OrderedDict[str, LoadedModel] = OrderedDict()  # least recently used first; last = active
         self._ram_cache: OrderedDict[str, LoadedModel] = OrderedDict()
+        # Called with each model just placed on the device (the optional U-Net compiler attaches itself here).
+        self.on_placed: list[Callable[[LoadedModel], None]] = []
         self.refresh()
 
     # ----- discovery -----
@@ -264,18 +305,57 @@ class ModelManager:
             return self._active[0] if self._active else None
 
     def _load_fresh(self, info: CheckpointInfo) -> LoadedModel:
+        """Read and build a checkpoint, its tensors still views of the bytes read (the first placement packs and
+        converts them in one copy), with any VAE or text encoder that a loaded checkpoint already holds byte for
+        byte shared instead of kept twice."""
         try:
             raw = read_checkpoint(info.path)
-            return build_model(raw, dtype=torch.float32, prediction_override=self.prediction_overrides.get(info.name),
-                               name=info.name)
+            model = build_model(raw, dtype=None, prediction_override=self.prediction_overrides.get(info.name),
+                                name=info.name)
         except (CheckpointReadError, UnsupportedCheckpointError, ModelLoadError) as exc:
             raise ModelError(str(exc)) from exc
+        self._share_identical_components(model)
+        return model
+
+    def _share_identical_components(self, model: LoadedModel) -> None:
+        """Many checkpoints of one family carry the same VAE and text encoders (merges, fine-tunes of the U-Net):
+        use the loaded copy instead of a second one. Compared with the kept copy's dtype and device, bit for bit."""
+        loaded = [*self._on_device.values(), *self._ram_cache.values()]
+        for other in loaded:
+            if other.family.name == model.family.name and model.vae is not other.vae and identical_modules(
+                    model.vae, other.vae):
+                model.vae = other.vae
+                break
+        for index, encoder in enumerate(model.text_encoders):
+            for other in loaded:
+                if (other.family.name == model.family.name and len(other.text_encoders) > index
+                        and other.text_encoders[index].slot == encoder.slot
+                        and identical_modules(encoder.model, other.text_encoders[index].model)):
+                    model.text_encoders[index] = TextEncoder(slot=encoder.slot, model=other.text_encoders[index].model)
+                    break
+
+    def _dtype_for(self, model: LoadedModel, module: torch.nn.Module, on_device: bool) -> torch.dtype:
+        """fp16 VAEs overflow into NaN (the classic SDXL VAE), so with fp16 the VAE stays fp32, on the device and in
+        RAM alike; decoding in fp32 is cheap. Models parked in RAM keep the compute dtype (fp16 halves RAM use),
+        except on a CPU-only run, where they are fp32."""
+        if module is model.vae and self.dtype == torch.float16:
+            return torch.float32
+        return self.dtype if on_device else self._ram_dtype
 
     def _place(self, model: LoadedModel) -> LoadedModel:
-        model.to(self.device, self.dtype)
-        if self.dtype == torch.float16:
-            torch.nn.Module.to(model.vae, torch.float32)  # fp16 VAEs overflow into NaN (classic SDXL VAE); decoding in fp32 is cheap
+        """Onto the compute device, each module's weights in one copy (`weight_packing`)."""
+        for module in model.modules():
+            move_packed(module, self.device, self._dtype_for(model, module, on_device=True))
         return model
+
+    def _park(self, model: LoadedModel) -> None:
+        """Into RAM (pinned when a GPU will take the weights back), except the modules that a model still on the
+        device shares with it."""
+        in_use = {id(module) for other in self._on_device.values() if other is not model for module in other.modules()}
+        for module in model.modules():
+            if id(module) not in in_use:
+                move_packed(module, "cpu", self._dtype_for(model, module, on_device=False),
+                            pin=self.device.type == "cuda")
 
     def choice_name(self, name: str | None = None) -> str:
         """The checkpoint `get(name)` would use, without loading it: the named one, else the active, else the
@@ -304,31 +384,45 @@ class ModelManager:
             if model is None:
                 model = self._load_fresh(info)
             if self.vram_budget is not None:  # a hard cap: make room before the move
-                self._make_room_on_device(weight_bytes(model))
+                on_device = {id(module) for other in self._on_device.values() for module in other.modules()}
+                self._make_room_on_device(module_bytes(m for m in model.modules() if id(m) not in on_device))
             try:
                 self._place(model)
             except RuntimeError as exc:  # torch.OutOfMemoryError included; the weights are still in RAM
                 raise self._placement_failed(info.name, model, exc) from exc
             self._on_device[info.name] = model
             self._make_room_on_device(0, keep=info.name)  # without a budget the previous model leaves only now
+            for hook in self.on_placed:
+                hook(model)
             return model
+
+    def loaded_models(self) -> list[LoadedModel]:
+        """Every loaded checkpoint, on the device or in RAM."""
+        with self._lock:
+            return [*self._on_device.values(), *self._ram_cache.values()]
 
     def _make_room_on_device(self, incoming: int, keep: str | None = None) -> None:
         """Move least recently used models (never `keep`) to RAM until `incoming` more bytes fit the VRAM budget;
         without a budget, every model but `keep` leaves the device."""
-        used = sum(weight_bytes(model) for model in self._on_device.values()) if self.vram_budget is not None else 0
         for name in [name for name in self._on_device if name != keep]:
-            if self.vram_budget is not None and used + incoming <= self.vram_budget:
+            if self.vram_budget is not None and self._device_bytes() + incoming <= self.vram_budget:
                 return
-            model = self._on_device.pop(name)
-            used -= weight_bytes(model) if self.vram_budget is not None else 0
-            self._cache_in_ram(name, model)
+            self._cache_in_ram(name, self._on_device.pop(name))
+
+    def _device_bytes(self) -> int:
+        return module_bytes(module for model in self._on_device.values() for module in model.modules())
+
+    def _ram_bytes(self) -> int:
+        """What the RAM cache holds, less the modules it shares with models on the device (those are there)."""
+        on_device = {id(module) for model in self._on_device.values() for module in model.modules()}
+        return module_bytes(module for model in self._ram_cache.values() for module in model.modules()
+                            if id(module) not in on_device)
 
     def _placement_failed(self, name: str, model: LoadedModel, exc: RuntimeError) -> ModelError:
         """Moving `model` to the device failed part-way: bring it back to the CPU into the RAM cache (so a retry does
         not read the file again), free what it held on the device, and explain. The active model is untouched."""
         try:
-            model.to("cpu", self._ram_dtype)  # frees whatever part already reached the device
+            self._park(model)  # frees whatever part already reached the device
         except RuntimeError as cleanup:  # could not even move it back: drop it rather than keep a split model
             log.warning("dropping %s after a failed move back to the CPU: %s", name, cleanup)
         else:
@@ -357,7 +451,7 @@ class ModelManager:
         if self.ram_cache_size <= 0:
             del model
         else:
-            model.to("cpu", self._ram_dtype)
+            self._park(model)
             self._ram_cache[name] = model
             self._ram_cache.move_to_end(name)
             self._trim_ram_cache()
@@ -367,12 +461,10 @@ class ModelManager:
 
     def _trim_ram_cache(self) -> bool:
         """Drop least recently used models until the count and the byte budget hold; True if any was dropped."""
-        used = sum(weight_bytes(model) for model in self._ram_cache.values()) if self.ram_budget is not None else 0
         dropped = False
         while self._ram_cache and (len(self._ram_cache) > self.ram_cache_size
-                                   or self.ram_budget is not None and used > self.ram_budget):
-            _, model = self._ram_cache.popitem(last=False)
-            used -= weight_bytes(model) if self.ram_budget is not None else 0
+                                   or self.ram_budget is not None and self._ram_bytes() > self.ram_budget):
+            self._ram_cache.popitem(last=False)
             dropped = True
         return dropped
 
@@ -404,7 +496,13 @@ class ModelManager:
             placed = [(name, "device", model) for name, model in reversed(self._on_device.items())]
             placed += [(name, "ram", model) for name, model in reversed(self._ram_cache.items())]
             return [ModelResidency(name, where, str(model.device), str(model.dtype).removeprefix("torch."),
-                                   weight_bytes(model)) for name, where, model in placed]
+                                   weight_bytes(model), self._shared_bytes(model, [m for _, _, m in placed]))
+                    for name, where, model in placed]
+
+    @staticmethod
+    def _shared_bytes(model: LoadedModel, loaded: list[LoadedModel]) -> int:
+        others = {id(module) for other in loaded if other is not model for module in other.modules()}
+        return module_bytes(module for module in model.modules() if id(module) in others)
 
     def unload(self, name: str) -> bool:
         """Drop a checkpoint from the device and from RAM (the next job that needs it reads the file again).

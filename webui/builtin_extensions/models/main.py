@@ -9,7 +9,7 @@ from webui.services.extensions import ExtensionAPI
 from webui.services.model_manager import ModelError, ModelManager
 
 PREDICTIONS = ["auto", "epsilon", "v_prediction"]
-LOADED_HEADERS = ("checkpoint", "where", "device", "dtype", "MB")
+LOADED_HEADERS = ("checkpoint", "where", "device", "dtype", "MB", "of which shared MB")
 WORKER_HEADERS = ("worker", "state", "host", "device", "job", "jobs done", "failures", "holds", "last error")
 
 
@@ -54,8 +54,8 @@ def register(api: ExtensionAPI) -> None:
 
     def loaded_rows() -> list[list[Any]]:
         where = {"device": "active, on the device", "ram": "cached in RAM"}
-        return [[entry.name, where[entry.where], entry.device, entry.dtype,
-                 round(entry.bytes / 2**20, 1)] for entry in models.residency()]
+        return [[entry.name, where[entry.where], entry.device, entry.dtype, round(entry.bytes / 2**20, 1),
+                 round(entry.shared_bytes / 2**20, 1)] for entry in models.residency()]
 
     def build(ui) -> None:
         import gradio as gr  # loaded only when the app builds its UI; the CLI never does

@@ -1,0 +1,95 @@
+"""`--compile`: the U-Net compiled with torch.compile in the background, on the app's services and a tiny SD1 file.
+
+The first images of a size run eagerly while that size compiles; later ones run compiled and stay within the parity
+bar of eager; a job's LoRA-style weight patch reaches the compiled graph; a compiler that fails leaves the U-Net
+eager with the reason kept; turning the setting off detaches it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_service_context
+from webui.engine.generation import SamplingParams, generate_latents
+from webui.engine.loader import LoadedModel
+from webui.engine.patching import WeightPatch, patched
+from webui.engine.samplers import SamplerRegistry
+from webui.services import core_settings
+from webui.services.unet_compiler import UNetCompiler
+
+COMPILE_TIMEOUT = 600
+
+
+def _latents(model: LoadedModel, seed: int = 5) -> torch.Tensor:
+    params = SamplingParams(prompt="a red circle", sampler="Euler", steps=3, cfg_scale=5.0, width=64, height=64,
+                            seeds=[seed])
+    with torch.inference_mode():
+        return generate_latents(model, params, SamplerRegistry()).clone()
+
+
+@pytest.fixture(scope="module")
+def compiled_context(tmp_path_factory: pytest.TempPathFactory, tiny_sd1):
+    context = tiny_service_context(tmp_path_factory.mktemp("compile"), tiny_sd1)
+    context.settings.update({core_settings.COMPILE_UNET: True})
+    yield context
+    context.settings.update({core_settings.COMPILE_UNET: False})
+    context.shutdown()
+
+
+def test_the_first_images_run_eagerly_and_later_ones_compiled_within_the_parity_bar(compiled_context) -> None:
+    model = compiled_context.models.get()
+    router = compiled_context.compiler.router(model)
+    assert router is not None and model.unet._compiled_call_impl is router
+    eager = _latents(model)  # this signature is new: eager, and compiled in the background meanwhile
+    calls = router.eager_calls
+    assert router.compiled_calls == 0 and calls == 3  # 3 steps, cond and uncond in one batch
+    assert compiled_context.compiler.wait_until_idle(COMPILE_TIMEOUT)
+    assert router.failure is None and len(router.ready) == 1
+    cache = compiled_context.paths.data_dir / "torch-compile"
+    assert cache.is_dir() and any(cache.iterdir())  # inductor's cache, kept across restarts
+    compiled = _latents(model)
+    assert router.compiled_calls == calls and router.eager_calls == calls
+    assert torch.allclose(compiled, eager, atol=2e-4, rtol=1e-4), (compiled - eager).abs().max()
+    # A weight patch (how a job's LoRA is applied) is read by the compiled graph as it is by eager code.
+    layer = model.unet.conv_in
+    delta = torch.full_like(layer.weight, 0.05)
+    with patched([WeightPatch(layer, lambda device: delta, 1.0, "test")]):
+        patched_compiled = _latents(model)
+        model.unet._compiled_call_impl = None
+        patched_eager = _latents(model)
+        model.unet._compiled_call_impl = router
+    assert router.compiled_calls == 2 * calls and len(router.ready) == 1  # no recompiling for new weight values
+    assert (patched_eager - eager).abs().max() > 1e-2
+    assert torch.allclose(patched_compiled, patched_eager, atol=2e-4, rtol=1e-4)
+    assert torch.equal(_latents(model), compiled)  # restored exactly, still compiled
+
+
+def test_turning_the_setting_off_detaches_and_on_attaches_again(compiled_context) -> None:
+    model = compiled_context.models.get()
+    compiled_context.settings.update({core_settings.COMPILE_UNET: False})
+    assert model.unet._compiled_call_impl is None and compiled_context.compiler.router(model) is None
+    compiled_context.settings.update({core_settings.COMPILE_UNET: True})
+    assert compiled_context.compiler.router(model) is model.unet._compiled_call_impl is not None
+
+
+def test_a_compiler_that_fails_leaves_the_unet_eager_and_says_why(tiny_sd1, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from webui.engine.loader import load_checkpoint
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found (test)")
+
+    model = load_checkpoint(tiny_sd1.path)
+    expected = _latents(model)
+    compiler = UNetCompiler(tmp_path / "cache", enabled=True, backend=broken_backend)
+    compiler.attach(model)
+    router = compiler.router(model)
+    with caplog.at_level("WARNING", logger="webui.compile"):
+        first = _latents(model)
+        assert compiler.wait_until_idle(COMPILE_TIMEOUT)
+    assert router.failure is not None and "no C++ compiler found (test)" in router.failure
+    assert "runs eagerly (uncompiled) from now on" in caplog.text
+    assert torch.equal(first, expected) and torch.equal(_latents(model), expected)
+    assert router.compiled_calls == 0 and not router.ready

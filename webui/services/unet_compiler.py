@@ -1,0 +1,184 @@
+"""Optional `torch.compile` of the U-Net (`--compile`, setting `core.compile_unet`), warmed in the background.
+
+Compiling costs seconds to minutes (about 20 s for the shipped model on 2 CPU cores), and a new input shape (another
+resolution, batch size, a ControlNet's residuals) compiles again. So a job never waits for it: each distinct call
+signature runs eagerly the first time while a background thread compiles that signature on copies of the inputs;
+later calls with a warmed signature run compiled. A compile that fails (no C++ compiler, an unsupported op) is logged
+once and that U-Net stays eager. Inductor's caches live under the app's data folder, so a restart recompiles from
+cache instead of from scratch.
+
+The hook is `nn.Module`'s own: `Module.compile()` stores a compiled `_call_impl` that `Module.__call__` then uses;
+here that slot holds a router that chooses per call, so every call site and weight patch (LoRAs are written into the
+weights in place, which a compiled graph reads as inputs) stays as it is. Gradient-enabled calls (training) always
+run eagerly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._pytree import tree_flatten, tree_map
+
+from webui.engine.loader import LoadedModel
+
+log = logging.getLogger("webui.compile")
+# Each resolution/batch/ControlNet combination is its own static-shape graph; dynamo's default of 8 per function
+# would fall back to eager for good after a few sizes.
+RECOMPILE_LIMIT = 64
+
+
+def _signature(args: tuple, kwargs: dict) -> tuple:
+    """What a compiled graph is specialised on: the structure, shapes and dtypes of the inputs, and the grad mode."""
+    leaves, spec = tree_flatten((args, kwargs))
+    described = tuple((tuple(leaf.shape), leaf.dtype, leaf.device.type) if isinstance(leaf, torch.Tensor) else
+                      leaf if isinstance(leaf, (bool, int, float, str, type(None))) else type(leaf).__name__
+                      for leaf in leaves)
+    return str(spec), described, torch.is_inference_mode_enabled()
+
+
+class CompiledUNet:
+    """The router in one U-Net's compiled-call slot: compiled for warmed signatures, eager otherwise."""
+
+    def __init__(self, unet: torch.nn.Module, compiler: "UNetCompiler") -> None:
+        self.unet = unet
+        self.compiler = compiler
+        self.compiled = torch.compile(unet._call_impl, backend=compiler.backend, dynamic=False)
+        self.ready: set[tuple] = set()
+        self.failure: str | None = None
+        self.compiled_calls = 0
+        self.eager_calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failure is None and not torch.is_grad_enabled():
+            signature = _signature(args, kwargs)
+            if signature in self.ready:
+                try:
+                    output = self.compiled(*args, **kwargs)
+                except Exception as exc:  # a graph that compiled but cannot run: eager from now on
+                    self.fail(exc)
+                else:
+                    self.compiled_calls += 1
+                    return output
+            else:
+                self.compiler.warm_in_background(self, signature, args, kwargs)
+        self.eager_calls += 1
+        return self.unet._call_impl(*args, **kwargs)
+
+    def fail(self, exc: BaseException) -> None:
+        cause = getattr(exc, "inner_exception", None) or exc.__cause__ or exc  # dynamo wraps the backend's error
+        text = str(cause).strip()
+        self.failure = f"{type(cause).__name__}: {text.splitlines()[0][:300] if text else 'no message'}"
+        log.warning("torch.compile of the U-Net failed (%s); it runs eagerly (uncompiled) from now on", self.failure)
+
+
+class UNetCompiler:
+    """Attaches a `CompiledUNet` router to each U-Net the model manager places, while enabled."""
+
+    def __init__(self, cache_dir: Path, enabled: bool = False, backend: str | Callable = "inductor") -> None:
+        self.cache_dir = Path(cache_dir)
+        self.backend = backend
+        self.enabled = False
+        self._lock = threading.Lock()
+        self._attached: dict[int, tuple[torch.nn.Module, CompiledUNet]] = {}
+        self._warming: threading.Thread | None = None
+        self._waiting: list[tuple[CompiledUNet, tuple, tuple, dict, bool]] = []
+        self.set_enabled(enabled)
+
+    def set_enabled(self, enabled: bool, models: list[LoadedModel] = ()) -> None:
+        """Turn compiling on or off, live; `models` (those loaded now) are attached or detached at once."""
+        self.enabled = bool(enabled)
+        if self.enabled:
+            # Inductor looks its cache folder up at each compile. Importing torch._dynamo already set it to the
+            # default (/tmp/torchinductor_<user>); unless the user chose one, use the data folder, which survives
+            # restarts and /tmp clean-ups.
+            import torch._dynamo
+            from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+            if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default_cache_dir()) == default_cache_dir():
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(self.cache_dir.resolve())
+
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+            for model in models:
+                self.attach(model)
+        else:
+            self.detach_all()
+
+    def attach(self, model: LoadedModel) -> None:
+        """Route this model's U-Net calls through a compiled graph once warmed (no-op when disabled or attached)."""
+        if not self.enabled:
+            return
+        unet = model.unet
+        with self._lock:
+            if id(unet) in self._attached:
+                return
+            router = CompiledUNet(unet, self)
+            self._attached[id(unet)] = (unet, router)
+        unet._compiled_call_impl = router
+
+    def detach_all(self) -> None:
+        with self._lock:
+            attached, self._attached = list(self._attached.values()), {}
+            self._waiting.clear()
+        for unet, router in attached:
+            if unet._compiled_call_impl is router:
+                unet._compiled_call_impl = None
+
+    def router(self, model: LoadedModel) -> CompiledUNet | None:
+        with self._lock:
+            entry = self._attached.get(id(model.unet))
+        return entry[1] if entry else None
+
+    def warm_in_background(self, router: CompiledUNet, signature: tuple, args: tuple, kwargs: dict) -> None:
+        """Compile `signature` on copies of these inputs in a short-lived thread (one at a time; others wait their
+        turn). The thread ends when nothing is left to compile, so no idle thread keeps an OpenMP team alive
+        (docs/performance.md, "Threads")."""
+        with self._lock:
+            if any(entry[0] is router and entry[1] == signature for entry in self._waiting) or router.failure:
+                return
+            copies = tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x, (args, kwargs))
+            self._waiting.append((router, signature, copies[0], copies[1], torch.is_inference_mode_enabled()))
+            if self._warming is None:
+                self._warming = threading.Thread(target=self._warm_loop, name="unet-compile", daemon=True)
+                self._warming.start()
+
+    def _warm_loop(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiting:
+                    self._warming = None
+                    return
+                router, signature, args, kwargs, inference = self._waiting[0]
+            if router.failure is not None:  # an earlier signature of this U-Net failed: it stays eager
+                with self._lock:
+                    self._waiting.pop(0)
+                continue
+            started = time.perf_counter()
+            try:
+                with torch.inference_mode(inference), torch.no_grad():
+                    router.compiled(*args, **kwargs)
+            except Exception as exc:  # anything torch.compile raises: stay eager
+                router.fail(exc)
+            else:
+                router.ready.add(signature)
+                log.info("U-Net compiled for %s in %.1f s", signature[1][:1], time.perf_counter() - started)
+            with self._lock:
+                if self._waiting and self._waiting[0][1] == signature:
+                    self._waiting.pop(0)
+
+    def wait_until_idle(self, timeout: float) -> bool:
+        """Block until no compile is queued or running (benchmarks, tests); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                thread = self._warming
+            if thread is None:
+                return True
+            thread.join(timeout=max(0.0, min(1.0, deadline - time.monotonic())))
+        return False
