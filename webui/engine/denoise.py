@@ -31,6 +31,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from .conditioning import Conditioning, ScheduledConditioning, stack_conditionings
 from .loader import LoadedModel
 from .rng import ImageRNG
+from .weight_packing import move_packed
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +304,7 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
         images = _decode(model, latents, tiled=True)
     if not torch.isfinite(images).all() and model.vae.dtype != torch.float32:
         log.warning("the %s VAE produced NaN/Inf; moving it to fp32 and decoding again", model.vae.dtype)
-        model.vae.to(torch.float32)
+        move_packed(model.vae, model.vae.device, torch.float32)  # one copy; the VAE stays packed
         images = _decode(model, latents, tiled=tiled)
     if not torch.isfinite(images).all():
         raise FloatingPointError(
