@@ -160,6 +160,7 @@ def reference_latents(pipe, pixels: torch.Tensor) -> torch.Tensor:
     diffusers' pipelines would *sample* the posterior with the seed generators (shifting the start noise too), so the
     tests hand them latents made by the reference pipeline's own VAE instead; the pipelines accept 4-channel latents.
     """
+    pixels = pixels.to(device=pipe.vae.device, dtype=pipe.vae.dtype)  # a no-op on the CPU in fp32
     return pipe.vae.encode(pixels).latent_dist.mode() * pipe.vae.config.scaling_factor
 
 
