@@ -74,6 +74,17 @@ def test_turning_the_setting_off_detaches_and_on_attaches_again(compiled_context
     assert compiled_context.compiler.router(model) is model.unet._compiled_call_impl is not None
 
 
+def test_an_unloaded_model_is_not_kept_alive_by_the_compiler(compiled_context) -> None:
+    import gc
+    import weakref
+
+    unet = weakref.ref(compiled_context.models.get().unet)
+    assert compiled_context.compiler.router(compiled_context.models.get()) is not None
+    assert compiled_context.models.unload(compiled_context.models.active_name)
+    gc.collect()
+    assert unet() is None
+
+
 def test_a_compiler_that_fails_leaves_the_unet_eager_and_says_why(tiny_sd1, tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     from webui.engine.loader import load_checkpoint

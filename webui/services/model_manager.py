@@ -305,8 +305,8 @@ class ModelManager:
             return self._active[0] if self._active else None
 
     def _load_fresh(self, info: CheckpointInfo) -> LoadedModel:
-        """Read and build a checkpoint, its tensors still views of the bytes read (the first placement packs and
-        converts them in one copy), with any VAE or text encoder that a loaded checkpoint already holds byte for
+        """Read and build a checkpoint, its tensors still views of the memory-mapped file (the first placement packs
+        and converts them in one copy), with any VAE or text encoder that a loaded checkpoint already holds byte for
         byte shared instead of kept twice."""
         try:
             raw = read_checkpoint(info.path)

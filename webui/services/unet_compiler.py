@@ -19,6 +19,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,8 @@ class UNetCompiler:
         self.backend = backend
         self.enabled = False
         self._lock = threading.Lock()
-        self._attached: dict[int, tuple[torch.nn.Module, CompiledUNet]] = {}
+        # Weak: an unloaded model's U-Net must not be kept alive here (its router lives in the U-Net's own slot).
+        self._attached: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._warming: threading.Thread | None = None
         self._waiting: list[tuple[CompiledUNet, tuple, tuple, dict, bool]] = []
         self.set_enabled(enabled)
@@ -116,24 +118,25 @@ class UNetCompiler:
             return
         unet = model.unet
         with self._lock:
-            if id(unet) in self._attached:
+            if isinstance(unet._compiled_call_impl, CompiledUNet):
                 return
-            router = CompiledUNet(unet, self)
-            self._attached[id(unet)] = (unet, router)
-        unet._compiled_call_impl = router
+            unet._compiled_call_impl = CompiledUNet(unet, self)
+            self._attached.add(unet)
 
     def detach_all(self) -> None:
         with self._lock:
-            attached, self._attached = list(self._attached.values()), {}
+            attached = list(self._attached)
+            self._attached.clear()
             self._waiting.clear()
-        for unet, router in attached:
-            if unet._compiled_call_impl is router:
+        for unet in attached:
+            if isinstance(unet._compiled_call_impl, CompiledUNet):
                 unet._compiled_call_impl = None
 
-    def router(self, model: LoadedModel) -> CompiledUNet | None:
-        with self._lock:
-            entry = self._attached.get(id(model.unet))
-        return entry[1] if entry else None
+    @staticmethod
+    def router(model: LoadedModel) -> CompiledUNet | None:
+        """The router in this model's U-Net slot, if attached."""
+        slot = model.unet._compiled_call_impl
+        return slot if isinstance(slot, CompiledUNet) else None
 
     def warm_in_background(self, router: CompiledUNet, signature: tuple, args: tuple, kwargs: dict) -> None:
         """Compile `signature` on copies of these inputs in a short-lived thread (one at a time; others wait their
