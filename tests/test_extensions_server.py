@@ -94,7 +94,7 @@ def test_models_tab_shows_the_loaded_checkpoint_and_unloads_it(server: AppServer
     client.predict(title, "a dot", "", "Euler", "Automatic", 2, 7, 64, 64, 4, 1, 1, api_name="/txt2img")
     rows = client.predict(api_name="/models_loaded")["data"]
     assert [row[:2] for row in rows] == [["tiny", "active, on the device"]] and rows[0][4] > 0
-    assert rows[0][5] == 0  # nothing shared with another loaded checkpoint
+    assert rows[0][5] == 0 and rows[0][6] == "not compiled"  # nothing shared; --compile is off
     assert httpx.get(server.url + "ext/models/loaded").json()[0]["name"] == "tiny"
     table, message = client.predict("tiny", api_name="/models_unload")
     assert table["data"] == [] and "tiny: unloaded" in message

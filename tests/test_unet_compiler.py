@@ -42,11 +42,14 @@ def test_the_first_images_run_eagerly_and_later_ones_compiled_within_the_parity_
     model = compiled_context.models.get()
     router = compiled_context.compiler.router(model)
     assert router is not None and model.unet._compiled_call_impl is router
+    assert compiled_context.compiler.describe(model) == "compiled when first used"
     eager = _latents(model)  # this signature is new: eager, and compiled in the background meanwhile
+    assert compiled_context.compiler.describe(model) in ("compiling in the background", "compiled for 1 input shape")
     calls = router.eager_calls
     assert router.compiled_calls == 0 and calls == 3  # 3 steps, cond and uncond in one batch
     assert compiled_context.compiler.wait_until_idle(COMPILE_TIMEOUT)
     assert router.failure is None and len(router.ready) == 1
+    assert compiled_context.compiler.describe(model) == "compiled for 1 input shape"
     cache = compiled_context.paths.data_dir / "torch-compile"
     assert cache.is_dir() and any(cache.iterdir())  # inductor's cache, kept across restarts
     compiled = _latents(model)
@@ -104,3 +107,4 @@ def test_a_compiler_that_fails_leaves_the_unet_eager_and_says_why(tiny_sd1, tmp_
     assert "runs eagerly (uncompiled) from now on" in caplog.text
     assert torch.equal(first, expected) and torch.equal(_latents(model), expected)
     assert router.compiled_calls == 0 and not router.ready
+    assert compiler.describe(model).startswith("not compiled: the compile failed (RuntimeError: no C++ compiler")

@@ -196,7 +196,7 @@ def build_context(
         APP_VERSION,
         models,
         services={"controlnet": controlnet, "lora": loras, "embeddings": embeddings, "lora_training": lora_training,
-                  "upscalers": upscalers, "extras": extras, "jobs": jobs, "queue": queue},
+                  "upscalers": upscalers, "extras": extras, "jobs": jobs, "queue": queue, "compiler": compiler},
     )
     if load_extensions:
         extensions.load_all()

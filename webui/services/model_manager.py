@@ -396,6 +396,11 @@ class ModelManager:
                 hook(model)
             return model
 
+    def loaded(self, name: str) -> LoadedModel | None:
+        """The loaded checkpoint of that (resolved) name, on the device or in RAM; None when not loaded."""
+        with self._lock:
+            return self._on_device.get(name) or self._ram_cache.get(name)
+
     def loaded_models(self) -> list[LoadedModel]:
         """Every loaded checkpoint, on the device or in RAM."""
         with self._lock:

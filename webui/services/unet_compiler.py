@@ -132,6 +132,20 @@ class UNetCompiler:
             if isinstance(unet._compiled_call_impl, CompiledUNet):
                 unet._compiled_call_impl = None
 
+    def describe(self, model: LoadedModel) -> str:
+        """What the Models tab says about this model's U-Net."""
+        router = self.router(model)
+        if router is None:
+            return "not compiled"
+        if router.failure is not None:
+            return f"not compiled: the compile failed ({router.failure})"
+        with self._lock:
+            warming = any(entry[0] is router for entry in self._waiting)
+        sizes = len(router.ready)
+        ready = f"compiled for {sizes} input shape{'s' if sizes != 1 else ''}" if sizes else ""
+        return ", ".join(part for part in (ready, "compiling in the background" if warming else "") if part) or (
+            "compiled when first used")
+
     @staticmethod
     def router(model: LoadedModel) -> CompiledUNet | None:
         """The router in this model's U-Net slot, if attached."""
@@ -166,14 +180,17 @@ class UNetCompiler:
             try:
                 with torch.inference_mode(inference), torch.no_grad():
                     router.compiled(*args, **kwargs)
+                compiled = True
             except Exception as exc:  # anything torch.compile raises: stay eager
                 router.fail(exc)
-            else:
-                router.ready.add(signature)
-                log.info("U-Net compiled for %s in %.1f s", signature[1][:1], time.perf_counter() - started)
-            with self._lock:
+                compiled = False
+            with self._lock:  # ready and no longer waiting in one step, as `describe` sees it
+                if compiled:
+                    router.ready.add(signature)
                 if self._waiting and self._waiting[0][1] == signature:
                     self._waiting.pop(0)
+            if compiled:
+                log.info("U-Net compiled for %s in %.1f s", signature[1][:1], time.perf_counter() - started)
 
     def wait_until_idle(self, timeout: float) -> bool:
         """Block until no compile is queued or running (benchmarks, tests); False on timeout."""

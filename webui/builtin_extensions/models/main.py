@@ -9,7 +9,7 @@ from webui.services.extensions import ExtensionAPI
 from webui.services.model_manager import ModelError, ModelManager
 
 PREDICTIONS = ["auto", "epsilon", "v_prediction"]
-LOADED_HEADERS = ("checkpoint", "where", "device", "dtype", "MB", "of which shared MB")
+LOADED_HEADERS = ("checkpoint", "where", "device", "dtype", "MB", "of which shared MB", "U-Net")
 WORKER_HEADERS = ("worker", "state", "host", "device", "job", "jobs done", "failures", "holds", "last error")
 
 
@@ -48,6 +48,11 @@ def register(api: ExtensionAPI) -> None:
 
     jobs = api.services["jobs"]
     queue = api.services.get("queue")
+    compiler = api.services.get("compiler")
+
+    def unet_state(name: str) -> str:
+        model = models.loaded(name)
+        return compiler.describe(model) if compiler is not None and model is not None else "not compiled"
 
     def table() -> list[list[Any]]:
         return [list(row.values()) for row in describe(models)]
@@ -55,7 +60,7 @@ def register(api: ExtensionAPI) -> None:
     def loaded_rows() -> list[list[Any]]:
         where = {"device": "active, on the device", "ram": "cached in RAM"}
         return [[entry.name, where[entry.where], entry.device, entry.dtype, round(entry.bytes / 2**20, 1),
-                 round(entry.shared_bytes / 2**20, 1)] for entry in models.residency()]
+                 round(entry.shared_bytes / 2**20, 1), unet_state(entry.name)] for entry in models.residency()]
 
     def build(ui) -> None:
         import gradio as gr  # loaded only when the app builds its UI; the CLI never does
