@@ -39,7 +39,7 @@ from .common import (
     JsonLog, TimeBudget, load_training_state, lr_at, make_accelerator, save_grid, save_training_state, setup_torch,
     to_tensor, to_uint8,
 )
-from webui.shapes import EVAL_SEED, TRAIN_SEED, Scene, make_arrays_parallel, render, scene_at, short_caption
+from webui.shapes import EVAL_SEED, TRAIN_SEED, make_arrays_parallel, render, scene_at, short_caption
 from .models import SD_TRAIN_TIMESTEPS, count_parameters, sd_noise_scheduler, token_ids
 from .diffusion_loss import epsilon_loss_weights, training_noise
 from .train_ldm import _ema_update, signal_free_top
