@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,7 @@ class UNetCompiler:
         self._waiting: list[tuple[CompiledUNet, tuple, tuple, dict, bool]] = []
         self.set_enabled(enabled)
 
-    def set_enabled(self, enabled: bool, models: list[LoadedModel] = ()) -> None:
+    def set_enabled(self, enabled: bool, models: Sequence[LoadedModel] = ()) -> None:
         """Turn compiling on or off, live; `models` (those loaded now) are attached or detached at once."""
         self.enabled = bool(enabled)
         if self.enabled:
