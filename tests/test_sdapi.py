@@ -290,6 +290,7 @@ def test_memory_lists_the_loaded_checkpoints_and_an_admin_unloads_them(server) -
     assert {"ram", "cuda", "models"} <= set(memory)
     loaded = {entry["name"]: entry for entry in memory["models"]}
     assert "tiny" in loaded and loaded["tiny"]["bytes"] > 1000 and loaded["tiny"]["where"] in ("device", "ram")
+    assert loaded["tiny"]["shared_bytes"] == 0  # one checkpoint loaded: nothing to share
     assert refused.status_code == 403
     with _http(server, "alice") as http:
         unloaded = http.post("unload-checkpoint").json()["unloaded"]
