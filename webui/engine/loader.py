@@ -262,8 +262,9 @@ def load_checkpoint(
     path: Path, dtype: torch.dtype = torch.float32, prediction_override: PredictionType | None = None
 ) -> LoadedModel:
     """Read and build in one call (CLI, tests, benchmarks). Each module's weights are packed into one buffer of their
-    own, as the model manager does, so the model holds its weights and not a map of the whole file."""
-    model = build_model(read_checkpoint(Path(path)), dtype=dtype, prediction_override=prediction_override)
+    own, as the model manager does, so the model holds its weights and not a map of the whole file; packing converts
+    the dtype in the same copy."""
+    model = build_model(read_checkpoint(Path(path)), dtype=None, prediction_override=prediction_override)
     for module in model.modules():
         move_packed(module, "cpu", dtype)
     return model

@@ -348,10 +348,14 @@ class ModelManager:
             move_packed(module, self.device, self._dtype_for(model, module, on_device=True))
         return model
 
+    def _ids_on_device(self, besides: LoadedModel | None = None) -> set[int]:
+        """The modules (by id) of the models on the device, other than `besides`: what must stay there."""
+        return {id(module) for other in self._on_device.values() if other is not besides for module in other.modules()}
+
     def _park(self, model: LoadedModel) -> None:
         """Into RAM (pinned when a GPU will take the weights back), except the modules that a model still on the
         device shares with it."""
-        in_use = {id(module) for other in self._on_device.values() if other is not model for module in other.modules()}
+        in_use = self._ids_on_device(besides=model)
         for module in model.modules():
             if id(module) not in in_use:
                 move_packed(module, "cpu", self._dtype_for(model, module, on_device=False),
@@ -384,7 +388,7 @@ class ModelManager:
             if model is None:
                 model = self._load_fresh(info)
             if self.vram_budget is not None:  # a hard cap: make room before the move
-                on_device = {id(module) for other in self._on_device.values() for module in other.modules()}
+                on_device = self._ids_on_device()
                 self._make_room_on_device(module_bytes(m for m in model.modules() if id(m) not in on_device))
             try:
                 self._place(model)
@@ -419,7 +423,7 @@ class ModelManager:
 
     def _ram_bytes(self) -> int:
         """What the RAM cache holds, less the modules it shares with models on the device (those are there)."""
-        on_device = {id(module) for model in self._on_device.values() for module in model.modules()}
+        on_device = self._ids_on_device()
         return module_bytes(module for model in self._ram_cache.values() for module in model.modules()
                             if id(module) not in on_device)
 
