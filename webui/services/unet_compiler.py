@@ -21,6 +21,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,17 @@ class CompiledUNet:
         log.warning("torch.compile of the U-Net failed (%s); it runs eagerly (uncompiled) from now on", self.failure)
 
 
+@dataclass(eq=False)
+class _WarmRequest:
+    """One signature to compile, on copies of the inputs that first asked for it, in their grad mode."""
+
+    router: CompiledUNet
+    signature: tuple
+    args: tuple
+    kwargs: dict
+    inference: bool
+
+
 class UNetCompiler:
     """Attaches a `CompiledUNet` router to each U-Net the model manager places, while enabled."""
 
@@ -90,7 +102,7 @@ class UNetCompiler:
         # Weak: an unloaded model's U-Net must not be kept alive here (its router lives in the U-Net's own slot).
         self._attached: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
         self._warming: threading.Thread | None = None
-        self._waiting: list[tuple[CompiledUNet, tuple, tuple, dict, bool]] = []
+        self._waiting: list[_WarmRequest] = []  # the first is the one compiling
         self.set_enabled(enabled)
 
     def set_enabled(self, enabled: bool, models: Sequence[LoadedModel] = ()) -> None:
@@ -140,7 +152,7 @@ class UNetCompiler:
         if router.failure is not None:
             return f"not compiled: the compile failed ({router.failure})"
         with self._lock:
-            warming = any(entry[0] is router for entry in self._waiting)
+            warming = any(request.router is router for request in self._waiting)
         sizes = len(router.ready)
         ready = f"compiled for {sizes} input shape{'s' if sizes != 1 else ''}" if sizes else ""
         return ", ".join(part for part in (ready, "compiling in the background" if warming else "") if part) or (
@@ -157,10 +169,10 @@ class UNetCompiler:
         turn). The thread ends when nothing is left to compile, so no idle thread keeps an OpenMP team alive
         (docs/performance.md, "Threads")."""
         with self._lock:
-            if any(entry[0] is router and entry[1] == signature for entry in self._waiting) or router.failure:
+            if router.failure or any(r.router is router and r.signature == signature for r in self._waiting):
                 return
             copies = tree_map(lambda x: x.detach().clone() if isinstance(x, torch.Tensor) else x, (args, kwargs))
-            self._waiting.append((router, signature, copies[0], copies[1], torch.is_inference_mode_enabled()))
+            self._waiting.append(_WarmRequest(router, signature, *copies, torch.is_inference_mode_enabled()))
             if self._warming is None:
                 self._warming = threading.Thread(target=self._warm_loop, name="unet-compile", daemon=True)
                 self._warming.start()
@@ -171,26 +183,26 @@ class UNetCompiler:
                 if not self._waiting:
                     self._warming = None
                     return
-                router, signature, args, kwargs, inference = self._waiting[0]
-            if router.failure is not None:  # an earlier signature of this U-Net failed: it stays eager
-                with self._lock:
-                    self._waiting.pop(0)
-                continue
+                request = self._waiting[0]
             started = time.perf_counter()
-            try:
-                with torch.inference_mode(inference), torch.no_grad():
-                    router.compiled(*args, **kwargs)
-                compiled = True
-            except Exception as exc:  # anything torch.compile raises: stay eager
-                router.fail(exc)
-                compiled = False
+            compiled = request.router.failure is None and self._compile(request)  # after a failure it stays eager
             with self._lock:  # ready and no longer waiting in one step, as `describe` sees it
                 if compiled:
-                    router.ready.add(signature)
-                if self._waiting and self._waiting[0][1] == signature:
-                    self._waiting.pop(0)
+                    request.router.ready.add(request.signature)
+                if request in self._waiting:  # `detach_all` may have emptied the queue meanwhile
+                    self._waiting.remove(request)
             if compiled:
-                log.info("U-Net compiled for %s in %.1f s", signature[1][:1], time.perf_counter() - started)
+                log.info("U-Net compiled for %s in %.1f s", request.signature[1][:1], time.perf_counter() - started)
+
+    @staticmethod
+    def _compile(request: _WarmRequest) -> bool:
+        try:
+            with torch.inference_mode(request.inference), torch.no_grad():
+                request.router.compiled(*request.args, **request.kwargs)
+        except Exception as exc:  # anything torch.compile raises: stay eager
+            request.router.fail(exc)
+            return False
+        return True
 
     def wait_until_idle(self, timeout: float) -> bool:
         """Block until no compile is queued or running (benchmarks, tests); False on timeout."""
