@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
+from bench.timing import sync_device  # noqa: E402
 from webui.engine.checkpoint_io import RawCheckpoint, read_checkpoint, read_safetensors_header  # noqa: E402
 from webui.engine.export import save_checkpoint  # noqa: E402
 from webui.engine.loader import LoadedModel, build_model  # noqa: E402
@@ -102,16 +103,11 @@ def trial(variant: str, path: Path, device: torch.device, dtype: torch.dtype, co
     """In this (fresh) process, after its imports: drop the page cache if `cold`, then time one load."""
     if cold and not drop_page_cache():
         raise SystemExit("cannot drop the page cache (run as root)")
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     load(variant, path, device, dtype)
-    _sync(device)
+    sync_device(device)
     return time.perf_counter() - start
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _fingerprint(model: LoadedModel) -> list[torch.Tensor]:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.cold_load import drop_page_cache  # noqa: E402
-from bench.timing import device_label  # noqa: E402
+from bench.timing import device_label, sync_device  # noqa: E402
 
 STARTED = time.time()
 
@@ -43,19 +43,14 @@ def say(*parts: object) -> None:
     print(f"[{time.time() - STARTED:6.1f}s]", *parts, flush=True)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def timed(fn, device: torch.device) -> tuple[float, float]:
     """(seconds, peak device GiB) of one call."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    _sync(device)
+    sync_device(device)
     start = time.perf_counter()
     fn()
-    _sync(device)
+    sync_device(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
     return seconds, peak
@@ -74,54 +69,24 @@ def interleaved(runs: dict, rounds: int, device: torch.device) -> dict[str, dict
                    "peak_gib": round(max(p for _, p in values), 2)} for name, values in seen.items()}
 
 
-def diffusers_pipeline(model, scheduler, work: Path):
-    """diffusers' own pipeline around the project's loaded modules: the same weights, device and dtype."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-    from transformers import CLIPTokenizer
-
-    from tests.reference import write_clip_tokenizer
-
-    write_clip_tokenizer(work / "tokenizer", "<|endoftext|>")
-    tokenizer = CLIPTokenizer.from_pretrained(str(work / "tokenizer"))
-    if model.family.is_sdxl:
-        write_clip_tokenizer(work / "tokenizer_2", "!")
-        pipe = StableDiffusionXLPipeline(
-            vae=model.vae, text_encoder=model.text_encoders[0].model, text_encoder_2=model.text_encoders[1].model,
-            tokenizer=tokenizer, tokenizer_2=CLIPTokenizer.from_pretrained(str(work / "tokenizer_2")),
-            unet=model.unet, scheduler=scheduler)
-    else:
-        pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoders[0].model, tokenizer=tokenizer,
-                                       unet=model.unet, scheduler=scheduler, safety_checker=None,
-                                       feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 def bench_family(context, path: Path, side: int, steps: int, rounds: int, compile_too: bool, work: Path,
                  deadline: float) -> dict:
-    from webui.engine.generation import SamplingParams, initial_noise, step_generators, txt2img
+    from bench.txt2img_vs_diffusers import diffusers_image, diffusers_twin
+    from webui.engine.generation import SamplingParams, txt2img
     from webui.services.requests import GenerationRequest
 
     model = context.models.get(path.stem)
     device = model.device
     sampler, prompt, negative, seeds = "DPM++ 2M", "a red circle on a blue background", "blurry", [1]
     spec, schedule = context.samplers.resolve(f"{sampler} (diffusers)")
-    pipe = diffusers_pipeline(model, spec.build(schedule, model.prediction_type), work / path.stem)
-    factor = model.vae_downscale
+    pipe = diffusers_twin(model, spec.build(schedule, model.prediction_type), work / path.stem)
     params = SamplingParams(prompt=prompt, negative_prompt=negative, sampler=sampler, steps=steps, cfg_scale=7.0,
                             width=side, height=side, seeds=seeds)
     request = GenerationRequest(prompt=prompt, negative_prompt=negative, sampler_name=sampler, steps=steps,
                                 cfg_scale=7.0, width=side, height=side, seed=seeds[0], model=path.stem)
 
     def run_diffusers() -> None:
-        noise = initial_noise(seeds, model.latent_channels, side // factor, side // factor).to(device, model.dtype)
-        with torch.inference_mode():
-            latents = pipe(prompt=prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=7.0,
-                           width=side, height=side, latents=noise, generator=step_generators(seeds),
-                           output_type="latent").images
-            # the model manager keeps the VAE in fp32 under fp16; decode the way the engine does
-            image = model.vae.decode(latents.to(model.vae.dtype) / model.vae_scale).sample
-            pipe.image_processor.postprocess(image, output_type="pil")
+        diffusers_image(pipe, model, prompt, negative, steps, side, seeds)
 
     runs = {"diffusers eager": run_diffusers,
             "project engine": lambda: txt2img(model, params, context.samplers),
@@ -162,7 +127,7 @@ def bench_manager(context, paths: list[Path], rounds: int) -> dict:
     models = context.models
     device = models.device
     for path in paths:
-        models.unload(path.stem) if path.stem in [e.name for e in models.residency()] else None
+        models.unload(path.stem)  # so that the first load below is cold
     models.set_ram_cache_size(len(paths))
     cold = {}
     for path in paths:

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 
 
-def _sync(device: torch.device) -> None:
+def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -26,10 +26,10 @@ def interleaved_medians(runs: dict[str, Callable[[], None]], rounds: int, device
         order = list(runs.items())
         order_rng.shuffle(order)  # no run always follows the same one
         for name, fn in order:
-            _sync(device)
+            sync_device(device)
             start = time.perf_counter()
             fn()
-            _sync(device)
+            sync_device(device)
             times[name].append(time.perf_counter() - start)
     for name, values in times.items():
         print(f"  {name:9s} rounds: " + " ".join(f"{v * 1000:.0f}" for v in values))

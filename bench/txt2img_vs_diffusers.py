@@ -25,15 +25,50 @@ from webui import offline  # noqa: E402
 
 offline.enforce()
 
-from diffusers import StableDiffusionPipeline  # noqa: E402
+from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: E402
 from transformers import CLIPTokenizer  # noqa: E402
 
 from bench.timing import device_label, interleaved_medians, report  # noqa: E402
 from tests.reference import write_clip_tokenizer  # noqa: E402
 from webui.context import AppPaths, build_context  # noqa: E402
 from webui.engine.generation import SamplingParams, initial_noise, step_generators, txt2img  # noqa: E402
+from webui.engine.loader import LoadedModel  # noqa: E402
 from webui.engine.synthetic import write_synthetic_checkpoint  # noqa: E402
 from webui.services.requests import GenerationRequest  # noqa: E402
+
+
+def diffusers_twin(model: LoadedModel, scheduler, work: Path):
+    """diffusers' own pipeline around the project's loaded modules: the same weights, device and dtype (SD or SDXL),
+    with HF tokenizers of the same vocabulary written into `work`."""
+    write_clip_tokenizer(work / "tokenizer", "<|endoftext|>")
+    tokenizer = CLIPTokenizer.from_pretrained(str(work / "tokenizer"))
+    if model.family.is_sdxl:
+        write_clip_tokenizer(work / "tokenizer_2", "!")
+        pipe = StableDiffusionXLPipeline(
+            vae=model.vae, text_encoder=model.text_encoders[0].model, text_encoder_2=model.text_encoders[1].model,
+            tokenizer=tokenizer, tokenizer_2=CLIPTokenizer.from_pretrained(str(work / "tokenizer_2")),
+            unet=model.unet, scheduler=scheduler)
+    else:
+        pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoders[0].model, tokenizer=tokenizer,
+                                       unet=model.unet, scheduler=scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def diffusers_image(pipe, model: LoadedModel, prompt: str, negative: str, steps: int, side: int,
+                    seeds: list[int]) -> None:
+    """One txt2img through `pipe` from the engine's start noise, decoded the way the engine decodes."""
+    factor = model.vae_downscale
+    noise = initial_noise(seeds, model.latent_channels, side // factor, side // factor).to(model.device, model.dtype)
+    with torch.inference_mode():
+        # The model manager keeps the VAE in fp32 under fp16 (fp16 VAEs overflow); diffusers' pipeline would feed
+        # it fp16 latents, so its latents are decoded here the way the engine decodes them.
+        latents = pipe(prompt=prompt, negative_prompt=negative, num_inference_steps=steps, guidance_scale=7.0,
+                       width=side, height=side, latents=noise, generator=step_generators(seeds),
+                       output_type="latent").images
+        image = model.vae.decode(latents.to(model.vae.dtype) / model.vae_scale).sample
+        pipe.image_processor.postprocess(image, output_type="pil")
 
 
 def main() -> None:
@@ -61,35 +96,19 @@ def main() -> None:
     model = context.models.get(str(model_path))
     device = model.device
 
-    write_clip_tokenizer(work / "tokenizer", "<|endoftext|>")
     spec, schedule = context.samplers.resolve(args.sampler)
     if spec.function is not None:  # an A1111 (k-diffusion) name: diffusers' pipeline runs its diffusers twin
         spec, schedule = context.samplers.resolve(f"{spec.name} (diffusers)", schedule)
-    pipe = StableDiffusionPipeline(
-        vae=model.vae, text_encoder=model.text_encoders[0].model,
-        tokenizer=CLIPTokenizer.from_pretrained(str(work / "tokenizer")), unet=model.unet,
-        scheduler=spec.build(schedule, model.prediction_type), safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
+    pipe = diffusers_twin(model, spec.build(schedule, model.prediction_type), work)
 
     prompt, negative, seeds = "a red circle on a blue background", "blurry", [1]
-    factor = model.vae_downscale
     params = SamplingParams(prompt=prompt, negative_prompt=negative, sampler=args.sampler, steps=args.steps,
                             cfg_scale=7.0, width=size, height=size, seeds=seeds)
     request = GenerationRequest(prompt=prompt, negative_prompt=negative, sampler_name=args.sampler, steps=args.steps,
                                 cfg_scale=7.0, width=size, height=size, seed=seeds[0], model=str(model_path))
 
     def run_diffusers() -> None:
-        noise = initial_noise(seeds, model.latent_channels, size // factor, size // factor).to(device, model.dtype)
-        with torch.inference_mode():
-            # The model manager keeps the VAE in fp32 under fp16 (fp16 VAEs overflow); diffusers' pipeline would feed
-            # it fp16 latents, so its latents are decoded here the way the engine decodes them.
-            latents = pipe(prompt=prompt, negative_prompt=negative, num_inference_steps=args.steps, guidance_scale=7.0,
-                           width=size, height=size, latents=noise, generator=step_generators(seeds),
-                           output_type="latent").images
-            image = model.vae.decode(latents.to(model.vae.dtype) / model.vae_scale).sample
-            pipe.image_processor.postprocess(image, output_type="pil")
+        diffusers_image(pipe, model, prompt, negative, args.steps, size, seeds)
 
     def run_engine() -> None:
         txt2img(model, params, context.samplers)
