@@ -29,8 +29,17 @@ import torch
 from PIL import Image
 
 from tests.reference import batch_seeds, load_reference_pipeline, reference_noise, reference_scheduler
-from tests.test_parity_img2img import CFG, NEGATIVE, PROMPT, Pair, _params, _reference, diffusers_strength, picture
-from tests.test_parity_img2img import grid_box_mask
+from tests.test_parity_img2img import (
+    CFG,
+    NEGATIVE,
+    PROMPT,
+    Pair,
+    _params,
+    _reference,
+    diffusers_strength,
+    grid_box_mask,
+    picture,
+)
 from webui.engine.generation import txt2img
 from webui.engine.img2img import ORIGINAL, Img2ImgOptions, img2img
 from webui.engine.samplers import SamplerRegistry

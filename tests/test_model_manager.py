@@ -439,6 +439,5 @@ def test_a_shared_component_stays_on_the_device_while_a_model_there_uses_it(sibl
     assert merge.vae is base.vae and base.vae.dtype == torch.bfloat16
     assert manager.get("base") is base and base.unet.dtype == torch.bfloat16 and base.vae.dtype == torch.bfloat16
     for name in ("base", "merge", "base"):
-        single = _manager(siblings, tmp_path / name)
-        single.dtype = torch.bfloat16
+        single = _manager(siblings, tmp_path / name, torch.bfloat16)
         assert torch.equal(_image(manager.get(name)), _image(single.get(name))), name
