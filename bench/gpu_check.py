@@ -5,13 +5,15 @@
 
 1. Writes random-weight SD 1.5 and SDXL checkpoints in the real single-file layout (fp16 on disk).
 2. Runs `pytest -m gpu tests/test_gpu.py` on them (txt2img, img2img, inpaint against diffusers in fp32, fp16 and bf16;
-   a swap under a small VRAM budget); its log goes to $OUT/gpu_tests.log.
+   a swap under a small VRAM budget; SDXL under --medvram and --lowvram against the whole model); its log goes to
+   $OUT/gpu_tests.log.
 3. Per family, SD 1.5 at 512² and SDXL at 1024², 20 steps DPM++ 2M, CFG 7, batch 1, medians of interleaved rounds
    on the same weights: diffusers' pipeline built from the project's own modules (eager, then its U-Net compiled);
    the project's engine loop; the project end to end (prompt -> PNG on disk through the generation service); and
    both again with the project's `--compile` router once warmed. Peak VRAM of each.
 4. Model manager: cold loads (the page cache dropped first when permitted) and swaps between the two cached
    checkpoints (RAM -> device), medians.
+5. SDXL placed whole, with --medvram and with --lowvram: one image each, seconds and peak VRAM.
 Writes $OUT/gpu_check.json and bench/results/gpu_check.json. Every stage is planned against the session's clock
 (`--budget`, seconds) and skipped, saying so, when it would not fit. Nothing is asserted.
 """
@@ -142,6 +144,23 @@ def bench_manager(context, paths: list[Path], rounds: int) -> dict:
             "residency": [entry.__dict__ for entry in models.residency()]}
 
 
+def bench_offload(context, path: Path, side: int, steps: int) -> dict:
+    """One image with the model placed whole, with --medvram and with --lowvram: seconds and peak device memory."""
+    from webui.engine.generation import SamplingParams, txt2img
+
+    params = SamplingParams(prompt="a red circle on a blue background", negative_prompt="blurry",
+                            sampler="DPM++ 2M", steps=steps, cfg_scale=7.0, width=side, height=side, seeds=[1])
+    result = {}
+    for mode in ("auto", "medvram", "lowvram"):
+        context.models.set_offload_mode(mode)
+        model = context.models.get(path.stem)
+        txt2img(model, params, context.samplers)  # warm-up (the first moves, allocator growth)
+        seconds, peak = timed(lambda: txt2img(model, params, context.samplers), context.models.device)
+        result["whole" if mode == "auto" else mode] = {"s": round(seconds, 3), "peak_gib": round(peak, 2)}
+    context.models.set_offload_mode("auto")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rehearse", action="store_true", help="on a CPU: tiny files, fp32, 64x64, 4 steps")
@@ -194,6 +213,11 @@ def main() -> None:
     for path, family in zip(paths, ("sd1", "sdxl")):
         report[family] = bench_family(context, path, sides[family], steps, args.rounds, compile_too, work,
                                       deadline=args.budget * 0.85)
+    if time.time() - STARTED < args.budget * 0.9:
+        report["offload_sdxl"] = bench_offload(context, paths[1], sides["sdxl"], steps)
+        say("offload:", report["offload_sdxl"])
+    else:
+        report["offload_sdxl"] = "skipped (no time left)"
     context.shutdown()
     text = json.dumps(report, indent=1, default=str)
     (out / "gpu_check.json").write_text(text + "\n")

@@ -40,6 +40,7 @@ from tests.test_parity_img2img import (
     grid_box_mask,
     picture,
 )
+from webui.engine.checkpoint_io import read_key_shapes
 from webui.engine.generation import txt2img
 from webui.engine.img2img import ORIGINAL, Img2ImgOptions, img2img
 from webui.engine.samplers import SamplerRegistry
@@ -155,18 +156,48 @@ def test_img2img_and_inpaint_on_the_device_match_diffusers(pairs: Pairs, family:
            reference)
 
 
+def _weights_bytes(path: Path, dtype: torch.dtype) -> int:
+    """What a checkpoint's tensors take in `dtype` (from the file's header)."""
+    return sum(int(np.prod(shape)) for shape in read_key_shapes(path).values()) * torch.empty((), dtype=dtype).element_size()
+
+
 def test_a_checkpoint_swap_under_a_small_vram_budget_brings_back_the_same_model(files, tmp_path: Path) -> None:
-    """A budget too small for two models: switching to SDXL parks SD 1.5 in RAM, and switching back draws the same
-    image bit for bit; the device holds one model's weights at a time."""
+    """A budget with room for SDXL but not for SDXL and SD 1.5 together: switching to SDXL parks SD 1.5 in RAM, and
+    switching back draws the same image bit for bit; the device holds one model's weights at a time."""
     sd1, sdxl = files["sd1"][0], files["sdxl"][0]
     dtype = next(iter(DTYPES.values()))
+    budget = int(_weights_bytes(sdxl, torch.float32 if dtype == torch.float16 else dtype) * 1.05)  # fp16: VAE fp32
     manager = ModelManager(sd1.parent, tmp_path / "VAE", HashCache(tmp_path / "hashes.json"), DEVICE, dtype,
-                           ram_cache_size=2, vram_budget=1)
+                           ram_cache_size=2, vram_budget=budget)
     params = _params("DDIM", "Automatic", batch_seeds(5, 1), SIDE["sd1"], SIDE["sd1"])
     first = np.asarray(txt2img(manager.get(sd1.stem), params, REGISTRY)[0])
     manager.get(sdxl.stem)
     assert [(entry.name, entry.where) for entry in manager.residency()] == [(sdxl.stem, "device"), (sd1.stem, "ram")]
-    assert manager.residency()[1].device == "cpu"
+    assert manager.residency()[1].device == "cpu" and not any(entry.offload for entry in manager.residency())
     again = manager.get(sd1.stem)
     assert [(entry.name, entry.where) for entry in manager.residency()] == [(sd1.stem, "device"), (sdxl.stem, "ram")]
     assert np.array_equal(np.asarray(txt2img(again, params, REGISTRY)[0]), first)
+
+
+@pytest.mark.parametrize("offload", ["medvram", "lowvram"])
+def test_offloaded_sdxl_draws_what_it_draws_placed_whole(files, tmp_path: Path, offload: str) -> None:
+    """--medvram and --lowvram on the real device: RAM holds the weights in the device dtype, so every image equals
+    the whole model's bit for bit; a budget below the model's size chooses the mode by itself."""
+    sdxl = files["sdxl"][0]
+    dtype = next(iter(DTYPES.values()))
+    params = _params("DDIM", "Automatic", batch_seeds(5, 1), SIDE["sdxl"], SIDE["sdxl"])
+    whole = ModelManager(sdxl.parent, tmp_path / "VAE", HashCache(tmp_path / "h1.json"), DEVICE, dtype)
+    expected = np.asarray(txt2img(whole.get(sdxl.stem), params, REGISTRY)[0])
+    whole.unload(sdxl.stem)
+    forced = ModelManager(sdxl.parent, tmp_path / "VAE", HashCache(tmp_path / "h2.json"), DEVICE, dtype,
+                          offload_mode=offload)
+    model = forced.get(sdxl.stem)
+    assert model.offload.mode == offload
+    assert np.array_equal(np.asarray(txt2img(model, params, REGISTRY)[0]), expected)
+    if DEVICE.type == "cuda":
+        assert torch.cuda.memory_allocated(DEVICE) < _weights_bytes(sdxl, dtype) * 0.8
+    forced.unload(sdxl.stem)
+    budget = int(_weights_bytes(sdxl, dtype) * (0.9 if offload == "medvram" else 0.01))  # U-Net: ~75%
+    auto = ModelManager(sdxl.parent, tmp_path / "VAE", HashCache(tmp_path / "h3.json"), DEVICE, dtype,
+                        vram_budget=budget)
+    assert auto.get(sdxl.stem).offload.mode == offload and auto.residency()[0].offload.startswith(f"{offload} (auto")

@@ -282,6 +282,27 @@ def _pixels(data: str) -> bytes:
     return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB").tobytes()
 
 
+def test_offload_setting_runs_the_model_offloaded_with_the_same_image(server) -> None:
+    """`core.offload` set through the options endpoint: the next job runs the model with --medvram's hooks, says so
+    in `memory`, and draws the same pixels (fp32 on the CPU: the moves change nothing numerically)."""
+    body = {**SMALL, "prompt": "a red dot", "seed": 5}
+    with _http(server, "alice") as http:
+        whole = http.post("txt2img", json=body).json()["images"][0]
+        try:
+            assert http.post("options", json={"core.offload": "medvram"}).status_code == 200
+            offloaded = http.post("txt2img", json=body).json()["images"][0]
+            models = {entry["name"]: entry for entry in http.get("memory").json()["models"]}
+            assert http.post("options", json={"core.offload": "sometimes"}).status_code == 422
+        finally:
+            http.post("options", json={"core.offload": "auto"}).raise_for_status()
+        after = http.post("txt2img", json=body).json()["images"][0]
+        placed = {entry["name"]: entry for entry in http.get("memory").json()["models"]}
+        flags = http.get("cmd-flags").json()
+    assert models["tiny"]["offload"].startswith("medvram") and placed["tiny"]["offload"] == ""
+    assert _pixels(offloaded) == _pixels(whole) == _pixels(after)
+    assert flags["medvram"] is False and flags["lowvram"] is False and flags["offload"] == "auto"
+
+
 def test_memory_lists_the_loaded_checkpoints_and_an_admin_unloads_them(server) -> None:
     with _http(server, "bob") as http:
         http.post("txt2img", json={**SMALL, "prompt": "a dot", "seed": 3}).raise_for_status()

@@ -18,7 +18,7 @@ from webui.services.embeddings import EmbeddingLibrary
 from webui.services.lora import LoraLibrary
 from webui.services.latent_upscalers import register_latent_upscalers
 from webui.services.lora_training import LoraTrainingService
-from webui.services.model_manager import ModelManager, choose_device, choose_dtype
+from webui.services.model_manager import AUTO_OFFLOAD, ModelManager, choose_device, choose_dtype
 from webui.services.outputs import OutputStore
 from webui.services.settings import SettingsStore
 from webui.services.styles import StyleStore
@@ -147,6 +147,7 @@ def build_context(
     queue_size: int = DEFAULT_QUEUE_SIZE,
     users: UserStore | None = None,
     compile_unet: bool = False,
+    offload: str = AUTO_OFFLOAD,
 ) -> AppContext:
     torch_device = choose_device(device)
     dtype = choose_dtype(torch_device, precision)
@@ -174,7 +175,8 @@ def build_context(
     settings = SettingsStore(paths.data_dir / "config.json")
     # Core options first (an extension cannot take a `core.` key); each is read where it acts (docs/settings.md).
     core_settings.register_core_settings(settings, samplers.names(), ram_cache_size, controlnet.cache_size,
-                                         vram_budget_gb, ram_budget_gb, compile_unet)
+                                         vram_budget_gb, ram_budget_gb, compile_unet, offload)
+    settings.watch(core_settings.OFFLOAD, models.set_offload_mode)
     compiler = UNetCompiler(paths.data_dir / "torch-compile", enabled=bool(settings.get(core_settings.COMPILE_UNET)))
     models.on_placed.append(compiler.attach)
     settings.watch(core_settings.COMPILE_UNET, lambda on: compiler.set_enabled(on, models.loaded_models()))

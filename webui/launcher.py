@@ -53,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="join a running Ray cluster (e.g. 10.0.0.5:6379) and start one worker per GPU in it; "
                              "nodes that join later get workers too (docs/scaling.md)")
     parser.add_argument("--no-preload", action="store_true", help="do not load the default model at start-up")
+    offload = parser.add_mutually_exclusive_group()
+    offload.add_argument("--medvram", action="store_const", const="medvram", dest="offload", default="auto",
+                         help="keep models in RAM and move the text encoders, U-Net and VAE to the GPU one at a time "
+                              "(less VRAM, a little slower; setting: core.offload)")
+    offload.add_argument("--lowvram", action="store_const", const="lowvram", dest="offload",
+                         help="move one layer at a time to the GPU (least VRAM, much slower). Without either flag a "
+                              "model that does not fit the GPU or --vram-budget is offloaded automatically")
     parser.add_argument("--compile", action="store_true",
                         help="compile the U-Net with torch.compile, in the background (setting: core.compile_unet)")
     parser.add_argument("--extensions-dir", type=Path, action="append", default=[],
@@ -182,7 +189,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         context = build_context(paths, device=args.device, precision=args.precision, ram_cache_size=args.ram_cache,
                                 users=users, queue_size=args.queue_size, vram_budget_gb=args.vram_budget,
-                                ram_budget_gb=args.ram_budget, compile_unet=args.compile)
+                                ram_budget_gb=args.ram_budget, compile_unet=args.compile,
+                                offload=args.offload)
     except ValueError as exc:
         raise LaunchError(f"error: {exc}") from exc
     if args.workers or args.ray_address:
@@ -200,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> None:
               file=sys.stderr)
     limits = ApiLimits(args.api_max_steps, args.api_max_side, args.api_max_images)
     flags = vars(args).copy()
+    flags.update(medvram=args.offload == "medvram", lowvram=args.offload == "lowvram")  # A1111's cmd-flags keys
     if not args.no_preload and context.workers is None and context.models.default_checkpoint() is not None:
         threading.Thread(target=_preload, args=(context,), daemon=True).start()
     if args.nowebui:

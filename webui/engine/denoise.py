@@ -31,7 +31,6 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from .conditioning import Conditioning, ScheduledConditioning, stack_conditionings
 from .loader import LoadedModel
 from .rng import ImageRNG
-from .weight_packing import move_packed
 
 log = logging.getLogger(__name__)
 
@@ -282,7 +281,7 @@ def free_device_memory(device: torch.device) -> None:
 
 def _decode(model: LoadedModel, latents: torch.Tensor, tiled: bool = False) -> torch.Tensor:
     with torch.inference_mode():
-        scaled = latents.to(model.vae.dtype) / model.vae_scale
+        scaled = latents.to(model.vae_dtype) / model.vae_scale
         if tiled:  # diffusers' tiles overlap and blend, so the seams do not show
             return model.vae.tiled_decode(scaled, return_dict=False)[0]
         return model.vae.decode(scaled, return_dict=False)[0]
@@ -302,9 +301,9 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
         free_device_memory(latents.device)
         tiled = True
         images = _decode(model, latents, tiled=True)
-    if not torch.isfinite(images).all() and model.vae.dtype != torch.float32:
-        log.warning("the %s VAE produced NaN/Inf; moving it to fp32 and decoding again", model.vae.dtype)
-        move_packed(model.vae, model.vae.device, torch.float32)  # one copy; the VAE stays packed
+    if not torch.isfinite(images).all() and model.vae_dtype != torch.float32:
+        log.warning("the %s VAE produced NaN/Inf; moving it to fp32 and decoding again", model.vae_dtype)
+        model.use_fp32_vae()
         images = _decode(model, latents, tiled=tiled)
     if not torch.isfinite(images).all():
         raise FloatingPointError(

@@ -96,7 +96,7 @@ def sdxl_time_ids(width: int, height: int, batch: int, device: torch.device, dty
 
 def inpaint_txt2img_channels(model: LoadedModel, batch: int, height: int, width: int) -> torch.Tensor:
     """For 9-channel models in txt2img: mask all ones and a grey (zero) masked image, as A1111 does."""
-    grey = torch.zeros((1, 3, height, width), device=model.device, dtype=model.vae.dtype)
+    grey = torch.zeros((1, 3, height, width), device=model.device, dtype=model.vae_dtype)
     with torch.inference_mode():
         latent = model.vae.encode(grey).latent_dist.mode() * model.vae_scale
     mask = torch.ones((1, 1, *latent.shape[-2:]), device=model.device, dtype=latent.dtype)

@@ -92,7 +92,7 @@ def _to_tensor(images: list[Image.Image], device: torch.device, dtype: torch.dty
 
 def encode_images(model: LoadedModel, images: list[Image.Image]) -> torch.Tensor:
     """RGB images -> scaled latents (the distribution's mean, so the same image always gives the same latent)."""
-    pixels = _to_tensor(images, model.device, model.vae.dtype)
+    pixels = _to_tensor(images, model.device, model.vae_dtype)
     with torch.inference_mode():
         latents = model.vae.encode(pixels).latent_dist.mode() * model.vae_scale
     return latents.to(model.dtype)
@@ -180,7 +180,7 @@ def inpaint_conditioning(model: LoadedModel, image: Image.Image, mask: Image.Ima
     """9-channel input: the binary mask at latent size and the latent of the image with the masked area grey."""
     hard = torch.from_numpy((np.asarray(mask, dtype=np.float32) / 255.0 >= 0.5).astype(np.float32))[None, None]
     pixels = _to_tensor([image], model.device, torch.float32)
-    masked = (pixels * (1.0 - hard.to(pixels.device))).to(model.vae.dtype)
+    masked = (pixels * (1.0 - hard.to(pixels.device))).to(model.vae_dtype)
     with torch.inference_mode():
         latent = model.vae.encode(masked).latent_dist.mode() * model.vae_scale
     small = F.interpolate(hard, size=latent.shape[-2:]).to(latent.device, latent.dtype)

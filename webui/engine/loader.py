@@ -33,6 +33,7 @@ from .architecture import (
     strip_prefix,
 )
 from .checkpoint_io import RawCheckpoint, read_checkpoint
+from .offload import ComponentOffload, SequentialOffload
 from .families import UNET_PREFIX, VAE_PREFIX, ModelFamily, TextEncoderSlot, detect_family, detect_variant
 from .weight_packing import move_packed
 
@@ -68,6 +69,9 @@ class LoadedModel:
     # The training noise table the checkpoint stores (`alphas_cumprod`, as stored: an fp16 file's fp16 values), or
     # None; A1111 builds its k-diffusion sigmas from it (sigma_schedules.py), else from LDM's betas.
     alphas_cumprod: torch.Tensor | None = None
+    # Set by the model manager while the model runs offloaded (--medvram/--lowvram): its weights are then mostly in
+    # RAM, so where and in what dtype it computes is asked here, not read off a parameter.
+    offload: ComponentOffload | SequentialOffload | None = field(default=None, repr=False, compare=False)
 
     @property
     def vae_scale(self) -> float:
@@ -92,11 +96,27 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.unet.parameters()).device
+        """Where the model computes (and where the engine puts its inputs)."""
+        return self.offload.device if self.offload else next(self.unet.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.unet.parameters()).dtype
+        """The U-Net's compute dtype: what latents and conditioning are cast to."""
+        return self.offload.dtype_of(self.unet) if self.offload else next(self.unet.parameters()).dtype
+
+    @property
+    def vae_dtype(self) -> torch.dtype:
+        """The VAE's compute dtype (fp32 beside an fp16 U-Net)."""
+        if self.offload and self.offload.manages(self.vae):
+            return self.offload.dtype_of(self.vae)
+        return next(self.vae.parameters()).dtype
+
+    def use_fp32_vae(self) -> None:
+        """From now on decode and encode in fp32 (a half-precision VAE overflowed); one copy, the VAE stays packed."""
+        if self.offload and self.offload.manages(self.vae):
+            self.offload.set_dtype(self.vae, torch.float32)
+        else:
+            move_packed(self.vae, next(self.vae.parameters()).device, torch.float32)
 
 
 class ModelLoadError(ValueError):

@@ -24,7 +24,7 @@ def fit_latent_to_rgb(model: LoadedModel) -> torch.Tensor:
     colours = torch.tensor(list(itertools.product(levels, levels, levels)), dtype=torch.float32)  # 27 x 3
     images = colours[:, :, None, None].expand(-1, -1, _PATCH, _PATCH)
     vae = model.vae
-    latents = vae.encode(images.to(model.device, vae.dtype)).latent_dist.mode().float().cpu() * model.vae_scale
+    latents = vae.encode(images.to(model.device, model.vae_dtype)).latent_dist.mode().float().cpu() * model.vae_scale
     features = torch.cat([latents.mean(dim=(2, 3)), torch.ones(len(colours), 1)], dim=1)
     return torch.linalg.lstsq(features, colours).solution
 
@@ -40,7 +40,7 @@ def decode_for_preview(model: LoadedModel, latents: torch.Tensor, max_images: in
     show with `identity_factors()`. Exact, but a VAE decode per preview; NaN (a half VAE overflowing mid-sampling)
     shows as grey rather than stopping the job."""
     vae = model.vae
-    sample = latents[:max_images].to(model.device, vae.dtype) / model.vae_scale
+    sample = latents[:max_images].to(model.device, model.vae_dtype) / model.vae_scale
     pixels = vae.decode(sample, return_dict=False)[0].float().cpu()
     return torch.nan_to_num(pixels).clamp(-1, 1)
 

@@ -18,6 +18,7 @@ from webui.services.generation import PREVIEW_METHODS, GenerationOptions
 from webui.services.outputs import SAMPLE_FORMATS, SaveOptions, check_filename_pattern, check_folder
 from webui.services.settings import SettingSpec, SettingsStore
 from webui.services.latent_upscalers import LatentUpscaleOptions
+from webui.services.model_manager import AUTO_OFFLOAD, OFFLOAD_CHOICES
 from webui.services.upscalers import UpscaleOptions
 
 SAVING = "Saving images"
@@ -58,6 +59,7 @@ CONTROLNET_CACHE = "core.control_net_model_cache_size"
 VRAM_BUDGET = "core.vram_budget_gb"
 RAM_BUDGET = "core.ram_budget_gb"
 COMPILE_UNET = "core.compile_unet"
+OFFLOAD = "core.offload"
 EMPHASIS = "core.emphasis"
 CLIP_SKIP = "core.CLIP_stop_at_last_layers"
 SDXL_CLIP_L_SKIP = "core.sdxl_clip_l_skip"
@@ -77,9 +79,11 @@ def _multiple_of_8(value: int) -> str | None:
 
 
 def core_specs(sampler_names: list[str], checkpoint_cache: int = 1, controlnet_cache: int = 2,
-               vram_budget_gb: float = 0.0, ram_budget_gb: float = 0.0, compile_unet: bool = False) -> list[SettingSpec]:
-    """Every core option. `checkpoint_cache` and the budgets are the `--ram-cache`, `--vram-budget` and
-    `--ram-budget` flags: the defaults until a value is saved."""
+               vram_budget_gb: float = 0.0, ram_budget_gb: float = 0.0, compile_unet: bool = False,
+               offload: str = AUTO_OFFLOAD) -> list[SettingSpec]:
+    """Every core option. `checkpoint_cache`, the budgets, `compile_unet` and `offload` are the `--ram-cache`,
+    `--vram-budget`, `--ram-budget`, `--compile` and `--medvram`/`--lowvram` flags: the defaults until a value is
+    saved."""
     folder_help = "a folder inside the outputs folder (letters, digits, space, '-', '_', '.'; '/' for subfolders)"
     pattern_help = ("text with [tokens] such as [seed], [prompt_words], [date], [model_name]; no '/' "
                     "(docs/settings.md lists every token)")
@@ -145,6 +149,11 @@ def core_specs(sampler_names: list[str], checkpoint_cache: int = 1, controlnet_c
         spec(COMPILE_UNET, compile_unet, "Compile the U-Net with torch.compile", "checkbox", section=MODEL_CACHE,
              help="faster sampling once compiled; each new image size is compiled in the background while the first "
                   "images of that size are made as usual (--compile)"),
+        spec(OFFLOAD, offload, "Models that do not fit on the device", "dropdown", section=MODEL_CACHE,
+             choices=list(OFFLOAD_CHOICES),
+             help="auto: a model larger than the VRAM budget (or the GPU) runs offloaded, and the Models tab says "
+                  "so; medvram: always move the text encoders, U-Net and VAE to the device one at a time; lowvram: "
+                  "always move one layer at a time (slowest, least memory)"),
         spec(ESRGAN_TILE, 192, "Tile size for model upscalers (0 = no tiling)", "slider", section=UPSCALING,
              minimum=0, maximum=512, step=16, integer=True),
         spec(ESRGAN_TILE_OVERLAP, 8, "Tile overlap for model upscalers", "slider", section=UPSCALING, minimum=0,
@@ -171,10 +180,10 @@ def core_specs(sampler_names: list[str], checkpoint_cache: int = 1, controlnet_c
 
 def register_core_settings(settings: SettingsStore, sampler_names: list[str], checkpoint_cache: int = 1,
                            controlnet_cache: int = 2, vram_budget_gb: float = 0.0, ram_budget_gb: float = 0.0,
-                           compile_unet: bool = False) -> None:
+                           compile_unet: bool = False, offload: str = AUTO_OFFLOAD) -> None:
     """Register the core options (before extensions load, so an extension cannot take a `core.` key)."""
     for spec in core_specs(sampler_names, checkpoint_cache, controlnet_cache, vram_budget_gb, ram_budget_gb,
-                           compile_unet):
+                           compile_unet, offload):
         settings.register(spec)
 
 

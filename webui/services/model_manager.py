@@ -40,6 +40,7 @@ from webui.engine.loader import (
     declared_resolution,
     read_vae_override,
 )
+from webui.engine.offload import OFFLOAD_MODES, OffloadMode, choose_offload, device_bytes, make_offload
 from webui.engine.patching import PatchError, WeightPatch, patched
 from webui.engine.weight_packing import move_packed
 from webui.services.hashing import HashCache
@@ -48,6 +49,10 @@ log = logging.getLogger("webui.models")
 DEFAULT_MODEL_NAME = "latent-studio-shapes"
 Precision = Literal["fp32", "fp16", "bf16"]
 _DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+AUTO_OFFLOAD = "auto"
+OFFLOAD_CHOICES: tuple[str, ...] = (AUTO_OFFLOAD, *OFFLOAD_MODES)
+# Device memory left for activations when deciding whether a model fits a GPU without a budget (Forge's default).
+ACTIVATION_RESERVE = 2**30
 
 
 class ModelError(ValueError):
@@ -95,6 +100,7 @@ class ModelResidency:
     dtype: str
     bytes: int
     shared_bytes: int = 0  # of `bytes`, what it shares with another loaded checkpoint (an identical VAE or text encoder)
+    offload: str = ""  # "medvram" or "lowvram" while it runs offloaded, with why ("auto: 3.4 GB > 2.0 GB budget")
 
 
 def module_bytes(modules: Iterable[torch.nn.Module]) -> int:
@@ -180,6 +186,7 @@ class ModelManager:
         ram_cache_size: int = 1,
         vram_budget: int | None = None,
         ram_budget: int | None = None,
+        offload_mode: str = AUTO_OFFLOAD,
     ) -> None:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.vae_dir = Path(vae_dir)
@@ -192,6 +199,11 @@ class ModelManager:
         # In RAM, the count (`ram_cache_size`) and, when set, the bytes both bound the cache.
         self.vram_budget = vram_budget
         self.ram_budget = ram_budget
+        # "auto": a model that does not fit the device (the VRAM budget, else the GPU's memory) runs offloaded, and the
+        # log and the Models tab say so; "medvram"/"lowvram" (the flags) offload every model.
+        self.offload_mode = self._checked_offload_mode(offload_mode)
+        self._offload_notes: dict[str, str] = {}  # model name -> why it runs offloaded
+        self._placed_under: dict[str, tuple[str, int | None]] = {}  # model name -> (offload mode, budget) at placement
         self.prediction_overrides: dict[str, PredictionType] = {}
         self.vae_choice: str = AUTOMATIC_VAE  # the default for requests that name no VAE (A1111's sd_vae setting)
         self._lock = threading.RLock()
@@ -342,19 +354,79 @@ class ModelManager:
             return torch.float32
         return self.dtype if on_device else self._ram_dtype
 
-    def _place(self, model: LoadedModel) -> LoadedModel:
-        """Onto the compute device, each module's weights in one copy (`weight_packing`)."""
+    def _place(self, model: LoadedModel, offload: OffloadMode | None = None) -> LoadedModel:
+        """Onto the compute device, each module's weights in one copy (`weight_packing`); or, offloaded, into RAM
+        with hooks that bring each component (medvram) or layer (lowvram) to the device for its own call."""
+        if offload is not None:
+            model.offload = make_offload(
+                offload, model.modules(), self.device,
+                device_dtype=lambda module: self._dtype_for(model, module, on_device=True),
+                home_dtype=lambda module: self._dtype_for(model, module, on_device=False),
+                pin=self.device.type == "cuda")
+            model.offload.attach()
+            return model
         for module in model.modules():
             move_packed(module, self.device, self._dtype_for(model, module, on_device=True))
         return model
 
+    @staticmethod
+    def _end_offload(model: LoadedModel) -> None:
+        """Remove an offloaded model's hooks (its weights are in RAM then); no-op for a model placed whole."""
+        if model.offload is not None:
+            model.offload.detach()
+            model.offload = None
+
+    def _device_size(self, model: LoadedModel, modules: Iterable[torch.nn.Module]) -> int:
+        return sum(device_bytes(module, self._dtype_for(model, module, on_device=True)) for module in modules)
+
+    def _device_capacity(self) -> int | None:
+        """Bytes a model may take on the device: the VRAM budget, else on a GPU its memory less what other
+        processes use and an activation reserve; None (no limit) on the CPU."""
+        if self.vram_budget is not None:
+            return self.vram_budget
+        if self.device.type != "cuda":
+            return None
+        free, _total = torch.cuda.mem_get_info(self.device)
+        return free + self._device_bytes() - ACTIVATION_RESERVE
+
+    def _offload_for(self, name: str, model: LoadedModel) -> OffloadMode | None:
+        """The offload mode this model gets now (None: placed whole); an automatic choice is logged with its reason."""
+        self._offload_notes.pop(name, None)
+        if self.offload_mode != AUTO_OFFLOAD:
+            self._offload_notes[name] = f"{self.offload_mode} (--{self.offload_mode} or setting core.offload)"
+            return self.offload_mode  # type: ignore[return-value]
+        capacity = self._device_capacity()
+        total = self._device_size(model, model.modules())
+        largest = max(self._device_size(model, [module]) for module in model.modules())
+        mode = choose_offload(total, largest, capacity)
+        if mode is not None:
+            note = f"{mode} (auto: {total / 2**30:.2f} GB of weights > {capacity / 2**30:.2f} GB on {self.device})"
+            self._offload_notes[name] = note
+            log.warning("%s does not fit on %s (%.2f GB of weights, %.2f GB available): running it with --%s, "
+                        "slower; free device memory or raise the VRAM budget to run it whole", name, self.device,
+                        total / 2**30, capacity / 2**30, mode)
+        return mode
+
+    @staticmethod
+    def _checked_offload_mode(mode: str) -> str:
+        if mode not in OFFLOAD_CHOICES:
+            raise ModelError(f"offload must be one of {', '.join(OFFLOAD_CHOICES)} (got {mode!r})")
+        return mode
+
+    def set_offload_mode(self, mode: str) -> None:
+        """The offload setting, live: models on the device are placed again under it at their next use."""
+        with self._lock:
+            self.offload_mode = self._checked_offload_mode(mode)
+
     def _ids_on_device(self, besides: LoadedModel | None = None) -> set[int]:
-        """The modules (by id) of the models on the device, other than `besides`: what must stay there."""
-        return {id(module) for other in self._on_device.values() if other is not besides for module in other.modules()}
+        """The modules (by id) of the models placed whole on the device, other than `besides`: what must stay there."""
+        return {id(module) for other in self._on_device.values() if other is not besides and other.offload is None
+                for module in other.modules()}
 
     def _park(self, model: LoadedModel) -> None:
         """Into RAM (pinned when a GPU will take the weights back), except the modules that a model still on the
         device shares with it."""
+        self._end_offload(model)
         in_use = self._ids_on_device(besides=model)
         for module in model.modules():
             if id(module) not in in_use:
@@ -377,24 +449,37 @@ class ModelManager:
     def get(self, name: str | None = None) -> LoadedModel:
         """The requested (or active, or default) model on the compute device, loading it if needed."""
         with self._lock:
-            if name is None and self._active:
+            placement = (self.offload_mode, self.vram_budget)
+            if name is None and self._active and self._placed_under.get(self._active[0]) == placement:
                 return self._active[1]
             # resolve `name` itself: it may be a path to a file outside the checkpoint folder
             info = self.resolve(name if name is not None else self.choice_name())
             if info.name in self._on_device:
-                self._on_device.move_to_end(info.name)
-                return self._on_device[info.name]
+                model = self._on_device[info.name]
+                # after a change of the offload setting or the budget, placed again only if its mode changes
+                if self._placed_under.get(info.name) == placement or (
+                        self._offload_for(info.name, model) == (model.offload.mode if model.offload else None)):
+                    self._placed_under[info.name] = placement
+                    self._on_device.move_to_end(info.name)
+                    return model
+                self._cache_in_ram(info.name, self._on_device.pop(info.name))
             model = self._ram_cache.pop(info.name, None)
             if model is None:
                 model = self._load_fresh(info)
-            if self.vram_budget is not None:  # a hard cap: make room before the move
+            offload = self._offload_for(info.name, model)
+            # An offloaded model has the device to itself (its hooks move components that another model may share),
+            # and a model placed whole never sits beside an offloaded one.
+            for other in [other for other, placed in self._on_device.items() if offload or placed.offload]:
+                self._cache_in_ram(other, self._on_device.pop(other))
+            if self.vram_budget is not None and offload is None:  # a hard cap: make room before the move
                 on_device = self._ids_on_device()
                 self._make_room_on_device(module_bytes(m for m in model.modules() if id(m) not in on_device))
             try:
-                self._place(model)
+                self._place(model, offload)
             except RuntimeError as exc:  # torch.OutOfMemoryError included; the weights are still in RAM
                 raise self._placement_failed(info.name, model, exc) from exc
             self._on_device[info.name] = model
+            self._placed_under[info.name] = placement
             self._make_room_on_device(0, keep=info.name)  # without a budget the previous model leaves only now
             for hook in self.on_placed:
                 hook(model)
@@ -419,7 +504,10 @@ class ModelManager:
             self._cache_in_ram(name, self._on_device.pop(name))
 
     def _device_bytes(self) -> int:
-        return module_bytes(module for model in self._on_device.values() for module in model.modules())
+        """Weights on the device: whole models' bytes, and an offloaded model's most at once."""
+        whole = module_bytes(module for model in self._on_device.values() if model.offload is None
+                             for module in model.modules())
+        return whole + sum(model.offload.peak_bytes() for model in self._on_device.values() if model.offload)
 
     def _ram_bytes(self) -> int:
         """What the RAM cache holds, less the modules it shares with models on the device (those are there)."""
@@ -461,6 +549,7 @@ class ModelManager:
         blocks to the driver, ~0.2 s together) only when a model was dropped: a plain swap leaves the freed device
         blocks in torch's cache, where the incoming model's buffers reuse them."""
         if self.ram_cache_size <= 0:
+            self._end_offload(model)
             del model
             dropped = True
         else:
@@ -510,7 +599,8 @@ class ModelManager:
             placed = [(name, "device", model) for name, model in reversed(self._on_device.items())]
             placed += [(name, "ram", model) for name, model in reversed(self._ram_cache.items())]
             return [ModelResidency(name, where, str(model.device), str(model.dtype).removeprefix("torch."),
-                                   weight_bytes(model), self._shared_bytes(model, [m for _, _, m in placed]))
+                                   weight_bytes(model), self._shared_bytes(model, [m for _, _, m in placed]),
+                                   self._offload_notes.get(name, "") if model.offload else "")
                     for name, where, model in placed]
 
     @staticmethod
@@ -606,7 +696,10 @@ class ModelManager:
 
     def _forget(self, name: str) -> None:
         self._ram_cache.pop(name, None)
-        if self._on_device.pop(name, None) is not None:
+        self._placed_under.pop(name, None)
+        model = self._on_device.pop(name, None)
+        if model is not None:
+            self._end_offload(model)  # its hooks would stay on modules another loaded model may share
             gc.collect()
 
     def model_hash(self, model: LoadedModel) -> str:

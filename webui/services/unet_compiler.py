@@ -126,9 +126,15 @@ class UNetCompiler:
 
     def attach(self, model: LoadedModel) -> None:
         """Route this model's U-Net calls through a compiled graph once warmed (no-op when disabled or attached)."""
+        unet = model.unet
+        if model.offload is not None:  # its weights move between calls (--medvram/--lowvram): run it eagerly
+            with self._lock:
+                self._attached.discard(unet)
+                if isinstance(unet._compiled_call_impl, CompiledUNet):
+                    unet._compiled_call_impl = None
+            return
         if not self.enabled:
             return
-        unet = model.unet
         with self._lock:
             if isinstance(unet._compiled_call_impl, CompiledUNet):
                 return
@@ -148,7 +154,7 @@ class UNetCompiler:
         """What the Models tab says about this model's U-Net."""
         router = self.router(model)
         if router is None:
-            return "not compiled"
+            return f"not compiled: runs offloaded ({model.offload.mode})" if model.offload else "not compiled"
         if router.failure is not None:
             return f"not compiled: the compile failed ({router.failure})"
         with self._lock:

@@ -369,7 +369,7 @@ def _encode_latents(model: LoadedModel, pixels: np.ndarray) -> tuple[torch.Tenso
     """Posterior (mean, std) of uint8 [N, H, W, 3] images."""
     x = torch.from_numpy(np.ascontiguousarray(pixels).copy()).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
     with torch.no_grad():
-        dist = model.vae.encode(x.to(model.device, model.vae.dtype)).latent_dist
+        dist = model.vae.encode(x.to(model.device, model.vae_dtype)).latent_dist
     return dist.mean.float().cpu(), dist.std.float().cpu()
 
 

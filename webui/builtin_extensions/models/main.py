@@ -59,7 +59,8 @@ def register(api: ExtensionAPI) -> None:
 
     def loaded_rows() -> list[list[Any]]:
         where = {"device": "active, on the device", "ram": "cached in RAM"}
-        return [[entry.name, where[entry.where], entry.device, entry.dtype, round(entry.bytes / 2**20, 1),
+        return [[entry.name, f"active, offloaded: {entry.offload}" if entry.offload else where[entry.where],
+                 entry.device, entry.dtype, round(entry.bytes / 2**20, 1),
                  round(entry.shared_bytes / 2**20, 1), unet_state(entry.name)] for entry in models.residency()]
 
     def build(ui) -> None:
