@@ -32,7 +32,7 @@ from webui.engine.loader import load_checkpoint  # noqa: E402
 from webui.engine.lora import lora_patches, read_lora  # noqa: E402
 from webui.engine.patching import patched  # noqa: E402
 from webui.evaluation.adherence import generate_and_score  # noqa: E402
-from webui.shapes import CONCEPT_SEED, concept_scenes, eval_scenes, write_captioned_folder  # noqa: E402
+from webui.shapes import CONCEPT_SEED, concept_scenes, eval_scenes, scene_at, write_captioned_folder  # noqa: E402
 from webui.training.train_lora import LoraTrainingSettings, train_lora  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models/Stable-diffusion/latent-studio-shapes.safetensors"
@@ -94,6 +94,9 @@ def main() -> int:
     parser.add_argument("--reg", type=int, default=0,
                         help="regularisation images the base model draws for trained-grammar prompts first (timed "
                         "with the training); 0 = none")
+    parser.add_argument("--reg-renders", action="store_true",
+                        help="regularisation images are renders of the prompts' scenes (the data the shipped model "
+                             "was trained on) instead of the base model's drawings")
     parser.add_argument("--reg-like-training", action="store_true",
                         help="regularisation prompts are the training captions with a trained shape swapped in")
     parser.add_argument("--skip-baselines", action="store_true", help="score only with the LoRA (quick sweeps)")
@@ -113,8 +116,12 @@ def main() -> int:
         started = time.time()
         if args.reg:
             settings.reg_data = scratch_path / "reg"
-            draw_regularization(DEFAULT_MODEL, settings.reg_data, args.reg, args.cfg,
-                                like=training_scenes if args.reg_like_training else None)
+            if args.reg_renders:
+                write_captioned_folder(settings.reg_data, [scene_at(index, REGULARIZATION_SEED, two_object_prob=0.0)
+                                                           for index in range(args.reg)])
+            else:
+                draw_regularization(DEFAULT_MODEL, settings.reg_data, args.reg, args.cfg,
+                                    like=training_scenes if args.reg_like_training else None)
         result = train_lora(settings)
         train_seconds = time.time() - started
         lora = read_lora(result.output)
@@ -137,7 +144,8 @@ def main() -> int:
             "settings_overrides": overrides, "steps": result.steps, "train_seconds": round(train_seconds, 1),
             "samples_per_second": round(result.samples_per_second, 2), "final_loss": round(result.final_loss, 5),
             "threads": args.threads, "cfg": args.cfg, "regularization_images": args.reg,
-            "regularization_like_training": args.reg_like_training, "sampler": "Euler a", "sampling_steps": 20,
+            "regularization_like_training": args.reg_like_training,
+            "regularization_source": "renders" if args.reg_renders else f"base model at CFG {args.cfg:g}", "sampler": "Euler a", "sampling_steps": 20,
             "trigger_embedding": settings.learns_trigger,
         }
         # Misses by "size shape" show where the old words suffer (a new shape can pull its neighbours).
