@@ -52,30 +52,35 @@ def _override(settings: LoraTrainingSettings, assignments: list[str]) -> dict[st
     return changed
 
 
-def draw_regularization(model_path: Path, folder: Path, count: int, cfg: float,
-                        like: list | None = None) -> None:
-    """DreamBooth's prior preservation: the base model's own images for prompts it knows, with those captions.
+def regularization_scenes(count: int, like: list | None = None) -> list:
+    """Ordinary single-object scenes of the trained words. With `like` (the training scenes), each is a training
+    scene with the new shape swapped for a trained one (DreamBooth's class prompt), so the only difference the LoRA
+    can learn is the new word."""
+    import random
 
-    With `like` (the training scenes), each prompt is a training caption with the new shape swapped for a trained one
-    (DreamBooth's class prompt), so the only difference the LoRA can learn is the new word."""
-    from webui.engine.generation import SamplingParams, txt2img
-    from webui.engine.samplers import SamplerRegistry
-    from webui.shapes import scene_at
+    from webui.shapes import SHAPES, Scene, ShapeObject, caption_for
 
-    model = load_checkpoint(model_path)
-    registry = SamplerRegistry()
-    folder.mkdir(parents=True, exist_ok=True)
+    scenes = []
     for index in range(count):
         scene = scene_at(index, REGULARIZATION_SEED, two_object_prob=0.0)
         if like:
-            import random
-
-            from webui.shapes import SHAPES, Scene, ShapeObject, caption_for
-
             source = like[index % len(like)]
             old = source.objects[0]
             swapped = (ShapeObject(random.Random(index).choice(SHAPES), old.colour, old.position, old.size),)
             scene = Scene(swapped, source.background, caption_for(swapped, source.background))
+        scenes.append(scene)
+    return scenes
+
+
+def draw_regularization(model_path: Path, folder: Path, scenes: list, cfg: float) -> None:
+    """DreamBooth's prior preservation: the base model's own images for prompts it knows, with those captions."""
+    from webui.engine.generation import SamplingParams, txt2img
+    from webui.engine.samplers import SamplerRegistry
+
+    model = load_checkpoint(model_path)
+    registry = SamplerRegistry()
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, scene in enumerate(scenes):
         params = SamplingParams(prompt=scene.caption, sampler="Euler a", steps=20, cfg_scale=cfg, width=64, height=64,
                                 seeds=[index])
         txt2img(model, params, registry)[0].save(folder / f"{index:04d}.png")
@@ -116,12 +121,11 @@ def main() -> int:
         started = time.time()
         if args.reg:
             settings.reg_data = scratch_path / "reg"
+            scenes = regularization_scenes(args.reg, like=training_scenes if args.reg_like_training else None)
             if args.reg_renders:
-                write_captioned_folder(settings.reg_data, [scene_at(index, REGULARIZATION_SEED, two_object_prob=0.0)
-                                                           for index in range(args.reg)])
+                write_captioned_folder(settings.reg_data, scenes)
             else:
-                draw_regularization(DEFAULT_MODEL, settings.reg_data, args.reg, args.cfg,
-                                    like=training_scenes if args.reg_like_training else None)
+                draw_regularization(DEFAULT_MODEL, settings.reg_data, scenes, args.cfg)
         result = train_lora(settings)
         train_seconds = time.time() - started
         lora = read_lora(result.output)

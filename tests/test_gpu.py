@@ -182,7 +182,8 @@ def test_a_checkpoint_swap_under_a_small_vram_budget_brings_back_the_same_model(
 @pytest.mark.parametrize("offload", ["medvram", "lowvram"])
 def test_offloaded_sdxl_draws_what_it_draws_placed_whole(files, tmp_path: Path, offload: str) -> None:
     """--medvram and --lowvram on the real device: RAM holds the weights in the device dtype, so every image equals
-    the whole model's bit for bit; a budget below the model's size chooses the mode by itself."""
+    the whole model's bit for bit, with a peak below the whole model's weights (medvram: the U-Net and activations;
+    lowvram: a layer and activations); a budget below the model's size chooses the mode by itself."""
     sdxl = files["sdxl"][0]
     dtype = next(iter(DTYPES.values()))
     params = _params("DDIM", "Automatic", batch_seeds(5, 1), SIDE["sdxl"], SIDE["sdxl"])
@@ -191,11 +192,17 @@ def test_offloaded_sdxl_draws_what_it_draws_placed_whole(files, tmp_path: Path, 
     whole.unload(sdxl.stem)
     forced = ModelManager(sdxl.parent, tmp_path / "VAE", HashCache(tmp_path / "h2.json"), DEVICE, dtype,
                           offload_mode=offload)
+    if DEVICE.type == "cuda":  # other tests' pipelines may still hold memory: measure above what is there now
+        torch.cuda.synchronize(DEVICE)
+        baseline = torch.cuda.memory_allocated(DEVICE)
+        torch.cuda.reset_peak_memory_stats(DEVICE)
     model = forced.get(sdxl.stem)
     assert model.offload.mode == offload
     assert np.array_equal(np.asarray(txt2img(model, params, REGISTRY)[0]), expected)
-    if DEVICE.type == "cuda":
-        assert torch.cuda.memory_allocated(DEVICE) < _weights_bytes(sdxl, dtype) * 0.8
+    if DEVICE.type == "cuda":  # the whole model alone would exceed these, before any activation
+        peak = torch.cuda.max_memory_allocated(DEVICE) - baseline
+        assert peak < _weights_bytes(sdxl, dtype) * (1.0 if offload == "medvram" else 0.5), peak
+        assert torch.cuda.memory_allocated(DEVICE) - baseline < _weights_bytes(sdxl, dtype) * 0.2
     forced.unload(sdxl.stem)
     budget = int(_weights_bytes(sdxl, dtype) * (0.9 if offload == "medvram" else 0.01))  # U-Net: ~75%
     auto = ModelManager(sdxl.parent, tmp_path / "VAE", HashCache(tmp_path / "h3.json"), DEVICE, dtype,

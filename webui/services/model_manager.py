@@ -380,14 +380,16 @@ class ModelManager:
         return sum(device_bytes(module, self._dtype_for(model, module, on_device=True)) for module in modules)
 
     def _device_capacity(self) -> int | None:
-        """Bytes a model may take on the device: the VRAM budget, else on a GPU its memory less what other
-        processes use and an activation reserve; None (no limit) on the CPU."""
+        """Bytes a model may take on the device: the VRAM budget, else on a GPU what is free, plus what torch's
+        allocator caches unused and what this manager's models hold (both can be freed), less an activation reserve;
+        None (no limit) on the CPU."""
         if self.vram_budget is not None:
             return self.vram_budget
         if self.device.type != "cuda":
             return None
         free, _total = torch.cuda.mem_get_info(self.device)
-        return free + self._device_bytes() - ACTIVATION_RESERVE
+        cached = torch.cuda.memory_reserved(self.device) - torch.cuda.memory_allocated(self.device)
+        return free + cached + self._device_bytes() - ACTIVATION_RESERVE
 
     def _offload_for(self, name: str, model: LoadedModel) -> OffloadMode | None:
         """The offload mode this model gets now (None: placed whole); an automatic choice is logged with its reason."""
