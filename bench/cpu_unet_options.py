@@ -50,6 +50,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--skip-compile", action="store_true", help="leave out the two torch.compile variants")
+    parser.add_argument("--only", default="", help="run only the variants whose name contains this (with eager)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     unet = load_checkpoint(MODEL).unet.eval()
@@ -76,11 +77,12 @@ def main() -> None:
         frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
         return lambda: frozen(x, timestep, context)
 
-    def compiled(freezing: bool) -> Callable[[], Callable[[], Any]]:
+    def compiled(freezing: bool, cpp_wrapper: bool = False) -> Callable[[], Callable[[], Any]]:
         def build() -> Callable[[], Any]:
             import torch._inductor.config as inductor_config
 
             inductor_config.freezing = freezing
+            inductor_config.cpp_wrapper = cpp_wrapper
             torch._dynamo.reset()
             return eager_call(torch.compile(copy.deepcopy(unet)))
         return build
@@ -90,6 +92,8 @@ def main() -> None:
     if not args.skip_compile:
         variants["torch.compile (inductor)"] = compiled(False)
         variants["torch.compile (inductor, freezing)"] = compiled(True)
+        variants["torch.compile (inductor, cpp_wrapper)"] = compiled(False, True)
+        variants["torch.compile (inductor, cpp_wrapper, freezing)"] = compiled(True, True)
 
     results: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
@@ -97,6 +101,8 @@ def main() -> None:
         eager_ms = _median_ms(eager_call(unet), args.rounds)
         results["eager"] = {"ms": round(eager_ms, 2), "speed_up": 1.0, "first_call_s": 0.0, "max_diff": 0.0}
         for name, build in variants.items():
+            if args.only not in name:
+                continue
             start = time.perf_counter()
             call = build()
             first = _sample(call())

@@ -8,9 +8,15 @@ once and that U-Net stays eager. Inductor's caches live under the app's data fol
 cache instead of from scratch.
 
 The hook is `nn.Module`'s own: `Module.compile()` stores a compiled `_call_impl` that `Module.__call__` then uses;
-here that slot holds a router that chooses per call, so every call site and weight patch (LoRAs are written into the
-weights in place, which a compiled graph reads as inputs) stays as it is. Gradient-enabled calls (training) always
-run eagerly.
+here that slot holds a router that chooses per call, so every call site stays as it is. Gradient-enabled calls
+(training) always run eagerly.
+
+Weights: on a GPU a graph reads them as inputs, so a job's LoRA patches (written into the weights in place) reach it.
+On the CPU, where a small U-Net's time goes to launching kernels rather than computing them, the graphs are built with
+two inductor options that make a call about twice as fast (bench/cpu_unet_options.py): `cpp_wrapper` (kernels
+launched from generated C++, not Python) and `freezing` (weights folded in as constants, pre-packed for oneDNN). A
+frozen graph holds a copy of the weights it was compiled with, so it runs only while the U-Net's weights are exactly
+those (`WeightsFingerprint`); a call with other weights (a job with LoRAs) runs eagerly.
 """
 
 from __future__ import annotations
@@ -29,11 +35,15 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
 from webui.engine.loader import LoadedModel
+from webui.engine.weights_fingerprint import WeightsFingerprint
 
 log = logging.getLogger("webui.compile")
 # Each resolution/batch/ControlNet combination is its own static-shape graph; dynamo's default of 8 per function
 # would fall back to eager for good after a few sizes.
 RECOMPILE_LIMIT = 64
+# Inductor options for U-Nets on the CPU (see above); inductor reads its settings per thread, so they are applied in
+# the thread that compiles.
+CPU_INDUCTOR_OPTIONS: dict[str, Any] = {"cpp_wrapper": True, "freezing": True}
 
 
 def _signature(args: tuple, kwargs: dict) -> tuple:
@@ -51,14 +61,40 @@ class CompiledUNet:
     def __init__(self, unet: torch.nn.Module, compiler: "UNetCompiler") -> None:
         self.unet = unet
         self.compiler = compiler
-        self.compiled = torch.compile(unet._call_impl, backend=compiler.backend, dynamic=False)
+        on_cpu = next(unet.parameters()).device.type == "cpu"
+        # (Another backend ignores inductor's options; on the CPU its graphs are still treated as frozen.)
+        self.inductor_options = dict(CPU_INDUCTOR_OPTIONS) if on_cpu else {}
+        # Frozen graphs hold the weights they were compiled with: these, as they were when the router was attached.
+        self.weights = WeightsFingerprint(unet) if self.freezes else None
+        self.frozen_weights = self.weights.current() if self.weights else None
         self.ready: set[tuple] = set()
+        self.compiled = self._new_compiled()
         self.failure: str | None = None
         self.compiled_calls = 0
         self.eager_calls = 0
 
+    @property
+    def freezes(self) -> bool:
+        return bool(self.inductor_options.get("freezing"))
+
+    def _new_compiled(self) -> Callable[..., Any]:
+        """A compiled entry point with a backend object of its own: dynamo keeps graphs per backend, so a new one
+        never reuses a graph compiled for other weights."""
+        backend = self.compiler.backend
+        compile_graph = torch._dynamo.lookup_backend(backend) if isinstance(backend, str) else backend
+
+        def backend_of_this_router(graph: torch.fx.GraphModule, example_inputs: list) -> Callable[..., Any]:
+            return compile_graph(graph, example_inputs)
+
+        self.ready.clear()
+        return torch.compile(self.unet._call_impl, backend=backend_of_this_router, dynamic=False)
+
+    def has_frozen_weights(self) -> bool:
+        """Whether the U-Net's weights now are those its graphs hold (always, for graphs that read them as inputs)."""
+        return self.weights is None or self.weights.current() == self.frozen_weights
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.failure is None and not torch.is_grad_enabled():
+        if self.failure is None and not torch.is_grad_enabled() and self.has_frozen_weights():
             signature = _signature(args, kwargs)
             if signature in self.ready:
                 try:
@@ -202,11 +238,24 @@ class UNetCompiler:
 
     @staticmethod
     def _compile(request: _WarmRequest) -> bool:
+        import torch._inductor.config as inductor_config
+
+        router = request.router
+        if not router.has_frozen_weights():  # a job patched the weights since: compile when they are back
+            return False
+        versions = router.weights.versions() if router.weights else None
         try:
-            with torch.inference_mode(request.inference), torch.no_grad():
-                request.router.compiled(*request.args, **request.kwargs)
+            with (inductor_config.patch(router.inductor_options), torch.inference_mode(request.inference),
+                  torch.no_grad()):
+                router.compiled(*request.args, **request.kwargs)
         except Exception as exc:  # anything torch.compile raises: stay eager
-            request.router.fail(exc)
+            router.fail(exc)
+            return False
+        if router.weights and router.weights.versions() != versions:
+            # A job wrote the weights while they were being frozen in: the graph may hold a mix. Start over with a
+            # new entry point, so that graph is never run; the next call with the weights back compiles again.
+            log.info("the U-Net's weights changed while it compiled; compiling again when they are restored")
+            router.compiled = router._new_compiled()
             return False
         return True
 
