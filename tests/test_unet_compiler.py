@@ -151,3 +151,32 @@ def test_a_compiler_that_fails_leaves_the_unet_eager_and_says_why(tiny_sd1, tmp_
     assert torch.equal(first, expected) and torch.equal(_latents(model), expected)
     assert router.compiled_calls == 0 and not router.ready
     assert compiler.describe(model).startswith("not compiled: the compile failed (RuntimeError: no C++ compiler")
+
+
+def test_a_unet_too_large_to_copy_gets_graphs_that_read_its_weights(tiny_sd1, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above `FREEZE_MAX_RAM_SHARE` of the RAM no frozen copy is made: the graph reads the weights as inputs, so a
+    job's weight patch runs compiled and reaches it."""
+    from webui.engine.loader import load_checkpoint
+    from webui.services import unet_compiler
+
+    monkeypatch.setattr(unet_compiler, "FREEZE_MAX_RAM_SHARE", 1e-9)
+    model = load_checkpoint(tiny_sd1.path)
+    compiler = UNetCompiler(tmp_path / "cache", enabled=True, backend=lambda graph, example_inputs: graph.forward)
+    compiler.attach(model)
+    router = compiler.router(model)
+    assert not router.freezes and router.inductor_options == {"cpp_wrapper": True} and router.weights is None
+    expected = _latents(model)
+    assert compiler.wait_until_idle(COMPILE_TIMEOUT) and len(router.ready) == 1
+    layer = model.unet.conv_in
+    delta = torch.full_like(layer.weight, 0.05)
+    with patched([WeightPatch(layer, lambda device: delta, 1.0, "test")]):
+        before = router.compiled_calls
+        patched_compiled = _latents(model)
+        assert router.compiled_calls == before + 3
+        model.unet._compiled_call_impl = None
+        patched_eager = _latents(model)
+        model.unet._compiled_call_impl = router
+    assert (patched_eager - expected).abs().max() > 1e-2
+    assert torch.allclose(patched_compiled, patched_eager, atol=2e-4, rtol=1e-4)
+    assert torch.equal(_latents(model), expected)
