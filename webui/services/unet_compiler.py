@@ -204,8 +204,9 @@ class UNetCompiler:
             warming = any(request.router is router for request in self._waiting)
         sizes = len(router.ready)
         ready = f"compiled for {sizes} input shape{'s' if sizes != 1 else ''}" if sizes else ""
-        return ", ".join(part for part in (ready, "compiling in the background" if warming else "") if part) or (
+        text = ", ".join(part for part in (ready, "compiling in the background" if warming else "") if part) or (
             "compiled when first used")
+        return f"{text} (weights frozen in: jobs with LoRAs run uncompiled)" if router.freezes else text
 
     @staticmethod
     def router(model: LoadedModel) -> CompiledUNet | None:
