@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.timing import cpu_model  # noqa: E402
 from webui.engine.loader import load_checkpoint  # noqa: E402
 
 MODEL = ROOT / "models" / "Stable-diffusion" / "latent-studio-shapes.safetensors"
@@ -113,7 +114,7 @@ def main() -> None:
                              "max_diff": float((first.float() - reference).abs().max())}
             print(name, results[name])
     summary = {"threads": torch.get_num_threads(), "what": "one U-Net call, CFG batch 2, 16x16 latent; median ms",
-               "eager_ms": round(eager_ms, 2), "variants": results}
+               "eager_ms": round(eager_ms, 2), "cpu": cpu_model(), "variants": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     print(json.dumps(summary, indent=1))
