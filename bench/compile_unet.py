@@ -96,9 +96,8 @@ def main() -> None:
     fresh = run(args.rounds)
     restart = run(0)
     result = {"what": f"default model, 64x64, {args.steps} steps Euler a, CFG 6, one image; app services",
-              "fresh_cache": fresh, "restart_with_cache": restart}
+              "fresh_cache": fresh, "restart_with_cache": restart, "cpu": cpu_model()}
     print(json.dumps(result, indent=1))
-    result["cpu"] = cpu_model()
     args.out.write_text(json.dumps(result, indent=1) + "\n")
 
 

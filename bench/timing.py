@@ -16,12 +16,11 @@ import torch
 def cpu_model() -> str:
     """The CPU's name and its widest vector unit: the CPU speed-ups depend on both (docs/performance.md)."""
     try:
-        info = Path("/proc/cpuinfo").read_text()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         return platform.processor() or "unknown"
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
-                "unknown")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    name = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown")
+    flags = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
     vector = next((unit for unit in ("avx512f", "avx2", "avx") if unit in flags), "none")
     return f"{name}, {vector}"
 

@@ -190,15 +190,10 @@ def test_brush_size_transparency_popup_stroke_and_eraser(page, blue_png: Path) -
     slider = page.locator(f"{EDITOR} input[type=range]")
     slider.wait_for(state="visible", timeout=10_000)
     # brush.js sets the new slider to the fitted size a frame after it appears (Gradio's own state says 25 until
-    # then), so wait for that frame; a slider left at 25 fails here after the timeout.
-    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    # then): playwright's `expect` waits for that frame, and a slider left at 25 fails after the timeout.
+    from playwright.sync_api import expect
 
-    try:
-        page.wait_for_function("(selector) => document.querySelector(selector)?.value === '4'",
-                               arg=f"{EDITOR} input[type=range]", timeout=5_000, polling=50)
-    except PlaywrightTimeout:
-        pass  # the assertion below says what the slider shows instead
-    assert slider.input_value() == "4"
+    expect(slider).to_have_value("4", timeout=5_000)
     track = slider.bounding_box()
     assert track is not None
     start = view.to_page(10, 60)
