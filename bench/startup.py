@@ -6,7 +6,11 @@ Reports, in one run:
 - `python -m webui --help`: wall time of the subprocess (goal: <= 1 s);
 - one 20-step image from the CLI (`python -m webui generate`, a fresh process: imports, model load, sampling, PNG)
   against the same command run again inside one warm process (`webui.cli.main`), as a ratio (goal: <= 3);
-- the app's launch-to-first-page time: `launch.py` started until `GET /` answers 200 with the page.
+- the app's launch-to-first-page time: `launch.py` started until `GET /` answers 200 with the page;
+- the floor under any fresh process that makes an image: a process that only imports torch, and one that only imports
+  the model classes the engine builds (diffusers' U-Net and VAE, transformers' CLIP text model), each against the warm
+  in-process image. Where the second alone is over 3x, no lazier import order of the project's own code reaches
+  the goal.
 Writes bench/results/startup.json. Not a test: nothing is asserted.
 """
 
@@ -26,10 +30,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.timing import cpu_model  # noqa: E402
 from tests.server_process import free_port  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "startup.json"
 MODEL = ROOT / "models" / "Stable-diffusion" / "latent-studio-shapes.safetensors"
+# What any process that builds the engine's models must import (webui/engine/loader.py builds these classes).
+MODEL_CLASSES_IMPORT = ("from diffusers import AutoencoderKL, UNet2DConditionModel; "
+                        "from transformers import CLIPTextModel")
 
 
 def _wall(command: list[str]) -> float:
@@ -86,14 +94,19 @@ def main() -> None:
         warm_seconds.append(time.perf_counter() - start)
 
     page_seconds = [_launch_to_first_page(work) for _ in range(args.rounds)]
+    torch_seconds = [_wall([sys.executable, "-c", "import torch"]) for _ in range(args.rounds)]
+    classes_seconds = [_wall([sys.executable, "-c", MODEL_CLASSES_IMPORT]) for _ in range(args.rounds)]
     cli, warm = statistics.median(cli_seconds), statistics.median(warm_seconds)
     summary = {
-        "machine": f"CPU, {os.cpu_count()} cores",
+        "machine": f"CPU, {os.cpu_count()} cores", "cpu": cpu_model(),
         "help_seconds": round(statistics.median(help_seconds), 3),
         "cli_one_image_seconds": round(cli, 2),
         "in_process_one_image_seconds": round(warm, 2),
         "cli_over_in_process": round(cli / warm, 2),
         "launch_to_first_page_seconds": round(statistics.median(page_seconds), 2),
+        "import_torch_only_seconds": round(statistics.median(torch_seconds), 2),
+        "import_model_classes_only_seconds": round(statistics.median(classes_seconds), 2),
+        "model_classes_import_over_in_process": round(statistics.median(classes_seconds) / warm, 2),
         "rounds": args.rounds,
         "what": "medians; one image = 20 steps at the model's own size, the CLI's default sampler and CFG, "
                 "PNG with infotext written",
