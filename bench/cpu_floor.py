@@ -8,7 +8,8 @@
 2. the CPU's fp32 matrix throughput: the best of several large square matrix products on the same threads (an
    optimistic bound: the model's 16x16 convolutions run far below it);
 3. the eager image's time, and the image's time with the U-Net compiled as `--compile` does on the CPU
-   (inductor with `cpp_wrapper` + `freezing`), unless `--skip-compile`: medians of interleaved rounds.
+   (inductor with `cpp_wrapper` + `freezing`), unless `--skip-compile`: medians of interleaved rounds, and the
+   largest pixel difference between the two images.
 The floor is (1) / (2): no fp32 code path can make the image faster than that, so eager / floor bounds the speed-up
 from above. Not a test: nothing is asserted.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -70,8 +72,8 @@ def main() -> None:
     by_model = {name: sum(ops.values()) for name, ops in counts.items() if name != "Global" and "." not in name
                 and sum(ops.values()) > 1e6}
 
-    def image() -> None:
-        txt2img(model, params, registry)
+    def image() -> list:
+        return txt2img(model, params, registry)
 
     runs = {"eager": image}
     if not args.skip_compile:
@@ -84,17 +86,22 @@ def main() -> None:
             image()  # compiles
         compiled_call = model.unet._compiled_call_impl
 
-        def eager_image() -> None:  # the module's compiled-call slot emptied, as the app's eager path runs
+        # nn.Module's compiled-call slot (what Module.compile() fills, and the app's `--compile` router too)
+        def eager_image() -> list:  # the slot emptied, as the app's eager path runs
             model.unet._compiled_call_impl = None
-            image()
+            return image()
 
-        def compiled_image() -> None:
+        def compiled_image() -> list:
             model.unet._compiled_call_impl = compiled_call
-            image()
+            return image()
 
         runs = {"eager": eager_image, "compiled": compiled_image}
     medians = interleaved_medians(runs, args.rounds, torch.device("cpu"))
     eager, compiled = medians["eager"], medians.get("compiled")
+    pixel_difference = None
+    if compiled is not None:
+        first, second = (np.asarray(run()[0], dtype=np.int16) for run in (runs["eager"], runs["compiled"]))
+        pixel_difference = int(np.abs(first - second).max())
     peak = max(matmul_gflops(size, 5) for size in (512, 1024, 2048))
     floor = image_flops / (peak * 1e9)
     report = {
@@ -114,6 +121,7 @@ def main() -> None:
         "image_compiled_s": round(compiled, 4) if compiled else None,
         "compiled_speedup": round(eager / compiled, 2) if compiled else None,
         "share_of_peak_compiled": round(floor / compiled, 2) if compiled else None,
+        "largest_pixel_difference_compiled_vs_eager": pixel_difference,
     }
     print(json.dumps(report, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
