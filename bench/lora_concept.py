@@ -1,12 +1,12 @@
 """Teach the shipped default model a shape word it never saw ("rectangle") with a LoRA, and measure what it learned.
 
-1. Render 30 captioned rectangle scenes (`shapes.concept_scenes`, training seed) into a folder.
+1. Render 30 captioned scenes of the new shape (`--concept`: rectangle, or diamond) (`shapes.concept_scenes`, training seed) into a folder.
 2. Train a LoRA on it through `train_lora` with the training tab's defaults (any override is recorded).
 3. Score, with the adherence evaluator at CFG 6 / Euler a / 20 steps:
-   - held-out rectangle prompts (another seed) with the LoRA at weight 1 (and without it, for reference);
+   - held-out prompts of the new shape (another seed) with the LoRA at weight 1 (and without it, for reference);
    - the standard held-out prompts of the trained colours, with and without the LoRA.
 
-    python bench/lora_concept.py --reg 120 [--prompts 200] [--concept-prompts 100] [--set epochs=40 ...]
+    python bench/lora_concept.py --reg 120 [--concept diamond] [--prompts 200] [--concept-prompts 100] [--set epochs=40 ...]
 
 Writes bench/results/lora_concept.json; docs/lora-training.md quotes it.
 """
@@ -32,7 +32,7 @@ from webui.engine.loader import load_checkpoint  # noqa: E402
 from webui.engine.lora import lora_patches, read_lora  # noqa: E402
 from webui.engine.patching import patched  # noqa: E402
 from webui.evaluation.adherence import generate_and_score  # noqa: E402
-from webui.shapes import CONCEPT_SEED, concept_scenes, eval_scenes, scene_at, write_captioned_folder  # noqa: E402
+from webui.shapes import CONCEPT_SEED, NEW_SHAPES, concept_scenes, eval_scenes, scene_at, write_captioned_folder  # noqa: E402
 from webui.training.train_lora import LoraTrainingSettings, train_lora  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models/Stable-diffusion/latent-studio-shapes.safetensors"
@@ -90,8 +90,9 @@ def draw_regularization(model_path: Path, folder: Path, scenes: list, cfg: float
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=200, help="held-out prompts in the trained colours")
-    parser.add_argument("--concept-prompts", type=int, default=100, help="held-out rectangle prompts")
+    parser.add_argument("--concept-prompts", type=int, default=100, help="held-out prompts of the new shape")
     parser.add_argument("--images", type=int, default=30)
+    parser.add_argument("--concept", default="rectangle", choices=NEW_SHAPES, help="the new shape word to teach")
     parser.add_argument("--cfg", type=float, default=6.0)
     parser.add_argument("--set", action="append", default=[], help="override a training setting: key=value")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/lora_concept.json")
@@ -111,10 +112,10 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         scratch_path = Path(scratch)
-        training_scenes = concept_scenes(args.images, "rectangle", CONCEPT_SEED)
+        training_scenes = concept_scenes(args.images, args.concept, CONCEPT_SEED)
         write_captioned_folder(scratch_path / "data", training_scenes)
-        settings = LoraTrainingSettings(base=DEFAULT_MODEL, data=scratch_path / "data", name="rectangle",
-                                        trigger="rectangle",
+        settings = LoraTrainingSettings(base=DEFAULT_MODEL, data=scratch_path / "data", name=args.concept,
+                                        trigger=args.concept,
                                         output_dir=scratch_path / "lora", run_dir=scratch_path / "run",
                                         sample_every=0, save_every=0, threads=args.threads)
         overrides = _override(settings, args.set)
@@ -137,14 +138,14 @@ def main() -> int:
         # The trigger word's learned embedding (pivotal tuning, on by default) is used as the app would: by its name
         learned = {}
         if settings.learns_trigger:
-            learned = {"rectangle": read_embedding(settings.embedding_path)}
+            learned = {args.concept: read_embedding(settings.embedding_path)}
             if args.keep:
                 shutil.copyfile(settings.embedding_path, args.keep.with_suffix(".embedding.safetensors"))
         embeddings = embedding_set_for(model, learned)[0] if learned else None
-        concept = concept_scenes(args.concept_prompts, "rectangle", HELD_OUT_CONCEPT_SEED)
+        concept = concept_scenes(args.concept_prompts, args.concept, HELD_OUT_CONCEPT_SEED)
         old = eval_scenes(args.prompts, objects=1)
         report: dict[str, object] = {
-            "model": DEFAULT_MODEL.name, "concept": "rectangle", "training_images": args.images,
+            "model": DEFAULT_MODEL.name, "concept": args.concept, "training_images": args.images,
             "settings_overrides": overrides, "steps": result.steps, "train_seconds": round(train_seconds, 1),
             "samples_per_second": round(result.samples_per_second, 2), "final_loss": round(result.final_loss, 5),
             "threads": args.threads, "cfg": args.cfg, "regularization_images": args.reg,

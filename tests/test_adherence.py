@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.cli import run_cli
 from webui.evaluation.adherence import detect, ground_truth_accuracy, parse_prompt, score
@@ -47,12 +48,29 @@ def test_the_new_rectangle_is_recognised_only_where_a_prompt_asks_for_it(size):
         assert detect(render(trained), new_shapes=True)[0][0].shape == shape
 
 
-def test_concept_scenes_are_scored_exactly():
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_the_new_diamond_is_told_from_a_triangle(size):
+    """A diamond and a triangle both fill half their bounding box; only the diamond's centroid is at its middle. The
+    triangle stays a triangle with the option on, so a model that draws triangles for "diamond" scores no hit."""
+    diamond = Scene((ShapeObject("diamond", "yellow", "top left", size),), ("blue",))
+    found, _ = detect(render(diamond), new_shapes=True)
+    assert (found[0].shape, found[0].position, found[0].size) == ("diamond", "top left", size)
+    assert detect(render(diamond))[0][0].shape == "triangle"  # without the option, the nearest trained shape
+    triangle = Scene((ShapeObject("triangle", "yellow", "top left", size),), ("blue",))
+    assert detect(render(triangle), new_shapes=True)[0][0].shape == "triangle"
+    assert not score(render(triangle), diamond)["shape"]
+    # Upside down (its centroid a sixth of its height above the middle) a triangle is no diamond either.
+    flipped = render(triangle).transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    assert detect(flipped, new_shapes=True)[0][0].shape == "triangle"
+
+
+@pytest.mark.parametrize("shape", ["rectangle", "diamond"])
+def test_concept_scenes_are_scored_exactly(shape):
     from webui.evaluation.adherence import summarise
     from webui.shapes import concept_scenes
 
-    scenes = concept_scenes(100, seed=3)
-    assert {s.objects[0].shape for s in scenes} == {"rectangle"}
+    scenes = concept_scenes(100, shape, seed=3)
+    assert {s.objects[0].shape for s in scenes} == {shape}
     assert summarise([score(render(s), s) for s in scenes])["all"] == 1.0
 
 

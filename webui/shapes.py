@@ -33,7 +33,7 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {**COLOURS, "gray": (128, 128, 128)}
 # Shapes the default model never saw in training: what a LoRA teaches it (docs/lora-training.md). A new colour would
 # not do: the shipped autoencoder decodes cyan, pink or navy as a trained colour, so no U-Net LoRA could draw them.
-NEW_SHAPES = ("rectangle",)
+NEW_SHAPES = ("rectangle", "diamond")
 PALETTE: dict[str, tuple[int, int, int]] = BACKGROUND_COLOURS
 # Object centres as fractions of the image side.
 POSITIONS: dict[str, tuple[float, float]] = {
@@ -111,6 +111,8 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
     if shape == "rectangle":  # twice as wide as tall: no trained shape has another aspect than about 1
         w, h = r, r * 0.5
         return [(cx - w, cy - h), (cx + w, cy - h), (cx + w, cy + h), (cx - w, cy + h)]
+    if shape == "diamond":  # a square on its corner: convex, half its bounding box, symmetric top to bottom
+        return [(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)]
     if shape == "triangle":
         return [(cx, cy - r), (cx + r, cy + r * 0.8), (cx - r, cy + r * 0.8)]
     if shape == "star":

@@ -32,6 +32,8 @@ from webui.shapes import (
 
 _NAMES = list(PALETTE)
 RECTANGLE_ASPECT = 1.5
+# A triangle's centroid sits a sixth of its height below its bounding box's middle, a diamond's on it.
+DIAMOND_CENTROID_OFFSET = 0.08
 _RGB = np.array([PALETTE[n] for n in _NAMES], dtype=np.float32)
 
 
@@ -60,15 +62,22 @@ def background_colours(labels: np.ndarray, share: float = 0.2) -> set[str]:
 def classify_shape(mask: np.ndarray, new_shapes: bool = False) -> str:
     """The shape rules above. With `new_shapes` (only for prompts that name a shape from `shapes.NEW_SHAPES`, so the
     trained prompts are scored exactly as before), a solid blob at least 1.5 times as wide as tall is a rectangle: every
-    trained shape has an aspect ratio near 1, the rectangle 2 (tests/test_adherence.py)."""
+    trained shape has an aspect ratio near 1, the rectangle 2; and a convex blob that fills about half its bounding box
+    (where a triangle would be) with its centroid at the box's middle is a diamond: the triangle's centroid sits a
+    sixth of its height lower (tests/test_adherence.py)."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     contour = max(contours, key=cv2.contourArea)
     area = float(mask.sum())
     hull = max(cv2.contourArea(cv2.convexHull(contour)), 1.0)
-    _, _, w, h = cv2.boundingRect(contour)
+    _, y, w, h = cv2.boundingRect(contour)
     solidity, extent = area / hull, area / float(w * h)
     if new_shapes and extent >= 0.7 and w >= RECTANGLE_ASPECT * h:
         return "rectangle"
+    if new_shapes and solidity >= 0.94 and extent < 0.68:
+        rows = np.nonzero(mask)[0]
+        centroid_offset = (rows.mean() - (y + (h - 1) / 2)) / h
+        if abs(centroid_offset) < DIAMOND_CENTROID_OFFSET:
+            return "diamond"
     if solidity < 0.78:
         return "star"
     if solidity < 0.94:
