@@ -1,12 +1,14 @@
 """Teach the shipped default model a shape word it never saw ("rectangle") with a LoRA, and measure what it learned.
 
-1. Render 30 captioned scenes of the new shape (`--concept`: rectangle, or diamond) (`shapes.concept_scenes`, training seed) into a folder.
+1. Render 30 captioned scenes of the new shape (`--concept`: rectangle, or diamond; `shapes.concept_scenes`,
+   training seed) into a folder.
 2. Train a LoRA on it through `train_lora` with the training tab's defaults (any override is recorded).
 3. Score, with the adherence evaluator at CFG 6 / Euler a / 20 steps:
    - held-out prompts of the new shape (another seed) with the LoRA at weight 1 (and without it, for reference);
    - the standard held-out prompts of the trained colours, with and without the LoRA.
 
-    python bench/lora_concept.py --reg 120 [--concept diamond] [--prompts 200] [--concept-prompts 100] [--set epochs=40 ...]
+    python bench/lora_concept.py --reg 120 [--concept diamond] [--prompts 200] [--concept-prompts 100] \\
+        [--set epochs=40 ...]
 
 Writes bench/results/lora_concept.json; docs/lora-training.md quotes it.
 """
@@ -32,7 +34,9 @@ from webui.engine.loader import load_checkpoint  # noqa: E402
 from webui.engine.lora import lora_patches, read_lora  # noqa: E402
 from webui.engine.patching import patched  # noqa: E402
 from webui.evaluation.adherence import generate_and_score  # noqa: E402
-from webui.shapes import CONCEPT_SEED, NEW_SHAPES, concept_scenes, eval_scenes, scene_at, write_captioned_folder  # noqa: E402
+from webui.shapes import (  # noqa: E402
+    CONCEPT_SEED, NEW_SHAPES, concept_scenes, eval_scenes, scene_at, write_captioned_folder,
+)
 from webui.training.train_lora import LoraTrainingSettings, train_lora  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models/Stable-diffusion/latent-studio-shapes.safetensors"
