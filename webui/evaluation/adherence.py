@@ -32,6 +32,9 @@ from webui.shapes import (
 
 _NAMES = list(PALETTE)
 RECTANGLE_ASPECT = 1.5
+# The shape rules' thresholds (module docstring, step 4); the new-shape rules reuse them.
+STAR_SOLIDITY, CONVEX_SOLIDITY = 0.78, 0.94
+SQUARE_EXTENT, CIRCLE_EXTENT = 0.9, 0.68
 # A triangle's centroid sits a sixth of its height below its bounding box's middle, a diamond's on it.
 DIAMOND_CENTROID_OFFSET = 0.08
 _RGB = np.array([PALETTE[n] for n in _NAMES], dtype=np.float32)
@@ -73,18 +76,18 @@ def classify_shape(mask: np.ndarray, new_shapes: bool = False) -> str:
     solidity, extent = area / hull, area / float(w * h)
     if new_shapes and extent >= 0.7 and w >= RECTANGLE_ASPECT * h:
         return "rectangle"
-    if new_shapes and solidity >= 0.94 and extent < 0.68:
+    if new_shapes and solidity >= CONVEX_SOLIDITY and extent < CIRCLE_EXTENT:
         rows = np.nonzero(mask)[0]
         centroid_offset = (rows.mean() - (y + (h - 1) / 2)) / h
         if abs(centroid_offset) < DIAMOND_CENTROID_OFFSET:
             return "diamond"
-    if solidity < 0.78:
+    if solidity < STAR_SOLIDITY:
         return "star"
-    if solidity < 0.94:
+    if solidity < CONVEX_SOLIDITY:
         return "cross"
-    if extent >= 0.9:
+    if extent >= SQUARE_EXTENT:
         return "square"
-    if extent >= 0.68:
+    if extent >= CIRCLE_EXTENT:
         return "circle"
     return "triangle"
 
