@@ -97,6 +97,7 @@ def main() -> int:
     parser.add_argument("--concept-prompts", type=int, default=100, help="held-out prompts of the new shape")
     parser.add_argument("--images", type=int, default=30)
     parser.add_argument("--concept", default="rectangle", choices=NEW_SHAPES, help="the new shape word to teach")
+    parser.add_argument("--base", type=Path, default=DEFAULT_MODEL, help="the model to teach (default: the shipped one)")
     parser.add_argument("--cfg", type=float, default=6.0)
     parser.add_argument("--set", action="append", default=[], help="override a training setting: key=value")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/lora_concept.json")
@@ -118,7 +119,7 @@ def main() -> int:
         scratch_path = Path(scratch)
         training_scenes = concept_scenes(args.images, args.concept, CONCEPT_SEED)
         write_captioned_folder(scratch_path / "data", training_scenes)
-        settings = LoraTrainingSettings(base=DEFAULT_MODEL, data=scratch_path / "data", name=args.concept,
+        settings = LoraTrainingSettings(base=args.base, data=scratch_path / "data", name=args.concept,
                                         trigger=args.concept,
                                         output_dir=scratch_path / "lora", run_dir=scratch_path / "run",
                                         sample_every=0, save_every=0, threads=args.threads)
@@ -130,7 +131,7 @@ def main() -> int:
             if args.reg_renders:
                 write_captioned_folder(settings.reg_data, scenes)
             else:
-                draw_regularization(DEFAULT_MODEL, settings.reg_data, scenes, args.cfg)
+                draw_regularization(args.base, settings.reg_data, scenes, args.cfg)
         result = train_lora(settings)
         train_seconds = time.time() - started
         lora = read_lora(result.output)
@@ -138,7 +139,7 @@ def main() -> int:
             args.keep.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(result.output, args.keep)
 
-        model = load_checkpoint(DEFAULT_MODEL)
+        model = load_checkpoint(args.base)
         # The trigger word's learned embedding (pivotal tuning, on by default) is used as the app would: by its name
         learned = {}
         if settings.learns_trigger:
@@ -149,7 +150,7 @@ def main() -> int:
         concept = concept_scenes(args.concept_prompts, args.concept, HELD_OUT_CONCEPT_SEED)
         old = eval_scenes(args.prompts, objects=1)
         report: dict[str, object] = {
-            "model": DEFAULT_MODEL.name, "concept": args.concept, "training_images": args.images,
+            "model": args.base.name, "concept": args.concept, "training_images": args.images,
             "settings_overrides": overrides, "steps": result.steps, "train_seconds": round(train_seconds, 1),
             "samples_per_second": round(result.samples_per_second, 2), "final_loss": round(result.final_loss, 5),
             "threads": args.threads, "cfg": args.cfg, "regularization_images": args.reg,

@@ -383,7 +383,7 @@ def test_output_preservation_keeps_the_swapped_word_and_the_empty_prompt_where_t
     """With a preservation word, captions saying "square" where the trigger was keep the base model's prediction
     (ai-toolkit's output preservation), and so does the empty prompt (CFG's unconditional branch); the same run
     without preservation pulls both along with the new concept."""
-    from webui.training.train_lora import caption_ids, encode_batch, swap_word
+    from webui.training.lora_step import caption_ids, encode_batch, swap_word
 
     assert swap_word("a Rectangle, two rectangles; rectangle.", "rectangle", "square") == \
         "a square, two rectangles; square."
@@ -418,7 +418,7 @@ def test_prior_guidance_holds_the_guided_prediction_of_the_regularisation_prompt
     uses) stays near the base model's; the same run with kohya's noise target lets it drift further."""
     from webui.shapes import eval_scenes, render
     from webui.training.models import sd_noise_scheduler
-    from webui.training.train_lora import caption_ids, encode_batch
+    from webui.training.lora_step import caption_ids, encode_batch
 
     with pytest.raises(TrainingError, match="prior guidance"):
         settings_for(DEFAULT_MODEL, concept_folder, tmp_path, prior_guidance=0.5).check()

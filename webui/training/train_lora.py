@@ -19,30 +19,25 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import ContextManager, Protocol
 
-import numpy as np
 import torch
 from PIL import Image
 
-from webui.engine.conditioning import Conditioning, encode_training_windows
 from webui.engine.embeddings import EMBEDDING_SUFFIXES
-from webui.engine.generation import sdxl_time_ids
 from webui.engine.loader import LoadedModel, load_checkpoint
-from webui.engine.tokenizer import tokenize_prompt
 
 from .common import JsonLog, load_training_state, save_training_state
-from .diffusion_loss import min_snr_weights, training_noise
 from .lora_dataset import (
     DatasetError, LoraDataset, epoch_batches, load_for_bucket, make_buckets, nearest_bucket, scan_dataset,
     with_regularization,
 )
 from .lora_network import UNET_LAYER_CHOICES, LoraNetwork, LoraShape, LoraShapeError, kohya_metadata, save_lora
+from .lora_step import Denoiser, StepLoss, encode_latents
 from .trigger_embedding import TriggerEmbedding, embedding_owner, save_embedding
-from .models import sd_noise_scheduler
 
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
@@ -300,22 +295,6 @@ class TrainingResult:
 
 # -- the pieces of a step ----------------------------------------------------------------------------------------------
 
-def caption_ids(model: LoadedModel, captions: Sequence[str]) -> list[torch.Tensor]:
-    """Per text encoder, [N, 77] token ids of each caption's first window (kohya trains 75 tokens by default)."""
-    return [torch.tensor([tokenize_prompt(c, encoder.slot.pad_token_id).windows[0] for c in captions], dtype=torch.long)
-            for encoder in model.text_encoders]
-
-
-def encode_batch(model: LoadedModel, ids: Sequence[torch.Tensor]) -> Conditioning:
-    """Training-mode text conditioning by each family's rule (gradients flow into text-encoder adapters)."""
-    contexts, pooled = [], None
-    for encoder, encoder_ids in zip(model.text_encoders, ids):
-        hidden, pool = encode_training_windows(encoder, encoder_ids.to(model.device))
-        contexts.append(hidden)
-        pooled = pool if pool is not None else pooled
-    return Conditioning(context=torch.cat(contexts, dim=-1), pooled=pooled)
-
-
 def automatic_learning_rate(model: LoadedModel, optimizer: str) -> float:
     """kohya's usual 1e-4 for SD-sized U-Nets; a small U-Net (the shipped model, 64 channels) learns in minutes at
     1e-3 and no faster at higher rates. Prodigy finds its own step size: its lr is a multiplier, 1.0."""
@@ -343,34 +322,6 @@ def _make_optimizer(settings: LoraTrainingSettings, groups: list[dict]) -> torch
 def _is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
-
-
-class _Denoiser(torch.nn.Module):
-    """Text encoders + U-Net in one forward, so accelerate's DDP syncs every adapter's gradient."""
-
-    def __init__(self, model: LoadedModel, trigger: TriggerEmbedding | None) -> None:
-        super().__init__()
-        self.unet = model.unet
-        self.text_encoders = torch.nn.ModuleList([encoder.model for encoder in model.text_encoders])
-        self.trigger = trigger  # its vectors enter through a hook on the token lookup; a sub-module so DDP syncs them
-        self.model = [model]  # in a list: not a sub-module
-
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, ids: list[torch.Tensor],
-                time_ids: torch.Tensor | None) -> torch.Tensor:
-        model = self.model[0]
-        cond = encode_batch(model, ids)
-        extra = {}
-        if model.family.is_sdxl:
-            extra["added_cond_kwargs"] = {"text_embeds": cond.pooled, "time_ids": time_ids}
-        return self.unet(noisy, timesteps, cond.context, **extra).sample
-
-
-def _encode_latents(model: LoadedModel, pixels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Posterior (mean, std) of uint8 [N, H, W, 3] images."""
-    x = torch.from_numpy(np.ascontiguousarray(pixels).copy()).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    with torch.no_grad():
-        dist = model.vae.encode(x.to(model.device, model.vae_dtype)).latent_dist
-    return dist.mean.float().cpu(), dist.std.float().cpu()
 
 
 def _sample(model: LoadedModel, settings: LoraTrainingSettings, width: int, height: int) -> list[Image.Image]:
@@ -451,19 +402,6 @@ def train_lora(
     buckets = make_buckets(resolution, multiple) if settings.buckets else [(resolution, resolution)]
     bucket_of = [nearest_bucket(image.size, buckets) for image in dataset.images]
     repeats = [image.repeats for image in dataset.images]
-    ids_all = caption_ids(model, [image.caption for image in dataset.images])
-    sample_weight = torch.tensor([settings.prior_loss_weight if image.regularization else 1.0
-                                  for image in dataset.images])
-    preserve_words = settings.preservation_words
-    swapped_ids: dict[tuple[int, str], list[torch.Tensor]] = {}
-
-    def preservation_ids(index: int, word: str) -> list[torch.Tensor]:
-        """Token ids of image `index`'s caption with the trigger word swapped for `word` (computed once)."""
-        if (index, word) not in swapped_ids:
-            caption = swap_word(dataset.images[index].caption, settings.trigger.strip(), word)
-            swapped_ids[(index, word)] = [t[0] for t in caption_ids(model, [caption])]
-        return swapped_ids[(index, word)]
-    empty_ids = caption_ids(model, [""])
     world, rank = accelerator.num_processes, accelerator.process_index
     # Several processes (accelerate launch) share each global batch of batch_size x processes images, every process
     # drawing the whole batch's noise and taking its own images: the run equals one process with the global batch.
@@ -490,7 +428,7 @@ def train_lora(
                                       dataset.warnings)
             with device_guard():
                 pixels = load_for_bucket(image.path, bucket_of[index])[None]
-                cache[index] = tuple(t[0] for t in _encode_latents(model, pixels))
+                cache[index] = tuple(t[0] for t in encode_latents(model, pixels))
 
     groups = network.parameter_groups(settings.learning_rate, settings.text_encoder_lr or None)
     if trigger is not None:
@@ -507,10 +445,8 @@ def train_lora(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         start_step = int(saved["step"])
-    denoiser, optimizer, scheduler = accelerator.prepare(_Denoiser(model, trigger), optimizer, scheduler)
-    noise_scheduler = sd_noise_scheduler()
-    alphas = noise_scheduler.alphas_cumprod.to(accelerator.device)
-    prediction = model.prediction_type
+    denoiser, optimizer, scheduler = accelerator.prepare(Denoiser(model, trigger), optimizer, scheduler)
+    step_loss = StepLoss(settings, model, dataset, network, accelerator.device, world, cache)
     main = accelerator.is_main_process
     log = JsonLog(run_dir / "log.jsonl") if main else None
     if main:
@@ -560,72 +496,8 @@ def train_lora(
                 # does each process of a multi-process run, which then keeps its share (`mine`) of every draw.
                 g = torch.Generator().manual_seed((settings.seed * 1_000_003 + epoch) * 100_003 * 64 + position * 64)
                 mine = list(range(rank, len(whole.indices), world))
-                batch = replace(whole, indices=tuple(whole.indices[i] for i in mine))
                 with device_guard(), accelerator.accumulate(denoiser), accelerator.autocast():
-                    mean, std = _posterior(model, dataset, batch, cache)
-                    shape = (len(whole.indices), *mean.shape[1:])
-                    latents = (mean + std * torch.randn(shape, generator=g)[mine]) * model.vae_scale
-                    ids = [encoder_ids[list(batch.indices)].clone() for encoder_ids in ids_all]
-                    drop = (torch.rand(len(whole.indices), generator=g) < settings.caption_dropout)[mine]
-                    for encoder_ids, empty in zip(ids, empty_ids):
-                        encoder_ids[drop] = empty[0]
-                    noise = training_noise(shape, settings.noise_offset, g)[mine]
-                    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(whole.indices),),
-                                              generator=g)[mine]
-                    latents, noise, timesteps = (t.to(accelerator.device) for t in (latents, noise, timesteps))
-                    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-                    target = noise_scheduler.get_velocity(latents, noise, timesteps) if prediction == "v_prediction" else noise
-                    time_ids = (sdxl_time_ids(batch.bucket[0], batch.bucket[1], len(batch.indices), accelerator.device,
-                                              model.dtype) if model.family.is_sdxl else None)
-                    weights = min_snr_weights(alphas[timesteps], settings.min_snr_gamma, prediction)
-                    weights = weights * sample_weight[list(batch.indices)].to(weights.device)
-                    inputs = _StepInputs(noisy.to(model.dtype), timesteps, [i.to(accelerator.device) for i in ids],
-                                         time_ids, target.float(), weights)
-                    unwrapped = accelerator.unwrap_model(denoiser)
-                    is_prior = [dataset.images[index].regularization for index in batch.indices]
-                    if preserve_words or settings.preserve_unconditional:
-                        # Each training image once more for each preserved caption (its trigger swapped for a
-                        # preservation word; the empty prompt), towards the base model's own prediction for that
-                        # caption on the same noisy latent.
-                        choice = torch.randint(0, max(1, len(preserve_words)), (len(whole.indices),), generator=g)[mine]
-                        rows, captions = [], []
-                        for row, index in enumerate(batch.indices):
-                            if is_prior[row]:
-                                continue
-                            if preserve_words:
-                                rows.append(row)
-                                captions.append(preservation_ids(index, preserve_words[choice[row]]))
-                            if settings.preserve_unconditional:
-                                rows.append(row)
-                                captions.append([empty[0] for empty in empty_ids])
-                        if rows:
-                            swapped = [torch.stack([caption[e] for caption in captions]).to(accelerator.device)
-                                       for e in range(len(ids_all))]
-                            base = inputs.base_prediction(unwrapped, network, rows, swapped)
-                            inputs.append(rows, swapped, base, inputs.weights[rows] * settings.preservation_weight)
-                    guided_rows = [row for row, prior in enumerate(is_prior) if prior] if settings.prior_guidance else []
-                    if guided_rows:
-                        # Regularisation images hold the base model's CFG-guided prediction: sampling uses
-                        # s x cond - (s - 1) x uncond, so a drift of one branch reaches the image s times over.
-                        blank = [empty[0].expand(len(guided_rows), -1).to(accelerator.device) for empty in empty_ids]
-                        base_cond = inputs.base_prediction(unwrapped, network, guided_rows,
-                                                           [i[guided_rows] for i in inputs.ids])
-                        base_uncond = inputs.base_prediction(unwrapped, network, guided_rows, blank)
-                        first_uncond = inputs.append(guided_rows, blank, base_uncond,
-                                                     torch.zeros(len(guided_rows), device=inputs.weights.device))
-                    pred = denoiser(inputs.noisy, inputs.timesteps, inputs.ids, inputs.time_ids)
-                    per_sample = (pred.float() - inputs.target).pow(2).flatten(1).mean(1)
-                    if guided_rows:
-                        scale = settings.prior_guidance
-                        uncond_pred = pred[first_uncond:first_uncond + len(guided_rows)].float()
-                        drift = (scale * pred[guided_rows].float() - (scale - 1) * uncond_pred
-                                 - (scale * base_cond - (scale - 1) * base_uncond))
-                        per_sample = per_sample.index_put((torch.tensor(guided_rows, device=per_sample.device),),
-                                                          drift.pow(2).flatten(1).mean(1))
-                    weights = inputs.weights
-                    # This process's share of the global batch's mean: DDP averages over processes, which makes it
-                    # the mean over the whole batch, as one process would compute it.
-                    loss = (per_sample * weights).sum() * (world / len(whole.indices))
+                    loss = step_loss(denoiser, accelerator.unwrap_model(denoiser), whole, mine, g)
                     if not torch.isfinite(loss):
                         raise TrainingError(f"the loss became {loss.item()} at step {step + 1}: lower the learning "
                                             f"rate; the last saved state (step {last_saved}) can be resumed")
@@ -692,51 +564,6 @@ def train_lora(
         observer.message(f"interrupted at step {step}/{total_steps}; resume to continue from the saved state")
     return TrainingResult(output, step, total_steps, interrupted, loss_value, seconds,
                           seen / max(seconds, 1e-9), dataset.warnings, embedding_file)
-
-
-@dataclass
-class _StepInputs:
-    """One step's U-Net inputs with their targets and loss weights. Output preservation and prior guidance append
-    rows (a batch row again, with another caption), so one forward and backward pass covers them all."""
-
-    noisy: torch.Tensor
-    timesteps: torch.Tensor
-    ids: list[torch.Tensor]  # per text encoder
-    time_ids: torch.Tensor | None  # SDXL only
-    target: torch.Tensor
-    weights: torch.Tensor
-
-    def base_prediction(self, denoiser: "_Denoiser", network: LoraNetwork, rows: list[int],
-                        ids: list[torch.Tensor]) -> torch.Tensor:
-        """The base model's own prediction (adapters off, no gradient) for `rows` with captions `ids`."""
-        time_ids = self.time_ids[rows] if self.time_ids is not None else None
-        with torch.no_grad(), network.disabled():
-            return denoiser(self.noisy[rows], self.timesteps[rows], ids, time_ids).float()
-
-    def append(self, rows: list[int], ids: list[torch.Tensor], target: torch.Tensor, weights: torch.Tensor) -> int:
-        """Rows `rows` again with captions `ids`; returns the index of the first new row."""
-        first = self.noisy.shape[0]
-        self.noisy = torch.cat([self.noisy, self.noisy[rows]])
-        self.timesteps = torch.cat([self.timesteps, self.timesteps[rows]])
-        self.ids = [torch.cat([mine, extra]) for mine, extra in zip(self.ids, ids)]
-        if self.time_ids is not None:
-            self.time_ids = torch.cat([self.time_ids, self.time_ids[rows]])
-        self.target = torch.cat([self.target, target])
-        self.weights = torch.cat([self.weights, weights])
-        return first
-
-
-def swap_word(caption: str, word: str, replacement: str) -> str:
-    """`caption` with each whole-word `word` (any case) replaced."""
-    return re.sub(rf"(?<!\w){re.escape(word)}(?!\w)", replacement, caption, flags=re.IGNORECASE)
-
-
-def _posterior(model: LoadedModel, dataset: LoraDataset, batch, cache: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each image's latent posterior (mean, std): cached, or encoded now; the caller draws the sample."""
-    if cache:
-        return torch.stack([cache[i][0] for i in batch.indices]), torch.stack([cache[i][1] for i in batch.indices])
-    pixels = np.stack([load_for_bucket(dataset.images[i].path, batch.bucket) for i in batch.indices])
-    return _encode_latents(model, pixels)
 
 
 def _check_resumable(saved: dict, settings: LoraTrainingSettings) -> None:
