@@ -7,8 +7,8 @@
    - held-out prompts of the new shape (another seed) with the LoRA at weight 1 (and without it, for reference);
    - the standard held-out prompts of the trained colours, with and without the LoRA.
 
-    python bench/lora_concept.py --reg 120 [--concept diamond] [--prompts 200] [--concept-prompts 100] \\
-        [--set epochs=40 ...]
+    python bench/lora_concept.py [--reg 120] [--reg-renders] [--concept diamond] [--base MODEL] \\
+        [--prompts 200] [--concept-prompts 100] [--set epochs=40 ...]
 
 Writes bench/results/lora_concept.json; docs/lora-training.md quotes it.
 """
@@ -102,9 +102,9 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], help="override a training setting: key=value")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/lora_concept.json")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--reg", type=int, default=0,
+    parser.add_argument("--reg", type=int, default=120,
                         help="regularisation images the base model draws for trained-grammar prompts first (timed "
-                        "with the training); 0 = none")
+                        "with the training; every documented run uses 120); 0 = none")
     parser.add_argument("--reg-renders", action="store_true",
                         help="regularisation images are renders of the prompts' scenes (the data the shipped model "
                              "was trained on) instead of the base model's drawings")
