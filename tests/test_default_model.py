@@ -86,3 +86,28 @@ def test_small_adherence_check_beats_chance(adherence_20):
     """A regression floor for the model as shipped: clearly better than chance (colour 1/8, position 1/5)."""
     assert adherence_20["colour"] >= FLOOR_COLOUR, adherence_20
     assert adherence_20["position"] >= FLOOR_POSITION, adherence_20
+
+
+def test_the_zero_attention_variant_draws_exactly_what_the_shipped_model_draws(model, tmp_path: Path) -> None:
+    """bench/zero_attention_variant.py (docs/lora-training.md, runs F1-F3) adds cross-attention to the full-resolution
+    level with a zero output projection: read back by the normal loader, it has attention at every level and draws
+    the shipped model's images bit for bit, so a LoRA trained on it starts from the same model."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from webui.engine.generation import SamplingParams, txt2img
+    from webui.engine.samplers import SamplerRegistry
+
+    out = tmp_path / "variant.safetensors"
+    subprocess.run([sys.executable, str(ROOT / "bench/zero_attention_variant.py"), "--out", str(out)], check=True,
+                   capture_output=True, timeout=300)
+    variant = load_checkpoint(out)
+    assert list(variant.unet.config.down_block_types) == ["CrossAttnDownBlock2D"] * 3
+    assert list(model.unet.config.down_block_types)[0] == "DownBlock2D"
+    params = SamplingParams(prompt="a small red star at the top left on a blue background", sampler="Euler a",
+                            steps=20, cfg_scale=6, width=64, height=64, seeds=[0, 1])
+    registry = SamplerRegistry()
+    for ours, theirs in zip(txt2img(model, params, registry), txt2img(variant, params, registry)):
+        assert np.array_equal(np.asarray(ours), np.asarray(theirs))
