@@ -293,7 +293,7 @@ class TrainingResult:
     embedding: Path | None = None  # the learned trigger word (pivotal tuning), when one was learned
 
 
-# -- the pieces of a step ----------------------------------------------------------------------------------------------
+# -- the run's pieces (a step's own inputs, forward pass and loss are in lora_step.py) ---------------------------------
 
 def automatic_learning_rate(model: LoadedModel, optimizer: str) -> float:
     """kohya's usual 1e-4 for SD-sized U-Nets; a small U-Net (the shipped model, 64 channels) learns in minutes at
