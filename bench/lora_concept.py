@@ -97,7 +97,8 @@ def main() -> int:
     parser.add_argument("--concept-prompts", type=int, default=100, help="held-out prompts of the new shape")
     parser.add_argument("--images", type=int, default=30)
     parser.add_argument("--concept", default="rectangle", choices=NEW_SHAPES, help="the new shape word to teach")
-    parser.add_argument("--base", type=Path, default=DEFAULT_MODEL, help="the model to teach (default: the shipped one)")
+    parser.add_argument("--base", type=Path, default=DEFAULT_MODEL,
+                        help="the model to teach (default: the shipped one)")
     parser.add_argument("--cfg", type=float, default=6.0)
     parser.add_argument("--set", action="append", default=[], help="override a training setting: key=value")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/lora_concept.json")
@@ -155,7 +156,8 @@ def main() -> int:
             "samples_per_second": round(result.samples_per_second, 2), "final_loss": round(result.final_loss, 5),
             "threads": args.threads, "cfg": args.cfg, "regularization_images": args.reg,
             "regularization_like_training": args.reg_like_training,
-            "regularization_source": "renders" if args.reg_renders else f"base model at CFG {args.cfg:g}", "sampler": "Euler a", "sampling_steps": 20,
+            "regularization_source": "renders" if args.reg_renders else f"base model at CFG {args.cfg:g}",
+            "sampler": "Euler a", "sampling_steps": 20,
             "trigger_embedding": settings.learns_trigger,
         }
         # Misses by "size shape" show where the old words suffer (a new shape can pull its neighbours).

@@ -149,7 +149,8 @@ class LoraTrainingSettings:
         if self.learns_trigger and (not NAME_PATTERN.match(self.trigger.strip()) or self.trigger.strip().endswith(".")):
             problems.append(f"trigger word {self.trigger!r} becomes the embedding's file name: use letters, digits, "
                             "spaces, '.', '_' or '-', or turn off learning the trigger word")
-        for label, value in (("learning rate", self.learning_rate), ("text-encoder learning rate", self.text_encoder_lr),
+        for label, value in (("learning rate", self.learning_rate),
+                             ("text-encoder learning rate", self.text_encoder_lr),
                              ("embedding learning rate", self.embedding_lr),
                              ("caption dropout", self.caption_dropout), ("noise offset", self.noise_offset),
                              ("min-SNR gamma", self.min_snr_gamma), ("alpha", self.alpha),
@@ -163,7 +164,8 @@ class LoraTrainingSettings:
         if self.embedding_lr < 0:
             problems.append(f"embedding learning rate must be 0 (automatic) or above (got {self.embedding_lr})")
         if self.text_encoder_lr < 0:
-            problems.append(f"text-encoder learning rate must be 0 (same as the U-Net) or above (got {self.text_encoder_lr})")
+            problems.append("text-encoder learning rate must be 0 (same as the U-Net) or above "
+                            f"(got {self.text_encoder_lr})")
         if not 0 <= self.caption_dropout < 1:
             problems.append(f"caption dropout must be in [0, 1) (got {self.caption_dropout})")
         if min(self.noise_offset, self.min_snr_gamma, self.prior_loss_weight, self.preservation_weight,
@@ -178,7 +180,8 @@ class LoraTrainingSettings:
             if value < low:
                 problems.append(f"{label} must be at least {low} (got {value})")
         if self.resolution and not 32 <= self.resolution <= 4096:
-            problems.append(f"resolution must be between 32 and 4096 pixels, or 0 for the model's own (got {self.resolution})")
+            problems.append("resolution must be between 32 and 4096 pixels, or 0 for the model's own "
+                            f"(got {self.resolution})")
         if self.optimizer not in OPTIMIZERS:
             problems.append(f"optimizer {self.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
         if self.lr_scheduler not in LR_SCHEDULERS:
@@ -463,8 +466,8 @@ def train_lora(
     interrupted = False
 
     def facts(steps_done: int) -> dict[str, object]:
-        return _training_facts(settings, dataset, model, resolution, buckets, total_steps, steps_done, updates_per_epoch,
-                               started_at, world)
+        return _training_facts(settings, dataset, model, resolution, buckets, total_steps, steps_done,
+                               updates_per_epoch, started_at, world)
 
     def save_state(steps_done: int) -> None:
         nonlocal last_saved
@@ -650,7 +653,7 @@ def _dataset_dirs(dataset: LoraDataset, regularization: bool = False) -> dict[st
     return dirs
 
 
-# -- CLI -----------------------------------------------------------------------------------------------------------------
+# -- CLI ---------------------------------------------------------------------------------------------------------------
 
 _HELP = {
     "trigger": "a word put in front of every caption that lacks it",
@@ -661,8 +664,8 @@ _HELP = {
     "sample_every": "steps between sample images from --sample-prompt (0 = none)",
     "resume": "continue from the run folder's checkpoint-latest.pt",
     "reg_data": "regularisation images with captions (kohya's reg folder): what the LoRA should leave alone",
-    "trigger_embedding": "also learn the trigger word as an embedding, written to <embedding-dir>/<trigger>.safetensors "
-                         "(pivotal tuning)",
+    "trigger_embedding": "also learn the trigger word as an embedding, written to "
+                         "<embedding-dir>/<trigger>.safetensors (pivotal tuning)",
     "embedding_lr": "0 = automatic (5e-3; 1.0 with Prodigy)",
     "embedding_dir": "where the trigger word's embedding goes (default: 'embeddings' beside --output-dir)",
     "unet_layers": "attention: kohya's LoRA; attention+conv: also the ResNet 3x3 convolutions (LoCon); "
@@ -682,7 +685,8 @@ _HELP = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", type=Path, required=True, help="checkpoint to train on (.safetensors)")
-    parser.add_argument("--data", type=Path, required=True, help="folder of images with .txt captions (N_name folders repeat)")
+    parser.add_argument("--data", type=Path, required=True,
+                        help="folder of images with .txt captions (N_name folders repeat)")
     parser.add_argument("--name", required=True, help="the LoRA's name: models/Lora/<name>.safetensors")
     defaults = LoraTrainingSettings(Path("."), Path("."), "x")
     for item in fields(LoraTrainingSettings):
@@ -737,6 +741,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if result.embedding is not None:
         print(f"wrote {result.embedding}: write {settings.trigger.strip()!r} in a prompt to use the learned word")
-    print(f"wrote {result.output} ({result.steps} steps, {result.seconds:.0f} s, {result.samples_per_second:.2f} samples/s, "
-          f"final loss {result.final_loss:.4f})")
+    print(f"wrote {result.output} ({result.steps} steps, {result.seconds:.0f} s, "
+          f"{result.samples_per_second:.2f} samples/s, final loss {result.final_loss:.4f})")
     return 0
