@@ -8,7 +8,11 @@
    - the standard held-out prompts of the trained colours, with and without the LoRA.
 
     python bench/lora_concept.py [--reg 120] [--reg-renders] [--concept diamond] [--base MODEL] \\
-        [--prompts 200] [--concept-prompts 100] [--set epochs=40 ...]
+        [--prompts 200] [--concept-prompts 100] [--set epochs=40 ...] [--keep KEPT.safetensors]
+    python bench/lora_concept.py --lora KEPT.safetensors [--seed-base 100000] [--old-scene-seed 1000020]
+
+The second form scores a kept file (or a soup of them, bench/lora_soup.py) without training, on other sampling seeds
+or other trained-word prompts if asked.
 
 Writes bench/results/lora_concept.json; docs/lora-training.md quotes it.
 """
@@ -35,7 +39,7 @@ from webui.engine.lora import lora_patches, read_lora  # noqa: E402
 from webui.engine.patching import patched  # noqa: E402
 from webui.evaluation.adherence import generate_and_score  # noqa: E402
 from webui.shapes import (  # noqa: E402
-    CONCEPT_SEED, NEW_SHAPES, concept_scenes, eval_scenes, scene_at, write_captioned_folder,
+    CONCEPT_SEED, EVAL_SEED, NEW_SHAPES, concept_scenes, eval_scenes, scene_at, write_captioned_folder,
 )
 from webui.training.train_lora import LoraTrainingSettings, train_lora  # noqa: E402
 
@@ -113,69 +117,26 @@ def main() -> int:
                         help="regularisation prompts are the training captions with a trained shape swapped in")
     parser.add_argument("--skip-baselines", action="store_true", help="score only with the LoRA (quick sweeps)")
     parser.add_argument("--keep", type=Path, help="copy the trained LoRA here (to look at its images afterwards)")
+    parser.add_argument("--lora", type=Path,
+                        help="score this kept LoRA (and the .embedding.safetensors beside it) instead of training one")
+    parser.add_argument("--seed-base", type=int, default=0, help="first sampling seed (one seed per prompt)")
+    parser.add_argument("--old-scene-seed", type=int, default=EVAL_SEED,
+                        help="scene seed of the trained-word prompts (another seed: other prompts)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch:
-        scratch_path = Path(scratch)
-        training_scenes = concept_scenes(args.images, args.concept, CONCEPT_SEED)
-        write_captioned_folder(scratch_path / "data", training_scenes)
-        settings = LoraTrainingSettings(base=args.base, data=scratch_path / "data", name=args.concept,
-                                        trigger=args.concept,
-                                        output_dir=scratch_path / "lora", run_dir=scratch_path / "run",
-                                        sample_every=0, save_every=0, threads=args.threads)
-        overrides = _override(settings, args.set)
-        started = time.time()
-        if args.reg:
-            settings.reg_data = scratch_path / "reg"
-            scenes = regularization_scenes(args.reg, like=training_scenes if args.reg_like_training else None)
-            if args.reg_renders:
-                write_captioned_folder(settings.reg_data, scenes)
-            else:
-                draw_regularization(args.base, settings.reg_data, scenes, args.cfg)
-        result = train_lora(settings)
-        train_seconds = time.time() - started
-        lora = read_lora(result.output)
-        if args.keep:
-            args.keep.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(result.output, args.keep)
-
-        model = load_checkpoint(args.base)
-        # The trigger word's learned embedding (pivotal tuning, on by default) is used as the app would: by its name
-        learned = {}
-        if settings.learns_trigger:
-            learned = {args.concept: read_embedding(settings.embedding_path)}
-            if args.keep:
-                shutil.copyfile(settings.embedding_path, args.keep.with_suffix(".embedding.safetensors"))
-        embeddings = embedding_set_for(model, learned)[0] if learned else None
-        concept = concept_scenes(args.concept_prompts, args.concept, HELD_OUT_CONCEPT_SEED)
-        old = eval_scenes(args.prompts, objects=1)
-        report: dict[str, object] = {
-            "model": args.base.name, "concept": args.concept, "training_images": args.images,
-            "settings_overrides": overrides, "steps": result.steps, "train_seconds": round(train_seconds, 1),
-            "samples_per_second": round(result.samples_per_second, 2), "final_loss": round(result.final_loss, 5),
-            "threads": args.threads, "cfg": args.cfg, "regularization_images": args.reg,
-            "regularization_like_training": args.reg_like_training,
-            "regularization_source": "renders" if args.reg_renders else f"base model at CFG {args.cfg:g}",
-            "sampler": "Euler a", "sampling_steps": 20,
-            "trigger_embedding": settings.learns_trigger,
-        }
-        # Misses by "size shape" show where the old words suffer (a new shape can pull its neighbours).
-        misses_without: dict[str, int] = {}
-        misses_with: dict[str, int] = {}
-        if not args.skip_baselines:
-            report["concept_without_lora"] = generate_and_score(model, concept, args.cfg)
-            report["old_without_lora"] = generate_and_score(model, old, args.cfg, misses=misses_without)
-            report["old_misses_without_lora"] = dict(sorted(misses_without.items()))
-        with patched(lora_patches(lora, model, 1.0, 1.0)):
-            report["concept_with_lora"] = generate_and_score(model, concept, args.cfg, embeddings=embeddings)
-            report["old_with_lora"] = generate_and_score(model, old, args.cfg, embeddings=embeddings,
-                                                         misses=misses_with)
-        report["old_misses_with_lora"] = dict(sorted(misses_with.items()))
+        if args.lora:
+            embedding = args.lora.with_suffix(".embedding.safetensors")
+            report = {"lora": str(args.lora)}
+            lora_path, embedding_path = args.lora, embedding if embedding.exists() else None
+        else:
+            lora_path, embedding_path, report = train(args, Path(scratch))
+        report.update(score(args, lora_path, embedding_path))
     key = "shape_colour"
     if args.skip_baselines:
-        print(json.dumps({k: report[k] for k in ("concept_with_lora", "old_with_lora", "old_misses_with_lora",
-                                                  "train_seconds", "steps")}))
+        print(json.dumps({k: report.get(k) for k in ("concept_with_lora", "old_with_lora", "old_misses_with_lora",
+                                                      "train_seconds", "steps")}))
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         return 0
     report["summary"] = {
@@ -189,6 +150,70 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def train(args: argparse.Namespace, scratch_path: Path) -> tuple[Path, Path | None, dict[str, object]]:
+    """Train the LoRA on rendered scenes of the new word; returns it, its learned word (or None) and the facts."""
+    training_scenes = concept_scenes(args.images, args.concept, CONCEPT_SEED)
+    write_captioned_folder(scratch_path / "data", training_scenes)
+    settings = LoraTrainingSettings(base=args.base, data=scratch_path / "data", name=args.concept,
+                                    trigger=args.concept, output_dir=scratch_path / "lora",
+                                    run_dir=scratch_path / "run", sample_every=0, save_every=0, threads=args.threads)
+    overrides = _override(settings, args.set)
+    started = time.time()
+    if args.reg:
+        settings.reg_data = scratch_path / "reg"
+        scenes = regularization_scenes(args.reg, like=training_scenes if args.reg_like_training else None)
+        if args.reg_renders:
+            write_captioned_folder(settings.reg_data, scenes)
+        else:
+            draw_regularization(args.base, settings.reg_data, scenes, args.cfg)
+    result = train_lora(settings)
+    train_seconds = time.time() - started
+    # The trigger word's learned embedding (pivotal tuning, on by default) is used as the app would: by its name
+    embedding = settings.embedding_path if settings.learns_trigger else None
+    if args.keep:
+        args.keep.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(result.output, args.keep)
+        if embedding:
+            shutil.copyfile(embedding, args.keep.with_suffix(".embedding.safetensors"))
+    facts: dict[str, object] = {
+        "settings_overrides": overrides, "steps": result.steps, "train_seconds": round(train_seconds, 1),
+        "samples_per_second": round(result.samples_per_second, 2), "final_loss": round(result.final_loss, 5),
+        "regularization_images": args.reg, "regularization_like_training": args.reg_like_training,
+        "regularization_source": "renders" if args.reg_renders else f"base model at CFG {args.cfg:g}",
+        "trigger_embedding": settings.learns_trigger,
+    }
+    return result.output, embedding, facts
+
+
+def score(args: argparse.Namespace, lora_path: Path, embedding_path: Path | None) -> dict[str, object]:
+    """Adherence on the new word's held-out prompts and on the trained words, with the LoRA (and without it)."""
+    model = load_checkpoint(args.base)
+    learned = {args.concept: read_embedding(embedding_path)} if embedding_path else {}
+    embeddings = embedding_set_for(model, learned)[0] if learned else None
+    concept = concept_scenes(args.concept_prompts, args.concept, HELD_OUT_CONCEPT_SEED)
+    old = eval_scenes(args.prompts, objects=1, seed=args.old_scene_seed)
+    report: dict[str, object] = {
+        "model": args.base.name, "concept": args.concept, "training_images": args.images, "threads": args.threads,
+        "cfg": args.cfg, "sampler": "Euler a", "sampling_steps": 20, "seed_base": args.seed_base,
+        "old_scene_seed": args.old_scene_seed,
+    }
+    # Misses by "size shape" show where the old words suffer (a new shape can pull its neighbours).
+    misses_without: dict[str, int] = {}
+    misses_with: dict[str, int] = {}
+    seeds = args.seed_base
+    if not args.skip_baselines:
+        report["concept_without_lora"] = generate_and_score(model, concept, args.cfg, seed_base=seeds)
+        report["old_without_lora"] = generate_and_score(model, old, args.cfg, seed_base=seeds, misses=misses_without)
+        report["old_misses_without_lora"] = dict(sorted(misses_without.items()))
+    with patched(lora_patches(read_lora(lora_path), model, 1.0, 1.0)):
+        report["concept_with_lora"] = generate_and_score(model, concept, args.cfg, seed_base=seeds,
+                                                         embeddings=embeddings)
+        report["old_with_lora"] = generate_and_score(model, old, args.cfg, seed_base=seeds, embeddings=embeddings,
+                                                     misses=misses_with)
+    report["old_misses_with_lora"] = dict(sorted(misses_with.items()))
+    return report
 
 
 if __name__ == "__main__":
