@@ -202,16 +202,15 @@ def score(args: argparse.Namespace, lora_path: Path, embedding_path: Path | None
     # Misses by "size shape" show where the old words suffer (a new shape can pull its neighbours).
     misses_without: dict[str, int] = {}
     misses_with: dict[str, int] = {}
-    seeds = args.seed_base
+    sampling = {"cfg": args.cfg, "seed_base": args.seed_base}
     if not args.skip_baselines:
-        report["concept_without_lora"] = generate_and_score(model, concept, args.cfg, seed_base=seeds)
-        report["old_without_lora"] = generate_and_score(model, old, args.cfg, seed_base=seeds, misses=misses_without)
+        report["concept_without_lora"] = generate_and_score(model, concept, **sampling)
+        report["old_without_lora"] = generate_and_score(model, old, misses=misses_without, **sampling)
         report["old_misses_without_lora"] = dict(sorted(misses_without.items()))
     with patched(lora_patches(read_lora(lora_path), model, 1.0, 1.0)):
-        report["concept_with_lora"] = generate_and_score(model, concept, args.cfg, seed_base=seeds,
-                                                         embeddings=embeddings)
-        report["old_with_lora"] = generate_and_score(model, old, args.cfg, seed_base=seeds, embeddings=embeddings,
-                                                     misses=misses_with)
+        report["concept_with_lora"] = generate_and_score(model, concept, embeddings=embeddings, **sampling)
+        report["old_with_lora"] = generate_and_score(model, old, embeddings=embeddings, misses=misses_with,
+                                                     **sampling)
     report["old_misses_with_lora"] = dict(sorted(misses_with.items()))
     return report
 

@@ -31,7 +31,7 @@ from webui.shapes import (
 )
 
 _NAMES = list(PALETTE)
-RECTANGLE_ASPECT = 1.5
+RECTANGLE_ASPECT, RECTANGLE_EXTENT = 1.5, 0.7  # at least 1.5 times as wide as tall, and solid
 # The shape rules' thresholds (module docstring, step 4); the new-shape rules reuse them.
 STAR_SOLIDITY, CONVEX_SOLIDITY = 0.78, 0.94
 SQUARE_EXTENT, CIRCLE_EXTENT = 0.9, 0.68
@@ -74,7 +74,7 @@ def classify_shape(mask: np.ndarray, new_shapes: bool = False) -> str:
     hull = max(cv2.contourArea(cv2.convexHull(contour)), 1.0)
     _, y, w, h = cv2.boundingRect(contour)
     solidity, extent = area / hull, area / float(w * h)
-    if new_shapes and extent >= 0.7 and w >= RECTANGLE_ASPECT * h:
+    if new_shapes and extent >= RECTANGLE_EXTENT and w >= RECTANGLE_ASPECT * h:
         return "rectangle"
     if new_shapes and solidity >= CONVEX_SOLIDITY and extent < CIRCLE_EXTENT:
         rows = np.nonzero(mask)[0]
