@@ -1,4 +1,4 @@
-"""Benchmark: loading a full-size checkpoint, memory-mapped and tensor by tensor (before) or read in one pass and packed.
+"""Benchmark: loading a full-size checkpoint tensor by tensor, memory-mapped (before), or in one read, packed.
 
     .venv/bin/python bench/cold_load.py [--family sd1] [--dtype fp16] [--rounds 3] [--device cpu]
 
@@ -136,7 +136,8 @@ def main() -> None:
     save_checkpoint(path, build_synthetic_model(args.family, size="real", seed=0).state_dict(DTYPES[args.dtype]))
     print(f"wrote {path.stat().st_size / 2**30:.2f} GiB in {time.perf_counter() - started:.0f} s", flush=True)
     reference = _fingerprint(load(VARIANTS[0], path, device, compute))
-    same = {variant: all(torch.equal(a, b) for a, b in zip(reference, _fingerprint(load(variant, path, device, compute))))
+    same = {variant: all(torch.equal(a, b)
+                         for a, b in zip(reference, _fingerprint(load(variant, path, device, compute))))
             for variant in VARIANTS[1:]}
     del reference
     can_drop = drop_page_cache()

@@ -34,8 +34,9 @@ env, el, say, start, wait, minutes = (session.env, session.elapsed, session.say,
                                       session.minutes_until)
 
 
-S = dict(scenes_ae="2100", scenes_ldm="600", bae="4", bldm="8", p1=70, p2_end=330, a1_end=330, threads="1", ev="4") if FAST \
-    else dict(scenes_ae="50000", scenes_ldm="30000", bae="64", bldm="256", p1=150, p2_end=455, a1_end=455, threads="3", ev="200")
+S = dict(scenes_ae="2100", scenes_ldm="600", bae="4", bldm="8", p1=70, p2_end=330, a1_end=330, threads="1", ev="4") \
+    if FAST else dict(scenes_ae="50000", scenes_ldm="30000", bae="64", bldm="256", p1=150, p2_end=455, a1_end=455,
+                      threads="3", ev="200")
 common_ldm = ["--steps", "300000", "--offset-noise", "0.1", "--snr-floor", "0.5", "--signal-free-top", "0.15",
               "--sample-every", "2000", "--checkpoint-every", "3000", "--log-every", "100", "--threads", S["threads"],
               "--scenes", S["scenes_ldm"], "--batch-size", S["bldm"]]
@@ -48,7 +49,8 @@ if FAST:
 say("python", sys.version.split()[0])
 phase1 = {
     "A1": start("A1", ["train-ldm", "--ae", OLD_AE, "--out", f"{W}/A1", "--init", SHIPPED, "--lr", "3e-4",
-                       "--warmup", "100", "--ema-decay", "0.999", "--max-minutes", minutes(S["a1_end"], 45), *common_ldm]),
+                       "--warmup", "100", "--ema-decay", "0.999", "--max-minutes", minutes(S["a1_end"], 45),
+                       *common_ldm]),
     "AEa": start("AEa", ["train-ae", "--out", f"{W}/AEa", "--init", f"{OLD_AE}/vae", "--decoder-only", "--lr", "5e-4",
                          "--warmup", "50", "--max-minutes", minutes(S["p1"], 10), *common_ae]),
     "AEb": start("AEb", ["train-ae", "--out", f"{W}/AEb", "--lr", "1e-3", "--warmup", "100", "--layers-per-block", "1",

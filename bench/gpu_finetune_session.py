@@ -51,7 +51,8 @@ SIZES = dict(scenes_ldm="600", scenes_ae="600", batch_ldm="8", batch_ae="4", thr
     else dict(scenes_ldm="30000", scenes_ae="50000", batch_ldm="512", batch_ae="128", threads="3", eval_images="400")
 ldm_common = ["--ae", AE, "--init", CONTINUE or SHIPPED, "--steps", "300000", "--batch-size", SIZES["batch_ldm"],
               "--lr", "1.5e-4" if CONTINUE else "2e-4", "--warmup", "50" if CONTINUE else "100",
-              "--ema-decay", "0.999" if CONTINUE else "0.9995", "--min-snr-gamma", "0", "--snr-floor", "0.5", "--offset-noise", "0.1",
+              "--ema-decay", "0.999" if CONTINUE else "0.9995", "--min-snr-gamma", "0", "--snr-floor", "0.5",
+              "--offset-noise", "0.1",
               "--signal-free-top", "0.15", "--sample-every", "1000", "--checkpoint-every", "100000",
               "--log-every", "50", "--threads", SIZES["threads"], "--scenes", SIZES["scenes_ldm"]]
 say("python", sys.version.split()[0])

@@ -74,7 +74,8 @@ def main() -> int:
         (models / "Stable-diffusion" / args.model.name).symlink_to(args.model)
         outputs = Path(scratch) / "outputs"
         auth = ",".join(f"{u}:{p}" for u, p in passwords.items())
-        server = AppServer(models, outputs, "--auth", auth, "--queue-size", str(args.users * args.jobs + 10)).wait_ready()
+        server = AppServer(models, outputs, "--auth", auth,
+                           "--queue-size", str(args.users * args.jobs + 10)).wait_ready()
         try:
             base = server.url + "sdapi/v1/"
 

@@ -105,7 +105,8 @@ def summarise(results: dict[str, dict[str, int | None]], chosen: set[str] | None
         groups[group][1] += len(checked)
     return {
         "modules": modules,
-        "groups": {g: {"killed": k, "checked": n, "score": k / n, "wilson95": wilson(k, n)} for g, (k, n) in groups.items()},
+        "groups": {g: {"killed": k, "checked": n, "score": k / n, "wilson95": wilson(k, n)}
+                   for g, (k, n) in groups.items()},
     }
 
 

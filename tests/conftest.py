@@ -141,7 +141,8 @@ def tiny_service_context(root: Path, checkpoint: TinyCheckpoint, name: str = "ti
     checkpoints = root / "models" / "Stable-diffusion"
     checkpoints.mkdir(parents=True)
     (checkpoints / f"{name}.safetensors").symlink_to(checkpoint.path)
-    return build_context(AppPaths(root / "models", root / "outputs", root / "data"), device="cpu", load_extensions=False)
+    return build_context(AppPaths(root / "models", root / "outputs", root / "data"), device="cpu",
+                         load_extensions=False)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,8 @@ TE_LAYERS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_a
 
 
 def unet_layers(model: SyntheticModel, conv: bool) -> Iterator[tuple[str, torch.nn.Module]]:
-    """(diffusers path, module) of what kohya's trainer targets: transformer linears, proj_in/out; LoCon: resnet convs."""
+    """(diffusers path, module) of what kohya's trainer targets: transformer linears, proj_in/out;
+    LoCon: resnet convs."""
     for path, module in model.unet.named_modules():
         if path.endswith(ATTENTION_LAYERS) or path.endswith((".proj_in", ".proj_out")):
             yield path, module

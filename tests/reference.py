@@ -35,7 +35,8 @@ def write_clip_tokenizer(folder: Path, pad_token: str) -> None:
     merges = sorted(bpe.bpe_ranks.items(), key=lambda item: item[1])
     lines = ["#version: 0.2", *(" ".join(pair) for pair, _ in merges)]
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token, model_max_length=77)
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), pad_token=pad_token,
+                              model_max_length=77)
     tokenizer.save_pretrained(str(folder))
 
 
@@ -66,7 +67,8 @@ def write_config_dir(model: SyntheticModel, folder: Path) -> Path:
     model.vae.save_config(str(folder / "vae"))
     configs = list(model.text_configs)
     if model.family.name == "sd2":  # diffusers' SD2 text encoder stops at the penultimate layer
-        configs[0] = configs[0].__class__(**{**configs[0].to_dict(), "num_hidden_layers": configs[0].num_hidden_layers - 1})
+        configs[0] = configs[0].__class__(**{**configs[0].to_dict(),
+                                             "num_hidden_layers": configs[0].num_hidden_layers - 1})
     configs[0].save_pretrained(str(folder / "text_encoder"))
     pad = "!" if model.family.name == "sd2" else "<|endoftext|>"
     write_clip_tokenizer(folder / "tokenizer", pad)

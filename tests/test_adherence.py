@@ -40,7 +40,8 @@ def test_the_new_rectangle_is_recognised_only_where_a_prompt_asks_for_it(size):
     found, _ = detect(render(scene), new_shapes=True)
     assert (found[0].shape, found[0].position, found[0].size) == ("rectangle", "bottom left", size)
     assert detect(render(scene))[0][0].shape == "square"  # without the option, the nearest trained shape
-    assert score(render(scene), Scene(scene.objects, scene.background, caption_for(scene.objects, scene.background)))["all"]
+    assert score(render(scene),
+                 Scene(scene.objects, scene.background, caption_for(scene.objects, scene.background)))["all"]
     wrong = Scene((ShapeObject("square", "orange", "bottom left", size),), ("purple",))
     assert not score(render(wrong), scene)["shape"]
     for shape in ("circle", "square", "triangle", "star", "cross"):

@@ -8,7 +8,6 @@ the valid generation requests the fuzzer finds finish quickly on a CPU; anything
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import requests

@@ -187,7 +187,8 @@ def _paste_last_then_browse(page, word: str, infotext: str) -> None:
     open_tab(page, "Image Browser")
     page.fill("#image_browser_search textarea, #image_browser_search input", word)
     page.locator("#image_browser_search textarea, #image_browser_search input").press("Enter")
-    page.wait_for_function("(w) => document.querySelector('#image_browser_summary').innerText.includes('of 1 matching')",
+    page.wait_for_function("(w) => document.querySelector('#image_browser_summary')"
+                           ".innerText.includes('of 1 matching')",
                            arg=word, timeout=TIMEOUT_MS)
     thumbs = page.locator("#image_browser_gallery button.thumbnail-item, #image_browser_gallery .thumbnail-item")
     thumbs.first.click()

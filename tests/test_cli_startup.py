@@ -69,7 +69,8 @@ def test_generating_from_the_cli_never_imports_the_ui(tiny_sd1, tmp_path: Path) 
 
 def test_the_app_without_worker_flags_never_imports_ray(tmp_path: Path) -> None:
     """Ray is optional (requirements-ray.txt): the app's services and UI are built without it."""
-    code = (f"from webui.context import AppPaths, build_context\nimport webui.launcher, webui.ui.app, webui.api.routes\n"
+    code = (f"from webui.context import AppPaths, build_context\n"
+            f"import webui.launcher, webui.ui.app, webui.api.routes\n"
             f"from pathlib import Path\nroot = Path({str(tmp_path)!r})\n"
             f"context = build_context(AppPaths(root / 'models', root / 'outputs', root / 'data'), device='cpu')\n"
             f"import sys\nassert 'ray' not in sys.modules, 'ray was imported'")

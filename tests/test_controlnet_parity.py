@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 import diffusers
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from tests.reference import batch_seeds, reference_noise, reference_scheduler
@@ -95,8 +94,8 @@ def _run(parity_models: ParityModels, tiny, controlnet_files, units: list[dict],
     `with_plain`, ours without any unit (to show the control had a visible effect)."""
     model, pipe = parity_models.get(tiny, "epsilon")
     seeds = batch_seeds(seed, 2)
-    params = SamplingParams(prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler (diffusers)", steps=STEPS, cfg_scale=CFG,
-                            width=width, height=height, seeds=seeds)
+    params = SamplingParams(prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler (diffusers)", steps=STEPS,
+                            cfg_scale=CFG, width=width, height=height, seeds=seeds)
     ours_units, truths, images = [], [], []
     for unit in units:
         path, truth = controlnet_files[unit["file"]]
@@ -221,8 +220,8 @@ def test_img2img_unit_matches_diffusers_controlnet_img2img(
     path, truth = controlnet_files[file]
     unit = ControlUnit(load_controlnet(path).model, control_image(control_picture(width, height), width, height, 0),
                        weight=0.9, guidance_end=0.6)
-    params = SamplingParams(prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler (diffusers)", steps=STEPS, cfg_scale=CFG,
-                            width=width, height=height, seeds=seeds)
+    params = SamplingParams(prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler (diffusers)", steps=STEPS,
+                            cfg_scale=CFG, width=width, height=height, seeds=seeds)
     ours = img2img(model, params, REGISTRY, init, Img2ImgOptions(denoising_strength=0.7), [ControlNetExtension([unit])])
 
     cls = (diffusers.StableDiffusionXLControlNetImg2ImgPipeline if model.family.is_sdxl

@@ -1,4 +1,5 @@
-"""The denoise loop's extension points: call order, CFG halves, residual injection, and CFG rescale against diffusers."""
+"""The denoise loop's extension points: call order, CFG halves, residual injection, and CFG rescale against
+diffusers."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ REGISTRY = SamplerRegistry()
 
 def params(prompt: str = "a red circle", negative: str = "blurry", cfg: float = 6.0, steps: int = 3,
            seeds: tuple[int, ...] = (7, 8)) -> SamplingParams:
-    return SamplingParams(prompt=prompt, negative_prompt=negative, sampler="Euler (diffusers)", steps=steps, cfg_scale=cfg,
-                          width=64, height=64, seeds=list(seeds))
+    return SamplingParams(prompt=prompt, negative_prompt=negative, sampler="Euler (diffusers)", steps=steps,
+                          cfg_scale=cfg, width=64, height=64, seeds=list(seeds))
 
 
 class Recorder(DenoiseExtension):

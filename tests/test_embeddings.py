@@ -50,8 +50,8 @@ def write_sdxl(path: Path, clip_l: torch.Tensor, clip_g: torch.Tensor) -> Path:
 
 def images(model, prompt: str, negative: str, embeddings, width: int = 64, height: int = 64,
            steps: int = 4) -> list[np.ndarray]:
-    params = SamplingParams(prompt=prompt, negative_prompt=negative, sampler="Euler (diffusers)", steps=steps, cfg_scale=6.0,
-                            width=width, height=height, seeds=batch_seeds(3, 2), embeddings=embeddings)
+    params = SamplingParams(prompt=prompt, negative_prompt=negative, sampler="Euler (diffusers)", steps=steps,
+                            cfg_scale=6.0, width=width, height=height, seeds=batch_seeds(3, 2), embeddings=embeddings)
     return [np.asarray(i, dtype=int) for i in txt2img(model, params, SamplerRegistry())]
 
 

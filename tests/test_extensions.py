@@ -262,7 +262,8 @@ def test_denoise_extensions_are_contained_and_bad_input_stops_only_the_job(tmp_p
 
     image, result = _generate(context, **{"bad-residuals": {"enabled": True}, "bad-cfg": {"enabled": True}})
     assert np.array_equal(image, baseline) and len(result.images) == 1
-    assert "before a U-Net call" in status["bad-residuals"].error and "denoise extension exploded" in status["bad-residuals"].error
+    assert ("before a U-Net call" in status["bad-residuals"].error
+            and "denoise extension exploded" in status["bad-residuals"].error)
     assert "after CFG" in status["bad-cfg"].error
     assert status["controlnet"].status == status["pnginfo"].status == "active"
 

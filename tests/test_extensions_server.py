@@ -11,7 +11,9 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
-from tests.extension_folders import HELLO_TAB, NEGATE_HOOK, RAISES_IN_REGISTER, RAISES_IN_UI, RAISES_ON_IMPORT, write_extension
+from tests.extension_folders import (
+    HELLO_TAB, NEGATE_HOOK, RAISES_IN_REGISTER, RAISES_IN_UI, RAISES_ON_IMPORT, write_extension,
+)
 from tests.server_process import AppServer
 from webui.engine.synthetic import write_synthetic_checkpoint
 
@@ -104,17 +106,20 @@ def test_models_tab_shows_the_loaded_checkpoint_and_unloads_it(server: AppServer
 def test_settings_persist_across_restart(server: AppServer, dirs) -> None:
     client = Client(server.url, verbose=False)
     config = _config(server)
-    setting_ids = [c["props"].get("elem_id") for c in config["components"] if (c["props"].get("elem_id") or "").startswith("setting_")]
+    setting_ids = [c["props"].get("elem_id") for c in config["components"]
+                   if (c["props"].get("elem_id") or "").startswith("setting_")]
     assert "setting_flip_strength" in setting_ids
     values = {"setting_flip_strength": 0.25}
-    args = [values.get(elem, next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == elem))
+    args = [values.get(elem, next(c["props"]["value"] for c in config["components"]
+                                  if c["props"].get("elem_id") == elem))
             for elem in setting_ids]
     saved = client.predict(*args, api_name="/settings_apply")
     assert saved.startswith("Settings saved. 1 changed:") and "`flip.strength`" in saved and "0.25" in saved
     restarted = _start(dirs)  # a second process on the same data folder: what a restart reads back
     try:
         config = _config(restarted)
-        value = next(c["props"]["value"] for c in config["components"] if c["props"].get("elem_id") == "setting_flip_strength")
+        value = next(c["props"]["value"] for c in config["components"]
+                     if c["props"].get("elem_id") == "setting_flip_strength")
         assert value == 0.25
     finally:
         restarted.stop()

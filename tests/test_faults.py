@@ -142,7 +142,8 @@ def test_case_28_a_full_disk_still_returns_the_image_and_leaves_no_temporary_fil
     assert [p for p in (tmp_path / "outputs").rglob("*") if p.is_file()] == []  # nothing half-written is left
 
 
-def test_case_27_kill_9_mid_batch_leaves_only_complete_images_and_the_next_start_cleans_up(tmp_path: Path, tiny_sd1) -> None:
+def test_case_27_kill_9_mid_batch_leaves_only_complete_images_and_the_next_start_cleans_up(
+        tmp_path: Path, tiny_sd1) -> None:
     out = tmp_path / "out"
     command = [sys.executable, "-m", "webui", "generate", "--model", str(tiny_sd1.path), "--prompt", "a red circle",
                "--width", "64", "--height", "64", "--steps", "6", "--sampler", "Euler", "--seed", "10",

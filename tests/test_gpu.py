@@ -158,7 +158,8 @@ def test_img2img_and_inpaint_on_the_device_match_diffusers(pairs: Pairs, family:
 
 def _weights_bytes(path: Path, dtype: torch.dtype) -> int:
     """What a checkpoint's tensors take in `dtype` (from the file's header)."""
-    return sum(int(np.prod(shape)) for shape in read_key_shapes(path).values()) * torch.empty((), dtype=dtype).element_size()
+    return (sum(int(np.prod(shape)) for shape in read_key_shapes(path).values())
+            * torch.empty((), dtype=dtype).element_size())
 
 
 def test_a_checkpoint_swap_under_a_small_vram_budget_brings_back_the_same_model(files, tmp_path: Path) -> None:

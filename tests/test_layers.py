@@ -74,7 +74,8 @@ EXAMPLE_MODULES = sorted(EXAMPLES.rglob("*.py"))
 
 @pytest.mark.parametrize("path", EXAMPLE_MODULES, ids=[str(p.relative_to(EXAMPLES)) for p in EXAMPLE_MODULES])
 def test_example_extensions_use_only_the_public_api(path: Path) -> None:
-    wrong = sorted((package, line) for package, line in _imported_packages(path) if package in EXTENSIONS_MAY_NOT_IMPORT)
+    wrong = sorted((package, line) for package, line in _imported_packages(path)
+                   if package in EXTENSIONS_MAY_NOT_IMPORT)
     assert not wrong, f"extensions/{path.relative_to(EXAMPLES)} imports " + ", ".join(
         f"webui.{package} (line {line})" for package, line in wrong) + "; use webui.services (the extension API)"
 

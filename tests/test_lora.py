@@ -66,8 +66,8 @@ def state_hash(model: LoadedModel) -> str:
 
 
 def ours_images(model: LoadedModel, seed: int = 5, width: int = 64, height: int = 64) -> list[np.ndarray]:
-    params = SamplingParams(prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler (diffusers)", schedule="Automatic", steps=4,
-                            cfg_scale=6.0, width=width, height=height, seeds=batch_seeds(seed, 2))
+    params = SamplingParams(prompt=PROMPT, negative_prompt=NEGATIVE, sampler="Euler (diffusers)", schedule="Automatic",
+                            steps=4, cfg_scale=6.0, width=width, height=height, seeds=batch_seeds(seed, 2))
     return [np.asarray(image, dtype=int) for image in txt2img(model, params, REGISTRY)]
 
 

@@ -186,7 +186,8 @@ def test_trigger_embedding_is_optional_and_never_replaces_someone_elses(concept_
 def test_default_model_loss_falls_and_samples_are_drawn(concept_folder: Path, tmp_path: Path) -> None:
     observer = Quiet()
     settings = settings_for(DEFAULT_MODEL, concept_folder, tmp_path, max_steps=40, batch_size=4, sample_every=20,
-                            sample_steps=4, sample_prompts=["a large red rectangle at the center on a black background"])
+                            sample_steps=4,
+                            sample_prompts=["a large red rectangle at the center on a black background"])
     result = train_lora(settings, observer)
     assert result.output is not None and result.output.exists()
     early, late = np.mean(observer.losses[:8]), np.mean(observer.losses[-8:])

@@ -37,7 +37,8 @@ def run(context, request: Img2ImgRequest, runner_type=Img2ImgRunner):
 
 
 def base(model_path: Path, **fields) -> dict:
-    return dict(prompt="a blue sky", sampler_name="Euler", steps=4, cfg_scale=5, seed=11, model=str(model_path), **fields)
+    return dict(prompt="a blue sky", sampler_name="Euler", steps=4, cfg_scale=5, seed=11, model=str(model_path),
+                **fields)
 
 
 @pytest.mark.parametrize("left,right,up,down", [(16, 0, 0, 0), (0, 24, 8, 0), (8, 8, 16, 32)])

@@ -80,7 +80,8 @@ def test_ddim_matches_diffusers_pipeline(
     assert _compare(parity_models, tiny, "DDIM") <= MAX_PIXEL_DIFF
 
 
-@pytest.mark.parametrize("sampler", [name for name in REGISTRY.names() if REGISTRY.resolve(name)[0].path == "diffusers"])
+@pytest.mark.parametrize("sampler", [name for name in REGISTRY.names()
+                                     if REGISTRY.resolve(name)[0].path == "diffusers"])
 def test_every_sampler_matches_its_documented_scheduler(sampler: str, tiny_sd1, parity_models: ParityModels) -> None:
     assert sampler in SAMPLERS, "add the sampler to tests/sampler_table.py"
     assert _compare(parity_models, tiny_sd1, sampler) <= MAX_PIXEL_DIFF
@@ -97,7 +98,8 @@ def test_sdxl_empty_negative_prompt_is_zeroed_like_diffusers(tiny_sdxl, parity_m
 
 
 def test_sd2_v_prediction_matches(tiny_sd2, parity_models: ParityModels) -> None:
-    assert _compare(parity_models, tiny_sd2, "DPM++ 2M (diffusers)", "Karras", prediction="v_prediction") <= MAX_PIXEL_DIFF
+    assert _compare(parity_models, tiny_sd2, "DPM++ 2M (diffusers)", "Karras",
+                    prediction="v_prediction") <= MAX_PIXEL_DIFF
 
 
 @pytest.mark.parametrize("family", ["tiny_sd1", "tiny_sdxl"])

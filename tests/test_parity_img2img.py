@@ -206,7 +206,8 @@ def _compare_img2img(pair: Pair, sampler: str, schedule: str, strength: float, w
     [
         ("sd1", "Euler (diffusers)", "Automatic", 0.5, 64, 96),
         ("sd1", "Heun (diffusers)", "Karras", 0.7, 96, 64),  # second order: the start index is (steps - run) * order
-        ("sdxl", "Euler (diffusers)", "Automatic", 0.8, 64, 96),  # A1111 runs all 5 steps: diffusers needs strength 1 here
+        # A1111 runs all 5 steps: diffusers needs strength 1 here
+        ("sdxl", "Euler (diffusers)", "Automatic", 0.8, 64, 96),
         ("sdxl", "DDIM", "Automatic", 0.5, 96, 64),
     ],
 )
@@ -218,7 +219,8 @@ def test_img2img_matches_diffusers(family: str, sampler: str, schedule: str, str
 @pytest.mark.parametrize(
     "family,sampler,schedule,strength,width,height",
     [
-        ("sd1", "Euler (diffusers)", "Automatic", 0.7, 64, 96),  # 4 channels: the known region is blended back every step
+        # 4 channels: the known region is blended back every step
+        ("sd1", "Euler (diffusers)", "Automatic", 0.7, 64, 96),
         ("sdxl", "DPM++ 2M (diffusers)", "Karras", 0.5, 96, 64),
         ("sd1_inpaint", "UniPC", "Automatic", 0.7, 96, 64),  # 9 channels: mask + masked-image latent as input
         ("sdxl_inpaint", "Euler (diffusers)", "Automatic", 0.5, 64, 96),

@@ -138,7 +138,8 @@ def test_each_k_sampler_keeps_a_diffusers_twin_and_timestep_samplers_stay_diffus
 
 @pytest.mark.parametrize("name,schedule", [("kl_optimal", "KL Optimal"), ("Align Your Steps", "Align Your Steps"),
                                            ("polyexponential", "Polyexponential"), ("normal", "Normal")])
-def test_a1111_only_schedule_types_resolve_for_k_samplers_and_are_refused_by_diffusers(name: str, schedule: str) -> None:
+def test_a1111_only_schedule_types_resolve_for_k_samplers_and_are_refused_by_diffusers(
+        name: str, schedule: str) -> None:
     registry = SamplerRegistry()
     spec, label = registry.resolve("Euler", name)
     assert label == schedule and spec.config_for(label, "epsilon")["schedule"] == schedule

@@ -119,7 +119,8 @@ def test_axis_choice_by_a1111_index_or_label_and_clear_errors(scripted) -> None:
     request = GenerationRequest(**BASE)
     lora = GenerationRequest(**{**BASE, "prompt": "a <lora:style:1> cat, <lora:other:0.8:te=1> dog"})
     planned = service.prepare("x/y/z plot", {"x_type": "LoRA weight", "x_values": "0, 0.5",
-                                             "y_type": "Prompt order", "y_values": "cat, dog"}, lora, "txt2img").requests
+                                             "y_type": "Prompt order", "y_values": "cat, dog"},
+                              lora, "txt2img").requests
     assert [r.prompt for r in planned] == [
         "a <lora:style:0> cat, <lora:other:0:te=1> dog", "a <lora:style:0.5> cat, <lora:other:0.5:te=1> dog",
         "a <lora:style:0> dog, <lora:other:0:te=1> cat", "a <lora:style:0.5> dog, <lora:other:0.5:te=1> cat"]

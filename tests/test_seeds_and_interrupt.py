@@ -27,7 +27,8 @@ def context(tmp_path_factory: pytest.TempPathFactory, tiny_sd1):
     checkpoints.mkdir(parents=True)
     (checkpoints / "tiny.safetensors").symlink_to(tiny_sd1.path)
     torch.set_num_threads(2)
-    return build_context(AppPaths(root / "models", root / "outputs", root / "data"), device="cpu", load_extensions=False)
+    return build_context(AppPaths(root / "models", root / "outputs", root / "data"), device="cpu",
+                         load_extensions=False)
 
 
 class UnetCalls:

@@ -77,7 +77,8 @@ def weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / UPERNET_FOLDER / "model.safetensors").unlink()
     torch.save(upernet.state_dict(), folder / UPERNET_FOLDER / "pytorch_model.bin")
     (folder / UPERNET_FOLDER / "preprocessor_config.json").write_text(json.dumps(
-        {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25], "image_processor_type": "SegformerImageProcessor"}))
+        {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.25, 0.25, 0.25],
+         "image_processor_type": "SegformerImageProcessor"}))
     return folder
 
 

@@ -21,7 +21,8 @@ from webui.services.outputs import read_infotext
 def app_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("app")
     checkpoints = root / "models" / "Stable-diffusion"
-    write_synthetic_checkpoint(checkpoints / "tiny.safetensors", "sd1", seed=7, metadata={"modelspec.resolution": "64x64"})
+    write_synthetic_checkpoint(checkpoints / "tiny.safetensors", "sd1", seed=7,
+                               metadata={"modelspec.resolution": "64x64"})
     return root / "models", root / "outputs"
 
 

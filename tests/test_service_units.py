@@ -58,7 +58,8 @@ def test_runner_options_carry_every_inpaint_field() -> None:
         mask=mask, denoising_strength=0.4, resize_mode=2, mask_blur=7, inpainting_mask_invert=1, inpainting_fill=2,
         inpaint_full_res=True, inpaint_full_res_padding=12,
     ))
-    assert (options.denoising_strength, options.resize_mode, options.mask_blur, options.invert_mask) == (0.4, 2, 7, True)
+    assert (options.denoising_strength, options.resize_mode, options.mask_blur,
+            options.invert_mask) == (0.4, 2, 7, True)
     assert (options.inpainting_fill, options.inpaint_full_res, options.inpaint_full_res_padding) == (2, True, 12)
     assert options.mask is mask and options.restore_size == (100, 50)
 

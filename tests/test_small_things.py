@@ -7,7 +7,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
 
 from webui.services.infotext import infotext_fields, parse_infotext
 from webui.ui.app import refresh_summary

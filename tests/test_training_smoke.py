@@ -103,6 +103,22 @@ def test_ldm_loss_goes_down_resumes_and_exports_a_loadable_sd1_file(tiny_ae, tmp
         train_ldm.run(_parse(train_ldm, init_args + ["--steps", "1", "--max-timestep", "450",
                                                      "--signal-free-top", "0.1"]))
 
+    # --train-only trains the matching parameters and leaves every other one exactly as loaded.
+    partial = tmp_path / "partial"
+    partial_args = [a if a != str(out) else str(partial) for a in common] + ["--init", str(export)]
+    pattern = r"unet\.up_blocks\.0\.attentions"
+    assert train_ldm.run(_parse(train_ldm, partial_args + ["--steps", "3", "--train-only", pattern])) == 0
+    trained = torch.load(partial / "checkpoint-latest.pt", weights_only=True)
+    loaded = {**{f"unet.{k}": v for k, v in model.unet.state_dict().items()},
+              **{f"text_encoder.{k}": v for k, v in model.text_encoders[0].model.state_dict().items()}}
+    changed = {name for name, tensor in loaded.items()
+               if not torch.equal(trained[name.split(".")[0]][name.split(".", 1)[1]], tensor)}
+    assert changed and all(name.startswith("unet.up_blocks.0.attentions.") for name in changed), sorted(changed)[:5]
+    with pytest.raises(SystemExit, match="matches no parameter"):
+        train_ldm.run(_parse(train_ldm, partial_args + ["--steps", "1", "--train-only", "no_such_layer"]))
+    with pytest.raises(SystemExit, match="is not a regular expression"):
+        train_ldm.run(_parse(train_ldm, partial_args + ["--steps", "1", "--train-only", "("]))
+
 
 def test_parallel_rendering_matches_serial_rendering():
     from webui.shapes import make_arrays_parallel
@@ -122,7 +138,8 @@ def test_time_budget_drives_the_schedule_and_stops_the_run():
 
 
 def test_loss_weights_cap_easy_steps_and_lift_high_noise_steps():
-    """Min-SNR caps low-noise steps at gamma/snr; the SNR floor lifts high-noise ones to floor/snr; mid-range stays 1."""
+    """Min-SNR caps low-noise steps at gamma/snr; the SNR floor lifts high-noise ones to floor/snr; mid-range
+    stays 1."""
     from webui.training.models import sd_noise_scheduler
 
     alphas = sd_noise_scheduler().alphas_cumprod

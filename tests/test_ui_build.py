@@ -117,11 +117,13 @@ def test_same_endpoint_names_in_two_extensions_and_clashes(tmp_path: Path) -> No
 
     # "alpha" holds /alpha_x_count, so "alpha-x"'s "count" cannot have it: alpha-x fails, alpha keeps its endpoint
     assert records["alpha-x"].status == "failed"
-    assert records["alpha-x"].error == ("building its UI: ExtensionError: its Gradio endpoint /alpha_x_count is already "
-                                        "the extension 'alpha''s; rename the endpoint (api_name=...) or the extension")
+    assert records["alpha-x"].error == ("building its UI: ExtensionError: its Gradio endpoint /alpha_x_count "
+                                        "is already the extension 'alpha''s; rename the endpoint (api_name=...) "
+                                        "or the extension")
     assert endpoints["alpha_x_count"].fn("a") == "a?"
     # "settings" + "apply" is the app's /settings_apply, created after the extension tabs: the app keeps it
-    assert records["settings"].status == "failed" and "/settings_apply is already the app's" in records["settings"].error
+    assert (records["settings"].status == "failed"
+            and "/settings_apply is already the app's" in records["settings"].error)
     assert endpoints["settings_apply"].fn.__name__ == "on_save"
     assert not any(name.startswith("settings_apply_") for name in endpoints)  # the failed one is hidden
     # an element id of the app's fails the extension, which loses the id
@@ -132,7 +134,8 @@ def test_same_endpoint_names_in_two_extensions_and_clashes(tmp_path: Path) -> No
     assert [elem_id for elem_id, count in Counter(ids).items() if count > 1] == []
     assert {"txt2img_flag_alpha", "inpaint_flag_alpha", "img2img_flag_beta", "inpaint_flag_beta"} <= set(ids)
     # the Extensions tab shows the failures found once the whole UI was built
-    status = next(block.value for block in demo.blocks.values() if getattr(block, "elem_id", None) == "extensions_status")
+    status = next(block.value for block in demo.blocks.values()
+                  if getattr(block, "elem_id", None) == "extensions_status")
     assert "/alpha_x_count is already" in status and "txt2img_gallery" in status
 
 

@@ -231,7 +231,8 @@ def test_extras_blends_upscaler_2_saves_and_writes_a1111s_keys(library, tmp_path
     (saved,) = result.paths
     assert saved.parent.parent.name == "extras-images" and saved.name.endswith("-77.png")
     text = read_infotext(saved)
-    assert text == f"{source}, Postprocess upscale by: 2, Postprocess upscaler: Lanczos, Postprocess upscaler 2: Nearest"
+    assert text == (f"{source}, Postprocess upscale by: 2, Postprocess upscaler: Lanczos, "
+                    "Postprocess upscaler 2: Nearest")
     assert parse_infotext(text)["Seed"] == 77
     with pytest.raises(ValueError, match="^upscaler_1: unknown upscaler 'R-ESRGAN 9x'"):
         service.submit("local", [ExtrasInput("x", image)], ExtrasRequest(upscaler_1="R-ESRGAN 9x"))

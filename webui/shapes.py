@@ -69,7 +69,8 @@ class Scene:
 
 
 def _background_phrase(background: tuple[str, ...]) -> str:
-    return f"on a {background[0]} background" if len(background) == 1 else f"on a {background[0]} and {background[1]} background"
+    return (f"on a {background[0]} background" if len(background) == 1
+            else f"on a {background[0]} and {background[1]} background")
 
 
 def caption_for(objects: tuple[ShapeObject, ...], background: tuple[str, ...]) -> str:

@@ -84,7 +84,8 @@ def mount_sdapi(app: FastAPI, context: AppContext, flags: dict[str, Any], limits
     def openapi() -> dict[str, Any]:
         if not schema:
             # the router's own routes: FastAPI keeps an included router as one entry of the app's routes
-            ours = [*(route for route in app.routes if (getattr(route, "path", None) or "").startswith(("/api/", "/ext/"))),
+            ours = [*(route for route in app.routes
+                      if (getattr(route, "path", None) or "").startswith(("/api/", "/ext/"))),
                     *router.routes]
             schema.update(get_openapi(title="Latent Studio API", version=APP_VERSION, routes=ours,
                                       description="A1111-compatible /sdapi/v1, plus tokens and extension routes. "

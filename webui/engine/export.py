@@ -168,7 +168,8 @@ def vae_to_ldm(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
             if kind == "resnets":
                 new = f"{side}.{ldm_section}.{ldm_level}.block.{index}.{_rename_within(rest, _RESNET_VAE)}"
             else:
-                new = f"{side}.{ldm_section}.{ldm_level}.{'downsample' if section == 'down_blocks' else 'upsample'}.{rest}"
+                new = (f"{side}.{ldm_section}.{ldm_level}."
+                       f"{'downsample' if section == 'down_blocks' else 'upsample'}.{rest}")
         elif section == "mid_block":
             kind, index, rest = parts[2], int(parts[3]), ".".join(parts[4:])
             if kind == "resnets":

@@ -30,7 +30,8 @@ class TextEncoderSlot:
     hidden_act: str
     pad_token_id: int
     hidden_state: Literal["final", "penultimate"]  # final = last layer + final LayerNorm
-    drop_last_layer: bool = False  # SD2: the penultimate layer + final LayerNorm, computed by not building the last layer
+    # SD2: the penultimate layer + final LayerNorm, computed by not building the last layer
+    drop_last_layer: bool = False
     pooled: bool = False  # SDXL TE2 also gives the projected pooled embedding
 
 
@@ -122,11 +123,14 @@ def detect_family(shapes: Shapes, file_name: str) -> ModelFamily:
             f"{file_name}: this is a LoRA, not a checkpoint; move it to models/Lora and use it with <lora:name:1>"
         )
     if _looks_like_controlnet(shapes):
-        raise UnsupportedCheckpointError(f"{file_name}: this is a ControlNet, not a checkpoint; move it to models/ControlNet")
+        raise UnsupportedCheckpointError(
+            f"{file_name}: this is a ControlNet, not a checkpoint; move it to models/ControlNet"
+        )
     if f"{UNET_PREFIX}input_blocks.0.0.weight" not in shapes:
         if "encoder.conv_in.weight" in shapes and "decoder.conv_out.weight" in shapes:
             raise UnsupportedCheckpointError(f"{file_name}: this is a VAE, not a checkpoint; move it to models/VAE")
-        if any(k.startswith(("model.diffusion_model.x_embedder", "model.diffusion_model.double_blocks")) for k in shapes):
+        if any(k.startswith(("model.diffusion_model.x_embedder", "model.diffusion_model.double_blocks"))
+               for k in shapes):
             raise UnsupportedCheckpointError(f"{file_name}: SD3/Flux checkpoints are not supported")
         raise UnsupportedCheckpointError(f"{file_name}: unknown architecture (no Stable Diffusion U-Net inside)")
     if "conditioner.embedders.0.model.token_embedding.weight" in shapes:

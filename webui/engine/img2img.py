@@ -46,7 +46,8 @@ from .masking import (
 from .samplers import SamplerRegistry
 
 FILL, ORIGINAL, LATENT_NOISE, LATENT_NOTHING = 0, 1, 2, 3
-INPAINTING_FILL_LABELS = {FILL: "fill", ORIGINAL: "original", LATENT_NOISE: "latent noise", LATENT_NOTHING: "latent nothing"}
+INPAINTING_FILL_LABELS = {FILL: "fill", ORIGINAL: "original", LATENT_NOISE: "latent noise",
+                          LATENT_NOTHING: "latent nothing"}
 
 
 class NothingToInpaint(ValueError):
@@ -144,7 +145,8 @@ def prepare_inputs(image: Image.Image, options: Img2ImgOptions, width: int, heig
     if options.mask is None:
         encode = fitted
         if mode == ResizeMode.LATENT_UPSCALE and options.restore_size is None:
-            encode = image.resize((_multiple_of(image.width, 8), _multiple_of(image.height, 8)), Image.Resampling.LANCZOS)
+            encode = image.resize((_multiple_of(image.width, 8), _multiple_of(image.height, 8)),
+                                  Image.Resampling.LANCZOS)
         return _Prepared(encode, fitted, None, None, None, depth)
 
     mask = binary_mask(options.mask)

@@ -53,7 +53,8 @@ class KDiffusionSchedule:
                   options: dict[str, Any] | None = None, brownian_noise: bool = False,
                   discard_penultimate: bool = False) -> "KDiffusionSchedule":
         table = SigmaTable.for_alphas(getattr(model, "alphas_cumprod", None))
-        sigmas = build_sigmas(schedule, steps, table, sdxl=model.family.is_sdxl, discard_penultimate=discard_penultimate)
+        sigmas = build_sigmas(schedule, steps, table, sdxl=model.family.is_sdxl,
+                              discard_penultimate=discard_penultimate)
         return cls(function, sigmas, table, model.prediction_type, dict(options or {}), brownian_noise,
                    model_dtype=model.dtype)
 

@@ -179,7 +179,8 @@ def _build_text_encoder(raw: RawCheckpoint, shapes: dict, slot: TextEncoderSlot,
         te_shapes = {k.removeprefix("text_model."): v for k, v in te_shapes.items()}
         config = CLIPTextConfig(**infer_hf_clip_config(te_shapes, slot.hidden_act))
         converted = convert_ldm_clip_checkpoint(checkpoint, remove_prefix=slot.prefix)
-        converted = {k: v for k, v in converted.items() if k.startswith(("text_model.", "embeddings.", "encoder.", "final"))}
+        converted = {k: v for k, v in converted.items()
+                     if k.startswith(("text_model.", "embeddings.", "encoder.", "final"))}
     else:
         te_shapes = strip_prefix(shapes, slot.prefix)
         config = CLIPTextConfig(**infer_open_clip_config(te_shapes, slot.hidden_act))
@@ -194,7 +195,8 @@ def _build_text_encoder(raw: RawCheckpoint, shapes: dict, slot: TextEncoderSlot,
     if model_class is CLIPTextModel:
         converted = {k.removeprefix("text_model."): v for k, v in converted.items()}
     else:
-        converted = {k if k.startswith(("text_model.", "text_projection")) else f"text_model.{k}": v for k, v in converted.items()}
+        converted = {k if k.startswith(("text_model.", "text_projection")) else f"text_model.{k}": v
+                     for k, v in converted.items()}
     _assign(model, converted, dtype, f"text encoder {slot.prefix}")
     return TextEncoder(slot=slot, model=model)
 
@@ -205,12 +207,14 @@ def build_vae(vae_tensors: dict[str, torch.Tensor], like: LoadedModel, what: str
     model's own VAE is never replaced."""
     state = {VAE_PREFIX + k: v for k, v in vae_tensors.items()}
     try:
-        config = infer_vae_config(strip_prefix(shapes_of(state), VAE_PREFIX), like.vae_scale, like.default_resolution[1])
+        config = infer_vae_config(strip_prefix(shapes_of(state), VAE_PREFIX), like.vae_scale,
+                                  like.default_resolution[1])
     except ArchitectureError as exc:
         raise ModelLoadError(f"{what}: {exc}") from exc
     if config.get("latent_channels") != like.latent_channels:
         raise ModelLoadError(f"{what}: a VAE with {config.get('latent_channels')} latent channels cannot decode "
-                             f"{like.name!r} ({like.latent_channels} channels); choose a VAE made for this model family")
+                             f"{like.name!r} ({like.latent_channels} channels); "
+                             "choose a VAE made for this model family")
     with init_empty_weights(include_buffers=False):
         vae = AutoencoderKL(**config)
     try:
@@ -254,7 +258,8 @@ def build_model(
         _assign(vae, convert_ldm_vae_checkpoint(vae_state, vae_config), dtype, "VAE")
         text_encoders = [_build_text_encoder(raw, shapes, slot, dtype) for slot in family.text_encoders]
     except (ModelLoadError, RuntimeError, KeyError, ArchitectureError) as exc:
-        raise ModelLoadError(f"{name}: weights do not fit the inferred architecture ({str(exc).splitlines()[0]})") from exc
+        raise ModelLoadError(f"{name}: weights do not fit the inferred architecture "
+                             f"({str(exc).splitlines()[0]})") from exc
     return LoadedModel(
         name=display_name,
         path=raw.path,

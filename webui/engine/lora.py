@@ -40,8 +40,9 @@ _LOHA_PARTS = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "h
 _LOKR_PARTS = {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"}
 _IGNORED_PARTS = {"alpha"}
 # Known types we do not apply yet: their own message instead of "unknown keys".
-_UNSUPPORTED_PARTS = {"dora_scale": "DoRA", "on_input": "IA3", "diff": "a full-weight diff", "diff_b": "a full-weight diff",
-                      "w_norm": "a norm-layer patch", "oft_blocks": "OFT", "oft_diag": "OFT", "a1.weight": "GLoRA"}
+_UNSUPPORTED_PARTS = {"dora_scale": "DoRA", "on_input": "IA3", "diff": "a full-weight diff",
+                      "diff_b": "a full-weight diff", "w_norm": "a norm-layer patch", "oft_blocks": "OFT",
+                      "oft_diag": "OFT", "a1.weight": "GLoRA"}
 
 # diffusers/PEFT spellings of the two LoRA matrices (model-formats §7.2), longest first.
 _PEFT_DOWN = (".lora_A.default.weight", ".lora_A.weight", ".lora_linear_layer.down.weight", ".lora.down.weight",
@@ -313,10 +314,12 @@ def _first_shape_mismatch(lora: LoraFile, table: Mapping[str, LoraTarget]) -> tu
         t = layer.tensors
         if layer.kind == "lora":
             got = (t["lora_up.weight"].shape[0], t["lora_down.weight"][0].numel()
-                   if "lora_mid.weight" not in t else t["lora_down.weight"].shape[1] * t["lora_mid.weight"][0, 0].numel())
+                   if "lora_mid.weight" not in t
+                   else t["lora_down.weight"].shape[1] * t["lora_mid.weight"][0, 0].numel())
         elif layer.kind == "loha":
             a, b = t["hada_w1_a"], t["hada_w1_b"]
-            got = (a.shape[1], b.shape[1] * t["hada_t1"][0, 0].numel()) if "hada_t1" in t else (a.shape[0], b[0].numel())
+            got = ((a.shape[1], b.shape[1] * t["hada_t1"][0, 0].numel()) if "hada_t1" in t
+                   else (a.shape[0], b[0].numel()))
         else:
             continue  # LoKr's factor shapes only show the product; the delta's size is checked when it is applied
         if tuple(got) != (out_features, in_features):

@@ -190,7 +190,8 @@ class SequentialOffload(_Offload):
         for component in self.components:
             move_packed(component, "cpu", self._home_dtypes[id(component)], pin=self.pin)
             for module in component.modules():
-                if any(True for _ in module.parameters(recurse=False)) or any(True for _ in module.buffers(recurse=False)):
+                if (any(True for _ in module.parameters(recurse=False))
+                        or any(True for _ in module.buffers(recurse=False))):
                     self._hook(module, _LayerHook(self, component, module))
 
     def detach(self) -> None:

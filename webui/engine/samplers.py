@@ -98,7 +98,8 @@ class SamplerSpec:
     @property
     def scheduler_type(self) -> type[SchedulerMixin]:
         if self.function is not None:
-            raise SamplerError("sampler_name", f"sampler {self.name!r} is a sampler function, not a diffusers scheduler")
+            raise SamplerError("sampler_name",
+                               f"sampler {self.name!r} is a sampler function, not a diffusers scheduler")
         return getattr(diffusers, self.scheduler_class)
 
     def step_takes(self, name: str) -> bool:
@@ -193,7 +194,8 @@ def _builtin_samplers() -> list[SamplerSpec]:
         _k("DPM2 a", k_samplers.dpm_2_ancestral, "Karras", ("k_dpm_2_a",), ancestral=True, discard=True),
         # Timestep samplers: diffusers schedulers.
         SamplerSpec("DDIM", "DDIMScheduler", {"timestep_spacing": "leading"}, "DDIM", ("ddim",)),
-        SamplerSpec("PLMS", "PNDMScheduler", {"skip_prk_steps": True, "timestep_spacing": "leading"}, "DDIM", ("plms",)),
+        SamplerSpec("PLMS", "PNDMScheduler", {"skip_prk_steps": True, "timestep_spacing": "leading"}, "DDIM",
+                    ("plms",)),
         SamplerSpec("UniPC", "UniPCMultistepScheduler", {"solver_type": "bh2"}, "Uniform", ("unipc",)),
         SamplerSpec("LCM", "LCMScheduler", {"timestep_spacing": "leading"}, "DDIM", ("lcm",)),
         SamplerSpec("DEIS", "DEISMultistepScheduler", {}, "Uniform", ("deis",)),
@@ -260,7 +262,8 @@ class SamplerRegistry:
         for label in ("Automatic", *ALL_SCHEDULES):
             if text.lower().replace("_", " ") == label.lower():
                 return label
-        raise SamplerError("scheduler", f"unknown schedule type {schedule!r}; choose one of: Automatic, {', '.join(ALL_SCHEDULES)}")
+        raise SamplerError("scheduler", f"unknown schedule type {schedule!r}; "
+                                        f"choose one of: Automatic, {', '.join(ALL_SCHEDULES)}")
 
 
 def _noise_rule(spec: SamplerSpec) -> str:

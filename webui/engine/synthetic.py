@@ -37,7 +37,8 @@ class SyntheticModel:
     text_configs: list[CLIPTextConfig]
 
     def state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        exports = [(slot.prefix, slot.layout, model) for slot, model in zip(self.family.text_encoders, self.text_encoders)]
+        exports = [(slot.prefix, slot.layout, model)
+                   for slot, model in zip(self.family.text_encoders, self.text_encoders)]
         return to_ldm_state_dict(self.unet, self.vae, exports, dtype=dtype)
 
 

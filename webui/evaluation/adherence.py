@@ -142,7 +142,8 @@ def detect(image: Image.Image | np.ndarray, count: int = 1, min_area: int = 12,
     side = array.shape[0]
     components, background = colour_components(array, min_area)
     candidates = [
-        Detection(c.colour, classify_shape(c.mask, new_shapes), _position(*c.centroid, side), _size(c.extent_px, side), c.area)
+        Detection(c.colour, classify_shape(c.mask, new_shapes), _position(*c.centroid, side),
+                  _size(c.extent_px, side), c.area)
         for c in components
     ]
     candidates.sort(key=lambda d: -d.area)
@@ -150,7 +151,8 @@ def detect(image: Image.Image | np.ndarray, count: int = 1, min_area: int = 12,
 
 
 _OBJECT = re.compile(
-    r"a (?P<size>small|large) (?P<colour>\w+) (?P<shape>\w+) at the (?P<position>top left|top right|bottom left|bottom right|center)"
+    r"a (?P<size>small|large) (?P<colour>\w+) (?P<shape>\w+) at the "
+    r"(?P<position>top left|top right|bottom left|bottom right|center)"
 )
 _BACKGROUND = re.compile(r"on a (?P<first>\w+)(?: and (?P<second>\w+))? background")
 
@@ -180,7 +182,8 @@ def score(image: Image.Image, scene: Scene) -> dict[str, bool]:
         if len(scene.objects) == 1 and detections and not ok_colour:
             # Single object of the wrong colour: still judge its shape/position/size.
             found = detections[0]
-            ok_shape, ok_position, ok_size = found.shape == obj.shape, found.position == obj.position, found.size == obj.size
+            ok_shape, ok_position, ok_size = (found.shape == obj.shape, found.position == obj.position,
+                                              found.size == obj.size)
         result["colour"] &= ok_colour
         result["shape"] &= ok_shape
         result["position"] &= ok_position

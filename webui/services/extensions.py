@@ -6,9 +6,9 @@ either: everything goes through the `ExtensionAPI` it receives. Any failure (imp
 an app-version mismatch) disables only that extension, and is shown in the Extensions tab and the log.
 
 Extensions import only from `webui.services` (never `webui.engine`): the types their hooks receive or return are
-re-exported here (`DenoiseExtension`, `DenoiseContext`, `CfgRescale`, `UNetCall`, `StepState`, `SamplerSpec`, `LoadedModel`,
-`GenerationRequest`, `RequestError`, `ExtraNetworkActivation`, `ExtraNetworkTag`, and for selectable scripts `Script`,
-`ScriptArgs`, `ScriptRunner`); see `__all__`.
+re-exported here (`DenoiseExtension`, `DenoiseContext`, `CfgRescale`, `UNetCall`, `StepState`, `SamplerSpec`,
+`LoadedModel`, `GenerationRequest`, `RequestError`, `ExtraNetworkActivation`, `ExtraNetworkTag`, and for selectable
+scripts `Script`, `ScriptArgs`, `ScriptRunner`); see `__all__`.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ __all__ = [
     "ExtensionAPI", "ExtensionError", "ExtensionManager", "ExtensionRecord", "Manifest", "Registrations",
     "read_manifest", "endpoint_prefix",
     # what extensions use in their hooks (re-exported so that they never import the engine)
-    "CfgRescale", "DenoiseContext", "DenoiseExtension", "ExtraNetworkActivation", "ExtraNetworkTag", "GenerationRequest",
-    "LoadedModel", "RequestError", "SamplerSpec", "SettingKind", "StepState", "UNetCall",
+    "CfgRescale", "DenoiseContext", "DenoiseExtension", "ExtraNetworkActivation", "ExtraNetworkTag",
+    "GenerationRequest", "LoadedModel", "RequestError", "SamplerSpec", "SettingKind", "StepState", "UNetCall",
     "Script", "ScriptArgs", "ScriptRunner",
 ]
 
@@ -145,10 +145,12 @@ DenoiseFactory = Callable[
 class Registrations:
     tabs: list[TabSpec] = field(default_factory=list)
     sections: list[SectionSpec] = field(default_factory=list)
-    before_generate: list[Callable[[GenerationRequest, dict[str, Any]], GenerationRequest | None]] = field(default_factory=list)
+    before_generate: list[Callable[[GenerationRequest, dict[str, Any]],
+                                   GenerationRequest | None]] = field(default_factory=list)
     on_step: list[Callable[[StepState, dict[str, Any]], None]] = field(default_factory=list)
     denoise: list[DenoiseFactory] = field(default_factory=list)
-    after_decode: list[Callable[[list[Image.Image], GenerationRequest, dict[str, Any]], list[Image.Image] | None]] = field(default_factory=list)
+    after_decode: list[Callable[[list[Image.Image], GenerationRequest, dict[str, Any]],
+                                list[Image.Image] | None]] = field(default_factory=list)
     on_save: list[Callable[[dict[str, Any], GenerationRequest, dict[str, Any]], None]] = field(default_factory=list)
     routes: list[RouteSpec] = field(default_factory=list)
     samplers: list[SamplerSpec] = field(default_factory=list)
@@ -279,8 +281,8 @@ class ExtensionAPI:
         it accepts in validation messages). See docs/settings.md."""
         if not LOCAL_NAME.match(name):
             raise ExtensionError(f"{self.name}: setting name {name!r} must be letters, digits, '-' or '_'")
-        spec = SettingSpec(f"{self.name}.{name}", default, label, kind, tuple(choices), minimum, maximum, step, self.name,
-                           restart_required=restart_required, integer=integer, help=help)
+        spec = SettingSpec(f"{self.name}.{name}", default, label, kind, tuple(choices), minimum, maximum, step,
+                           self.name, restart_required=restart_required, integer=integer, help=help)
         self._settings.register(spec)
         return spec.key
 
@@ -346,7 +348,8 @@ class ExtensionAPI:
         """A selectable script (the "Script" dropdown of txt2img/img2img, `script_name` in the API): a `Script`
         instance with a title, an argument schema and `run(request, args, runner)`; see docs/extensions.md."""
         if not isinstance(script, Script) or not script.title:
-            raise ExtensionError(f"{self.name}: add_script takes a Script instance with a title, not {_describe(script)}")
+            raise ExtensionError(f"{self.name}: add_script takes a Script instance with a title, "
+                                 f"not {_describe(script)}")
         if any(other.name == script.name for other in self._reg.scripts):
             raise ExtensionError(f"{self.name}: a script titled {script.title!r} is already registered")
         self._reg.scripts.append(script)
@@ -748,7 +751,8 @@ class ExtensionManager:
                 ["git", "clone", "--depth", "1", "--", url, str(clone)], capture_output=True, text=True, timeout=300
             )
             if result.returncode != 0:
-                raise ExtensionError(f"git clone failed: {result.stderr.strip().splitlines()[-1] if result.stderr else ''}")
+                raise ExtensionError("git clone failed: "
+                                     f"{result.stderr.strip().splitlines()[-1] if result.stderr else ''}")
             shutil.rmtree(clone / ".git", ignore_errors=True)
             return self._adopt(clone, target_root)
 

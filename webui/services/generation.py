@@ -182,7 +182,8 @@ def prompt_infotext(request: GenerationRequest, options: GenerationOptions) -> t
     brackets = any("(" in text or "[" in text for text in texts)
     later = {"Emphasis": options.emphasis} if options.emphasis != DEFAULT_EMPHASIS and brackets else {}
     if options.old_scheduling and any(  # A1111 writes it only where the old rule changes a schedule
-            plan_prompt(text, request.steps, old_scheduling=True) != plan_prompt(text, request.steps) for text in texts):
+            plan_prompt(text, request.steps, old_scheduling=True) != plan_prompt(text, request.steps)
+            for text in texts):
         later["Old prompt editing timelines"] = True
     return core, later
 
@@ -510,7 +511,8 @@ class GenerationService:
                 job.step, job.total_steps = step, total
                 if options.live_previews and step % options.preview_every == 0 and step < total:
                     if options.preview_method == "Full":  # decoded here: the VAE is on this job's device
-                        job.preview_factors, job.preview_latents = identity_factors(), decode_for_preview(model, latents)
+                        job.preview_factors, job.preview_latents = (identity_factors(),
+                                                                    decode_for_preview(model, latents))
                     else:  # rendered only when a watcher asks (Job.preview_image)
                         job.preview_factors, job.preview_latents = self._preview_factors_for(model), latents
                     job.preview_version += 1

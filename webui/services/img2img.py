@@ -24,7 +24,9 @@ from webui.engine.denoise import DenoiseExtension
 from webui.engine.generation import SamplingParams
 from webui.engine.img2img import INPAINTING_FILL_LABELS, LATENT_NOISE, ORIGINAL, Img2ImgOptions, img2img
 from webui.engine.loader import LoadedModel
-from webui.engine.masking import RESIZE_MODE_LABELS, binary_mask, blur_reach, is_empty, outpaint_canvas
+from webui.engine.masking import (  # noqa: F401 (RESIZE_MODE_LABELS re-exported for the tab)
+    RESIZE_MODE_LABELS, binary_mask, blur_reach, is_empty, outpaint_canvas,
+)
 from webui.engine.preprocessors import PreprocessorError, PreprocessorRunner, default_preprocessors
 from webui.engine.samplers import SamplerRegistry
 from webui.services.requests import (

@@ -285,5 +285,6 @@ def parse_infotext(text: str) -> dict[str, object]:
 
 def has_parameter_line(text: str | None) -> bool:
     """Whether `text` is an infotext rather than a plain prompt: its last line holds at least 3 `Key: value` pairs
-    (A1111's rule). Pasting fills the fields only then, so a prompt that merely contains a colon is never taken apart."""
+    (A1111's rule). Pasting fills the fields only then, so a prompt that merely contains a colon is never taken
+    apart."""
     return bool(text and text.strip()) and len(_split_infotext(text)[2]) >= 3

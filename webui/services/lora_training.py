@@ -20,8 +20,8 @@ from webui.services.model_manager import ModelManager
 from webui.services.queue import JobQueue
 from webui.services.users import UserStore
 from webui.training.lora_dataset import DatasetError, LoraDataset, scan_dataset
-from webui.training.lora_network import UNET_LAYER_CHOICES, LoraShapeError
-from webui.training.train_lora import (  # the choices re-exported for the training tab
+from webui.training.lora_network import UNET_LAYER_CHOICES, LoraShapeError  # noqa: F401 (choices re-exported for the tab)
+from webui.training.train_lora import (  # noqa: F401 (the choices re-exported for the training tab)
     LR_SCHEDULERS, OPTIMIZERS, PRECISIONS, LoraTrainingSettings, TrainingError, TrainingProgress, TrainingResult,
     check_embedding_slot, train_lora,
 )

@@ -99,7 +99,8 @@ class ModelResidency:
     device: str
     dtype: str
     bytes: int
-    shared_bytes: int = 0  # of `bytes`, what it shares with another loaded checkpoint (an identical VAE or text encoder)
+    # of `bytes`, what it shares with another loaded checkpoint (an identical VAE or text encoder)
+    shared_bytes: int = 0
     offload: str = ""  # "medvram" or "lowvram" while it runs offloaded, with why ("auto: 3.4 GB > 2.0 GB budget")
 
 

@@ -70,7 +70,8 @@ class SettingSpec:
         return self.help or "text"
 
     def coerce(self, value: Any) -> Any:
-        """Convert a submitted value to the setting's type, or raise ValueError naming the setting and what it allows."""
+        """Convert a submitted value to the setting's type, or raise ValueError naming the setting and what it
+        allows."""
         try:
             return self._coerce(value)
         except (TypeError, ValueError, OverflowError) as exc:

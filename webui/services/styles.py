@@ -1,4 +1,5 @@
-"""Prompt styles: A1111's `styles.csv` (columns `name,prompt,negative_prompt`), applied to prompts and edited from the UI.
+"""Prompt styles: A1111's `styles.csv` (columns `name,prompt,negative_prompt`), applied to prompts and edited from
+the UI.
 
 The file stays in A1111's format so a `styles.csv` copied from A1111 (or shared online) works here and ours works
 there: UTF-8 with a BOM, a header row, csv quoting (a field with a comma, a quote or a newline is quoted). A style's

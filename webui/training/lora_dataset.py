@@ -136,7 +136,8 @@ def with_regularization(dataset: LoraDataset, regularization: LoraDataset) -> Lo
     """The training set plus regularisation images, repeated so that an epoch holds as many of them as training
     images (kohya's rule): with a prior-loss weight they hold the model to what it did before on other prompts."""
     each = max(1, round(dataset.total_repeats / max(1, len(regularization.images))))
-    extra = [TrainingImage(i.path, i.caption, each, i.folder, i.size, regularization=True) for i in regularization.images]
+    extra = [TrainingImage(i.path, i.caption, each, i.folder, i.size, regularization=True)
+             for i in regularization.images]
     warnings = dataset.warnings + [f"regularization: {w}" for w in regularization.warnings]
     return LoraDataset(dataset.images + extra, warnings)
 

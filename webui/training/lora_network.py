@@ -64,7 +64,8 @@ class LoraShape:
 
     def check(self) -> None:
         if self.unet_layers not in UNET_LAYER_CHOICES:
-            raise LoraShapeError(f"unet_layers must be one of {', '.join(UNET_LAYER_CHOICES)} (got {self.unet_layers!r})")
+            raise LoraShapeError(f"unet_layers must be one of {', '.join(UNET_LAYER_CHOICES)} "
+                                 f"(got {self.unet_layers!r})")
         if self.rank < 1:
             raise LoraShapeError(f"rank must be at least 1 (got {self.rank})")
         if not self.alpha > 0:  # also catches NaN

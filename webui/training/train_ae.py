@@ -18,8 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .common import (
-    JsonLog, TimeBudget, load_training_state, lr_at, make_accelerator, psnr, save_grid, save_training_state, setup_torch, to_tensor,
-    to_uint8,
+    JsonLog, TimeBudget, load_training_state, lr_at, make_accelerator, psnr, save_grid, save_training_state,
+    setup_torch, to_tensor, to_uint8,
 )
 from webui.shapes import EVAL_SEED, TRAIN_SEED, make_arrays, make_arrays_parallel
 from .models import AEConfig, config_dict, count_parameters
@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--sample-every", type=int, default=200)
     parser.add_argument("--eval-images", type=int, default=256)
-    parser.add_argument("--scenes", type=int, default=0, help="cycle over this many scenes (0 = a fresh scene every time)")
+    parser.add_argument("--scenes", type=int, default=0,
+                        help="cycle over this many scenes (0 = a fresh scene every time)")
     parser.add_argument("--init", type=Path, default=None, help="start from this saved VAE (a run's vae/ folder)")
     parser.add_argument("--decoder-only", action="store_true",
                         help="freeze encoder + quant_conv (keeps the latent space a stage-2 model was trained on)")
@@ -48,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="initial posterior log-variance bias of a fresh encoder (0 is close to diffusers' init)")
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop after this much training time (the learning-rate decay follows it); for GPU sessions")
+                        help="stop after this much training time (the learning-rate decay follows it); "
+                             "for GPU sessions")
     parser.add_argument("--render-workers", type=int, default=0,
                         help="processes that pre-render the --scenes pool (0 = one per CPU core)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint-latest.pt")
@@ -125,15 +127,19 @@ def run(args: argparse.Namespace, judges: dict[str, Judge] | None = None) -> int
     model = vae
     held_out = to_tensor(make_arrays(args.eval_images, EVAL_SEED, args.size)[0])
     # A fixed scene pool is rendered once up front (data is then the same as rendering each batch on the fly).
-    pool = make_arrays_parallel(args.scenes, TRAIN_SEED, args.size, workers=args.render_workers)[0] if args.scenes else None
+    pool = (make_arrays_parallel(args.scenes, TRAIN_SEED, args.size, workers=args.render_workers)[0]
+            if args.scenes else None)
     log = JsonLog(out / "log.jsonl")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps({"ae": config_dict(config), "args": {k: str(v) for k, v in vars(args).items() if k != "run"}}, indent=2))
-        print(f"VAE parameters: {count_parameters(model):,}; device {accelerator.device}; steps {start_step}->{args.steps}")
+        (out / "config.json").write_text(json.dumps(
+            {"ae": config_dict(config), "args": {k: str(v) for k, v in vars(args).items() if k != "run"}}, indent=2))
+        print(f"VAE parameters: {count_parameters(model):,}; device {accelerator.device}; "
+              f"steps {start_step}->{args.steps}")
     per_process = args.batch_size
     rank, world = accelerator.process_index, accelerator.num_processes
-    progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, disable=not accelerator.is_main_process)
+    progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps,
+                    disable=not accelerator.is_main_process)
     started = time.time()
     budget = TimeBudget(args.max_minutes)
     done = start_step
@@ -164,7 +170,8 @@ def run(args: argparse.Namespace, judges: dict[str, Judge] | None = None) -> int
         if accelerator.is_main_process and (done % args.log_every == 0 or done == args.steps):
             # .item() waits for the GPU, so it is only called when logging.
             progress.set_postfix(loss=f"{rec_loss.item():.4f}", kl=f"{kl.item():.4f}")
-            log.write(step=done, loss=round(rec_loss.item(), 5), kl=round(kl.item(), 4), seconds=round(time.time() - started, 1))
+            log.write(step=done, loss=round(rec_loss.item(), 5), kl=round(kl.item(), 4),
+                      seconds=round(time.time() - started, 1))
         if accelerator.is_main_process and (done % args.sample_every == 0 or done == args.steps):
             sample = held_out[:16]
             save_grid(np.concatenate([to_uint8(sample), to_uint8(reconstruct(model, sample))]),

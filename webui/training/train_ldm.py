@@ -16,6 +16,7 @@ import copy
 import datetime as _dt
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from diffusers import AutoencoderKL, DDIMScheduler
 from tqdm.auto import tqdm
 
 from .common import (
-    JsonLog, TimeBudget, load_training_state, lr_at, make_accelerator, save_grid, save_training_state, setup_torch, to_tensor,
+    JsonLog, TimeBudget, load_training_state, lr_at, make_accelerator, save_grid, save_training_state, setup_torch,
+    to_tensor,
     to_uint8,
 )
 from webui.shapes import TRAIN_SEED, make_arrays_parallel
@@ -95,7 +97,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "model); its architecture must match the --unet-*/--text-* options, and --ae must be the "
                         "autoencoder whose latents it was trained on")
     parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop after this much training time (the learning-rate decay follows it); for GPU sessions")
+                        help="stop after this much training time (the learning-rate decay follows it); "
+                        "for GPU sessions")
+    parser.add_argument("--train-only", default=None, metavar="REGEX",
+                        help="train only the parameters whose name matches (re.search), e.g. "
+                        "'unet\\.(down_blocks\\.0|up_blocks\\.2)\\.attentions' for attention blocks added to an "
+                        "--init model; the rest stays frozen. Names start with 'unet.' or 'text_encoder.'")
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
@@ -113,7 +120,9 @@ def load_vae(ae_dir: Path) -> AutoencoderKL:
 
 
 @torch.no_grad()
-def encode_scenes(vae: AutoencoderKL, count: int, size: int, batch: int = 64) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def encode_scenes(
+    vae: AutoencoderKL, count: int, size: int, batch: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(posterior mean, posterior std, captions) of training scenes 0..count-1."""
     means, stds = [], []
     device = next(vae.parameters()).device
@@ -125,7 +134,9 @@ def encode_scenes(vae: AutoencoderKL, count: int, size: int, batch: int = 64) ->
     return torch.cat(means), torch.cat(stds), captions
 
 
-def cached_latents(vae: AutoencoderKL, ae_dir: Path, count: int, size: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def cached_latents(
+    vae: AutoencoderKL, ae_dir: Path, count: int, size: int,
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     path = Path(ae_dir) / f"latents-{count}-{size}.pt"
     if path.exists():
         data = torch.load(path, weights_only=True)
@@ -219,6 +230,27 @@ def load_init_weights(path: Path, unet: torch.nn.Module, text_encoder: torch.nn.
     return loaded.vae_scale
 
 
+def trainable_parameters(unet: torch.nn.Module, text_encoder: torch.nn.Module, pattern: str | None) -> list:
+    """All parameters, or only those whose prefixed name matches `pattern` (the others are frozen in place)."""
+    named = [(f"unet.{n}", p) for n, p in unet.named_parameters()]
+    named += [(f"text_encoder.{n}", p) for n, p in text_encoder.named_parameters()]
+    if pattern is None:
+        return [p for _, p in named]
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise SystemExit(f"--train-only {pattern!r} is not a regular expression: {exc}") from exc
+    chosen = []
+    for name, parameter in named:
+        parameter.requires_grad_(bool(regex.search(name)))
+        if parameter.requires_grad:
+            chosen.append(parameter)
+    if not chosen:
+        raise SystemExit(f"--train-only {pattern!r} matches no parameter (names look like "
+                         f"'{named[0][0]}' and 'text_encoder.text_model.final_layer_norm.weight')")
+    return chosen
+
+
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.max_timestep <= SD_TRAIN_TIMESTEPS:
         raise SystemExit(f"--max-timestep must be between 1 and {SD_TRAIN_TIMESTEPS} (got {args.max_timestep})")
@@ -257,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         scale = float(state["scale_factor"])
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
-    params = list(unet.parameters()) + list(text_encoder.parameters())
+    params = trainable_parameters(unet, text_encoder, args.train_only)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     start_step = 0
     if state is not None:
@@ -279,11 +311,13 @@ def run(args: argparse.Namespace) -> int:
             "args": {k: str(v) for k, v in vars(args).items() if k != "run"},
         }, indent=2))
         print(f"U-Net {count_parameters(unet):,} params, text encoder {count_parameters(text_encoder):,}; "
-              f"latents {tuple(mean.shape[1:])}, scale_factor {scale:.5f}; device {device}; steps {start_step}->{args.steps}")
+              f"latents {tuple(mean.shape[1:])}, scale_factor {scale:.5f}; device {device}; "
+              f"steps {start_step}->{args.steps}")
 
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = slice(rank * args.batch_size, (rank + 1) * args.batch_size)  # this process's share of a global batch
-    progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps, disable=not accelerator.is_main_process)
+    progress = tqdm(range(start_step, args.steps), initial=start_step, total=args.steps,
+                    disable=not accelerator.is_main_process)
     started = time.time()
     budget = TimeBudget(args.max_minutes)
     running = None
@@ -363,7 +397,9 @@ def build_state_dict(run_dir: Path, ae_dir: Path, use_ema: bool = True) -> tuple
     return sd, facts
 
 
-def export_run(run_dir: Path, ae_dir: Path, path: Path, title: str = "Latent Studio Shapes", use_ema: bool = True) -> Path:
+def export_run(
+    run_dir: Path, ae_dir: Path, path: Path, title: str = "Latent Studio Shapes", use_ema: bool = True,
+) -> Path:
     from webui.engine.export import save_checkpoint
 
     sd, facts = build_state_dict(Path(run_dir), Path(ae_dir), use_ema=use_ema)
@@ -373,8 +409,8 @@ def export_run(run_dir: Path, ae_dir: Path, path: Path, title: str = "Latent Stu
         "modelspec.implementation": "https://github.com/CompVis/stable-diffusion",
         "modelspec.title": title,
         "modelspec.author": "Latent Studio project",
-        "modelspec.description": "Tiny text-to-image latent diffusion model trained from scratch on synthetic captioned "
-        "shapes (both LDM stages: KL-f4 autoencoder, then a CLIP-text-conditioned U-Net). Prompts like "
+        "modelspec.description": "Tiny text-to-image latent diffusion model trained from scratch on synthetic "
+        "captioned shapes (both LDM stages: KL-f4 autoencoder, then a CLIP-text-conditioned U-Net). Prompts like "
         "'a large red circle at the top left on a blue background'.",
         "modelspec.date": _dt.date.today().isoformat(),
         "modelspec.resolution": "64x64",

@@ -80,7 +80,8 @@ def build_ui(context: AppContext, install_allowed: bool = True, local: bool = Fa
                 scale=4,
             )
             refresh = gr.Button("Refresh", icon=icon("refresh"), elem_id="refresh_checkpoints", scale=0, min_width=100)
-            vae = gr.Dropdown(context.models.vae_names(), value=context.models.vae_choice, label="SD VAE", elem_id="sd_vae", scale=2)
+            vae = gr.Dropdown(context.models.vae_names(), value=context.models.vae_choice, label="SD VAE",
+                              elem_id="sd_vae", scale=2)
             open_outputs = open_outputs_button() if local else None
         model_status = gr.Markdown(elem_id="model_status")
 

@@ -36,7 +36,8 @@ def _model_choices(service: ControlNetService) -> list[str]:
     return ["None", *service.names()]
 
 
-def build_controlnet_section(service: ControlNetService, unit_count: Callable[[], int]) -> Callable[[str], dict[str, Any]]:
+def build_controlnet_section(service: ControlNetService,
+                             unit_count: Callable[[], int]) -> Callable[[str], dict[str, Any]]:
     """`build(mode)` for the extension API: one accordion per unit, controls named `unit<i>.<field>`."""
 
     def build(mode: str) -> dict[str, Any]:

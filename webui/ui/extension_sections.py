@@ -46,7 +46,8 @@ def collect_values(controls: list[SectionControl], values: tuple[Any, ...]) -> d
     return grouped
 
 
-def with_extension_controls(handler: Callable[..., Iterator[Any]], controls: list[SectionControl]) -> Callable[..., Iterator[Any]]:
+def with_extension_controls(handler: Callable[..., Iterator[Any]],
+                            controls: list[SectionControl]) -> Callable[..., Iterator[Any]]:
     """Wrap `handler(*inputs, extensions=..., request=...)` as a Gradio handler whose inputs are the
     handler's own parameters followed by the extension controls (exposed to API clients as `<extension>_<control>`)."""
     own = inspect.signature(handler).parameters

@@ -116,7 +116,8 @@ def _name_endpoints(config: BlocksConfig, records: dict[str, ExtensionRecord]) -
         if fn.api_visibility != "private" and holder not in (None, owner) and record.status == "active":
             whose = "the app's" if holder == "the app" else f"the extension {holder!r}'s"
             record.fail("building its UI", ExtensionError(
-                f"its Gradio endpoint /{wanted} is already {whose}; rename the endpoint (api_name=...) or the extension"))
+                f"its Gradio endpoint /{wanted} is already {whose}; "
+                "rename the endpoint (api_name=...) or the extension"))
         fn.api_name = _unique(wanted, core | set(owners))  # its own repeats (a section per tab) get _1, _2
         owners[fn.api_name] = owner
         marked.append((fn, record))

@@ -84,5 +84,6 @@ def build_extensions_tab(context: AppContext, install_allowed: bool) -> gr.HTML:
                 return f"**Error:** {exc}", status_html(context)
             return f"Installed **{name}** (disabled). Enable it above, then restart.", status_html(context)
 
-        install.click(on_install, inputs=[url, archive, confirm], outputs=[message, table], api_name="extensions_install")
+        install.click(on_install, inputs=[url, archive, confirm], outputs=[message, table],
+                      api_name="extensions_install")
     return table

@@ -9,7 +9,6 @@ in its own preprocessing step (`guard_editor`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
@@ -22,8 +21,6 @@ from webui.services.generation import ModeRunner
 from webui.services.img2img import (
     INPAINTING_FILL_LABELS, ORIGINAL, RESIZE_MODE_LABELS, Img2ImgRequest, Img2ImgRunner, OutpaintRunner,
 )
-from webui.services.infotext import parse_infotext
-from webui.services.outputs import read_infotext
 from webui.services.output_browser import OutputBrowser
 from webui.services.requests import RequestError, parse_request
 from webui.services.uploads import UploadError, UploadLimits, check_header, load_image, to_rgb
@@ -206,7 +203,8 @@ def _panel(
                                                   sources=["upload"], elem_id=f"{prefix}_outpaint_image")
                         with gr.Row():
                             sides = [gr.Slider(0, 1024, value=0, step=8, label=f"Extend {s} (px)",
-                                               elem_id=f"{prefix}_outpaint_{s}") for s in ("left", "right", "up", "down")]
+                                               elem_id=f"{prefix}_outpaint_{s}")
+                                     for s in ("left", "right", "up", "down")]
                         outpaint_fill = gr.Radio(["edge", "noise"], value="edge", label="New area starts from",
                                                  elem_id=f"{prefix}_outpaint_fill")
                 for tab, name in ((tab_brush, "brush"), (tab_upload, "upload"), (tab_outpaint, "outpaint")):
@@ -216,17 +214,21 @@ def _panel(
             resize_mode = gr.Radio(RESIZE_CHOICES, value=RESIZE_CHOICES[0], type="index", label="Resize mode",
                                    elem_id=f"{prefix}_resize_mode")
             with gr.Row():
-                sampler = gr.Dropdown(samplers.names(), value=context.settings.get("core.default_sampler"), label="Sampling method", elem_id=f"{prefix}_sampler")
+                sampler = gr.Dropdown(samplers.names(), value=context.settings.get("core.default_sampler"),
+                                      label="Sampling method", elem_id=f"{prefix}_sampler")
                 schedule = gr.Dropdown(samplers.schedule_names(), value="Automatic", label="Schedule type",
                                        elem_id=f"{prefix}_schedule")
-            steps = gr.Slider(1, 150, value=context.settings.get("core.default_steps"), step=1, label="Sampling steps", elem_id=f"{prefix}_steps")
+            steps = gr.Slider(1, 150, value=context.settings.get("core.default_steps"), step=1, label="Sampling steps",
+                              elem_id=f"{prefix}_steps")
             with gr.Row():
                 width = gr.Slider(0, 2048, value=0, step=8, label="Width (0 = the input's)", elem_id=f"{prefix}_width")
-                height = gr.Slider(0, 2048, value=0, step=8, label="Height (0 = the input's)", elem_id=f"{prefix}_height")
+                height = gr.Slider(0, 2048, value=0, step=8, label="Height (0 = the input's)",
+                                   elem_id=f"{prefix}_height")
             with gr.Row():
                 batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{prefix}_batch_count")
                 batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{prefix}_batch_size")
-            cfg_scale = gr.Slider(1, 30, value=context.settings.get("core.default_cfg_scale"), step=0.5, label="CFG Scale", elem_id=f"{prefix}_cfg_scale")
+            cfg_scale = gr.Slider(1, 30, value=context.settings.get("core.default_cfg_scale"), step=0.5,
+                                  label="CFG Scale", elem_id=f"{prefix}_cfg_scale")
             denoise = gr.Slider(0, 1, value=0.75, step=0.01, label="Denoising strength", elem_id=f"{prefix}_denoise")
             seeds = seed_row(prefix)
             seed = seeds.seed
@@ -296,8 +298,9 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown, bridge: UiB
     def on_img2img(
         checkpoint_title: str, prompt: str, negative: str, sampler: str, schedule: str, steps: float, cfg: float,
         w: float, h: float, seed: float, count: float, size: float, denoise: float, resize_mode: int,
-        image_path: str | None, styles: list[str] | None, seed_extra: bool = False, subseed: float | None = -1, subseed_strength: float = 0.0,
-        seed_resize_from_w: float = 0, seed_resize_from_h: float = 0, rng: str | None = None,
+        image_path: str | None, styles: list[str] | None, seed_extra: bool = False, subseed: float | None = -1,
+        subseed_strength: float = 0.0, seed_resize_from_w: float = 0, seed_resize_from_h: float = 0,
+        rng: str | None = None,
         overrides: list[str] | None = None, *,
         extensions: dict, request: gr.Request,
     ) -> Iterator[Any]:
@@ -367,7 +370,8 @@ def build_img2img_tabs(context: AppContext, checkpoint: gr.Dropdown, bridge: UiB
                 if not upload_image:
                     raise RequestError("init_image", "no image: upload the image to inpaint")
                 if not upload_mask:
-                    raise RequestError("mask", "no mask: upload a mask (white = repaint), or paint one in the Inpaint tab")
+                    raise RequestError("mask", "no mask: upload a mask (white = repaint), "
+                                               "or paint one in the Inpaint tab")
                 image = to_rgb(load_image(upload_image, "image", limits))
                 mask = load_image(upload_mask, "mask", limits)
             else:

@@ -52,7 +52,8 @@ def _cards(library: LoraLibrary) -> tuple[list[tuple[Any, str]], list[LoraInfo]]
 
 def _details(library: LoraLibrary, info: LoraInfo) -> str:
     card = library.card(info)
-    lines = [f"**{card['name']}** · base model `{card['base_model']}`" + (f" · rank {card['rank']}" if card["rank"] else "")]
+    lines = [f"**{card['name']}** · base model `{card['base_model']}`"
+             + (f" · rank {card['rank']}" if card["rank"] else "")]
     if card["alias"] and card["alias"] != info.path.stem:
         lines.append(f"Alias: `{card['alias']}`")
     if card["trigger_words"]:
@@ -61,7 +62,8 @@ def _details(library: LoraLibrary, info: LoraInfo) -> str:
     return "\n\n".join(lines)
 
 
-def _embedding_cards(embeddings: EmbeddingLibrary, models: ModelManager | None) -> tuple[list[tuple[Any, str]], list[str]]:
+def _embedding_cards(embeddings: EmbeddingLibrary,
+                     models: ModelManager | None) -> tuple[list[tuple[Any, str]], list[str]]:
     """Cards for the embeddings that fit the active model, then the skipped and unreadable ones (labelled)."""
     listing = embeddings.listing(models.active if models else None)
     items: list[tuple[Any, str]] = []

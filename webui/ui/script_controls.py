@@ -30,7 +30,8 @@ def _element(text: str) -> str:
     return re.sub(r"\W+", "_", text.lower()).strip("_")
 
 
-def _component(script: Script, name: str, info: Any, choices: list[str] | None, elem_id: str) -> gr.components.Component | None:
+def _component(script: Script, name: str, info: Any, choices: list[str] | None,
+               elem_id: str) -> gr.components.Component | None:
     extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
     if extra.get("ui") is False:
         return None

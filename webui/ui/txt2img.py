@@ -51,7 +51,8 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown, bridge: UiBr
     samplers = context.samplers
     with gr.Row():
         with gr.Column(scale=3):
-            prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt", placeholder="a red circle on a blue background")
+            prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt",
+                                placeholder="a red circle on a blue background")
             token_counter(prompt, "txt2img_token_counter")
             negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
             token_counter(negative, "txt2img_neg_token_counter")
@@ -61,16 +62,22 @@ def build_txt2img_tab(context: AppContext, checkpoint: gr.Dropdown, bridge: UiBr
     with gr.Row(elem_classes=["ls-work-row"]):
         with gr.Column(elem_id="txt2img_settings_col", elem_classes=["ls-settings-col"]):
             with gr.Row():
-                sampler = gr.Dropdown(samplers.names(), value=context.settings.get("core.default_sampler"), label="Sampling method", elem_id="txt2img_sampler")
-                schedule = gr.Dropdown(samplers.schedule_names(), value="Automatic", label="Schedule type", elem_id="txt2img_schedule")
-            steps = gr.Slider(1, 150, value=context.settings.get("core.default_steps"), step=1, label="Sampling steps", elem_id="txt2img_steps")
+                sampler = gr.Dropdown(samplers.names(), value=context.settings.get("core.default_sampler"),
+                                      label="Sampling method", elem_id="txt2img_sampler")
+                schedule = gr.Dropdown(samplers.schedule_names(), value="Automatic", label="Schedule type",
+                                       elem_id="txt2img_schedule")
+            steps = gr.Slider(1, 150, value=context.settings.get("core.default_steps"), step=1, label="Sampling steps",
+                              elem_id="txt2img_steps")
             with gr.Row():
-                width = gr.Slider(64, 2048, value=context.settings.get("core.default_width") or width0, step=8, label="Width", elem_id="txt2img_width")
-                height = gr.Slider(64, 2048, value=context.settings.get("core.default_height") or height0, step=8, label="Height", elem_id="txt2img_height")
+                width = gr.Slider(64, 2048, value=context.settings.get("core.default_width") or width0, step=8,
+                                  label="Width", elem_id="txt2img_width")
+                height = gr.Slider(64, 2048, value=context.settings.get("core.default_height") or height0, step=8,
+                                   label="Height", elem_id="txt2img_height")
             with gr.Row():
                 batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
                 batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
-            cfg_scale = gr.Slider(1, 30, value=context.settings.get("core.default_cfg_scale"), step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+            cfg_scale = gr.Slider(1, 30, value=context.settings.get("core.default_cfg_scale"), step=0.5,
+                                  label="CFG Scale", elem_id="txt2img_cfg_scale")
             seeds = seed_row("txt2img")
             seed = seeds.seed
             extras = seed_extras("txt2img")
