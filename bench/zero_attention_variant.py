@@ -1,4 +1,4 @@
-"""Write the shipped model with cross-attention at its full-resolution level too, contributing nothing yet.
+r"""Write the shipped model with cross-attention at its full-resolution level too, contributing nothing yet.
 
 The shipped U-Net has attention only at its two lower levels, so a LoRA cannot make a prompt-dependent change where
 small shapes are drawn (docs/lora-training.md). This variant adds diffusers' transformer blocks to that level (down
@@ -7,6 +7,15 @@ bit-identical, and a LoRA trained on the variant has attention layers there to u
 
     python bench/zero_attention_variant.py --out /tmp/fullres.safetensors
     python bench/lora_concept.py --base /tmp/fullres.safetensors --reg-renders --skip-baselines
+
+The new blocks can then be trained alone on the shipped model's data (run T in docs/lora-training.md): `--ae-out`
+writes the checkpoint's autoencoder as the stage-1 folder train-ldm reads.
+
+    python bench/zero_attention_variant.py --out /tmp/fullres.safetensors --ae-out /tmp/ae
+    python -m webui train-ldm --ae /tmp/ae --init /tmp/fullres.safetensors --unet-attention 1,1,1 \
+        --train-only 'unet\.(down_blocks\.0|up_blocks\.2)\.attentions' --out /tmp/ldm --steps 100000 \
+        --max-minutes 40 --batch-size 32 --scenes 8000 --lr 5e-4 --warmup 100 --min-snr-gamma 0 --snr-floor 0.5 \
+        --signal-free-top 0.15 --offset-noise 0.1 --export /tmp/fullres-trained.safetensors
 """
 
 from __future__ import annotations
@@ -54,9 +63,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--ae-out", type=Path, default=None,
+                        help="also write the checkpoint's autoencoder to AE_OUT/vae (train-ldm's --ae folder)")
     args = parser.parse_args()
 
-    variant = with_full_resolution_attention(load_checkpoint(args.base).unet)
+    loaded = load_checkpoint(args.base)
+    variant = with_full_resolution_attention(loaded.unet)
+    if args.ae_out is not None:
+        loaded.vae.to(torch.float32).save_pretrained(args.ae_out / "vae")
     with safe_open(str(args.base), "pt") as handle:
         metadata = handle.metadata()
     state = load_file(str(args.base))

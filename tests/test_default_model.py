@@ -101,9 +101,14 @@ def test_the_zero_attention_variant_draws_exactly_what_the_shipped_model_draws(m
     from webui.engine.samplers import SamplerRegistry
 
     out = tmp_path / "variant.safetensors"
-    subprocess.run([sys.executable, str(ROOT / "bench/zero_attention_variant.py"), "--out", str(out)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run([sys.executable, str(ROOT / "bench/zero_attention_variant.py"), "--out", str(out),
+                    "--ae-out", str(tmp_path / "ae")], check=True, capture_output=True, timeout=300)
     variant = load_checkpoint(out)
+    # --ae-out: the autoencoder as the stage-1 folder `train-ldm --ae` reads, with the shipped weights
+    from diffusers import AutoencoderKL
+
+    stage_one = AutoencoderKL.from_pretrained(tmp_path / "ae" / "vae", local_files_only=True).state_dict()
+    assert all(torch.equal(stage_one[k], v.float()) for k, v in model.vae.state_dict().items())
     assert list(variant.unet.config.down_block_types) == ["CrossAttnDownBlock2D"] * 3
     assert list(model.unet.config.down_block_types)[0] == "DownBlock2D"
     params = SamplingParams(prompt="a small red star at the top left on a blue background", sampler="Euler a",

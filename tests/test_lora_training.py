@@ -285,6 +285,7 @@ def test_unusable_folders_are_refused(setup: str, message: str, tmp_path: Path) 
     ({"resume": True}, "nothing to resume"),
     ({"trigger": "../up", "trigger_embedding": True}, "trigger word '../up' becomes the embedding's file name"),
     ({"embedding_lr": float("nan")}, "embedding learning rate must be a number"),
+    ({"network_dropout": 1.0}, "network dropout must be in"),
 ])
 def test_impossible_settings_are_refused_before_anything_is_written(change: dict, message: str, concept_folder: Path,
                                                                     tmp_path: Path) -> None:
@@ -377,6 +378,25 @@ def test_locon_layers_with_their_own_rank_and_alpha_load_back_as_trained(tiny_sd
     assert change > 1e-3
     assert (patched_out - ours).abs().max() < 0.02 * change
     assert (theirs - ours).abs().max() < 0.02 * change
+
+
+def test_network_dropout_drops_only_while_training_and_is_recorded(tiny_sd1, concept_folder: Path,
+                                                                  tmp_path: Path) -> None:
+    """kohya's network_dropout: each LoRA layer's input is dropped at random in training; sampling sees all of it."""
+    trained = load_checkpoint(tiny_sd1.path)
+    settings = settings_for(tiny_sd1.path, concept_folder, tmp_path, learning_rate=2e-2, max_steps=3,
+                            network_dropout=0.5)
+    result = train_lora(settings, Quiet(), model=trained)
+    with safe_open(str(result.output), "pt") as handle:
+        assert handle.metadata()["ss_network_dropout"] == "0.5"
+    latents, t, context, _ = _unet_inputs(trained)
+    with torch.no_grad():
+        trained.unet.train()
+        first, second = (trained.unet(latents, t, context).sample for _ in range(2))
+        trained.unet.eval()
+        third, fourth = (trained.unet(latents, t, context).sample for _ in range(2))
+    assert (first - second).abs().max() > 1e-4  # a different half of the inputs dropped each time
+    assert torch.equal(third, fourth)
 
 
 def test_output_preservation_keeps_the_swapped_word_and_the_empty_prompt_where_the_base_model_had_them(

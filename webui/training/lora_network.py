@@ -53,6 +53,8 @@ class LoraShape:
     unet_layers: str = "attention"
     conv_rank: int = 0  # kohya's conv_dim: the rank of the LoCon 3x3-conv layers (0 = `rank`)
     conv_alpha: float = 0.0  # kohya's conv_alpha (0 = `alpha`)
+    # kohya's network_dropout, peft's lora_dropout: a random share of each LoRA layer's input is dropped in training
+    dropout: float = 0.0
 
     @property
     def conv_rank_used(self) -> int:
@@ -75,6 +77,8 @@ class LoraShape:
                                  f"{self.conv_rank}, {self.conv_alpha})")
         if not (self.train_unet or self.train_text_encoder):
             raise LoraShapeError("train the U-Net, the text encoder, or both: neither is selected")
+        if not 0 <= self.dropout < 1:  # also catches NaN
+            raise LoraShapeError(f"network dropout must be in [0, 1) (got {self.dropout})")
 
 
 @dataclass
@@ -138,7 +142,7 @@ class LoraNetwork:
                 raise LoraShapeError(f"the model's {part.key} has no layers a LoRA can train")
             part.convs = convs = self._convs(part)
             config = LoraConfig(r=shape.rank, lora_alpha=shape.alpha, target_modules=part.targets,
-                                init_lora_weights=True,
+                                init_lora_weights=True, lora_dropout=shape.dropout,
                                 rank_pattern={f"^{path}$": shape.conv_rank_used for path in convs},
                                 alpha_pattern={f"^{path}$": shape.conv_alpha_used for path in convs})
             inject_adapter_in_model(config, part.module, adapter_name=ADAPTER)

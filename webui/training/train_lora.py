@@ -89,6 +89,7 @@ class LoraTrainingSettings:
     unet_layers: str = "attention+conv"
     conv_rank: int = 4  # kohya's conv_dim (0 = rank)
     conv_alpha: float = 4.0  # kohya's conv_alpha (0 = alpha)
+    network_dropout: float = 0.0  # kohya's network_dropout (peft's lora_dropout); off, as kohya's default
     optimizer: str = "AdamW"
     learning_rate: float = 0.0  # 0 = automatic: 1e-4 for SD-sized U-Nets (>= 320 channels), 1e-3 for small ones
     text_encoder_lr: float = 0.0  # 0 = the same as learning_rate
@@ -138,7 +139,7 @@ class LoraTrainingSettings:
     @property
     def shape(self) -> LoraShape:
         return LoraShape(self.rank, self.alpha, self.train_unet, self.train_text_encoder, self.unet_layers,
-                         self.conv_rank, self.conv_alpha)
+                         self.conv_rank, self.conv_alpha, self.network_dropout)
 
     def check(self) -> None:
         """Refuse impossible settings before anything is loaded or written."""
@@ -333,8 +334,10 @@ def _sample(model: LoadedModel, settings: LoraTrainingSettings, width: int, heig
 
     images = []
     registry = SamplerRegistry()
-    was_training = model.unet.training
-    model.unet.eval()
+    modules = [model.unet] + [encoder.model for encoder in model.text_encoders]
+    was_training = [module.training for module in modules]
+    for module in modules:
+        module.eval()  # the network dropout is off while sampling
     try:
         for index, prompt in enumerate(settings.sample_prompts):
             params = SamplingParams(prompt=prompt, sampler=settings.sample_sampler, steps=settings.sample_steps,
@@ -342,7 +345,8 @@ def _sample(model: LoadedModel, settings: LoraTrainingSettings, width: int, heig
                                     seeds=[settings.seed + index])
             images.extend(txt2img(model, params, registry))
     finally:
-        model.unet.train(was_training)
+        for module, training in zip(modules, was_training):
+            module.train(training)
     return images
 
 
@@ -482,6 +486,8 @@ def train_lora(
         save_lora(snapshot, network.kohya_state_dict(), kohya_metadata(model, settings.shape, facts(steps_done)))
 
     model.unet.train()
+    for encoder in model.text_encoders:
+        encoder.model.train()  # a CLIP text model has no dropout of its own (p = 0): only the network dropout acts
     hooks = contextlib.ExitStack()
     if trigger is not None:
         hooks.enter_context(trigger.installed(model))
@@ -636,7 +642,7 @@ def _training_facts(settings: LoraTrainingSettings, dataset: LoraDataset, model:
         "ss_loss_type": "l2",
         "ss_max_token_length": "75",
         "ss_clip_skip": "1",
-        "ss_network_dropout": "0",
+        "ss_network_dropout": str(settings.network_dropout),
         "modelspec.title": settings.name,
         "modelspec.date": now.date().isoformat(),
         "modelspec.resolution": f"{resolution}x{resolution}",
@@ -672,6 +678,7 @@ _HELP = {
                    "cross-attention-kv: only the keys and values of cross-attention",
     "conv_rank": "attention+conv: the convolutions' rank, kohya's conv_dim (0 = --rank)",
     "conv_alpha": "attention+conv: kohya's conv_alpha (0 = --alpha)",
+    "network_dropout": "kohya's network_dropout: the share of each LoRA layer's input dropped while training (0 = off)",
     "preserve_words": "comma-separated words swapped in for the trigger word: for those captions the LoRA must "
                       "predict what the base model predicts (output preservation; keeps the concept out of its "
                       "neighbours)",

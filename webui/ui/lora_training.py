@@ -54,6 +54,7 @@ _FIELDS: list[tuple[str, str]] = [
     ("batch_size", "Batch size"),
     ("gradient_accumulation", "Gradient accumulation"),
     ("caption_dropout", "Caption dropout"),
+    ("network_dropout", "Network dropout (kohya's; 0 = off)"),
     ("noise_offset", "Noise offset"),
     ("min_snr_gamma", "Min-SNR γ (0 = off)"),
     ("cache_latents", "Cache latents"),
@@ -161,7 +162,7 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
                                  ("preserve_words", "preservation_weight", "preserve_unconditional")),
             "Optimizer and schedule": ("optimizer", "learning_rate", "text_encoder_lr", "embedding_lr", "lr_scheduler",
                                        "warmup_steps", "epochs", "max_steps", "batch_size", "gradient_accumulation"),
-            "Training tricks": ("caption_dropout", "noise_offset", "min_snr_gamma", "cache_latents",
+            "Training tricks": ("caption_dropout", "network_dropout", "noise_offset", "min_snr_gamma", "cache_latents",
                                 "gradient_checkpointing", "mixed_precision", "seed"),
             "Samples and saving": ("sample_prompts", "sample_every", "save_every", "resume"),
         }
