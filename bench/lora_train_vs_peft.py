@@ -98,7 +98,8 @@ def ours(model_path: Path, model: LoadedModel, folder: Path, steps: int, batch_s
                                     output_dir=scratch / "lora", run_dir=scratch / f"run-{cache_latents}",
                                     max_steps=steps, batch_size=batch_size, rank=rank, alpha=float(rank),
                                     cache_latents=cache_latents, sample_every=0, save_every=0, caption_dropout=0.0,
-                                    min_snr_gamma=0.0, warmup_steps=0, lr_scheduler="constant", learning_rate=1e-4)
+                                    network_dropout=0.0, min_snr_gamma=0.0, warmup_steps=0, lr_scheduler="constant",
+                                    learning_rate=1e-4)
     started = time.time()
     result = train_lora(settings, Silent(), model=model)
     if torch.cuda.is_available():

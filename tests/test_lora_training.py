@@ -198,12 +198,15 @@ def test_default_model_loss_falls_and_samples_are_drawn(concept_folder: Path, tm
     assert [entry["step"] for entry in log if "step" in entry] == list(range(1, 41))
 
 
-def test_interrupt_then_resume_gives_the_uninterrupted_result(concept_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("network_dropout", [0.0, 0.3])
+def test_interrupt_then_resume_gives_the_uninterrupted_result(network_dropout: float, concept_folder: Path,
+                                                              tmp_path: Path) -> None:
     straight = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "a", max_steps=6, save_every=2,
-                                       trigger="rectangle"), Quiet())
+                                       trigger="rectangle", network_dropout=network_dropout), Quiet())
 
     observer = Quiet(stop_after=3)
-    first = settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "b", max_steps=6, save_every=2, trigger="rectangle")
+    first = settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "b", max_steps=6, save_every=2, trigger="rectangle",
+                         network_dropout=network_dropout)
     stopped = train_lora(first, observer, should_stop=observer.should_stop)
     assert stopped.interrupted and stopped.output is None and stopped.steps == 3
     assert not (tmp_path / "b" / "Lora").exists() or not list((tmp_path / "b" / "Lora").iterdir())
@@ -212,7 +215,7 @@ def test_interrupt_then_resume_gives_the_uninterrupted_result(concept_folder: Pa
 
     assert not (tmp_path / "b" / "embeddings").exists()  # nothing under a final name until training completes
     resumed = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "b", max_steps=6, save_every=2,
-                                      trigger="rectangle", resume=True), Quiet())
+                                      trigger="rectangle", resume=True, network_dropout=network_dropout), Quiet())
     assert resumed.steps == 6 and resumed.output is not None
     a, b = read_lora(straight.output), read_lora(resumed.output)
     assert a.layers.keys() == b.layers.keys()

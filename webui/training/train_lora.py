@@ -485,9 +485,10 @@ def train_lora(
         snapshot = run_dir / f"{settings.name}-step{steps_done:06d}.safetensors"
         save_lora(snapshot, network.kohya_state_dict(), kohya_metadata(model, settings.shape, facts(steps_done)))
 
-    model.unet.train()
-    for encoder in model.text_encoders:
-        encoder.model.train()  # a CLIP text model has no dropout of its own (p = 0): only the network dropout acts
+    trained_modules = [model.unet] + [encoder.model for encoder in model.text_encoders]
+    modes_before = [module.training for module in trained_modules]
+    for module in trained_modules:
+        module.train()  # for the network dropout; the CLIP text model's own dropout is 0, the U-Net's too
     hooks = contextlib.ExitStack()
     if trigger is not None:
         hooks.enter_context(trigger.installed(model))
@@ -505,6 +506,8 @@ def train_lora(
                 # does each process of a multi-process run, which then keeps its share (`mine`) of every draw.
                 g = torch.Generator().manual_seed((settings.seed * 1_000_003 + epoch) * 100_003 * 64 + position * 64)
                 mine = list(range(rank, len(whole.indices), world))
+                if settings.network_dropout:  # the dropout masks too: a resumed run drops what it would have
+                    torch.manual_seed(((settings.seed * 1_000_003 + epoch) * 100_003 + position) * 64 + rank)
                 with device_guard(), accelerator.accumulate(denoiser), accelerator.autocast():
                     loss = step_loss(denoiser, accelerator.unwrap_model(denoiser), whole, mine, g)
                     if not torch.isfinite(loss):
@@ -555,6 +558,8 @@ def train_lora(
         raise
     finally:
         hooks.close()
+        for module, training in zip(trained_modules, modes_before):
+            module.train(training)
     seconds = time.time() - clock
     output = embedding_file = None
     if main:
