@@ -89,9 +89,9 @@ class LoraTrainingSettings:
     unet_layers: str = "attention+conv"
     conv_rank: int = 4  # kohya's conv_dim (0 = rank)
     conv_alpha: float = 4.0  # kohya's conv_alpha (0 = alpha)
-    # kohya's network_dropout (peft's lora_dropout; kohya's own default is off). 0.1 keeps a new word from spreading
-    # to the words the model knew: 7 points lost on them without it, 4.5 with it (docs/lora-training.md, T3-T4)
-    network_dropout: float = 0.1
+    # kohya's network_dropout (peft's lora_dropout), off as kohya has it: on the shipped model 0.1 did not reliably
+    # lessen a new word's drift onto the old ones (docs/lora-training.md, runs T3-T5)
+    network_dropout: float = 0.0
     optimizer: str = "AdamW"
     learning_rate: float = 0.0  # 0 = automatic: 1e-4 for SD-sized U-Nets (>= 320 channels), 1e-3 for small ones
     text_encoder_lr: float = 0.0  # 0 = the same as learning_rate
