@@ -330,6 +330,10 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
+def _cuda_devices() -> list[int]:
+    return [torch.cuda.current_device()] if torch.cuda.is_available() else []
+
+
 def _sample(model: LoadedModel, settings: LoraTrainingSettings, width: int, height: int) -> list[Image.Image]:
     from webui.engine.generation import SamplingParams, txt2img
     from webui.engine.samplers import SamplerRegistry
@@ -508,9 +512,12 @@ def train_lora(
                 # does each process of a multi-process run, which then keeps its share (`mine`) of every draw.
                 g = torch.Generator().manual_seed((settings.seed * 1_000_003 + epoch) * 100_003 * 64 + position * 64)
                 mine = list(range(rank, len(whole.indices), world))
-                if settings.network_dropout:  # the dropout masks too: a resumed run drops what it would have
-                    torch.manual_seed(((settings.seed * 1_000_003 + epoch) * 100_003 + position) * 64 + rank)
-                with device_guard(), accelerator.accumulate(denoiser), accelerator.autocast():
+                # The dropout masks too (nn.Dropout draws from the global generator): seeded per batch inside a fork
+                # of the global RNG state, so a resumed run drops what it would have and nothing else sees the seed.
+                dropout_rng = torch.random.fork_rng(devices=_cuda_devices(), enabled=bool(settings.network_dropout))
+                with dropout_rng, device_guard(), accelerator.accumulate(denoiser), accelerator.autocast():
+                    if settings.network_dropout:
+                        torch.manual_seed(((settings.seed * 1_000_003 + epoch) * 100_003 + position) * 64 + rank)
                     loss = step_loss(denoiser, accelerator.unwrap_model(denoiser), whole, mine, g)
                     if not torch.isfinite(loss):
                         raise TrainingError(f"the loss became {loss.item()} at step {step + 1}: lower the learning "
