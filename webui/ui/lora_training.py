@@ -54,7 +54,7 @@ _FIELDS: list[tuple[str, str]] = [
     ("batch_size", "Batch size"),
     ("gradient_accumulation", "Gradient accumulation"),
     ("caption_dropout", "Caption dropout"),
-    ("network_dropout", "Network dropout (kohya's; 0 = off)"),
+    ("network_dropout", "Network dropout"),
     ("noise_offset", "Noise offset"),
     ("min_snr_gamma", "Min-SNR γ (0 = off)"),
     ("cache_latents", "Cache latents"),

@@ -163,7 +163,7 @@
     "Max steps (0 = use epochs)": "Stop after this many steps; 0 uses the epochs instead.",
     "Gradient accumulation": "Add up this many batches before each update, to train as with a bigger batch.",
     "Caption dropout": "The share of steps trained without a caption.",
-    "Network dropout (kohya's; 0 = off)": "The share of each LoRA layer's input left out at random while training (kohya's network_dropout; 0.1 is common).",
+    "Network dropout": "The share of each LoRA layer's input left out at random while training (kohya's network_dropout; 0.1 is common).",
     "Noise offset": "Adds a little overall brightness noise so the LoRA can learn very dark and bright images.",
     "Min-SNR γ (0 = off)": "Balances the training over noise levels; 5 is common and 0 turns it off.",
     "Cache latents": "Encode the images once instead of at every step (faster, no random flips).",
