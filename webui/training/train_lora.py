@@ -19,7 +19,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import ContextManager, Protocol
@@ -330,6 +330,20 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
 
 
+@contextlib.contextmanager
+def _modules_in_mode(model: LoadedModel, training: bool) -> Iterator[None]:
+    """The U-Net and text encoders in train (network dropout on) or eval mode, and back as they were afterwards."""
+    modules = [model.unet] + [encoder.model for encoder in model.text_encoders]
+    before = [module.training for module in modules]
+    for module in modules:
+        module.train(training)
+    try:
+        yield
+    finally:
+        for module, was_training in zip(modules, before):
+            module.train(was_training)
+
+
 def _cuda_devices() -> list[int]:
     return [torch.cuda.current_device()] if torch.cuda.is_available() else []
 
@@ -340,19 +354,12 @@ def _sample(model: LoadedModel, settings: LoraTrainingSettings, width: int, heig
 
     images = []
     registry = SamplerRegistry()
-    modules = [model.unet] + [encoder.model for encoder in model.text_encoders]
-    was_training = [module.training for module in modules]
-    for module in modules:
-        module.eval()  # the network dropout is off while sampling
-    try:
+    with _modules_in_mode(model, training=False):  # the network dropout is off while sampling
         for index, prompt in enumerate(settings.sample_prompts):
             params = SamplingParams(prompt=prompt, sampler=settings.sample_sampler, steps=settings.sample_steps,
                                     cfg_scale=settings.sample_cfg, width=width, height=height,
                                     seeds=[settings.seed + index])
             images.extend(txt2img(model, params, registry))
-    finally:
-        for module, training in zip(modules, was_training):
-            module.train(training)
     return images
 
 
@@ -491,11 +498,9 @@ def train_lora(
         snapshot = run_dir / f"{settings.name}-step{steps_done:06d}.safetensors"
         save_lora(snapshot, network.kohya_state_dict(), kohya_metadata(model, settings.shape, facts(steps_done)))
 
-    trained_modules = [model.unet] + [encoder.model for encoder in model.text_encoders]
-    modes_before = [module.training for module in trained_modules]
-    for module in trained_modules:
-        module.train()  # for the network dropout; the CLIP text model's own dropout is 0, the U-Net's too
     hooks = contextlib.ExitStack()
+    # train mode for the network dropout (the CLIP text model's own dropout is 0, the U-Net's too)
+    hooks.enter_context(_modules_in_mode(model, training=True))
     if trigger is not None:
         hooks.enter_context(trigger.installed(model))
     try:
@@ -567,8 +572,6 @@ def train_lora(
         raise
     finally:
         hooks.close()
-        for module, training in zip(trained_modules, modes_before):
-            module.train(training)
     seconds = time.time() - clock
     output = embedding_file = None
     if main:
