@@ -32,7 +32,7 @@ from webui.engine.loader import LoadedModel, load_checkpoint
 
 from .common import JsonLog, load_training_state, save_training_state
 from .lora_dataset import (
-    DatasetError, LoraDataset, epoch_batches, load_for_bucket, make_buckets, nearest_bucket, scan_dataset,
+    Batch, DatasetError, LoraDataset, epoch_batches, load_for_bucket, make_buckets, nearest_bucket, scan_dataset,
     with_regularization,
 )
 from .lora_network import UNET_LAYER_CHOICES, LoraNetwork, LoraShape, LoraShapeError, kohya_metadata, save_lora
@@ -376,15 +376,12 @@ def train_lora(
     """Train, save, and return what happened. `model` is a private copy to train on (loaded from `settings.base`
     when not given); it is modified in place, so never pass a cached model that generation also uses. `dataset` is
     `settings.data` already scanned by the caller (the service scans it to validate before starting a job)."""
-    from accelerate import Accelerator
-    from diffusers.optimization import get_scheduler
-
     settings.check()
     observer = observer or PrintObserver()
-    run_dir = settings.run_path
-    saved = load_training_state(run_dir) if settings.resume else None
+    saved = load_training_state(settings.run_path) if settings.resume else None
     if settings.resume and saved is None:
-        raise TrainingError(f"nothing to resume in {run_dir}: no checkpoint-latest.pt there (start without resume)")
+        raise TrainingError(f"nothing to resume in {settings.run_path}: no checkpoint-latest.pt there "
+                            "(start without resume)")
     if saved is not None:
         _check_resumable(saved, settings)
     check_embedding_slot(settings)
@@ -393,203 +390,270 @@ def train_lora(
         dataset = with_regularization(dataset, scan_dataset(settings.reg_data))
     if settings.threads:
         torch.set_num_threads(settings.threads)
-    torch.manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)  # the adapters' initial weights
 
-    accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available(),
-                              gradient_accumulation_steps=settings.gradient_accumulation)
-    if not accelerator.is_main_process:  # one process of several reports; the others would only repeat it
-        observer = SilentObserver()
-    if model is None:
-        model = load_checkpoint(Path(settings.base))
-    if model.variant != "normal":
-        raise TrainingError(f"{model.name} is an {model.variant} model: train LoRAs on a normal checkpoint")
-    model.to(accelerator.device)
-    network = LoraNetwork(model, settings.shape)
-    trigger = (TriggerEmbedding(model, settings.trigger.strip(), [image.caption for image in dataset.images])
-               if settings.learns_trigger else None)
-    if not settings.learning_rate:
-        settings = replace(settings, learning_rate=automatic_learning_rate(model, settings.optimizer))
-        observer.message(f"learning rate {settings.learning_rate:g} (automatic for this model)")
-    if settings.gradient_checkpointing:
-        model.unet.enable_gradient_checkpointing()
-        for encoder in model.text_encoders:
-            encoder.model.gradient_checkpointing_enable()
+    run = _LoraRun(settings, observer, device_guard, model, dataset)
+    if settings.cache_latents and not run.cache_latents(should_stop):
+        # nothing trained yet: any saved state is left exactly as it was
+        run.observer.message("interrupted while caching latents; nothing was changed")
+        return TrainingResult(None, int(saved["step"]) if saved else 0, 0, True, float("nan"), 0.0, 0.0,
+                              dataset.warnings)
+    run.start(saved)
+    run.train(should_stop)
+    return run.finish()
 
-    # Buckets and batches.
-    multiple = model.vae_downscale * 2 ** (len(model.unet.config.block_out_channels) - 1)
-    resolution = settings.resolution or model.default_resolution[0]
-    resolution = max(multiple, resolution // multiple * multiple)
-    buckets = make_buckets(resolution, multiple) if settings.buckets else [(resolution, resolution)]
-    bucket_of = [nearest_bucket(image.size, buckets) for image in dataset.images]
-    repeats = [image.repeats for image in dataset.images]
-    world, rank = accelerator.num_processes, accelerator.process_index
-    # Several processes (accelerate launch) share each global batch of batch_size x processes images, every process
-    # drawing the whole batch's noise and taking its own images: the run equals one process with the global batch.
-    global_batch = settings.batch_size * world
 
-    def usable_batches(epoch: int) -> list:
+@dataclass(frozen=True)
+class _BatchPlan:
+    """Which images make up each global batch of an epoch. Several processes (accelerate launch) share each global
+    batch of batch_size x processes images, every process drawing the whole batch's noise and taking its own images:
+    the run equals one process with the global batch. The order depends only on (seed, epoch)."""
+
+    bucket_of: list[tuple[int, int]]
+    repeats: list[int]
+    global_batch: int
+    world: int
+    seed: int
+
+    def batches(self, epoch: int) -> list[Batch]:
         """The epoch's global batches; with several processes, a bucket's last batch with fewer images than
         processes is left out (a process without an image would stall the others)."""
-        batches = epoch_batches(bucket_of, repeats, global_batch, settings.seed * 1_000_003 + epoch)
-        return [batch for batch in batches if len(batch.indices) >= world]
+        batches = epoch_batches(self.bucket_of, self.repeats, self.global_batch, self.seed * 1_000_003 + epoch)
+        return [batch for batch in batches if len(batch.indices) >= self.world]
 
-    per_epoch = len(usable_batches(0))
-    if per_epoch < 1:
-        raise TrainingError(f"{world} processes need batches of at least {world} images: add images or repeats")
-    updates_per_epoch = max(1, math.ceil(per_epoch / settings.gradient_accumulation))
-    total_steps = settings.max_steps or settings.epochs * updates_per_epoch
 
-    cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-    if settings.cache_latents:
-        for index, image in enumerate(dataset.images):
-            if should_stop():  # nothing trained yet: leave any saved state exactly as it was
-                observer.message("interrupted while caching latents; nothing was changed")
-                return TrainingResult(None, int(saved["step"]) if saved else 0, 0, True, float("nan"), 0.0, 0.0,
-                                      dataset.warnings)
-            with device_guard():
-                pixels = load_for_bucket(image.path, bucket_of[index])[None]
-                cache[index] = tuple(t[0] for t in encode_latents(model, pixels))
+class _LoraRun:
+    """One training run, in the order `train_lora` calls it: built (model, adapters, batch plan), latents cached,
+    started (optimiser, schedule, saved state, log), trained, finished (files written, result). Its own class so
+    that each phase can be read alone; the state they share is this object's, not a closure's."""
 
-    groups = network.parameter_groups(settings.learning_rate, settings.text_encoder_lr or None)
-    if trigger is not None:
-        embedding_lr = settings.embedding_lr or (1.0 if settings.optimizer == "Prodigy" else 5e-3)
-        groups.append({"params": list(trigger.parameters()), "lr": embedding_lr, "weight_decay": 0.0})
-    optimizer = _make_optimizer(settings, groups)
-    scheduler = get_scheduler(settings.lr_scheduler, optimizer, num_warmup_steps=settings.warmup_steps * world,
-                              num_training_steps=total_steps * world)
-    start_step = 0
-    if saved is not None:
-        network.load_state(saved["adapters"])
-        if trigger is not None and saved.get("trigger_embedding") is not None:
-            trigger.load_state(saved["trigger_embedding"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        start_step = int(saved["step"])
-    denoiser, optimizer, scheduler = accelerator.prepare(Denoiser(model, trigger), optimizer, scheduler)
-    step_loss = StepLoss(settings, model, dataset, network, accelerator.device, world, cache)
-    main = accelerator.is_main_process
-    log = JsonLog(run_dir / "log.jsonl") if main else None
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "settings.json").write_text(json.dumps(settings.to_json(), indent=2))
-    observer.started(total_steps, dataset, start_step)
-    started_at = _dt.datetime.now(_dt.timezone.utc)
-    clock = time.time()
-    step = start_step
-    last_saved = start_step
-    smoothed: float | None = None
-    loss_value = float("nan")
-    seen = 0
-    interrupted = False
+    def __init__(self, settings: LoraTrainingSettings, observer: TrainingObserver,
+                 device_guard: Callable[[], ContextManager], model: LoadedModel | None, dataset: LoraDataset) -> None:
+        from accelerate import Accelerator
 
-    def facts(steps_done: int) -> dict[str, object]:
-        return _training_facts(settings, dataset, model, resolution, buckets, total_steps, steps_done,
-                               updates_per_epoch, started_at, world)
+        self.device_guard = device_guard
+        self.dataset = dataset
+        self.accelerator = Accelerator(mixed_precision=settings.mixed_precision, cpu=not torch.cuda.is_available(),
+                                       gradient_accumulation_steps=settings.gradient_accumulation)
+        self.main = self.accelerator.is_main_process
+        # one process of several reports; the others would only repeat it
+        self.observer = observer if self.main else SilentObserver()
+        self.model = model if model is not None else load_checkpoint(Path(settings.base))
+        if self.model.variant != "normal":
+            raise TrainingError(f"{self.model.name} is an {self.model.variant} model: train LoRAs on a normal "
+                                "checkpoint")
+        self.model.to(self.accelerator.device)
+        self.network = LoraNetwork(self.model, settings.shape)
+        self.trigger = (TriggerEmbedding(self.model, settings.trigger.strip(), [i.caption for i in dataset.images])
+                        if settings.learns_trigger else None)
+        if not settings.learning_rate:
+            settings = replace(settings, learning_rate=automatic_learning_rate(self.model, settings.optimizer))
+            self.observer.message(f"learning rate {settings.learning_rate:g} (automatic for this model)")
+        self.settings = settings
+        if settings.gradient_checkpointing:
+            self.model.unet.enable_gradient_checkpointing()
+            for encoder in self.model.text_encoders:
+                encoder.model.gradient_checkpointing_enable()
 
-    def save_state(steps_done: int) -> None:
-        nonlocal last_saved
-        if not main:
+        multiple = self.model.vae_downscale * 2 ** (len(self.model.unet.config.block_out_channels) - 1)
+        resolution = settings.resolution or self.model.default_resolution[0]
+        self.resolution = max(multiple, resolution // multiple * multiple)
+        self.buckets = make_buckets(self.resolution, multiple) if settings.buckets else [(self.resolution,) * 2]
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.plan = _BatchPlan([nearest_bucket(image.size, self.buckets) for image in dataset.images],
+                               [image.repeats for image in dataset.images], settings.batch_size * self.world,
+                               self.world, settings.seed)
+        per_epoch = len(self.plan.batches(0))
+        if per_epoch < 1:
+            raise TrainingError(f"{self.world} processes need batches of at least {self.world} images: add images "
+                                "or repeats")
+        self.updates_per_epoch = max(1, math.ceil(per_epoch / settings.gradient_accumulation))
+        self.total_steps = settings.max_steps or settings.epochs * self.updates_per_epoch
+        self.latent_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.step = self.last_saved = self.seen = 0
+        self.smoothed: float | None = None
+        self.loss_value = float("nan")
+        self.interrupted = False
+
+    @property
+    def run_dir(self) -> Path:
+        return self.settings.run_path
+
+    def cache_latents(self, should_stop: Callable[[], bool]) -> bool:
+        """Encode every image once (kohya's cache_latents); False when stopped before the end."""
+        for index, image in enumerate(self.dataset.images):
+            if should_stop():
+                return False
+            with self.device_guard():
+                pixels = load_for_bucket(image.path, self.plan.bucket_of[index])[None]
+                mean, std = encode_latents(self.model, pixels)
+                self.latent_cache[index] = (mean[0], std[0])
+        return True
+
+    def start(self, saved: dict | None) -> None:
+        """The optimiser and LR schedule (restored from `saved` when resuming), the log, and the run folder."""
+        from diffusers.optimization import get_scheduler
+
+        settings = self.settings
+        groups = self.network.parameter_groups(settings.learning_rate, settings.text_encoder_lr or None)
+        if self.trigger is not None:
+            embedding_lr = settings.embedding_lr or (1.0 if settings.optimizer == "Prodigy" else 5e-3)
+            groups.append({"params": list(self.trigger.parameters()), "lr": embedding_lr, "weight_decay": 0.0})
+        optimizer = _make_optimizer(settings, groups)
+        scheduler = get_scheduler(settings.lr_scheduler, optimizer,
+                                  num_warmup_steps=settings.warmup_steps * self.world,
+                                  num_training_steps=self.total_steps * self.world)
+        if saved is not None:
+            self.network.load_state(saved["adapters"])
+            if self.trigger is not None and saved.get("trigger_embedding") is not None:
+                self.trigger.load_state(saved["trigger_embedding"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            self.step = self.last_saved = int(saved["step"])
+        self.denoiser, self.optimizer, self.scheduler = self.accelerator.prepare(
+            Denoiser(self.model, self.trigger), optimizer, scheduler)
+        self.step_loss = StepLoss(settings, self.model, self.dataset, self.network, self.accelerator.device,
+                                  self.world, self.latent_cache)
+        self.log = JsonLog(self.run_dir / "log.jsonl") if self.main else None
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "settings.json").write_text(json.dumps(settings.to_json(), indent=2))
+        self.observer.started(self.total_steps, self.dataset, self.step)
+        self.started_at = _dt.datetime.now(_dt.timezone.utc)
+        self.clock = time.time()
+
+    def train(self, should_stop: Callable[[], bool]) -> None:
+        """Update until the last step or a stop; a resumed run skips the batches its saved steps used."""
+        hooks = contextlib.ExitStack()
+        # train mode for the network dropout (the CLIP text model's own dropout is 0, the U-Net's too)
+        hooks.enter_context(_modules_in_mode(self.model, training=True))
+        if self.trigger is not None:
+            hooks.enter_context(self.trigger.installed(self.model))
+        accumulation = self.settings.gradient_accumulation
+        try:
+            epoch = self.step // self.updates_per_epoch
+            while self.step < self.total_steps and not self.interrupted:
+                batches = self.plan.batches(epoch)
+                skip = (self.step - epoch * self.updates_per_epoch) * accumulation
+                for position in range(skip, len(batches)):
+                    if should_stop():
+                        self.interrupted = True
+                        break
+                    loss = self._forward_backward(batches[position], epoch, position)
+                    self.seen += len(batches[position].indices)
+                    if not self.accelerator.sync_gradients:
+                        continue
+                    self.step += 1
+                    self._after_update(loss, epoch)
+                    if self.step >= self.total_steps:
+                        break
+                epoch += 1
+        except Exception as exc:
+            if _is_out_of_memory(exc):
+                raise TrainingError(
+                    f"ran out of memory at step {self.step + 1} (batch size {self.settings.batch_size}, resolution "
+                    f"{self.resolution}): lower the batch size or resolution, or turn on gradient checkpointing; "
+                    f"the last saved state (step {self.last_saved}) can be resumed") from exc
+            raise
+        finally:
+            hooks.close()
+
+    def _forward_backward(self, whole: Batch, epoch: int, position: int) -> torch.Tensor:
+        """One micro-batch: loss, backward, and (when accumulation is complete) the optimiser step."""
+        settings, accelerator = self.settings, self.accelerator
+        # Noise depends only on (seed, epoch, batch): a resumed run draws what it would have drawn, and so does each
+        # process of a multi-process run, which then keeps its share (`mine`) of every draw.
+        g = torch.Generator().manual_seed((settings.seed * 1_000_003 + epoch) * 100_003 * 64 + position * 64)
+        mine = list(range(self.rank, len(whole.indices), self.world))
+        # The dropout masks too (nn.Dropout draws from the global generator): seeded per batch inside a fork of the
+        # global RNG state, so a resumed run drops what it would have and nothing else sees the seed.
+        dropout_rng = torch.random.fork_rng(devices=_cuda_devices(), enabled=bool(settings.network_dropout))
+        with dropout_rng, self.device_guard(), accelerator.accumulate(self.denoiser), accelerator.autocast():
+            if settings.network_dropout:
+                torch.manual_seed(((settings.seed * 1_000_003 + epoch) * 100_003 + position) * 64 + self.rank)
+            loss = self.step_loss(self.denoiser, accelerator.unwrap_model(self.denoiser), whole, mine, g)
+            if not torch.isfinite(loss):
+                raise TrainingError(f"the loss became {loss.item()} at step {self.step + 1}: lower the learning "
+                                    f"rate; the last saved state (step {self.last_saved}) can be resumed")
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(self.network.trainable_parameters(), 1.0)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def _after_update(self, loss: torch.Tensor, epoch: int) -> None:
+        """Report the step, and sample and save when their turn comes."""
+        settings, step = self.settings, self.step
+        batch_loss = self.accelerator.reduce(loss.detach(), reduction="mean") if self.world > 1 else loss.detach()
+        self.loss_value = float(batch_loss.item())
+        self.smoothed = self.loss_value if self.smoothed is None else 0.9 * self.smoothed + 0.1 * self.loss_value
+        elapsed = time.time() - self.clock
+        progress = TrainingProgress(step, self.total_steps, epoch, self.loss_value, self.smoothed,
+                                    float(self.scheduler.get_last_lr()[0]), elapsed, self.seen / max(elapsed, 1e-9))
+        if self.log is not None:
+            self.log.write(step=step, loss=round(self.loss_value, 6), smoothed=round(self.smoothed, 6),
+                           lr=progress.learning_rate)
+        self.observer.stepped(progress)
+        if self.main and settings.sample_every and settings.sample_prompts and (
+                step % settings.sample_every == 0 or step == self.total_steps):
+            self._show_samples()
+        if settings.save_every and step % settings.save_every == 0 and step < self.total_steps:
+            self.save_state()
+
+    def _show_samples(self) -> None:
+        with self.device_guard():
+            images = _sample(self.model, self.settings, self.resolution, self.resolution)
+        paths = []
+        for index, image in enumerate(images):
+            path = self.run_dir / "samples" / f"step{self.step:06d}-{index:02d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image.save(path)
+            paths.append(path)
+        self.observer.sampled(self.step, images, paths)
+
+    def _facts(self) -> dict[str, object]:
+        return _training_facts(self.settings, self.dataset, self.model, self.resolution, self.buckets,
+                               self.total_steps, self.step, self.updates_per_epoch, self.started_at, self.world)
+
+    def save_state(self) -> None:
+        """The resumable state and a snapshot LoRA at the current step (main process only)."""
+        if not self.main:
             return
-        save_training_state(run_dir, steps_done, {
-            "adapters": network.state(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "settings": settings.to_json(), "trigger_embedding": trigger.state() if trigger is not None else None,
+        save_training_state(self.run_dir, self.step, {
+            "adapters": self.network.state(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "settings": self.settings.to_json(),
+            "trigger_embedding": self.trigger.state() if self.trigger is not None else None,
         })
-        last_saved = steps_done
-        snapshot = run_dir / f"{settings.name}-step{steps_done:06d}.safetensors"
-        save_lora(snapshot, network.kohya_state_dict(), kohya_metadata(model, settings.shape, facts(steps_done)))
+        self.last_saved = self.step
+        snapshot = self.run_dir / f"{self.settings.name}-step{self.step:06d}.safetensors"
+        save_lora(snapshot, self.network.kohya_state_dict(),
+                  kohya_metadata(self.model, self.settings.shape, self._facts()))
 
-    hooks = contextlib.ExitStack()
-    # train mode for the network dropout (the CLIP text model's own dropout is 0, the U-Net's too)
-    hooks.enter_context(_modules_in_mode(model, training=True))
-    if trigger is not None:
-        hooks.enter_context(trigger.installed(model))
-    try:
-        epoch = step // updates_per_epoch
-        while step < total_steps and not interrupted:
-            batches = usable_batches(epoch)
-            skip = (step - epoch * updates_per_epoch) * settings.gradient_accumulation
-            for position in range(skip, len(batches)):
-                whole = batches[position]
-                if should_stop():
-                    interrupted = True
-                    break
-                # Noise depends only on (seed, epoch, batch): a resumed run draws what it would have drawn, and so
-                # does each process of a multi-process run, which then keeps its share (`mine`) of every draw.
-                g = torch.Generator().manual_seed((settings.seed * 1_000_003 + epoch) * 100_003 * 64 + position * 64)
-                mine = list(range(rank, len(whole.indices), world))
-                # The dropout masks too (nn.Dropout draws from the global generator): seeded per batch inside a fork
-                # of the global RNG state, so a resumed run drops what it would have and nothing else sees the seed.
-                dropout_rng = torch.random.fork_rng(devices=_cuda_devices(), enabled=bool(settings.network_dropout))
-                with dropout_rng, device_guard(), accelerator.accumulate(denoiser), accelerator.autocast():
-                    if settings.network_dropout:
-                        torch.manual_seed(((settings.seed * 1_000_003 + epoch) * 100_003 + position) * 64 + rank)
-                    loss = step_loss(denoiser, accelerator.unwrap_model(denoiser), whole, mine, g)
-                    if not torch.isfinite(loss):
-                        raise TrainingError(f"the loss became {loss.item()} at step {step + 1}: lower the learning "
-                                            f"rate; the last saved state (step {last_saved}) can be resumed")
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(network.trainable_parameters(), 1.0)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                seen += len(whole.indices)
-                if not accelerator.sync_gradients:
-                    continue
-                step += 1
-                batch_loss = accelerator.reduce(loss.detach(), reduction="mean") if world > 1 else loss.detach()
-                loss_value = float(batch_loss.item())
-                smoothed = loss_value if smoothed is None else 0.9 * smoothed + 0.1 * loss_value
-                elapsed = time.time() - clock
-                progress = TrainingProgress(step, total_steps, epoch, loss_value, smoothed,
-                                            float(scheduler.get_last_lr()[0]), elapsed, seen / max(elapsed, 1e-9))
-                if log is not None:
-                    log.write(step=step, loss=round(loss_value, 6), smoothed=round(smoothed, 6),
-                              lr=progress.learning_rate)
-                observer.stepped(progress)
-                if main and settings.sample_every and settings.sample_prompts and (
-                        step % settings.sample_every == 0 or step == total_steps):
-                    with device_guard():
-                        images = _sample(model, settings, resolution, resolution)
-                    paths = []
-                    for index, image in enumerate(images):
-                        path = run_dir / "samples" / f"step{step:06d}-{index:02d}.png"
-                        path.parent.mkdir(parents=True, exist_ok=True)
-                        image.save(path)
-                        paths.append(path)
-                    observer.sampled(step, images, paths)
-                if settings.save_every and step % settings.save_every == 0 and step < total_steps:
-                    save_state(step)
-                if step >= total_steps:
-                    break
-            epoch += 1
-    except Exception as exc:
-        if _is_out_of_memory(exc):
-            raise TrainingError(
-                f"ran out of memory at step {step + 1} (batch size {settings.batch_size}, resolution {resolution}): "
-                "lower the batch size or resolution, or turn on gradient checkpointing; the last saved state "
-                f"(step {last_saved}) can be resumed") from exc
-        raise
-    finally:
-        hooks.close()
-    seconds = time.time() - clock
-    output = embedding_file = None
-    if main:
-        if step > last_saved or interrupted:
-            save_state(step)  # interrupting keeps everything done so far resumable
-        if not interrupted:
-            if trigger is not None:  # first, so the LoRA never appears without the word it was trained with
-                embedding_file = save_embedding(settings.embedding_path, trigger, settings.name)
-                observer.message(f"the trigger word {trigger.trigger!r} was learned as an embedding: "
-                                 f"{settings.embedding_path}")
-            output = save_lora(settings.output_path, network.kohya_state_dict(),
-                               kohya_metadata(model, settings.shape, facts(step)))
-        assert log is not None
-        log.write(finished=step, interrupted=interrupted, seconds=round(seconds, 1))
-    if interrupted:
-        observer.message(f"interrupted at step {step}/{total_steps}; resume to continue from the saved state")
-    return TrainingResult(output, step, total_steps, interrupted, loss_value, seconds,
-                          seen / max(seconds, 1e-9), dataset.warnings, embedding_file)
+    def finish(self) -> TrainingResult:
+        """Save what the run ends with: the resumable state if anything is unsaved, and when it completed, the
+        trigger word's embedding and then the LoRA under their final names."""
+        settings, step = self.settings, self.step
+        seconds = time.time() - self.clock
+        output = embedding_file = None
+        if self.main:
+            if step > self.last_saved or self.interrupted:
+                self.save_state()  # interrupting keeps everything done so far resumable
+            if not self.interrupted:
+                if self.trigger is not None:  # first, so the LoRA never appears without the word it was trained with
+                    embedding_file = save_embedding(settings.embedding_path, self.trigger, settings.name)
+                    self.observer.message(f"the trigger word {self.trigger.trigger!r} was learned as an embedding: "
+                                          f"{settings.embedding_path}")
+                output = save_lora(settings.output_path, self.network.kohya_state_dict(),
+                                   kohya_metadata(self.model, settings.shape, self._facts()))
+            assert self.log is not None
+            self.log.write(finished=step, interrupted=self.interrupted, seconds=round(seconds, 1))
+        if self.interrupted:
+            self.observer.message(f"interrupted at step {step}/{self.total_steps}; resume to continue from the "
+                                  "saved state")
+        return TrainingResult(output, step, self.total_steps, self.interrupted, self.loss_value, seconds,
+                              self.seen / max(seconds, 1e-9), self.dataset.warnings, embedding_file)
 
 
 def _check_resumable(saved: dict, settings: LoraTrainingSettings) -> None:
