@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from webui.training import train_ae, train_ldm
+from webui.training.diffusion_loss import epsilon_loss_weights
 from webui.commands.training import run_train_ae
 from webui.shapes import COLOURS, POSITIONS, SHAPES, SIZES, make_arrays, scene_at
 
@@ -145,11 +146,11 @@ def test_loss_weights_cap_easy_steps_and_lift_high_noise_steps():
     alphas = sd_noise_scheduler().alphas_cumprod
     t = torch.tensor([10, 500, 999])
     snr = alphas[t] / (1 - alphas[t])
-    weights = train_ldm.epsilon_loss_weights(alphas[t], gamma=5.0, snr_floor=0.05)
+    weights = epsilon_loss_weights(alphas[t], gamma=5.0, snr_floor=0.05)
     assert weights[0] == pytest.approx(5.0 / snr[0].item(), rel=1e-5) and weights[0] < 0.1
     assert weights[1] == pytest.approx(1.0)
     assert weights[2] == pytest.approx(0.05 / snr[2].item(), rel=1e-5) and weights[2] > 10
-    assert torch.equal(train_ldm.epsilon_loss_weights(alphas[t], 0.0, 0.0), torch.ones(3))
+    assert torch.equal(epsilon_loss_weights(alphas[t], 0.0, 0.0), torch.ones(3))
 
 
 def test_offset_noise_adds_a_per_channel_constant():

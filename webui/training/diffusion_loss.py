@@ -44,3 +44,24 @@ def min_snr_weights(alphas_cumprod: torch.Tensor, gamma: float, prediction_type:
     snr = alphas_cumprod / (1 - alphas_cumprod)
     clamped = snr.clamp(max=gamma)
     return clamped / (snr + 1) if prediction_type == "v_prediction" else clamped / snr
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """Every (seed, step) has its own generator: a resumed run replays exactly the batches it would have drawn."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step * 64)
+
+
+def draw_latents(mean: torch.Tensor, std: torch.Tensor, scale: float, count: int,
+                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`count` rows drawn from a pool of cached posteriors (mean, std): their indices, and a sample of each posterior
+    times the latent scale factor."""
+    index = torch.randint(0, len(mean), (count,), generator=generator)
+    latents = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)) * scale
+    return index, latents
+
+
+def weighted_epsilon_loss(pred: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float,
+                          snr_floor: float) -> torch.Tensor:
+    """The batch's ε-MSE in fp32, each sample weighted by `epsilon_loss_weights` at its timestep's alpha."""
+    per_sample = (pred.float() - noise.float()).pow(2).flatten(1).mean(1)
+    return (per_sample * epsilon_loss_weights(alphas_cumprod, gamma, snr_floor)).mean()

@@ -41,7 +41,7 @@ from .common import (
 )
 from webui.shapes import EVAL_SEED, TRAIN_SEED, make_arrays_parallel, render, scene_at, short_caption
 from .models import SD_TRAIN_TIMESTEPS, count_parameters, sd_noise_scheduler, token_ids
-from .diffusion_loss import epsilon_loss_weights, training_noise
+from .diffusion_loss import draw_latents, step_generator, training_noise, weighted_epsilon_loss
 from .train_ldm import _ema_update, signal_free_top
 
 DEFAULT_BASE = Path("models/Stable-diffusion/latent-studio-shapes.safetensors")
@@ -252,13 +252,11 @@ def run(args: argparse.Namespace) -> int:
     running = None
     done = start_step
     for step in progress:
-        # Every (seed, step) has its own generator: resuming replays exactly the same batches. Each process of a
-        # multi-process run draws the whole global batch (batch size x processes) and keeps its share, so the run
-        # equals one process with the global batch.
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 64)
+        # Each process of a multi-process run draws the whole global batch (batch size x processes) and keeps its
+        # share, so the run equals one process with the global batch.
+        g = step_generator(args.seed, step)
         whole = args.batch_size * world
-        index = torch.randint(0, len(pool.mean), (whole,), generator=g)
-        latents = (pool.mean[index] + pool.std[index] * torch.randn(pool.mean[index].shape, generator=g)) * scale
+        index, latents = draw_latents(pool.mean, pool.std, scale, whole, g)
         ids = _prompt_ids(pool, index, g, args.caption_dropout, args.short_prompts, empty_ids)
         noise = training_noise(latents.shape, args.offset_noise, g)
         timesteps = torch.randint(0, SD_TRAIN_TIMESTEPS, (whole,), generator=g)
@@ -271,9 +269,7 @@ def run(args: argparse.Namespace) -> int:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(budget.schedule_step(step, args.steps), args.lr, args.warmup, args.steps)
         pred = controlled_eps(unet, controlnet, noisy, timesteps, context, hint)
-        per_sample = (pred.float() - noise.float()).pow(2).flatten(1).mean(1)
-        per_sample = per_sample * epsilon_loss_weights(alphas[timesteps], args.min_snr_gamma, args.snr_floor)
-        loss = per_sample.mean()
+        loss = weighted_epsilon_loss(pred, noise, alphas[timesteps], args.min_snr_gamma, args.snr_floor)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(controlnet.parameters(), 1.0)

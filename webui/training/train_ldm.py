@@ -31,7 +31,7 @@ from .common import (
     to_uint8,
 )
 from webui.shapes import TRAIN_SEED, make_arrays_parallel
-from .diffusion_loss import epsilon_loss_weights, training_noise
+from .diffusion_loss import draw_latents, step_generator, training_noise, weighted_epsilon_loss
 from .models import SD_TRAIN_TIMESTEPS, LDMConfig, config_dict, count_parameters, sd_noise_scheduler, token_ids
 
 TEXT_PREFIX = "cond_stage_model.transformer."
@@ -323,13 +323,11 @@ def run(args: argparse.Namespace) -> int:
     running = None
     done = start_step
     for step in progress:
-        # Every (seed, step) has its own generator: resuming replays exactly the same batches. Each process of a
-        # multi-process run draws the whole global batch (batch size x processes) and keeps its share, so the run
-        # equals one process with the global batch.
-        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step * 64)
+        # Each process of a multi-process run draws the whole global batch (batch size x processes) and keeps its
+        # share, so the run equals one process with the global batch.
+        g = step_generator(args.seed, step)
         whole = args.batch_size * world
-        index = torch.randint(0, len(mean), (whole,), generator=g)
-        latents = (mean[index] + std[index] * torch.randn(mean[index].shape, generator=g)) * scale
+        index, latents = draw_latents(mean, std, scale, whole, g)
         ids = ids_all[index].clone()
         drop = torch.rand(whole, generator=g) < args.caption_dropout
         ids[drop] = empty_ids
@@ -341,9 +339,7 @@ def run(args: argparse.Namespace) -> int:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(budget.schedule_step(step, args.steps), args.lr, args.warmup, args.steps)
         pred = wrapped(noisy, timesteps, ids)
-        per_sample = (pred.float() - noise.float()).pow(2).flatten(1).mean(1)
-        per_sample = per_sample * epsilon_loss_weights(alphas[timesteps], args.min_snr_gamma, args.snr_floor)
-        loss = per_sample.mean()
+        loss = weighted_epsilon_loss(pred, noise, alphas[timesteps], args.min_snr_gamma, args.snr_floor)
         optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(wrapped.parameters(), 1.0)
