@@ -2,11 +2,16 @@
 
 The reference is the loop of diffusers' `examples/text_to_image/train_text_to_image_lora.py`, reduced to its core:
 `unet.add_adapter` / text encoder adapters through peft, images loaded and VAE-encoded every step, AdamW, MSE on ε.
-Both sides train the same layers (U-Net attention blocks + text encoder) at the same rank, batch size, resolution and
-step count, from copies of one loaded checkpoint, in one process, one after the other (so the machine is the same).
-Timing covers everything after the model is in memory: reading images, caching latents (ours), every step, saving.
+Both sides train the same layers at the same ranks, batch size, resolution and step count, from copies of one loaded
+checkpoint, in one process, interleaved (so the machine is the same), for two layer sets:
+- "attention": kohya's LoRA (the U-Net's transformer blocks and the text encoder), rank 16 everywhere;
+- "attention+conv": the training tab's default, LoCon: also the ResNet and sampler convolutions, at rank 4 there
+  (peft's `rank_pattern`).
+Timing covers everything after the model is in memory: adding the adapters, reading images, caching latents (ours),
+every step, saving (ours).
 
-    python bench/lora_train_vs_peft.py [--model PATH] [--steps 60] [--batch-size 4] [--rank 16] [--device cpu|cuda]
+    python bench/lora_train_vs_peft.py [--model PATH] [--steps 60] [--batch-size 4] [--rank 16] [--conv-rank 4] \
+        [--device cpu|cuda]
 
 Writes bench/results/lora_training.json.
 """
@@ -47,16 +52,27 @@ class Silent:
     def message(self, text: str) -> None: ...
 
 
+def conv_targets(model: LoadedModel) -> list[str]:
+    """The U-Net's LoCon layers, named in full: every convolution of the ResNet blocks and the down/up samplers."""
+    return [name for name, module in model.unet.named_modules()
+            if isinstance(module, torch.nn.Conv2d) and any(part in name for part in ("resnets.", "samplers."))]
+
+
 def reference_loop(model: LoadedModel, folder: Path, steps: int, batch_size: int, rank: int, resolution: int,
-                   device: str) -> float:
-    """samples/s of the plain loop (diffusers' example, without its logging and validation)."""
+                   device: str, conv_rank: int = 0) -> float:
+    """samples/s of the plain loop (diffusers' example, without its logging and validation); `conv_rank` > 0 adds
+    the LoCon convolutions at that rank."""
     unet = copy.deepcopy(model.unet).to(device).train()
     text_encoder = copy.deepcopy(model.text_encoders[0].model).to(device).train()
     vae = model.vae.to(device)
+    started = time.time()  # from here, as for ours: adding the adapters, reading images, every step
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
     vae.requires_grad_(False)
-    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=UNET_TARGETS))
+    convs = conv_targets(model) if conv_rank else []
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=UNET_TARGETS + convs, rank_pattern={name: conv_rank for name in convs},
+                                alpha_pattern={name: conv_rank for name in convs}))
     from peft import inject_adapter_in_model
 
     inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=TEXT_TARGETS), text_encoder)
@@ -65,7 +81,6 @@ def reference_loop(model: LoadedModel, folder: Path, steps: int, batch_size: int
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     scheduler = sd_noise_scheduler()
-    started = time.time()
     files = sorted(folder.glob("*.png"))
     captions = [f.with_suffix(".txt").read_text().strip() for f in files]
     pad = model.text_encoders[0].slot.pad_token_id
@@ -93,8 +108,10 @@ def reference_loop(model: LoadedModel, folder: Path, steps: int, batch_size: int
 
 
 def ours(model_path: Path, model: LoadedModel, folder: Path, steps: int, batch_size: int, rank: int, scratch: Path,
-         cache_latents: bool) -> float:
+         cache_latents: bool, conv_rank: int = 0) -> float:
     settings = LoraTrainingSettings(base=model_path, data=folder, name=f"bench-{cache_latents}",
+                                    unet_layers="attention+conv" if conv_rank else "attention", conv_rank=conv_rank,
+                                    conv_alpha=float(conv_rank),
                                     output_dir=scratch / "lora", run_dir=scratch / f"run-{cache_latents}",
                                     max_steps=steps, batch_size=batch_size, rank=rank, alpha=float(rank),
                                     cache_latents=cache_latents, sample_every=0, save_every=0, caption_dropout=0.0,
@@ -113,6 +130,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--conv-rank", type=int, default=LoraTrainingSettings.conv_rank,
+                        help="the LoCon convolutions' rank in the attention+conv comparison (the tab's default)")
     parser.add_argument("--images", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -123,25 +142,31 @@ def main() -> int:
     resolution = base.default_resolution[0]
     report: dict[str, object] = {"model": args.model.name, "device": args.device, "threads": args.threads,
                                  "steps": args.steps, "batch_size": args.batch_size, "rank": args.rank,
-                                 "resolution": resolution, "images": args.images}
+                                 "conv_rank": args.conv_rank, "resolution": resolution, "images": args.images}
+    layer_sets = {"attention": 0, "attention+conv": args.conv_rank}
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         write_captioned_folder(scratch / "data", concept_scenes(args.images), size=resolution)
         # Warm-up (first-call allocations and kernel choices) on both paths, not timed.
         reference_loop(base, scratch / "data", 2, args.batch_size, args.rank, resolution, args.device)
         ours(args.model, load_checkpoint(args.model), scratch / "data", 2, args.batch_size, args.rank, scratch, True)
-        runs = {"reference": [], "ours_cached": [], "ours_uncached": []}
-        for _ in range(2):  # interleaved, so drift in machine load hits both sides alike
-            runs["reference"].append(reference_loop(base, scratch / "data", args.steps, args.batch_size, args.rank,
-                                                    resolution, args.device))
-            runs["ours_cached"].append(ours(args.model, load_checkpoint(args.model), scratch / "data", args.steps,
-                                            args.batch_size, args.rank, scratch, True))
-            runs["ours_uncached"].append(ours(args.model, load_checkpoint(args.model), scratch / "data", args.steps,
-                                              args.batch_size, args.rank, scratch, False))
-    best = {name: max(values) for name, values in runs.items()}
-    report["samples_per_second"] = {name: [round(v, 2) for v in values] for name, values in runs.items()}
-    report["ratio_cached_vs_reference"] = round(best["ours_cached"] / best["reference"], 3)
-    report["ratio_uncached_vs_reference"] = round(best["ours_uncached"] / best["reference"], 3)
+        runs: dict[str, dict[str, list[float]]] = {
+            layers: {"reference": [], "ours_cached": [], "ours_uncached": []} for layers in layer_sets}
+        for _ in range(2):  # interleaved, so drift in machine load hits every side alike
+            for layers, conv_rank in layer_sets.items():
+                runs[layers]["reference"].append(reference_loop(
+                    base, scratch / "data", args.steps, args.batch_size, args.rank, resolution, args.device,
+                    conv_rank))
+                for cached, key in ((True, "ours_cached"), (False, "ours_uncached")):
+                    runs[layers][key].append(ours(args.model, load_checkpoint(args.model), scratch / "data",
+                                                  args.steps, args.batch_size, args.rank, scratch, cached, conv_rank))
+    for layers, sides in runs.items():
+        best = {name: max(values) for name, values in sides.items()}
+        report[layers] = {
+            "samples_per_second": {name: [round(v, 2) for v in values] for name, values in sides.items()},
+            "ratio_cached_vs_reference": round(best["ours_cached"] / best["reference"], 3),
+            "ratio_uncached_vs_reference": round(best["ours_uncached"] / best["reference"], 3),
+        }
     print(json.dumps(report, indent=2))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

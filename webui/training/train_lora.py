@@ -311,7 +311,9 @@ def automatic_learning_rate(model: LoadedModel, optimizer: str) -> float:
 
 def _make_optimizer(settings: LoraTrainingSettings, groups: list[dict]) -> torch.optim.Optimizer:
     if settings.optimizer == "AdamW":
-        return torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=1e-2)
+        # foreach: one call per group instead of a Python loop over the adapters' tensors (torch picks it on CUDA by
+        # itself, not on the CPU, where it makes the optimiser step about a quarter faster; the same numbers)
+        return torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=1e-2, foreach=True)
     if settings.optimizer == "AdamW8bit":
         try:
             import bitsandbytes as bnb
@@ -512,6 +514,10 @@ class _LoraRun:
             self.step = self.last_saved = int(saved["step"])
         self.denoiser, self.optimizer, self.scheduler = self.accelerator.prepare(
             Denoiser(self.model, self.trigger), optimizer, scheduler)
+        # Looked up once: unwrapping walks every module, and so does listing the adapters' parameters (together
+        # about 10 ms a step on the shipped model, 7% of a CPU step).
+        self.unwrapped_denoiser = self.accelerator.unwrap_model(self.denoiser)
+        self.trainable = self.network.trainable_parameters()
         self.step_loss = StepLoss(settings, self.model, self.dataset, self.network, self.accelerator.device,
                                   self.world, self.latent_cache)
         self.log = JsonLog(self.run_dir / "log.jsonl") if self.main else None
@@ -571,13 +577,13 @@ class _LoraRun:
         with dropout_rng, self.device_guard(), accelerator.accumulate(self.denoiser), accelerator.autocast():
             if settings.network_dropout:
                 torch.manual_seed(((settings.seed * 1_000_003 + epoch) * 100_003 + position) * 64 + self.rank)
-            loss = self.step_loss(self.denoiser, accelerator.unwrap_model(self.denoiser), whole, mine, g)
+            loss = self.step_loss(self.denoiser, self.unwrapped_denoiser, whole, mine, g)
             if not torch.isfinite(loss):
                 raise TrainingError(f"the loss became {loss.item()} at step {self.step + 1}: lower the learning "
                                     f"rate; the last saved state (step {self.last_saved}) can be resumed")
             accelerator.backward(loss)
             if accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(self.network.trainable_parameters(), 1.0)
+                accelerator.clip_grad_norm_(self.trainable, 1.0)
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
