@@ -129,7 +129,7 @@ def _reference(pair: Pair, sampler: str, schedule: str, seeds: list[int], width:
         cls = diffusers.StableDiffusionXLImg2ImgPipeline if pair.sdxl else diffusers.StableDiffusionImg2ImgPipeline
     else:
         cls = diffusers.StableDiffusionXLInpaintPipeline if pair.sdxl else diffusers.StableDiffusionInpaintPipeline
-    pipe = cls.from_pipe(pair.pipe)
+    pipe = cls.from_pipe(pair.pipe, torch_dtype=pair.pipe.dtype)  # from_pipe would cast the shared modules to fp32
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = reference_scheduler(sampler, schedule, "epsilon", seeds[0])
 
