@@ -429,6 +429,17 @@ class _LoraRun:
     started (optimiser, schedule, saved state, log), trained, finished (files written, result). Its own class so
     that each phase can be read alone; the state they share is this object's, not a closure's."""
 
+    # Set by `start`, once the latents are cached:
+    denoiser: torch.nn.Module  # prepared by accelerate (DDP-wrapped with several processes)
+    unwrapped_denoiser: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    trainable: list[torch.nn.Parameter]
+    step_loss: StepLoss
+    log: JsonLog | None
+    started_at: _dt.datetime
+    clock: float
+
     def __init__(self, settings: LoraTrainingSettings, observer: TrainingObserver,
                  device_guard: Callable[[], ContextManager], model: LoadedModel | None, dataset: LoraDataset) -> None:
         from accelerate import Accelerator
