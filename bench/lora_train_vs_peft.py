@@ -5,8 +5,9 @@ The reference is the loop of diffusers' `examples/text_to_image/train_text_to_im
 Both sides train the same layers at the same ranks, batch size, resolution and step count, from copies of one loaded
 checkpoint, in one process, interleaved (so the machine is the same), for two layer sets:
 - "attention": kohya's LoRA (the U-Net's transformer blocks and the text encoder), rank 16 everywhere;
-- "attention+conv": the training tab's default, LoCon: also the ResNet and sampler convolutions, at rank 4 there
-  (peft's `rank_pattern`).
+- "attention+conv": the training tab's default, LoCon: also the ResNet and sampler convolutions, the 3x3 ones at
+  rank 4 (peft's `rank_pattern`; kohya's conv_dim), the 1x1 shortcuts at rank 16 (the same trainable parameter
+  count on both sides).
 Timing covers everything after the model is in memory: adding the adapters, reading images, caching latents (ours),
 every step, saving (ours).
 
@@ -52,10 +53,12 @@ class Silent:
     def message(self, text: str) -> None: ...
 
 
-def conv_targets(model: LoadedModel) -> list[str]:
-    """The U-Net's LoCon layers, named in full: every convolution of the ResNet blocks and the down/up samplers."""
-    return [name for name, module in model.unet.named_modules()
-            if isinstance(module, torch.nn.Conv2d) and any(part in name for part in ("resnets.", "samplers."))]
+def conv_targets(model: LoadedModel) -> tuple[list[str], list[str]]:
+    """The U-Net's LoCon layers, named in full: every convolution of the ResNet blocks and the down/up samplers; and
+    which of them take kohya's conv_dim (the 3x3 ones; a 1x1 shortcut takes the linear layers' rank, as in kohya)."""
+    convs = [(name, module) for name, module in model.unet.named_modules()
+             if isinstance(module, torch.nn.Conv2d) and any(part in name for part in ("resnets.", "samplers."))]
+    return [name for name, _ in convs], [name for name, module in convs if module.kernel_size != (1, 1)]
 
 
 def reference_loop(model: LoadedModel, folder: Path, steps: int, batch_size: int, rank: int, resolution: int,
@@ -69,10 +72,10 @@ def reference_loop(model: LoadedModel, folder: Path, steps: int, batch_size: int
     unet.requires_grad_(False)
     text_encoder.requires_grad_(False)
     vae.requires_grad_(False)
-    convs = conv_targets(model) if conv_rank else []
+    convs, spatial = conv_targets(model) if conv_rank else ([], [])
     unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
-                                target_modules=UNET_TARGETS + convs, rank_pattern={name: conv_rank for name in convs},
-                                alpha_pattern={name: conv_rank for name in convs}))
+                                target_modules=UNET_TARGETS + convs, rank_pattern={name: conv_rank for name in spatial},
+                                alpha_pattern={name: conv_rank for name in spatial}))
     from peft import inject_adapter_in_model
 
     inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=TEXT_TARGETS), text_encoder)
