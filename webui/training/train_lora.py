@@ -417,10 +417,17 @@ class _BatchPlan:
     world: int
     seed: int
 
+    def epoch_seed(self, epoch: int) -> int:
+        return self.seed * 1_000_003 + epoch
+
+    def batch_seed(self, epoch: int, position: int) -> int:
+        """The seed of one batch's random draws (noise, dropout masks): the same in a resumed run."""
+        return self.epoch_seed(epoch) * 100_003 + position
+
     def batches(self, epoch: int) -> list[Batch]:
         """The epoch's global batches; with several processes, a bucket's last batch with fewer images than
         processes is left out (a process without an image would stall the others)."""
-        batches = epoch_batches(self.bucket_of, self.repeats, self.global_batch, self.seed * 1_000_003 + epoch)
+        batches = epoch_batches(self.bucket_of, self.repeats, self.global_batch, self.epoch_seed(epoch))
         return [batch for batch in batches if len(batch.indices) >= self.world]
 
 
@@ -580,14 +587,15 @@ class _LoraRun:
         settings, accelerator = self.settings, self.accelerator
         # Noise depends only on (seed, epoch, batch): a resumed run draws what it would have drawn, and so does each
         # process of a multi-process run, which then keeps its share (`mine`) of every draw.
-        g = torch.Generator().manual_seed((settings.seed * 1_000_003 + epoch) * 100_003 * 64 + position * 64)
+        batch_seed = self.plan.batch_seed(epoch, position)
+        g = torch.Generator().manual_seed(batch_seed * 64)
         mine = list(range(self.rank, len(whole.indices), self.world))
         # The dropout masks too (nn.Dropout draws from the global generator): seeded per batch inside a fork of the
         # global RNG state, so a resumed run drops what it would have and nothing else sees the seed.
         dropout_rng = torch.random.fork_rng(devices=_cuda_devices(), enabled=bool(settings.network_dropout))
         with dropout_rng, self.device_guard(), accelerator.accumulate(self.denoiser), accelerator.autocast():
             if settings.network_dropout:
-                torch.manual_seed(((settings.seed * 1_000_003 + epoch) * 100_003 + position) * 64 + self.rank)
+                torch.manual_seed(batch_seed * 64 + self.rank)
             loss = self.step_loss(self.denoiser, self.unwrapped_denoiser, whole, mine, g)
             if not torch.isfinite(loss):
                 raise TrainingError(f"the loss became {loss.item()} at step {self.step + 1}: lower the learning "
