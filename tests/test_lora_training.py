@@ -402,6 +402,18 @@ def test_network_dropout_drops_only_while_training_and_is_recorded(tiny_sd1, con
     assert torch.equal(third, fourth)
 
 
+def test_dropout_masks_never_share_a_seed_with_any_batchs_noise() -> None:
+    """One seed for both would draw the masks from the same random stream as the noise and timesteps."""
+    from webui.training.train_lora import _BatchPlan
+
+    plan = _BatchPlan(bucket_of=[(64, 64)] * 8, repeats=[1] * 8, global_batch=4, world=4, seed=3)
+    noise = {plan.noise_seed(epoch, position) for epoch in range(3) for position in range(40)}
+    dropout = [plan.dropout_seed(epoch, position, rank) for epoch in range(3) for position in range(40)
+               for rank in range(4)]
+    assert len(noise) == 120 and not noise & set(dropout)
+    assert len(set(dropout)) == len(dropout)  # each process and batch its own masks
+
+
 def test_output_preservation_keeps_the_swapped_word_and_the_empty_prompt_where_the_base_model_had_them(
         concept_folder: Path, tmp_path: Path) -> None:
     """With a preservation word, captions saying "square" where the trigger was keep the base model's prediction

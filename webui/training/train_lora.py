@@ -424,6 +424,15 @@ class _BatchPlan:
         """The seed of one batch's random draws (noise, dropout masks): the same in a resumed run."""
         return self.epoch_seed(epoch) * 100_003 + position
 
+    def noise_seed(self, epoch: int, position: int) -> int:
+        """The seed of one batch's noise, timesteps and caption dropout (every process draws the whole batch's)."""
+        return self.batch_seed(epoch, position) * 64
+
+    def dropout_seed(self, epoch: int, position: int, rank: int) -> int:
+        """The seed of one process's network-dropout masks in one batch: never a noise seed (those are multiples of
+        64), and another one on each of up to 63 processes."""
+        return self.noise_seed(epoch, position) + 1 + rank % 63
+
     def batches(self, epoch: int) -> list[Batch]:
         """The epoch's global batches; with several processes, a bucket's last batch with fewer images than
         processes is left out (a process without an image would stall the others)."""
@@ -587,15 +596,16 @@ class _LoraRun:
         settings, accelerator = self.settings, self.accelerator
         # Noise depends only on (seed, epoch, batch): a resumed run draws what it would have drawn, and so does each
         # process of a multi-process run, which then keeps its share (`mine`) of every draw.
-        batch_seed = self.plan.batch_seed(epoch, position)
-        g = torch.Generator().manual_seed(batch_seed * 64)
+        g = torch.Generator().manual_seed(self.plan.noise_seed(epoch, position))
         mine = list(range(self.rank, len(whole.indices), self.world))
         # The dropout masks too (nn.Dropout draws from the global generator): seeded per batch inside a fork of the
-        # global RNG state, so a resumed run drops what it would have and nothing else sees the seed.
+        # global RNG state, so a resumed run drops what it would have and nothing else sees the seed. Their seed must
+        # differ from the noise's (`g`): one seed for both would draw the masks from the very bits the noise and
+        # timesteps were drawn from, tying which features are dropped to the noise.
         dropout_rng = torch.random.fork_rng(devices=_cuda_devices(), enabled=bool(settings.network_dropout))
         with dropout_rng, self.device_guard(), accelerator.accumulate(self.denoiser), accelerator.autocast():
             if settings.network_dropout:
-                torch.manual_seed(batch_seed * 64 + self.rank)
+                torch.manual_seed(self.plan.dropout_seed(epoch, position, self.rank))
             loss = self.step_loss(self.denoiser, self.unwrapped_denoiser, whole, mine, g)
             if not torch.isfinite(loss):
                 raise TrainingError(f"the loss became {loss.item()} at step {self.step + 1}: lower the learning "
