@@ -1,0 +1,140 @@
+"""Take out of a trained LoRA what it does to the old words' layer inputs, keeping what it does to the new word's
+(a trial for docs/lora-training.md, #14 part 6).
+
+For each patched layer, with the LoRA applied, the sampler's own inputs to that layer are collected while the model
+draws the training captions (the new word, C_new = E[x x^T]) and the regularisation captions (old words, C_old).
+Then each layer's delta D is replaced by the least-squares compromise
+
+    D' = argmin ||(D' - D) X_new||^2 + lam ||D' X_old||^2 = D C_new (C_new + lam C_old)^-1,
+
+the closed form that model-editing methods (MEMIT, AlphaEdit) use to change a layer's answer for some keys while
+holding it for others. For a LoRA D = up @ down, so D' = up @ (down M) with M = C_new (C_new + lam C_old)^-1: the
+result is an ordinary kohya file of the same rank. No training prompt is a held-out prompt of the benchmark.
+
+    python bench/lora_project.py --lora KEPT.safetensors --lam 0.5 --lam 2 --out-dir scratch/proj
+    python bench/lora_concept.py --lora scratch/proj/lam0.5.safetensors --out scratch/proj0.5.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from safetensors import safe_open  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from lora_concept import DEFAULT_MODEL, regularization_scenes  # noqa: E402
+from webui.engine.embeddings import embedding_set_for, read_embedding  # noqa: E402
+from webui.engine.loader import load_checkpoint  # noqa: E402
+from webui.engine.lora import lora_patches, read_lora, target_table  # noqa: E402
+from webui.engine.patching import patched  # noqa: E402
+from webui.evaluation.adherence import generate_and_score  # noqa: E402
+from webui.shapes import CONCEPT_SEED, concept_scenes  # noqa: E402
+
+DOWN = ".lora_down.weight"
+COLLECTION_SEED = 700_000
+
+
+class InputMoments:
+    """Accumulates E[x x^T] of each watched layer's input, x as the layer's weight sees it (a conv's unfolded patch)."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module]) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.rows: dict[str, int] = {}
+        self.handles = [module.register_forward_pre_hook(self._hook(name)) for name, module in modules.items()]
+
+    def _hook(self, name: str):
+        def hook(module: torch.nn.Module, inputs: tuple) -> None:
+            x = inputs[0].detach().float()
+            if isinstance(module, torch.nn.Conv2d):
+                x = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                             stride=module.stride)  # (B, C*k*k, L), ordered as weight.flatten(1)
+                x = x.transpose(1, 2).reshape(-1, x.shape[1])
+            else:
+                x = x.reshape(-1, x.shape[-1])
+            gram = x.T @ x
+            self.sums[name] = self.sums.get(name, 0) + gram
+            self.rows[name] = self.rows.get(name, 0) + x.shape[0]
+        return hook
+
+    def close(self) -> dict[str, torch.Tensor]:
+        for handle in self.handles:
+            handle.remove()
+        return {name: total / self.rows[name] for name, total in self.sums.items()}
+
+
+def collect(model, lora_path: Path, embeddings, scenes: list, cfg: float) -> tuple[dict[str, torch.Tensor], dict]:
+    lora = read_lora(lora_path)
+    table = target_table(model)
+    modules = {name: table[name].module for name in lora.layers}
+    with patched(lora_patches(lora, model, 1.0, 1.0, table)):
+        moments = InputMoments(modules)
+        try:
+            scores = generate_and_score(model, scenes, cfg=cfg, seed_base=COLLECTION_SEED, embeddings=embeddings)
+        finally:
+            result = moments.close()
+    return result, scores
+
+
+def projected(state: dict[str, torch.Tensor], c_new: dict, c_old: dict, lam: float,
+              ridge: float = 1e-4) -> dict[str, torch.Tensor]:
+    out = dict(state)
+    for key, down in state.items():
+        if not key.endswith(DOWN):
+            continue
+        layer = key[: -len(DOWN)]
+        new, old = c_new[layer].double(), c_old[layer].double()
+        scale = torch.trace(new) / new.shape[0]
+        denominator = new + lam * old + ridge * scale * torch.eye(new.shape[0], dtype=new.dtype)
+        # M = C_new (C_new + lam C_old)^-1; down' = down M, solved rather than inverted
+        m = torch.linalg.solve(denominator.T, new.T).T
+        out[key] = (down.flatten(1).double() @ m).reshape(down.shape).to(down.dtype)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lora", type=Path, required=True)
+    parser.add_argument("--base", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--concept", default="rectangle")
+    parser.add_argument("--lam", type=float, action="append", required=True)
+    parser.add_argument("--old", type=int, default=120, help="regularisation captions drawn for C_old")
+    parser.add_argument("--cfg", type=float, default=6.0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out-dir", type=Path, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    model = load_checkpoint(args.base)
+    embedding_path = args.lora.with_suffix(".embedding.safetensors")
+    embeddings = None
+    if embedding_path.exists():
+        embeddings = embedding_set_for(model, {args.concept: read_embedding(embedding_path)})[0]
+    c_new, new_scores = collect(model, args.lora, embeddings, concept_scenes(30, args.concept, CONCEPT_SEED), args.cfg)
+    c_old, old_scores = collect(model, args.lora, embeddings, regularization_scenes(args.old), args.cfg)
+    print(f"collection prompts: new {new_scores['shape_colour']:.3f}, old {old_scores['shape_colour']:.3f}")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"new": c_new, "old": c_old}, args.out_dir / "moments.pt")
+
+    state = load_file(str(args.lora))
+    with safe_open(str(args.lora), "pt") as handle:
+        metadata = handle.metadata() or {}
+    for lam in args.lam:
+        out = args.out_dir / f"lam{lam:g}.safetensors"
+        save_file(projected(state, c_new, c_old, lam), str(out), metadata=metadata)
+        if embedding_path.exists():
+            shutil.copyfile(embedding_path, out.with_suffix(".embedding.safetensors"))
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
