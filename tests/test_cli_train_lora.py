@@ -29,7 +29,8 @@ def test_train_lora_writes_a_kohya_file_with_the_options_given(tmp_path: Path) -
     write_captioned_folder(tmp_path / "data", concept_scenes(4))
     done = run_cli(*_args(tmp_path, "--max-steps", "4", "--trigger", "rct", "--optimizer", "Prodigy",
                           "--lr-scheduler", "cosine", "--no-train-text-encoder", "--save-every", "2",
-                          "--sample-every", "2", "--sample-prompt", "rct, a red rectangle", "--sample-steps", "2"))
+                          "--weight-decay", "0.05", "--sample-every", "2", "--sample-prompt", "rct, a red rectangle",
+                          "--sample-steps", "2"))
     assert done.returncode == 0, done.stderr
     output = tmp_path / "Lora" / "cli_lora.safetensors"
     assert f"wrote {output}" in done.stdout
@@ -38,7 +39,8 @@ def test_train_lora_writes_a_kohya_file_with_the_options_given(tmp_path: Path) -
     assert lora.layers and all(name.startswith("lora_unet_") for name in lora.layers)  # no text encoder
     with safe_open(str(output), "pt") as handle:
         metadata = handle.metadata()
-    assert metadata["ss_optimizer"] == "prodigyopt.prodigy.Prodigy" and metadata["ss_lr_scheduler"] == "cosine"
+    assert metadata["ss_optimizer"] == "prodigyopt.prodigy.Prodigy(weight_decay=0.05)"
+    assert metadata["ss_lr_scheduler"] == "cosine"
     assert metadata["modelspec.trigger_phrase"] == "rct" and metadata["ss_network_train_unet_only"] == "True"
     assert json.loads(metadata["ss_tag_frequency"])["data"]["rct"] == 4
     assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["step000002-00.png",

@@ -289,6 +289,7 @@ def test_unusable_folders_are_refused(setup: str, message: str, tmp_path: Path) 
     ({"trigger": "../up", "trigger_embedding": True}, "trigger word '../up' becomes the embedding's file name"),
     ({"embedding_lr": float("nan")}, "embedding learning rate must be a number"),
     ({"network_dropout": 1.0}, "network dropout must be in"),
+    ({"weight_decay": -0.1}, "weight decay must be 0"),
 ])
 def test_impossible_settings_are_refused_before_anything_is_written(change: dict, message: str, concept_folder: Path,
                                                                     tmp_path: Path) -> None:
@@ -400,6 +401,23 @@ def test_network_dropout_drops_only_while_training_and_is_recorded(tiny_sd1, con
         third, fourth = (trained.unet(latents, t, context).sample for _ in range(2))
     assert (first - second).abs().max() > 1e-4  # a different half of the inputs dropped each time
     assert torch.equal(third, fourth)
+
+
+def test_weight_decay_shrinks_the_lora_layers_and_is_recorded(tiny_sd1, concept_folder: Path,
+                                                              tmp_path: Path) -> None:
+    """AdamW's decoupled decay: each step takes lr x decay of every LoRA weight away (here half, three times)."""
+    norms, optimizers = {}, {}
+    for decay in (0.0, 50.0):
+        settings = settings_for(tiny_sd1.path, concept_folder, tmp_path / str(decay), learning_rate=1e-2, max_steps=3,
+                                weight_decay=decay, trigger_embedding=False, lr_scheduler="constant", warmup_steps=0)
+        output = train_lora(settings, Quiet(), model=load_checkpoint(tiny_sd1.path)).output
+        state = read_lora(output)
+        norms[decay] = sum(float(layer.tensors["lora_down.weight"].float().norm()) for layer in state.layers.values())
+        with safe_open(str(output), "pt") as handle:
+            optimizers[decay] = handle.metadata()["ss_optimizer"]
+    assert norms[50.0] < 0.5 * norms[0.0]
+    assert optimizers == {0.0: "torch.optim.adamw.AdamW(weight_decay=0)",
+                          50.0: "torch.optim.adamw.AdamW(weight_decay=50)"}
 
 
 def test_dropout_masks_never_share_a_seed_with_any_batchs_noise() -> None:

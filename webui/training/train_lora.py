@@ -95,6 +95,7 @@ class LoraTrainingSettings:
     optimizer: str = "AdamW"
     learning_rate: float = 0.0  # 0 = automatic: 1e-4 for SD-sized U-Nets (>= 320 channels), 1e-3 for small ones
     text_encoder_lr: float = 0.0  # 0 = the same as learning_rate
+    weight_decay: float = 1e-2  # decoupled weight decay of the LoRA layers (torch's and kohya's AdamW default)
     lr_scheduler: str = "cosine"
     warmup_steps: int = 10
     epochs: int = 40  # 30 images + 120 regularisation images at batch 4: 1520 steps, about 6 minutes on 2 CPU cores
@@ -159,11 +160,13 @@ class LoraTrainingSettings:
                              ("min-SNR gamma", self.min_snr_gamma), ("alpha", self.alpha),
                              ("prior loss weight", self.prior_loss_weight),
                              ("preservation weight", self.preservation_weight),
-                             ("prior guidance", self.prior_guidance)):
+                             ("prior guidance", self.prior_guidance), ("weight decay", self.weight_decay)):
             if not math.isfinite(value):
                 problems.append(f"{label} must be a number (got {value})")
         if math.isfinite(self.learning_rate) and self.learning_rate < 0:
             problems.append(f"learning rate must be above 0, or 0 for automatic (got {self.learning_rate})")
+        if self.weight_decay < 0:
+            problems.append(f"weight decay must be 0 (off) or above (got {self.weight_decay})")
         if self.embedding_lr < 0:
             problems.append(f"embedding learning rate must be 0 (automatic) or above (got {self.embedding_lr})")
         if self.text_encoder_lr < 0:
@@ -313,17 +316,17 @@ def _make_optimizer(settings: LoraTrainingSettings, groups: list[dict]) -> torch
     if settings.optimizer == "AdamW":
         # foreach: one call per group instead of a Python loop over the adapters' tensors (torch picks it on CUDA by
         # itself, not on the CPU, where it makes the optimiser step about a quarter faster; the same numbers)
-        return torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=1e-2, foreach=True)
+        return torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=settings.weight_decay, foreach=True)
     if settings.optimizer == "AdamW8bit":
         try:
             import bitsandbytes as bnb
         except ImportError as exc:
             raise TrainingError("AdamW8bit needs bitsandbytes: pip install -r requirements-optional.txt") from exc
-        return bnb.optim.AdamW8bit(groups, lr=settings.learning_rate, weight_decay=1e-2)
+        return bnb.optim.AdamW8bit(groups, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     from prodigyopt import Prodigy
 
     # Prodigy estimates the step size itself; its lr is a multiplier (1.0 is the authors' advice).
-    return Prodigy(groups, lr=settings.learning_rate, weight_decay=1e-2, safeguard_warmup=True,
+    return Prodigy(groups, lr=settings.learning_rate, weight_decay=settings.weight_decay, safeguard_warmup=True,
                    use_bias_correction=True)
 
 
@@ -720,8 +723,10 @@ def _training_facts(settings: LoraTrainingSettings, dataset: LoraDataset, model:
         "ss_text_encoder_lr": str(settings.text_encoder_lr or settings.learning_rate),
         "ss_lr_scheduler": settings.lr_scheduler,
         "ss_lr_warmup_steps": str(settings.warmup_steps),
+        # kohya writes the optimiser's class and, in brackets, the arguments it was given beyond its defaults
         "ss_optimizer": {"AdamW": "torch.optim.adamw.AdamW", "AdamW8bit": "bitsandbytes.optim.adamw.AdamW8bit",
-                         "Prodigy": "prodigyopt.prodigy.Prodigy"}[settings.optimizer],
+                         "Prodigy": "prodigyopt.prodigy.Prodigy"}[settings.optimizer]
+                        + (f"(weight_decay={settings.weight_decay:g})" if settings.weight_decay != 1e-2 else ""),
         "ss_num_train_images": str(dataset.total_repeats),
         "ss_num_reg_images": str(dataset.regularization_count),
         "ss_prior_loss_weight": str(settings.prior_loss_weight),
@@ -794,6 +799,7 @@ _HELP = {
                    "cross-attention-kv: only the keys and values of cross-attention",
     "conv_rank": "attention+conv: the convolutions' rank, kohya's conv_dim (0 = --rank)",
     "conv_alpha": "attention+conv: kohya's conv_alpha (0 = --alpha)",
+    "weight_decay": "AdamW's decoupled weight decay of the LoRA layers (not of the trigger word's vectors)",
     "network_dropout": "kohya's network_dropout: the share of each LoRA layer's input dropped while training (0 = off)",
     "preserve_words": "comma-separated words swapped in for the trigger word: for those captions the LoRA must "
                       "predict what the base model predicts (output preservation; keeps the concept out of its "

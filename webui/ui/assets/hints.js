@@ -164,6 +164,7 @@
     "Gradient accumulation": "Add up this many batches before each update, to train as with a bigger batch.",
     "Caption dropout": "The share of steps trained without a caption.",
     "Network dropout": "The share of each LoRA layer's input left out at random while training (kohya's network_dropout; 0.1 is common).",
+    "Weight decay": "AdamW's decoupled weight decay of the LoRA layers (0.01 is torch's and kohya's default); the trigger word's vectors get none.",
     "Noise offset": "Adds a little overall brightness noise so the LoRA can learn very dark and bright images.",
     "Min-SNR γ (0 = off)": "Balances the training over noise levels; 5 is common and 0 turns it off.",
     "Cache latents": "Encode the images once instead of at every step (faster, no random flips).",
