@@ -13,6 +13,9 @@ result is an ordinary kohya file of the same rank. No training prompt is a held-
 
     python bench/lora_project.py --lora KEPT.safetensors --lam 0.5 --lam 2 --out-dir scratch/proj
     python bench/lora_concept.py --lora scratch/proj/lam0.5.safetensors --out scratch/proj0.5.json
+
+`--rotate SEED` writes the control instead (no collection): each layer's down matrix turned by a random rotation of
+its inputs, so the same singular values (a change as large as the learned one) in directions unrelated to the data.
 """
 
 from __future__ import annotations
@@ -100,40 +103,62 @@ def projected(state: dict[str, torch.Tensor], c_new: dict, c_old: dict, lam: flo
     return out
 
 
+def rotated(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    """Each down matrix times a random orthogonal matrix (QR of a Gaussian one): up @ down keeps its singular values."""
+    g = torch.Generator().manual_seed(seed)
+    out = dict(state)
+    for key, down in state.items():
+        if key.endswith(DOWN):
+            width = down[0].numel()
+            rotation, _ = torch.linalg.qr(torch.randn(width, width, generator=g, dtype=torch.float64))
+            out[key] = (down.flatten(1).double() @ rotation).reshape(down.shape).to(down.dtype)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lora", type=Path, required=True)
     parser.add_argument("--base", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--concept", default="rectangle")
-    parser.add_argument("--lam", type=float, action="append", required=True)
+    parser.add_argument("--lam", type=float, action="append", default=[])
+    parser.add_argument("--rotate", type=int, help="write the random-rotation control with this seed instead")
     parser.add_argument("--old", type=int, default=120, help="regularisation captions drawn for C_old")
     parser.add_argument("--cfg", type=float, default=6.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out-dir", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    embedding_path = args.lora.with_suffix(".embedding.safetensors")
+    state = load_file(str(args.lora))
+    with safe_open(str(args.lora), "pt") as handle:
+        metadata = handle.metadata() or {}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.rotate is not None:
+        out = args.out_dir / f"rotated{args.rotate}.safetensors"
+        _write(rotated(state, args.rotate), metadata, embedding_path, out)
+        return 0
+    if not args.lam:
+        parser.error("give --lam (one or more) or --rotate")
 
     model = load_checkpoint(args.base)
-    embedding_path = args.lora.with_suffix(".embedding.safetensors")
     embeddings = None
     if embedding_path.exists():
         embeddings = embedding_set_for(model, {args.concept: read_embedding(embedding_path)})[0]
     c_new, new_scores = collect(model, args.lora, embeddings, concept_scenes(30, args.concept, CONCEPT_SEED), args.cfg)
     c_old, old_scores = collect(model, args.lora, embeddings, regularization_scenes(args.old), args.cfg)
     print(f"collection prompts: new {new_scores['shape_colour']:.3f}, old {old_scores['shape_colour']:.3f}")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"new": c_new, "old": c_old}, args.out_dir / "moments.pt")
-
-    state = load_file(str(args.lora))
-    with safe_open(str(args.lora), "pt") as handle:
-        metadata = handle.metadata() or {}
     for lam in args.lam:
-        out = args.out_dir / f"lam{lam:g}.safetensors"
-        save_file(projected(state, c_new, c_old, lam), str(out), metadata=metadata)
-        if embedding_path.exists():
-            shutil.copyfile(embedding_path, out.with_suffix(".embedding.safetensors"))
-        print(f"wrote {out}")
+        _write(projected(state, c_new, c_old, lam), metadata, embedding_path, args.out_dir / f"lam{lam:g}.safetensors")
     return 0
+
+
+def _write(state: dict[str, torch.Tensor], metadata: dict, embedding_path: Path, out: Path) -> None:
+    """The file, and the learned word beside it as bench/lora_concept.py --lora expects."""
+    save_file(state, str(out), metadata=metadata)
+    if embedding_path.exists():
+        shutil.copyfile(embedding_path, out.with_suffix(".embedding.safetensors"))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

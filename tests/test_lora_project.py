@@ -1,6 +1,7 @@
-"""bench/lora_project.py (docs/lora-training.md, runs P1-P2): the input moments it collects give the LoRA's output
-energy that a convolution computed directly gives, and its projection keeps a change on the new inputs' directions,
-drops it on directions only the old inputs use, and shrinks it evenly where both use the same ones."""
+"""bench/lora_project.py (docs/lora-training.md, runs P1-P2 and the control): the input moments it collects
+give the LoRA's output energy that a convolution computed directly gives; its projection keeps a change on the new
+inputs' directions, drops it on directions only the old inputs use, and shrinks it evenly where both use the same
+ones; the control keeps each change's size and turns its inputs."""
 
 from __future__ import annotations
 
@@ -60,3 +61,16 @@ def test_projection_keeps_new_directions_drops_old_ones_and_shrinks_shared_ones(
     assert torch.allclose(shared[:, :2], down[:, :2] / 4, atol=1e-6)
     kept = {k: v for k, v in state.items() if not k.endswith("lora_down.weight")}
     assert all(torch.equal(project.projected(state, new, old, 1.0)[k], v) for k, v in kept.items())
+
+
+def test_the_rotation_control_keeps_each_changes_singular_values_and_turns_its_inputs() -> None:
+    project = _project_module()
+    g = torch.Generator().manual_seed(2)
+    state = {"lora_unet_c.lora_down.weight": torch.randn(3, 4, 3, 3, generator=g),
+             "lora_unet_c.lora_up.weight": torch.randn(5, 3, 1, 1, generator=g), "lora_unet_c.alpha": torch.tensor(3.0)}
+    turned = project.rotated(state, seed=0)
+    before = state["lora_unet_c.lora_up.weight"].flatten(1) @ state["lora_unet_c.lora_down.weight"].flatten(1)
+    after = turned["lora_unet_c.lora_up.weight"].flatten(1) @ turned["lora_unet_c.lora_down.weight"].flatten(1)
+    assert torch.allclose(torch.linalg.svdvals(before), torch.linalg.svdvals(after), atol=1e-4)
+    assert (before - after).abs().max() > 0.1
+    assert turned["lora_unet_c.lora_down.weight"].shape == (3, 4, 3, 3)
