@@ -5,24 +5,14 @@ ones; the control keeps each change's size and turns its inputs."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _project_module():
-    spec = importlib.util.spec_from_file_location("lora_project", ROOT / "bench/lora_project.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench_scripts import load_bench_script
 
 
 def test_moments_give_the_output_energy_of_a_strided_conv_and_a_linear() -> None:
-    project = _project_module()
+    project = load_bench_script("lora_project")
     g = torch.Generator().manual_seed(0)
     conv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1)
     linear = torch.nn.Linear(6, 4)
@@ -47,7 +37,7 @@ def test_moments_give_the_output_energy_of_a_strided_conv_and_a_linear() -> None
 
 
 def test_projection_keeps_new_directions_drops_old_ones_and_shrinks_shared_ones() -> None:
-    project = _project_module()
+    project = load_bench_script("lora_project")
     g = torch.Generator().manual_seed(1)
     down = torch.randn(2, 4, generator=g)
     state = {"lora_unet_x.lora_down.weight": down, "lora_unet_x.lora_up.weight": torch.randn(3, 2, generator=g),
@@ -64,7 +54,7 @@ def test_projection_keeps_new_directions_drops_old_ones_and_shrinks_shared_ones(
 
 
 def test_the_rotation_control_keeps_each_changes_singular_values_and_turns_its_inputs() -> None:
-    project = _project_module()
+    project = load_bench_script("lora_project")
     g = torch.Generator().manual_seed(2)
     state = {"lora_unet_c.lora_down.weight": torch.randn(3, 4, 3, 3, generator=g),
              "lora_unet_c.lora_up.weight": torch.randn(5, 3, 1, 1, generator=g), "lora_unet_c.alpha": torch.tensor(3.0)}

@@ -3,20 +3,10 @@ parts' deltas, by kohya's definition (alpha / rank) x up @ down, for linear and 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _soup_module():
-    spec = importlib.util.spec_from_file_location("lora_soup", ROOT / "bench/lora_soup.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench_scripts import load_bench_script
 
 
 def _delta(state: dict[str, torch.Tensor], module: str) -> torch.Tensor:
@@ -40,7 +30,7 @@ def _random_lora(rank: int, alpha: float, seed: int) -> dict[str, torch.Tensor]:
 
 
 def test_the_soup_is_the_exact_mean_of_its_parts() -> None:
-    soup = _soup_module()
+    soup = load_bench_script("lora_soup")
     parts = [_random_lora(4, 4.0, 0), _random_lora(8, 2.0, 1), _random_lora(2, 1.0, 2)]
     merged = soup.average_loras(parts)
     for module in ("lora_unet_attn", "lora_unet_conv"):
@@ -50,7 +40,7 @@ def test_the_soup_is_the_exact_mean_of_its_parts() -> None:
 
 
 def test_files_with_other_modules_or_keys_are_refused() -> None:
-    soup = _soup_module()
+    soup = load_bench_script("lora_soup")
     other = _random_lora(4, 4.0, 0)
     del other["lora_unet_conv.lora_down.weight"], other["lora_unet_conv.lora_up.weight"]
     with pytest.raises(ValueError, match="not in every file"):

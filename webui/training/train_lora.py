@@ -424,7 +424,7 @@ class _BatchPlan:
         return self.seed * 1_000_003 + epoch
 
     def batch_seed(self, epoch: int, position: int) -> int:
-        """The seed of one batch's random draws (noise, dropout masks): the same in a resumed run."""
+        """One batch's seed, which its noise and dropout seeds are made from: the same in a resumed run."""
         return self.epoch_seed(epoch) * 100_003 + position
 
     def noise_seed(self, epoch: int, position: int) -> int:
