@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from lora_concept import DEFAULT_MODEL, regularization_scenes  # noqa: E402
 from webui.engine.embeddings import embedding_set_for, read_embedding  # noqa: E402
 from webui.engine.loader import load_checkpoint  # noqa: E402
-from webui.engine.lora import lora_patches, read_lora, target_table  # noqa: E402
+from webui.engine.lora import LoraFile, lora_patches, read_lora, target_table  # noqa: E402
 from webui.engine.patching import patched  # noqa: E402
 from webui.evaluation.adherence import generate_and_score  # noqa: E402
 from webui.shapes import CONCEPT_SEED, concept_scenes  # noqa: E402
@@ -74,8 +74,8 @@ class InputMoments:
         return {name: total / self.rows[name] for name, total in self.sums.items()}
 
 
-def collect(model, lora_path: Path, embeddings, scenes: list, cfg: float) -> tuple[dict[str, torch.Tensor], dict]:
-    lora = read_lora(lora_path)
+def collect(model, lora: LoraFile, embeddings, scenes: list, cfg: float) -> tuple[dict[str, torch.Tensor], dict]:
+    """Each of the LoRA's layers' input moments while the app's sampler draws `scenes` with the LoRA applied."""
     table = target_table(model)
     modules = {name: table[name].module for name in lora.layers}
     with patched(lora_patches(lora, model, 1.0, 1.0, table)):
@@ -87,32 +87,35 @@ def collect(model, lora_path: Path, embeddings, scenes: list, cfg: float) -> tup
     return result, scores
 
 
-def projected(state: dict[str, torch.Tensor], c_new: dict, c_old: dict, lam: float,
-              ridge: float = 1e-4) -> dict[str, torch.Tensor]:
+def _downs_times(state: dict[str, torch.Tensor], matrix_for) -> dict[str, torch.Tensor]:
+    """`state` with every down matrix (flattened over its inputs) multiplied on the right by `matrix_for(layer,
+    width)`: the up matrices, alphas and so the file's rank stay as they are."""
     out = dict(state)
     for key, down in state.items():
-        if not key.endswith(DOWN):
-            continue
-        layer = key[: -len(DOWN)]
-        new, old = c_new[layer].double(), c_old[layer].double()
-        scale = torch.trace(new) / new.shape[0]
-        denominator = new + lam * old + ridge * scale * torch.eye(new.shape[0], dtype=new.dtype)
-        # M = C_new (C_new + lam C_old)^-1; down' = down M, solved rather than inverted
-        m = torch.linalg.solve(denominator.T, new.T).T
-        out[key] = (down.flatten(1).double() @ m).reshape(down.shape).to(down.dtype)
+        if key.endswith(DOWN):
+            matrix = matrix_for(key[: -len(DOWN)], down[0].numel())
+            out[key] = (down.flatten(1).double() @ matrix).reshape(down.shape).to(down.dtype)
     return out
+
+
+def projected(state: dict[str, torch.Tensor], c_new: dict, c_old: dict, lam: float,
+              ridge: float = 1e-4) -> dict[str, torch.Tensor]:
+    """Each delta D replaced by D C_new (C_new + lam C_old)^-1 (a small ridge keeps the solve well posed)."""
+    def projection(layer: str, width: int) -> torch.Tensor:
+        new, old = c_new[layer].double(), c_old[layer].double()
+        scale = torch.trace(new) / width
+        denominator = new + lam * old + ridge * scale * torch.eye(width, dtype=new.dtype)
+        return torch.linalg.solve(denominator.T, new.T).T  # M = C_new (C_new + lam C_old)^-1, solved, not inverted
+    return _downs_times(state, projection)
 
 
 def rotated(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
     """Each down matrix times a random orthogonal matrix (QR of a Gaussian one): up @ down keeps its singular values."""
     g = torch.Generator().manual_seed(seed)
-    out = dict(state)
-    for key, down in state.items():
-        if key.endswith(DOWN):
-            width = down[0].numel()
-            rotation, _ = torch.linalg.qr(torch.randn(width, width, generator=g, dtype=torch.float64))
-            out[key] = (down.flatten(1).double() @ rotation).reshape(down.shape).to(down.dtype)
-    return out
+
+    def rotation(layer: str, width: int) -> torch.Tensor:
+        return torch.linalg.qr(torch.randn(width, width, generator=g, dtype=torch.float64))[0]
+    return _downs_times(state, rotation)
 
 
 def main() -> int:
@@ -144,8 +147,9 @@ def main() -> int:
     embeddings = None
     if embedding_path.exists():
         embeddings = embedding_set_for(model, {args.concept: read_embedding(embedding_path)})[0]
-    c_new, new_scores = collect(model, args.lora, embeddings, concept_scenes(30, args.concept, CONCEPT_SEED), args.cfg)
-    c_old, old_scores = collect(model, args.lora, embeddings, regularization_scenes(args.old), args.cfg)
+    lora = read_lora(args.lora)
+    c_new, new_scores = collect(model, lora, embeddings, concept_scenes(30, args.concept, CONCEPT_SEED), args.cfg)
+    c_old, old_scores = collect(model, lora, embeddings, regularization_scenes(args.old), args.cfg)
     print(f"collection prompts: new {new_scores['shape_colour']:.3f}, old {old_scores['shape_colour']:.3f}")
     torch.save({"new": c_new, "old": c_old}, args.out_dir / "moments.pt")
     for lam in args.lam:

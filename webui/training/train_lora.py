@@ -42,6 +42,7 @@ from .trigger_embedding import TriggerEmbedding, embedding_owner, save_embedding
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
 PRECISIONS = ("no", "fp16", "bf16")
+DEFAULT_WEIGHT_DECAY = 1e-2  # torch's and kohya's AdamW default; ss_optimizer names the decay only when it differs
 
 NAME_PATTERN = re.compile(r"^[\w][\w.\- ]{0,99}$")
 
@@ -95,7 +96,7 @@ class LoraTrainingSettings:
     optimizer: str = "AdamW"
     learning_rate: float = 0.0  # 0 = automatic: 1e-4 for SD-sized U-Nets (>= 320 channels), 1e-3 for small ones
     text_encoder_lr: float = 0.0  # 0 = the same as learning_rate
-    weight_decay: float = 1e-2  # decoupled weight decay of the LoRA layers (torch's and kohya's AdamW default)
+    weight_decay: float = DEFAULT_WEIGHT_DECAY  # decoupled weight decay of the LoRA layers
     lr_scheduler: str = "cosine"
     warmup_steps: int = 10
     epochs: int = 40  # 30 images + 120 regularisation images at batch 4: 1520 steps, about 6 minutes on 2 CPU cores
@@ -726,7 +727,8 @@ def _training_facts(settings: LoraTrainingSettings, dataset: LoraDataset, model:
         # kohya writes the optimiser's class and, in brackets, the arguments it was given beyond its defaults
         "ss_optimizer": {"AdamW": "torch.optim.adamw.AdamW", "AdamW8bit": "bitsandbytes.optim.adamw.AdamW8bit",
                          "Prodigy": "prodigyopt.prodigy.Prodigy"}[settings.optimizer]
-                        + (f"(weight_decay={settings.weight_decay:g})" if settings.weight_decay != 1e-2 else ""),
+                        + ("" if settings.weight_decay == DEFAULT_WEIGHT_DECAY
+                           else f"(weight_decay={settings.weight_decay:g})"),
         "ss_num_train_images": str(dataset.total_repeats),
         "ss_num_reg_images": str(dataset.regularization_count),
         "ss_prior_loss_weight": str(settings.prior_loss_weight),
