@@ -10,9 +10,12 @@
     python bench/lora_concept.py [--reg 120] [--reg-renders] [--concept diamond] [--base MODEL] \\
         [--prompts 200] [--concept-prompts 100] [--set epochs=40 ...] [--keep KEPT.safetensors]
     python bench/lora_concept.py --lora KEPT.safetensors [--seed-base 100000] [--old-scene-seed 1000020]
+    python bench/lora_concept.py [--lora KEPT.safetensors] --seed-sets 3
 
 The second form scores a kept file (or a soup of them, bench/lora_soup.py) without training, on other sampling seeds
-or other trained-word prompts if asked.
+or other trained-word prompts if asked. `--seed-sets 3` scores on the three seed sets of docs/lora-training.md (the
+benchmark's; its prompts with other sampling seeds; other prompts), 300 new-word and 600 old-word prompts, and
+reports them pooled: one set of 200 is worth about +-4 points.
 
 Writes bench/results/lora_concept.json; docs/lora-training.md quotes it.
 """
@@ -46,6 +49,9 @@ from webui.training.train_lora import LoraTrainingSettings, train_lora  # noqa: 
 DEFAULT_MODEL = ROOT / "models/Stable-diffusion/latent-studio-shapes.safetensors"
 HELD_OUT_CONCEPT_SEED = CONCEPT_SEED + 1
 REGULARIZATION_SEED = 3_000_017
+# (first sampling seed, old-word scene seed) of the measurement sets in docs/lora-training.md: the benchmark's, its
+# prompts with other sampling seeds, other prompts with other seeds.
+SEED_SETS = ((0, EVAL_SEED), (100_000, EVAL_SEED), (200_000, 1_000_020))
 
 
 def _override(settings: LoraTrainingSettings, assignments: list[str]) -> dict[str, object]:
@@ -122,6 +128,9 @@ def main() -> int:
     parser.add_argument("--seed-base", type=int, default=0, help="first sampling seed (one seed per prompt)")
     parser.add_argument("--old-scene-seed", type=int, default=EVAL_SEED,
                         help="scene seed of the trained-word prompts (another seed: other prompts)")
+    parser.add_argument("--seed-sets", type=int, default=1, choices=range(1, len(SEED_SETS) + 1),
+                        help="score on this many of the documented seed sets and pool them (overrides --seed-base "
+                             "and --old-scene-seed)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -132,7 +141,9 @@ def main() -> int:
             lora_path, embedding_path = args.lora, embedding if embedding.exists() else None
         else:
             lora_path, embedding_path, report = train(args, Path(scratch))
-        report.update(score(args, lora_path, embedding_path))
+        sets = SEED_SETS[:args.seed_sets] if args.seed_sets > 1 else ((args.seed_base, args.old_scene_seed),)
+        scored = [score(args, lora_path, embedding_path, seed_base, scene_seed) for seed_base, scene_seed in sets]
+        report.update(scored[0] if len(scored) == 1 else pooled(scored))
     key = "shape_colour"
     if args.skip_baselines:
         print(json.dumps({k: report.get(k) for k in ("concept_with_lora", "old_with_lora", "old_misses_with_lora",
@@ -187,22 +198,23 @@ def train(args: argparse.Namespace, scratch_path: Path) -> tuple[Path, Path | No
     return result.output, embedding, facts
 
 
-def score(args: argparse.Namespace, lora_path: Path, embedding_path: Path | None) -> dict[str, object]:
+def score(args: argparse.Namespace, lora_path: Path, embedding_path: Path | None, seed_base: int,
+          old_scene_seed: int) -> dict[str, object]:
     """Adherence on the new word's held-out prompts and on the trained words, with the LoRA (and without it)."""
     model = load_checkpoint(args.base)
     learned = {args.concept: read_embedding(embedding_path)} if embedding_path else {}
     embeddings = embedding_set_for(model, learned)[0] if learned else None
     concept = concept_scenes(args.concept_prompts, args.concept, HELD_OUT_CONCEPT_SEED)
-    old = eval_scenes(args.prompts, objects=1, seed=args.old_scene_seed)
+    old = eval_scenes(args.prompts, objects=1, seed=old_scene_seed)
     report: dict[str, object] = {
         "model": args.base.name, "concept": args.concept, "training_images": args.images, "threads": args.threads,
-        "cfg": args.cfg, "sampler": "Euler a", "sampling_steps": 20, "seed_base": args.seed_base,
-        "old_scene_seed": args.old_scene_seed,
+        "cfg": args.cfg, "sampler": "Euler a", "sampling_steps": 20, "seed_base": seed_base,
+        "old_scene_seed": old_scene_seed,
     }
     # Misses by "size shape" show where the old words suffer (a new shape can pull its neighbours).
     misses_without: dict[str, int] = {}
     misses_with: dict[str, int] = {}
-    sampling = {"cfg": args.cfg, "seed_base": args.seed_base}
+    sampling = {"cfg": args.cfg, "seed_base": seed_base}
     if not args.skip_baselines:
         report["concept_without_lora"] = generate_and_score(model, concept, **sampling)
         report["old_without_lora"] = generate_and_score(model, old, misses=misses_without, **sampling)
@@ -213,6 +225,29 @@ def score(args: argparse.Namespace, lora_path: Path, embedding_path: Path | None
                                                      **sampling)
     report["old_misses_with_lora"] = dict(sorted(misses_with.items()))
     return report
+
+
+def pooled(reports: list[dict[str, object]]) -> dict[str, object]:
+    """Several seed sets' reports as one: each adherence figure averaged (the sets hold equally many prompts), the
+    misses summed, the seeds listed, and every set's own report kept under "seed_sets"."""
+    first = reports[0]
+    merged: dict[str, object] = {key: value for key, value in first.items() if not isinstance(value, dict)}
+    merged["seed_base"] = [report["seed_base"] for report in reports]
+    merged["old_scene_seed"] = [report["old_scene_seed"] for report in reports]
+    for key, value in first.items():
+        if not isinstance(value, dict):
+            continue
+        if key.startswith("old_misses"):
+            totals: dict[str, int] = {}
+            for report in reports:
+                for miss, count in report[key].items():
+                    totals[miss] = totals.get(miss, 0) + count
+            merged[key] = dict(sorted(totals.items()))
+        else:
+            merged[key] = {metric: round(sum(report[key][metric] for report in reports) / len(reports), 4)
+                           for metric in value}
+    merged["seed_sets"] = reports
+    return merged
 
 
 if __name__ == "__main__":
