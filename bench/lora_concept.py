@@ -28,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import fields
 from pathlib import Path
 
@@ -238,10 +239,7 @@ def pooled(reports: list[dict[str, object]]) -> dict[str, object]:
         if not isinstance(value, dict):
             continue
         if key.startswith("old_misses"):
-            totals: dict[str, int] = {}
-            for report in reports:
-                for miss, count in report[key].items():
-                    totals[miss] = totals.get(miss, 0) + count
+            totals = sum((Counter(report[key]) for report in reports), Counter())
             merged[key] = dict(sorted(totals.items()))
         else:
             merged[key] = {metric: round(sum(report[key][metric] for report in reports) / len(reports), 4)
