@@ -11,11 +11,13 @@
         [--prompts 200] [--concept-prompts 100] [--set epochs=40 ...] [--keep KEPT.safetensors]
     python bench/lora_concept.py --lora KEPT.safetensors [--seed-base 100000] [--old-scene-seed 1000020]
     python bench/lora_concept.py [--lora KEPT.safetensors] --seed-sets 3
+    python bench/lora_concept.py --soup 2 [--set prior_loss_weight=1.5] --seed-sets 3
 
 The second form scores a kept file (or a soup of them, bench/lora_soup.py) without training, on other sampling seeds
 or other trained-word prompts if asked. `--seed-sets 3` scores on the three seed sets of docs/lora-training.md (the
 benchmark's; its prompts with other sampling seeds; other prompts), 300 new-word and 600 old-word prompts, and
-reports them pooled: one set of 200 is worth about +-4 points.
+reports them pooled: one set of 200 is worth about +-4 points. `--soup 2` trains two LoRAs (training seeds seed and
+seed + 1) and scores their exact average (bench/lora_soup.py), as the docs' soup runs do.
 
 Writes bench/results/lora_concept.json; docs/lora-training.md quotes it.
 """
@@ -23,6 +25,7 @@ Writes bench/results/lora_concept.json; docs/lora-training.md quotes it.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import shutil
 import sys
@@ -132,7 +135,12 @@ def main() -> int:
     parser.add_argument("--seed-sets", type=int, default=1, choices=range(1, len(SEED_SETS) + 1),
                         help="score on this many of the documented seed sets and pool them (overrides --seed-base "
                              "and --old-scene-seed)")
+    parser.add_argument("--soup", type=int, default=1,
+                        help="train this many LoRAs (training seeds seed, seed+1, ...) and score their exact average "
+                             "(bench/lora_soup.py); the training time is theirs together")
     args = parser.parse_args()
+    if args.soup < 1:
+        parser.error("--soup must be at least 1")
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -140,6 +148,8 @@ def main() -> int:
             embedding = args.lora.with_suffix(".embedding.safetensors")
             report = {"lora": str(args.lora)}
             lora_path, embedding_path = args.lora, embedding if embedding.exists() else None
+        elif args.soup > 1:
+            lora_path, embedding_path, report = train_soup(args, Path(scratch))
         else:
             lora_path, embedding_path, report = train(args, Path(scratch))
         sets = SEED_SETS[:args.seed_sets] if args.seed_sets > 1 else ((args.seed_base, args.old_scene_seed),)
@@ -164,14 +174,43 @@ def main() -> int:
     return 0
 
 
-def train(args: argparse.Namespace, scratch_path: Path) -> tuple[Path, Path | None, dict[str, object]]:
-    """Train the LoRA on rendered scenes of the new word; returns it, its learned word (or None) and the facts."""
+def train_soup(args: argparse.Namespace, scratch_path: Path) -> tuple[Path, Path | None, dict[str, object]]:
+    """`args.soup` LoRAs on consecutive training seeds, averaged exactly into one (the soup is what gets kept)."""
+    spec = importlib.util.spec_from_file_location("lora_soup", ROOT / "bench/lora_soup.py")
+    lora_soup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lora_soup)
+    keep, args.keep = args.keep, None
+    members = [train(args, scratch_path / f"member{index}", seed_offset=index) for index in range(args.soup)]
+    args.keep = keep
+    soup = scratch_path / f"{args.concept}-soup.safetensors"
+    embedding = lora_soup.soup_files([path for path, _, _ in members], soup, [emb for _, emb, _ in members])
+    _keep(args, soup, embedding)
+    facts = [member_facts for _, _, member_facts in members]
+    return soup, embedding, {
+        "soup_of": facts, "train_seconds": round(sum(float(f["train_seconds"]) for f in facts), 1),
+        "steps": sum(int(f["steps"]) for f in facts),
+    }
+
+
+def _keep(args: argparse.Namespace, lora: Path, embedding: Path | None) -> None:
+    if args.keep:
+        args.keep.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(lora, args.keep)
+        if embedding:
+            shutil.copyfile(embedding, args.keep.with_suffix(".embedding.safetensors"))
+
+
+def train(args: argparse.Namespace, scratch_path: Path,
+          seed_offset: int = 0) -> tuple[Path, Path | None, dict[str, object]]:
+    """Train the LoRA on rendered scenes of the new word; returns it, its learned word (or None) and the facts.
+    `seed_offset` is added to the training seed (a soup's members)."""
     training_scenes = concept_scenes(args.images, args.concept, CONCEPT_SEED)
     write_captioned_folder(scratch_path / "data", training_scenes)
     settings = LoraTrainingSettings(base=args.base, data=scratch_path / "data", name=args.concept,
                                     trigger=args.concept, output_dir=scratch_path / "lora",
                                     run_dir=scratch_path / "run", sample_every=0, save_every=0, threads=args.threads)
     overrides = _override(settings, args.set)
+    settings.seed += seed_offset
     started = time.time()
     if args.reg:
         settings.reg_data = scratch_path / "reg"
@@ -184,13 +223,10 @@ def train(args: argparse.Namespace, scratch_path: Path) -> tuple[Path, Path | No
     train_seconds = time.time() - started
     # The trigger word's learned embedding (pivotal tuning, on by default) is used as the app would: by its name
     embedding = settings.embedding_path if settings.learns_trigger else None
-    if args.keep:
-        args.keep.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(result.output, args.keep)
-        if embedding:
-            shutil.copyfile(embedding, args.keep.with_suffix(".embedding.safetensors"))
+    _keep(args, result.output, embedding)
     facts: dict[str, object] = {
-        "settings_overrides": overrides, "steps": result.steps, "train_seconds": round(train_seconds, 1),
+        "settings_overrides": overrides, "training_seed": settings.seed, "steps": result.steps,
+        "train_seconds": round(train_seconds, 1),
         "samples_per_second": round(result.samples_per_second, 2), "final_loss": round(result.final_loss, 5),
         "regularization_images": args.reg, "regularization_like_training": args.reg_like_training,
         "regularization_source": "renders" if args.reg_renders else f"base model at CFG {args.cfg:g}",

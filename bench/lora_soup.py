@@ -8,6 +8,8 @@ too.
 
     python bench/lora_soup.py --out soup.safetensors a.safetensors b.safetensors
     python bench/lora_concept.py --lora soup.safetensors --out soup.json
+
+`bench/lora_concept.py --soup 2` trains the files and soups them in one command.
 """
 
 from __future__ import annotations
@@ -51,18 +53,24 @@ def main() -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("loras", type=Path, nargs="+")
     args = parser.parse_args()
-
-    with safe_open(str(args.loras[0]), "pt") as handle:
-        metadata = handle.metadata() or {}
-    save_file(average_loras([load_file(str(path)) for path in args.loras]), str(args.out), metadata=metadata)
-    embeddings = [path.with_suffix(".embedding.safetensors") for path in args.loras]
-    if all(path.exists() for path in embeddings):
-        vectors = [load_file(str(path)) for path in embeddings]
-        mean = {key: (sum(v[key].float() for v in vectors) / len(vectors)).to(vectors[0][key].dtype)
-                for key in vectors[0]}
-        save_file(mean, str(args.out.with_suffix(".embedding.safetensors")))
+    soup_files(args.loras, args.out, [path.with_suffix(".embedding.safetensors") for path in args.loras])
     print(f"wrote {args.out}: the mean of {len(args.loras)} LoRAs")
     return 0
+
+
+def soup_files(loras: list[Path], out: Path, embeddings: list[Path | None]) -> Path | None:
+    """Write the soup of `loras` to `out` (the first file's metadata kept) and, when every LoRA has a learned word
+    (`embeddings`), their mean beside it as `<out>.embedding.safetensors`; returns that embedding's path or None."""
+    with safe_open(str(loras[0]), "pt") as handle:
+        metadata = handle.metadata() or {}
+    save_file(average_loras([load_file(str(path)) for path in loras]), str(out), metadata=metadata)
+    if not embeddings or not all(path is not None and path.exists() for path in embeddings):
+        return None
+    vectors = [load_file(str(path)) for path in embeddings]
+    mean = {key: (sum(v[key].float() for v in vectors) / len(vectors)).to(vectors[0][key].dtype) for key in vectors[0]}
+    embedding = out.with_suffix(".embedding.safetensors")
+    save_file(mean, str(embedding))
+    return embedding
 
 
 if __name__ == "__main__":

@@ -48,3 +48,29 @@ def test_files_with_other_modules_or_keys_are_refused() -> None:
     loha = {**_random_lora(4, 4.0, 0), "lora_unet_attn.hada_w1_a": torch.zeros(1)}
     with pytest.raises(ValueError, match="only plain LoRA"):
         soup.average_loras([loha, _random_lora(4, 4.0, 1)])
+
+
+def test_soup_files_write_the_mean_file_and_the_mean_learned_word(tmp_path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    soup = load_bench_script("lora_soup")
+    parts = [_random_lora(4, 4.0, 3), _random_lora(4, 2.0, 4)]
+    loras, words = [], []
+    for index, part in enumerate(parts):
+        loras.append(tmp_path / f"member{index}.safetensors")
+        save_file(part, str(loras[-1]), metadata={"ss_output_name": f"member{index}"})
+        words.append(tmp_path / f"member{index}.embedding.safetensors")
+        save_file({"emb_params": torch.full((2, 8), float(index + 1))}, str(words[-1]))
+    out = tmp_path / "soup.safetensors"
+    embedding = soup.soup_files(loras, out, words)
+    merged = load_file(str(out))
+    expected = (_delta(parts[0], "lora_unet_conv") + _delta(parts[1], "lora_unet_conv")) / 2
+    assert torch.allclose(_delta(merged, "lora_unet_conv"), expected, atol=1e-5)
+    with safe_open(str(out), "pt") as handle:
+        assert handle.metadata() == {"ss_output_name": "member0"}
+    assert embedding == tmp_path / "soup.embedding.safetensors"
+    assert torch.equal(load_file(str(embedding))["emb_params"], torch.full((2, 8), 1.5))
+    # a member without a learned word: the LoRAs are still averaged, and no word is made up
+    assert soup.soup_files(loras, tmp_path / "plain.safetensors", [words[0], None]) is None
+    assert (tmp_path / "plain.safetensors").exists() and not (tmp_path / "plain.embedding.safetensors").exists()
