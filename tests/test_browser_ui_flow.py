@@ -206,6 +206,25 @@ def test_a_refused_request_says_why_and_keeps_the_last_images(page) -> None:
                            timeout=10_000)
 
 
+def test_a_refusal_keeps_its_message_when_the_server_answers_slowly(ui_browser, browser_app: AppServer) -> None:
+    """Generate clears the last answer and starts the run with the same click. Under load the server answered the
+    clearing after a fast refusal's message and wiped it (a CI run on a busy machine showed an empty line). The
+    server's non-queued answers are held back here by 3 s, as a busy machine would: the message must stay."""
+    import time
+
+    page = open_app_page(ui_browser, browser_app.url, "desktop")
+    try:
+        page.route("**/run/predict**", lambda route: (time.sleep(3), route.continue_()))
+        page.locator("#txt2img_controlnet_unit0_enabled input").check()
+        page.click("#txt2img_generate")
+        message = page.locator("#txt2img_job_message")
+        message.get_by_text("Error:").wait_for(timeout=30_000)
+        page.wait_for_timeout(5_000)  # longer than the hold: any answer held back has landed by now
+        assert "unit" in message.inner_text().lower()
+    finally:
+        page.context.close()
+
+
 def test_on_a_phone_the_result_is_right_under_generate(page) -> None:
     generate = page.locator("#txt2img_generate").bounding_box()
     results = page.locator("#txt2img_results_col").bounding_box()

@@ -276,8 +276,11 @@ def wire_interrupt_and_select(
                             api_name="interrupt" if public_api else False, show_progress="hidden")
     buttons.skip.click(on_skip, outputs=[buttons.message], queue=False, api_name="skip" if public_api else False,
                        show_progress="hidden")
-    # a new job starts with no answer left over from the last one's buttons
-    buttons.generate.click(lambda: "", outputs=[buttons.message], queue=False, api_name=False, show_progress="hidden")
+    # A new job starts with no answer left over from the last one's buttons. Cleared in the browser, at the click:
+    # a request to the server for it races the run's own events, and a refused run fails fast, so under load the
+    # clearing request could land after the refusal's message and wipe it.
+    buttons.generate.click(None, outputs=[buttons.message], js="() => ''", queue=False, api_name=False,
+                           show_progress="hidden")
 
     def on_select(evt: gr.SelectData, current: str) -> str:
         value = evt.value or {}
