@@ -25,7 +25,6 @@ Writes bench/results/lora_concept.json; docs/lora-training.md quotes it.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import sys
@@ -148,10 +147,10 @@ def main() -> int:
             embedding = args.lora.with_suffix(".embedding.safetensors")
             report = {"lora": str(args.lora)}
             lora_path, embedding_path = args.lora, embedding if embedding.exists() else None
-        elif args.soup > 1:
-            lora_path, embedding_path, report = train_soup(args, Path(scratch))
         else:
-            lora_path, embedding_path, report = train(args, Path(scratch))
+            trained = train_soup if args.soup > 1 else train
+            lora_path, embedding_path, report = trained(args, Path(scratch))
+            _keep(args, lora_path, embedding_path)
         sets = SEED_SETS[:args.seed_sets] if args.seed_sets > 1 else ((args.seed_base, args.old_scene_seed),)
         scored = [score(args, lora_path, embedding_path, seed_base, scene_seed) for seed_base, scene_seed in sets]
         report.update(scored[0] if len(scored) == 1 else pooled(scored))
@@ -176,15 +175,11 @@ def main() -> int:
 
 def train_soup(args: argparse.Namespace, scratch_path: Path) -> tuple[Path, Path | None, dict[str, object]]:
     """`args.soup` LoRAs on consecutive training seeds, averaged exactly into one (the soup is what gets kept)."""
-    spec = importlib.util.spec_from_file_location("lora_soup", ROOT / "bench/lora_soup.py")
-    lora_soup = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(lora_soup)
-    keep, args.keep = args.keep, None
+    from bench.lora_soup import soup_files
+
     members = [train(args, scratch_path / f"member{index}", seed_offset=index) for index in range(args.soup)]
-    args.keep = keep
     soup = scratch_path / f"{args.concept}-soup.safetensors"
-    embedding = lora_soup.soup_files([path for path, _, _ in members], soup, [emb for _, emb, _ in members])
-    _keep(args, soup, embedding)
+    embedding = soup_files([path for path, _, _ in members], soup, [emb for _, emb, _ in members])
     facts = [member_facts for _, _, member_facts in members]
     return soup, embedding, {
         "soup_of": facts, "train_seconds": round(sum(float(f["train_seconds"]) for f in facts), 1),
@@ -223,7 +218,6 @@ def train(args: argparse.Namespace, scratch_path: Path,
     train_seconds = time.time() - started
     # The trigger word's learned embedding (pivotal tuning, on by default) is used as the app would: by its name
     embedding = settings.embedding_path if settings.learns_trigger else None
-    _keep(args, result.output, embedding)
     facts: dict[str, object] = {
         "settings_overrides": overrides, "training_seed": settings.seed, "steps": result.steps,
         "train_seconds": round(train_seconds, 1),
