@@ -15,7 +15,8 @@ result is an ordinary kohya file of the same rank. No training prompt is a held-
     python bench/lora_concept.py --lora scratch/proj/lam0.5.safetensors --out scratch/proj0.5.json
 
 `--rotate SEED` writes the control instead (no collection): each layer's down matrix turned by a random rotation of
-its inputs, so the same singular values (a change as large as the learned one) in directions unrelated to the data.
+its inputs, so the same singular values (a change as large as the learned one) read from directions unrelated to the
+data; `--rotate-sides up` turns the up matrices' outputs instead (where the change is written), `both` both.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from webui.evaluation.adherence import generate_and_score  # noqa: E402
 from webui.shapes import CONCEPT_SEED, concept_scenes  # noqa: E402
 
 DOWN = ".lora_down.weight"
+UP = ".lora_up.weight"
 COLLECTION_SEED = 700_000
 
 
@@ -109,13 +111,27 @@ def projected(state: dict[str, torch.Tensor], c_new: dict, c_old: dict, lam: flo
     return _downs_times(state, projection)
 
 
-def rotated(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-    """Each down matrix times a random orthogonal matrix (QR of a Gaussian one): up @ down keeps its singular values."""
+def rotated(state: dict[str, torch.Tensor], seed: int, sides: str = "down") -> dict[str, torch.Tensor]:
+    """Each down matrix times a random orthogonal matrix of its inputs (`sides` "down"), each up matrix turned by one
+    of its outputs ("up"), or both: up @ down keeps its singular values either way. The rotations are QR factors of
+    Gaussian matrices, drawn in the file's key order from one generator."""
     g = torch.Generator().manual_seed(seed)
+    out = dict(state)
+    for key, weight in state.items():
+        if key.endswith(DOWN) and sides in ("down", "both"):
+            flat = weight.flatten(1).double()
+            turned = flat @ _rotation(flat.shape[1], g)
+        elif key.endswith(UP) and sides in ("up", "both"):
+            flat = weight.flatten(1).double()
+            turned = _rotation(flat.shape[0], g) @ flat
+        else:
+            continue
+        out[key] = turned.reshape(weight.shape).to(weight.dtype)
+    return out
 
-    def rotation(layer: str, width: int) -> torch.Tensor:
-        return torch.linalg.qr(torch.randn(width, width, generator=g, dtype=torch.float64))[0]
-    return _downs_times(state, rotation)
+
+def _rotation(width: int, g: torch.Generator) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(width, width, generator=g, dtype=torch.float64))[0]
 
 
 def main() -> int:
@@ -125,6 +141,8 @@ def main() -> int:
     parser.add_argument("--concept", default="rectangle")
     parser.add_argument("--lam", type=float, action="append", default=[])
     parser.add_argument("--rotate", type=int, help="write the random-rotation control with this seed instead")
+    parser.add_argument("--rotate-sides", choices=("down", "up", "both"), default="down",
+                        help="which side of each layer the control turns: its inputs (down), outputs (up) or both")
     parser.add_argument("--old", type=int, default=120, help="regularisation captions drawn for C_old")
     parser.add_argument("--cfg", type=float, default=6.0)
     parser.add_argument("--threads", type=int, default=2)
@@ -137,8 +155,9 @@ def main() -> int:
         metadata = handle.metadata() or {}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.rotate is not None:
-        out = args.out_dir / f"rotated{args.rotate}.safetensors"
-        _write(rotated(state, args.rotate), metadata, embedding_path, out)
+        suffix = "" if args.rotate_sides == "down" else f"-{args.rotate_sides}"
+        out = args.out_dir / f"rotated{args.rotate}{suffix}.safetensors"
+        _write(rotated(state, args.rotate, args.rotate_sides), metadata, embedding_path, out)
         return 0
     if not args.lam:
         parser.error("give --lam (one or more) or --rotate")

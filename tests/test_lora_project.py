@@ -64,3 +64,28 @@ def test_the_rotation_control_keeps_each_changes_singular_values_and_turns_its_i
     assert torch.allclose(torch.linalg.svdvals(before), torch.linalg.svdvals(after), atol=1e-4)
     assert (before - after).abs().max() > 0.1
     assert turned["lora_unet_c.lora_down.weight"].shape == (3, 4, 3, 3)
+
+
+def test_the_rotation_control_can_turn_where_the_change_is_written_instead() -> None:
+    """`--rotate-sides up` keeps what each layer reads (the delta's row space) and turns what it writes; `both` turns
+    both; the singular values stay in every case."""
+    project = load_bench_script("lora_project")
+    g = torch.Generator().manual_seed(3)
+    state = {"lora_unet_c.alpha": torch.tensor(3.0),
+             "lora_unet_c.lora_down.weight": torch.randn(3, 4, 3, 3, generator=g),
+             "lora_unet_c.lora_up.weight": torch.randn(5, 3, 1, 1, generator=g)}
+
+    def delta(turned: dict[str, torch.Tensor]) -> torch.Tensor:
+        return turned["lora_unet_c.lora_up.weight"].flatten(1) @ turned["lora_unet_c.lora_down.weight"].flatten(1)
+
+    before = delta(state)
+    up = project.rotated(state, seed=0, sides="up")
+    assert torch.equal(up["lora_unet_c.lora_down.weight"], state["lora_unet_c.lora_down.weight"])
+    assert torch.allclose(delta(up).T @ delta(up), before.T @ before, atol=1e-3)  # reads the same inputs
+    assert (delta(up) - before).abs().max() > 0.1
+    both = project.rotated(state, seed=0, sides="both")
+    assert not torch.equal(both["lora_unet_c.lora_down.weight"], state["lora_unet_c.lora_down.weight"])
+    for turned in (up, both):
+        assert torch.allclose(torch.linalg.svdvals(delta(turned)), torch.linalg.svdvals(before), atol=1e-4)
+        assert turned["lora_unet_c.lora_up.weight"].shape == (5, 3, 1, 1)
+        assert torch.equal(turned["lora_unet_c.alpha"], state["lora_unet_c.alpha"])
