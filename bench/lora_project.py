@@ -118,14 +118,11 @@ def rotated(state: dict[str, torch.Tensor], seed: int, sides: str = "down") -> d
     g = torch.Generator().manual_seed(seed)
     out = dict(state)
     for key, weight in state.items():
-        if key.endswith(DOWN) and sides in ("down", "both"):
-            flat = weight.flatten(1).double()
-            turned = flat @ _rotation(flat.shape[1], g)
-        elif key.endswith(UP) and sides in ("up", "both"):
-            flat = weight.flatten(1).double()
-            turned = _rotation(flat.shape[0], g) @ flat
-        else:
+        turn_down = key.endswith(DOWN) and sides in ("down", "both")
+        if not (turn_down or key.endswith(UP) and sides in ("up", "both")):
             continue
+        flat = weight.flatten(1).double()
+        turned = flat @ _rotation(flat.shape[1], g) if turn_down else _rotation(flat.shape[0], g) @ flat
         out[key] = turned.reshape(weight.shape).to(weight.dtype)
     return out
 
