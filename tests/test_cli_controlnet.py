@@ -70,11 +70,11 @@ def test_img2img_unit_without_image_uses_the_input(tiny_sd1, models_dir: Path, t
 
 
 @pytest.mark.parametrize("spec,message", [
-    ("model=missing,image={control}", "controlnet unit 1 model: no ControlNet named 'missing'"),
+    ("model=missing,image={control}", "controlnet unit 0 model: no ControlNet named 'missing'"),
     ("image={control}", "--controlnet #1: give model=NAME"),
     ("model=cn_a,image={control},colour=red", "--controlnet #1: 'colour=red' is not KEY=VALUE"),
-    ("model=cn_a", "controlnet unit 1 image: the unit is enabled but has no control image"),
-    ("model=cn_a,image={control},end=2", "controlnet unit 1 guidance"),
+    ("model=cn_a", "controlnet unit 0 image: the unit is enabled but has no control image"),
+    ("model=cn_a,image={control},end=2", "controlnet unit 0 guidance"),
 ])
 def test_bad_units_are_one_line_errors(tiny_sd1, models_dir: Path, tmp_path: Path, spec: str, message: str,
                                        capsys: pytest.CaptureFixture) -> None:

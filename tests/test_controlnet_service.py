@@ -123,20 +123,20 @@ def test_infotext_records_each_unit_and_png_info_reads_it_back(app) -> None:
 
 
 @pytest.mark.parametrize("bad,field,words", [
-    ({"image": None}, "controlnet unit 1 image", "no control image"),
-    ({"model": "None"}, "controlnet unit 1 model", "choose a ControlNet model"),
-    ({"model": "nope"}, "controlnet unit 1 model", "available: a_checkpoint, broken, control_tiny_sd1"),
-    ({"model": "control_tiny_xl"}, "controlnet unit 1 model", "SDXL ControlNet"),
-    ({"model": "broken"}, "controlnet unit 1 model", "broken.safetensors"),
-    ({"model": "a_checkpoint"}, "controlnet unit 1 model", "models/Stable-diffusion"),
-    ({"module": "depth_midas"}, "controlnet unit 1 module", "dpt_hybrid-midas-501f0c75.pt"),
-    ({"module": "nonsense"}, "controlnet unit 1 module", "canny"),
-    ({"guidance_start": 0.9, "guidance_end": 0.2}, "controlnet unit 1 guidance", "start < end"),
-    ({"weight": "heavy"}, "controlnet unit 1 weight", "heavy"),
-    ({"control_mode": "loud"}, "controlnet unit 1 control_mode", "Balanced"),
-    ({"resize_mode": 7}, "controlnet unit 1 resize_mode", "7"),
-    ({"image": "bm90IGFuIGltYWdl"}, "controlnet unit 1 image", "image"),
-    ({"surprise": 1}, "controlnet unit 1 surprise", "unknown field"),
+    ({"image": None}, "controlnet unit 0 image", "no control image"),
+    ({"model": "None"}, "controlnet unit 0 model", "choose a ControlNet model"),
+    ({"model": "nope"}, "controlnet unit 0 model", "available: a_checkpoint, broken, control_tiny_sd1"),
+    ({"model": "control_tiny_xl"}, "controlnet unit 0 model", "SDXL ControlNet"),
+    ({"model": "broken"}, "controlnet unit 0 model", "broken.safetensors"),
+    ({"model": "a_checkpoint"}, "controlnet unit 0 model", "models/Stable-diffusion"),
+    ({"module": "depth_midas"}, "controlnet unit 0 module", "dpt_hybrid-midas-501f0c75.pt"),
+    ({"module": "nonsense"}, "controlnet unit 0 module", "canny"),
+    ({"guidance_start": 0.9, "guidance_end": 0.2}, "controlnet unit 0 guidance", "start < end"),
+    ({"weight": "heavy"}, "controlnet unit 0 weight", "heavy"),
+    ({"control_mode": "loud"}, "controlnet unit 0 control_mode", "Balanced"),
+    ({"resize_mode": 7}, "controlnet unit 0 resize_mode", "7"),
+    ({"image": "bm90IGFuIGltYWdl"}, "controlnet unit 0 image", "image"),
+    ({"surprise": 1}, "controlnet unit 0 surprise", "unknown field"),
 ])
 def test_bad_units_stop_the_job_before_it_starts_with_a_clear_message(app, bad: dict, field: str, words: str) -> None:
     before = sorted(app.paths.outputs_dir.rglob("*.png"))
@@ -151,13 +151,13 @@ def test_bad_units_stop_the_job_before_it_starts_with_a_clear_message(app, bad: 
 
 def test_oversized_control_image_and_decompression_bomb_are_refused(app, monkeypatch) -> None:
     monkeypatch.setenv("LATENT_STUDIO_MAX_IMAGE_PIXELS", "5000")
-    with pytest.raises(RequestError, match="controlnet unit 1 image"):
+    with pytest.raises(RequestError, match="controlnet unit 0 image"):
         generate(app, [unit(image=as_base64(silhouette(128, 128)))])
     monkeypatch.delenv("LATENT_STUDIO_MAX_IMAGE_PIXELS")
     bomb = Image.new("1", (20000, 20000))  # 400 MP, a few KB as PNG
     buffer = io.BytesIO()
     bomb.save(buffer, format="PNG")
-    with pytest.raises(RequestError, match="controlnet unit 1 image"):
+    with pytest.raises(RequestError, match="controlnet unit 0 image"):
         generate(app, [unit(image=base64.b64encode(buffer.getvalue()).decode())])
 
 

@@ -485,7 +485,7 @@ def test_case_19_image_urls_are_never_fetched_whichever_input_carries_them(serve
                 ("img2img", {"init_images": [url]}, "init_images"),
                 ("img2img", {"init_images": [image], "mask": url}, "mask"),
                 *(("txt2img", {"alwayson_scripts": {"controlnet": {"args": [
-                    {"enabled": True, "module": "none", "model": "None", field: value}]}}}, f"controlnet unit 1 {name}")
+                    {"enabled": True, "module": "none", "model": "None", field: value}]}}}, f"controlnet unit 0 {name}")
                   for field, value, name in (("image", url, "image"), ("mask_image", url, "mask_image"),
                                              ("input_image", url, "image"), ("image", {"image": url}, "image"))),
             ]

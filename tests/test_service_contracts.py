@@ -89,7 +89,7 @@ def test_control_units_read_old_field_names_and_name_bad_fields() -> None:
     assert both.image.getpixel((0, 0)) == (0, 0, 255)  # the current field wins
     with pytest.raises(RequestError) as err:
         ControlUnitRequest.from_dict({"image": 12}, 2)
-    assert err.value.field_name == "controlnet unit 3 image"
+    assert err.value.field_name == "controlnet unit 2 image"
 
 
 def test_the_controlnet_service_applies_its_upload_limit_and_passes_the_inpaint_mask(tmp_path: Path) -> None:
@@ -97,7 +97,7 @@ def test_the_controlnet_service_applies_its_upload_limit_and_passes_the_inpaint_
 
     service = ControlNetService(tmp_path / "cn", tmp_path / "pre", None, limits=UploadLimits(max_pixels=100))
     big = png_base64(Image.new("RGB", (20, 20)))
-    with pytest.raises(RequestError, match="controlnet unit 1 image"):
+    with pytest.raises(RequestError, match="controlnet unit 0 image"):
         units_from_controls({"args": [{"enabled": True, "model": "x", "image": big}]}, service.limits)
 
     image = Image.new("RGB", (16, 16), (10, 200, 10))

@@ -97,9 +97,10 @@ class ControlUnitRequest:
     def from_dict(
         cls, data: dict[str, Any], index: int, limits: UploadLimits | None = None, with_images: bool = True
     ) -> "ControlUnitRequest":
-        """Parse one unit from the API/UI/CLI; `index` (0-based) names the unit in every message. Without
+        """Parse one unit from the API/UI/CLI; `index` (0-based, as the accordion's
+        "ControlNet Unit 0" and the infotext's "ControlNet 0" count) names the unit in every message. Without
         `with_images` the images are not decoded (infotext needs only the other fields)."""
-        where = f"controlnet unit {index + 1}"
+        where = f"controlnet unit {index}"
         if not isinstance(data, dict):
             raise RequestError(where, f"a unit must be an object of fields, not {type(data).__name__}")
         values = dict(data)
@@ -284,7 +285,7 @@ class ControlNetService:
         """
         prepared: list[PreparedUnit] = []
         for index, unit in enumerate(units):
-            where = f"controlnet unit {index + 1}"
+            where = f"controlnet unit {index}"
             if not 0.0 <= unit.guidance_start < unit.guidance_end <= 1.0:
                 raise RequestError(f"{where} guidance", f"start ({unit.guidance_start:g}) and end "
                                    f"({unit.guidance_end:g}) must satisfy 0 <= start < end <= 1")
