@@ -74,6 +74,12 @@ def _as_bool(value: Any, name: str) -> bool:
     raise RequestError(name, f"{value!r} is not true or false")
 
 
+def unit_label(index: int) -> str:
+    """How messages name unit `index`: counted from 0, as the accordion ("ControlNet Unit 0") and the infotext
+    ("ControlNet 0") count."""
+    return f"controlnet unit {index}"
+
+
 @dataclass
 class ControlUnitRequest:
     """One ControlNet unit with sd-webui-controlnet's API field names and defaults."""
@@ -97,10 +103,9 @@ class ControlUnitRequest:
     def from_dict(
         cls, data: dict[str, Any], index: int, limits: UploadLimits | None = None, with_images: bool = True
     ) -> "ControlUnitRequest":
-        """Parse one unit from the API/UI/CLI; `index` (0-based, as the accordion's
-        "ControlNet Unit 0" and the infotext's "ControlNet 0" count) names the unit in every message. Without
+        """Parse one unit from the API/UI/CLI; `index` (0-based) names the unit in every message. Without
         `with_images` the images are not decoded (infotext needs only the other fields)."""
-        where = f"controlnet unit {index}"
+        where = unit_label(index)
         if not isinstance(data, dict):
             raise RequestError(where, f"a unit must be an object of fields, not {type(data).__name__}")
         values = dict(data)
@@ -285,7 +290,7 @@ class ControlNetService:
         """
         prepared: list[PreparedUnit] = []
         for index, unit in enumerate(units):
-            where = f"controlnet unit {index}"
+            where = unit_label(index)
             if not 0.0 <= unit.guidance_start < unit.guidance_end <= 1.0:
                 raise RequestError(f"{where} guidance", f"start ({unit.guidance_start:g}) and end "
                                    f"({unit.guidance_end:g}) must satisfy 0 <= start < end <= 1")
