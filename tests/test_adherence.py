@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.cli import run_cli
+from tests.cpu_share import cpu_share
 from webui.evaluation.adherence import detect, ground_truth_accuracy, parse_prompt, score
 from webui.shapes import Scene, ShapeObject, caption_for, eval_scenes, render, scene_at
 
@@ -103,7 +104,8 @@ def test_prompts_parse_back_to_their_scenes():
 def test_eval_adherence_command_writes_a_report_on_the_shipped_model(tmp_path):
     """The benchmark's own command, end to end on the real default checkpoint (4 prompts, so it stays fast)."""
     out = tmp_path / "eval"
-    done = run_cli("eval-adherence", "--prompts", "4", "--cfg", "1,6", "--ground-truth", "5", "--out", str(out))
+    done = run_cli("eval-adherence", "--prompts", "4", "--cfg", "1,6", "--ground-truth", "5", "--out", str(out),
+                   "--threads", str(cpu_share()))
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert report["evaluator_on_ground_truth"]["single"]["shape_colour"] == 1.0

@@ -51,11 +51,14 @@ def _wait_idle_with_images(page, prefix: str, count: int = 1) -> None:
 
 
 def test_one_progress_bar_and_an_uncovered_live_preview(page) -> None:
-    _generate(page, "a red circle on a blue background", steps=150)  # a few seconds of sampling to watch
+    # 150 steps at 96x96: several seconds of sampling to watch, long enough that a browser slowed by a busy machine (the
+    # other test worker) still sees the live preview between its updates
+    _generate(page, "a red circle on a blue background", steps=150, width=96, height=96)
     page.wait_for_selector("#txt2img_status .ls-progress[data-state=running]", timeout=TIMEOUT_MS)
     page.wait_for_selector("#txt2img_preview img", state="visible", timeout=TIMEOUT_MS)
     elapsed_seen: list[int] = []
     previews_seen = 0
+    looks: list[dict] = []  # every look, for the failure message
     snapshot_js = """() => {
         const bar = document.querySelector('#txt2img_status .ls-progress');
         const shown = e => e.offsetParent !== null;
@@ -70,8 +73,9 @@ def test_one_progress_bar_and_an_uncovered_live_preview(page) -> None:
             onTop = hit === img ? 'image' : (hit ? (hit.className || hit.tagName) : 'nothing'); }
         return {state: bar.dataset.state, text: bar.innerText, bars: bars.length, gradioBars: gradioBars.length, onTop};
     }"""
-    for _ in range(60):  # while sampling: exactly one bar, an ETA, an elapsed time that never goes back
+    for _ in range(120):  # while sampling: exactly one bar, an ETA, an elapsed time that never goes back
         seen = page.evaluate(snapshot_js)  # one look, so a job that ends meanwhile cannot mix two states
+        looks.append(seen)
         if seen["state"] == "idle":
             break
         assert (seen["bars"], seen["gradioBars"]) == (1, 0), seen
@@ -85,7 +89,7 @@ def test_one_progress_bar_and_an_uncovered_live_preview(page) -> None:
             save_screenshot(page, f"progress_and_preview-{page.viewport_name}")
         page.wait_for_timeout(150)
     assert len(elapsed_seen) >= 2 and elapsed_seen == sorted(elapsed_seen)
-    assert previews_seen >= 1  # the live preview was on screen, and uncovered
+    assert previews_seen >= 1, looks  # the live preview was on screen, and uncovered
     _wait_idle_with_images(page, "txt2img")
     assert re.fullmatch(r"1 image\(s\) in [\d.]+ s", page.locator("#txt2img_status .ls-progress-text").inner_text())
     assert not page.locator("#txt2img_preview img").is_visible()  # the result replaces the preview

@@ -37,6 +37,7 @@ def test_bad_input_is_one_line_error(tiny_sd1, tmp_path: Path, capsys) -> None:
 # Written by people and their tools while tests run (a concurrent edit is not the CLI writing); any new file counts.
 _EDITED_BY_PEOPLE = {".py", ".md", ".toml", ".txt"}
 _NOT_THE_PROJECT = {".git", ".venv", "scratch", "__pycache__", ".pytest_cache", "mutants"}
+_SCREENSHOTS = ROOT.resolve() / "tests" / "artifacts"  # git-ignored browser screenshots (tests/ui_artifacts.py)
 
 
 def _project_files() -> dict[Path, tuple[int, int]]:
@@ -44,7 +45,8 @@ def _project_files() -> dict[Path, tuple[int, int]]:
     root = ROOT.resolve()
     found = {}
     for folder, subfolders, files in os.walk(root):
-        subfolders[:] = [name for name in subfolders if name not in _NOT_THE_PROJECT]
+        subfolders[:] = [name for name in subfolders if name not in _NOT_THE_PROJECT
+                         and Path(folder, name) != _SCREENSHOTS]  # browser tests on the other worker write there
         for name in files:
             path = Path(folder) / name
             stat = path.lstat()

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from tests.cpu_share import cpu_share
 from webui.engine.loader import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +21,7 @@ FLOOR_POSITION = 0.8
 
 @pytest.fixture(scope="module")
 def model():
-    torch.set_num_threads(2)
+    torch.set_num_threads(cpu_share())
     return load_checkpoint(CHECKPOINT)
 
 

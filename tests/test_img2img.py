@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.cpu_share import cpu_share
 from webui.engine.denoise_extensions import Progress
 from webui.engine.generation import SamplingParams, latents_to_images, txt2img
 from webui.engine.img2img import Img2ImgOptions, encode_images, img2img, img2img_steps
@@ -19,7 +20,7 @@ REGISTRY = SamplerRegistry()
 
 @pytest.fixture(scope="module")
 def model(tiny_sd1):
-    torch.set_num_threads(2)
+    torch.set_num_threads(cpu_share())
     return load_checkpoint(tiny_sd1.path)
 
 

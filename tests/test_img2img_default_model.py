@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.cpu_share import cpu_share
 from webui.engine.generation import SamplingParams
 from webui.engine.img2img import Img2ImgOptions, img2img
 from webui.engine.loader import load_checkpoint
@@ -28,7 +29,7 @@ PROMPT = "a large yellow square at the top left on a green background"
 
 @pytest.fixture(scope="module")
 def distances() -> dict[float, list[float]]:
-    torch.set_num_threads(2)
+    torch.set_num_threads(cpu_share())
     model = load_checkpoint(CHECKPOINT)
     image = render(Scene((ShapeObject("circle", "red", "center", "large"),), ("blue",)), 64)
     found: dict[float, list[float]] = {}

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.cpu_share import cpu_share
 from webui.engine.generation import SamplingParams
 from webui.engine.img2img import FILL, LATENT_NOISE, LATENT_NOTHING, ORIGINAL, Img2ImgOptions, img2img
 from webui.engine.loader import load_checkpoint
@@ -18,7 +19,7 @@ REGISTRY = SamplerRegistry()
 
 @pytest.fixture(scope="module")
 def sd1(tiny_sd1):
-    torch.set_num_threads(2)
+    torch.set_num_threads(cpu_share())
     return load_checkpoint(tiny_sd1.path)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from tests.cpu_share import cpu_share
 from webui.engine.generation import SamplingParams
 from webui.engine.img2img import Img2ImgOptions, img2img
 from webui.engine.loader import load_checkpoint
@@ -23,7 +24,7 @@ REGISTRY = SamplerRegistry()
 
 @pytest.fixture(scope="module")
 def model():
-    torch.set_num_threads(2)
+    torch.set_num_threads(cpu_share())
     return load_checkpoint(CHECKPOINT)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.cpu_share import cpu_share
 from webui.context import AppPaths, build_context
 from webui.engine.masking import blur_reach
 from webui.services.img2img import Img2ImgRequest, Img2ImgRunner, OutpaintRunner
@@ -19,7 +20,7 @@ from webui.services.requests import RequestError
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory: pytest.TempPathFactory):
-    torch.set_num_threads(2)
+    torch.set_num_threads(cpu_share())
     root = tmp_path_factory.mktemp("img2img-service")
     return build_context(AppPaths(root / "models", root / "outputs", root / "cache"), device="cpu")
 

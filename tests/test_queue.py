@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import tiny_service_context
+from tests.cpu_share import cpu_share
 from webui.services.jobs import JobManager
 from webui.services.queue import JobQueue, QueueFullError, UnknownJobError
 from webui.services.requests import GenerationRequest
@@ -115,7 +116,7 @@ def test_queue_size_must_be_positive() -> None:
 
 @pytest.fixture(scope="module")
 def context(tmp_path_factory: pytest.TempPathFactory, tiny_sd1):
-    torch.set_num_threads(2)
+    torch.set_num_threads(cpu_share())
     return tiny_service_context(tmp_path_factory.mktemp("queue"), tiny_sd1)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.cpu_share import cpu_share
 from webui.context import AppPaths, build_context
 from webui.services.requests import GenerationRequest
 
@@ -26,7 +27,7 @@ def context(tmp_path_factory: pytest.TempPathFactory, tiny_sd1):
     checkpoints = root / "models" / "Stable-diffusion"
     checkpoints.mkdir(parents=True)
     (checkpoints / "tiny.safetensors").symlink_to(tiny_sd1.path)
-    torch.set_num_threads(2)
+    torch.set_num_threads(cpu_share())
     return build_context(AppPaths(root / "models", root / "outputs", root / "data"), device="cpu",
                          load_extensions=False)
 

@@ -238,9 +238,10 @@ def test_skip_during_the_second_batch_drops_only_that_batch(server: AppServer, p
     from playwright.sync_api import expect
 
     alice = pages["alice"]
-    # 30 steps a batch (2-3 s): Skip's answer showed 0.5-1.8 s after the press on two busy cores (measured), and
-    # batch 2 must still be sampling when the press arrives
-    _set_job(alice, "alice's skipped batch", 30, 3, 500)
+    # 100 steps a batch: Skip's answer showed 0.5-1.8 s after the press on two busy cores (measured), and batch 2
+    # must still be sampling when the press arrives; at 30 steps (2-3 s) it sometimes had finished when the other test
+    # worker kept the second core busy
+    _set_job(alice, "alice's skipped batch", 100, 3, 500)
     alice.click("#txt2img_generate")
     expect(_answer(alice)).to_have_text("")
     _wait_for_file(server, "alice", 500)  # batch 1 is saved: batch 2 is being sampled
