@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from tests.cli import ROOT, run_cli
+from tests.ui_artifacts import artifacts_dir
 from webui.services.infotext import parse_infotext
 from webui.services.outputs import read_infotext
 
@@ -37,7 +38,7 @@ def test_bad_input_is_one_line_error(tiny_sd1, tmp_path: Path, capsys) -> None:
 # Written by people and their tools while tests run (a concurrent edit is not the CLI writing); any new file counts.
 _EDITED_BY_PEOPLE = {".py", ".md", ".toml", ".txt"}
 _NOT_THE_PROJECT = {".git", ".venv", "scratch", "__pycache__", ".pytest_cache", "mutants"}
-_SCREENSHOTS = ROOT.resolve() / "tests" / "artifacts"  # git-ignored browser screenshots (tests/ui_artifacts.py)
+_SCREENSHOTS = artifacts_dir().resolve()  # git-ignored browser screenshots, written by the other test worker
 
 
 def _project_files() -> dict[Path, tuple[int, int]]:
@@ -46,7 +47,7 @@ def _project_files() -> dict[Path, tuple[int, int]]:
     found = {}
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = [name for name in subfolders if name not in _NOT_THE_PROJECT
-                         and Path(folder, name) != _SCREENSHOTS]  # browser tests on the other worker write there
+                         and Path(folder, name) != _SCREENSHOTS]
         for name in files:
             path = Path(folder) / name
             stat = path.lstat()
