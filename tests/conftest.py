@@ -12,12 +12,13 @@ from webui import offline
 
 offline.enforce()
 if os.environ.get("PYTEST_XDIST_WORKER"):  # keep to this worker's share of the cores (tests/cpu_share.py)
-    from tests.cpu_share import cpu_share
-
-    os.environ["OMP_NUM_THREADS"] = str(cpu_share())  # the servers and CLIs it starts inherit it
     import torch
 
-    torch.set_num_threads(cpu_share())
+    from tests.cpu_share import cpu_share
+
+    share = cpu_share()
+    os.environ["OMP_NUM_THREADS"] = str(share)  # the servers and CLIs it starts inherit it
+    torch.set_num_threads(share)
 # Playwright's `expect` gives up after 5 s by default; on two cores busy with two test workers a server's answer to a
 # click can take longer. Waiting longer never slows a passing test.
 from playwright.sync_api import expect  # noqa: E402
