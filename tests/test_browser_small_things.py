@@ -122,6 +122,11 @@ def test_ctrl_enter_generates_and_esc_interrupts(page) -> None:
     _set(page, "txt2img_batch_count", 6)
     page.locator("#txt2img_prompt textarea").press("Control+Enter")
     page.wait_for_selector("#txt2img_status .ls-progress[data-state=running]", timeout=TIMEOUT_MS)
+    # Esc clicks the Interrupt button if it is on screen: on a busy machine the page may draw the running bar before
+    # the button, and the server must be sampling (a step in the bar), so that there is a job to interrupt
+    page.wait_for_selector("#txt2img_interrupt", state="visible", timeout=TIMEOUT_MS)
+    page.wait_for_function("() => /step \\d+/.test(document.querySelector('#txt2img_status').innerText)",
+                           timeout=TIMEOUT_MS)
     page.keyboard.press("Escape")
     page.wait_for_function("() => /interrupted/.test(document.querySelector('#txt2img_status').innerText)",
                            timeout=TIMEOUT_MS)
