@@ -30,11 +30,11 @@ from webui.engine.synthetic import SyntheticModel, write_synthetic_checkpoint  #
 from webui.engine.loader import LoadedModel, load_checkpoint  # noqa: E402
 
 
-# The README's test command runs two pytest-xdist workers, each file whole on one worker (`--dist loadfile`), handed
-# out in collection order (`--no-loadscope-reorder`). These files take longest on 2 cores (browsers, Ray clusters,
-# subprocess trainings, torch.compile), so they are collected first and the two workers finish close together
-# (longest-first scheduling); a browser file alternates with one without, so that two Chromiums seldom run at once.
-# The order of the tests inside a file is unchanged. Measured under `-n 2`, 35-125 s each.
+# `pytest -n 2` (opt-in, docs/testing.md) runs two pytest-xdist workers, each file whole on one worker (`--dist
+# loadfile`), handed out in collection order (`--no-loadscope-reorder`). These files take longest on 2 cores (browsers,
+# Ray clusters, subprocess trainings, torch.compile), so they are collected first and the two workers finish close
+# together (longest-first scheduling); a browser file alternates with one without, so that two Chromiums seldom run at
+# once. The order of the tests inside a file is unchanged. Measured under `-n 2`, 35-125 s each.
 LONGEST_FILES_FIRST = (
     "test_browser_ui_flow.py", "test_training_multiprocess.py", "test_browser_brush.py", "test_ray_workers.py",
     "test_browser_small_things.py", "test_unet_compiler.py", "test_ui_two_users.py", "test_lora_training.py",

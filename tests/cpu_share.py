@@ -1,8 +1,8 @@
 """How many intra-op threads a test process may use: every core when it runs alone, its share under pytest-xdist.
 
-The README's test command runs two xdist workers on the 2-core CI machine. Two processes with two OpenMP threads each
-on two cores spin-wait on each other: a tiny-model generation took 28.7 s instead of 10 s (one thread each) or 6.1 s
-(one process alone with two). So each worker, and every server or CLI subprocess it starts (through
+`pytest -n 2` (opt-in, docs/testing.md) runs two xdist workers on the 2-core CI machine. Two processes with two OpenMP
+threads each on two cores spin-wait on each other: a tiny-model generation took 28.7 s instead of 10 s (one thread each)
+or 6.1 s (one process alone with two). So each worker, and every server or CLI subprocess it starts (through
 OMP_NUM_THREADS, which they inherit), keeps to its share of the cores.
 """
 
