@@ -66,7 +66,21 @@ def test_the_new_diamond_is_told_from_a_triangle(size):
     assert detect(flipped, new_shapes=True)[0][0].shape == "triangle"
 
 
-@pytest.mark.parametrize("shape", ["rectangle", "diamond"])
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_the_new_ring_is_told_from_a_circle_by_its_hole(size):
+    """A ring is a circle with a hole; no trained shape has one, so a model that draws discs for "ring" scores no
+    hit, and a filled-in hole is a circle again."""
+    ring = Scene((ShapeObject("ring", "red", "bottom right", size),), ("green", "white"))
+    image = render(ring)
+    assert np.asarray(image)[int(0.75 * 64), int(0.75 * 64)].tolist() == [250, 250, 250]  # the right half shows through
+    found, _ = detect(image, new_shapes=True)
+    assert (found[0].shape, found[0].position, found[0].size) == ("ring", "bottom right", size)
+    disc = Scene((ShapeObject("circle", "red", "bottom right", size),), ("green", "white"))
+    assert detect(render(disc), new_shapes=True)[0][0].shape == "circle"
+    assert not score(render(disc), ring)["shape"]
+
+
+@pytest.mark.parametrize("shape", ["rectangle", "diamond", "ring"])
 def test_concept_scenes_are_scored_exactly(shape):
     from webui.evaluation.adherence import summarise
     from webui.shapes import concept_scenes

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.server_process import AppServer
 from tests.ui_artifacts import VIEWPORTS, open_app_page, save_screenshot
@@ -128,8 +129,13 @@ def test_ctrl_enter_generates_and_esc_interrupts(page) -> None:
     page.wait_for_function("() => /step \\d+/.test(document.querySelector('#txt2img_status').innerText)",
                            timeout=TIMEOUT_MS)
     page.keyboard.press("Escape")
-    page.wait_for_function("() => /interrupted/.test(document.querySelector('#txt2img_status').innerText)",
-                           timeout=TIMEOUT_MS)
+    try:
+        page.wait_for_function("() => /interrupted/.test(document.querySelector('#txt2img_status').innerText)",
+                               timeout=TIMEOUT_MS)
+    except PlaywrightTimeoutError:  # say what the page showed: the button's answer tells a lost key from a lost job
+        raise AssertionError(f"not interrupted; status {page.inner_text('#txt2img_status')!r}, answer "
+                             f"{page.inner_text('#txt2img_job_message')!r}, focus "
+                             f"{page.evaluate('() => document.activeElement?.outerHTML.slice(0, 120)')!r}") from None
     status = page.inner_text("#txt2img_status")
     done = int(re.search(r"(\d+) image\(s\)", status).group(1))
     assert done < 6, status

@@ -33,7 +33,10 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 BACKGROUND_COLOURS: dict[str, tuple[int, int, int]] = {**COLOURS, "gray": (128, 128, 128)}
 # Shapes the default model never saw in training: what a LoRA teaches it (docs/lora-training.md). A new colour would
 # not do: the shipped autoencoder decodes cyan, pink or navy as a trained colour, so no U-Net LoRA could draw them.
-NEW_SHAPES = ("rectangle", "diamond")
+NEW_SHAPES = ("rectangle", "diamond", "ring")
+# A ring's hole, as a fraction of its outer radius: the shipped autoencoder keeps it open at both sizes (a wider hole
+# leaves a small ring too thin to survive).
+RING_HOLE = 0.5
 PALETTE: dict[str, tuple[int, int, int]] = BACKGROUND_COLOURS
 # Object centres as fractions of the image side.
 POSITIONS: dict[str, tuple[float, float]] = {
@@ -147,6 +150,10 @@ def render(scene: Scene, size: int = 64) -> Image.Image:
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
         else:
             draw.polygon(polygon, fill=fill)
+        if obj.shape == "ring":  # the hole shows whatever lies under it: the background of its half
+            hole = r * RING_HOLE
+            under = scene.background[-1] if len(scene.background) == 2 and cx >= big / 2 else scene.background[0]
+            draw.ellipse([cx - hole, cy - hole, cx + hole, cy + hole], fill=BACKGROUND_COLOURS[under])
     return image.resize((size, size), Image.BOX)
 
 

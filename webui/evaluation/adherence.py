@@ -37,6 +37,9 @@ STAR_SOLIDITY, CONVEX_SOLIDITY = 0.78, 0.94
 SQUARE_EXTENT, CIRCLE_EXTENT = 0.9, 0.68
 # A triangle's centroid sits a sixth of its height below its bounding box's middle, a diamond's on it.
 DIAMOND_CENTROID_OFFSET = 0.08
+# No trained shape has a hole; a ring's is a quarter of its disc, and the shipped autoencoder keeps at least a
+# twentieth.
+RING_HOLE_SHARE = 0.05
 _RGB = np.array([PALETTE[n] for n in _NAMES], dtype=np.float32)
 
 
@@ -62,15 +65,25 @@ def background_colours(labels: np.ndarray, share: float = 0.2) -> set[str]:
     return {_NAMES[i] for i in np.flatnonzero(counts >= share * len(border))}
 
 
+def _filled_area(contour: np.ndarray, shape: tuple[int, ...]) -> float:
+    """Pixels inside an outline, holes included (counted like `mask.sum()`, not as a polygon's area)."""
+    filled = np.zeros(shape[:2], dtype=np.uint8)
+    cv2.drawContours(filled, [contour], -1, 1, thickness=-1)
+    return max(float(filled.sum()), 1.0)
+
+
 def classify_shape(mask: np.ndarray, new_shapes: bool = False) -> str:
     """The shape rules above. With `new_shapes` (only for prompts that name a shape from `shapes.NEW_SHAPES`, so the
     trained prompts are scored exactly as before), a solid blob at least 1.5 times as wide as tall is a rectangle: every
     trained shape has an aspect ratio near 1, the rectangle 2; and a convex blob that fills about half its bounding box
     (where a triangle would be) with its centroid at the box's middle is a diamond: the triangle's centroid sits a
-    sixth of its height lower (tests/test_adherence.py)."""
+    sixth of its height lower; and a blob with a hole of at least a twentieth of its outline's area is a ring
+    (tests/test_adherence.py)."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     contour = max(contours, key=cv2.contourArea)
     area = float(mask.sum())
+    if new_shapes and 1.0 - area / _filled_area(contour, mask.shape) >= RING_HOLE_SHARE:
+        return "ring"
     hull = max(cv2.contourArea(cv2.convexHull(contour)), 1.0)
     _, y, w, h = cv2.boundingRect(contour)
     solidity, extent = area / hull, area / float(w * h)
