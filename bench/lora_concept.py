@@ -1,6 +1,6 @@
 """Teach the shipped default model a shape word it never saw ("rectangle") with a LoRA, and measure what it learned.
 
-1. Render 30 captioned scenes of the new shape (`--concept`: rectangle, or diamond; `shapes.concept_scenes`,
+1. Render 30 captioned scenes of the new shape (`--concept`: rectangle, diamond or ring; `shapes.concept_scenes`,
    training seed) into a folder.
 2. Train a LoRA on it through `train_lora` with the training tab's defaults (any override is recorded).
 3. Score, with the adherence evaluator at CFG 6 / Euler a / 20 steps:
