@@ -205,6 +205,8 @@ def train(args: argparse.Namespace, scratch_path: Path,
                                     trigger=args.concept, output_dir=scratch_path / "lora",
                                     run_dir=scratch_path / "run", sample_every=0, save_every=0, threads=args.threads)
     overrides = _override(settings, args.set)
+    if args.soup > 1 and "average_runs" not in overrides:
+        settings.average_runs = 1  # the soup's members are single runs; the soup averages them
     settings.seed += seed_offset
     started = time.time()
     if args.reg:

@@ -30,7 +30,7 @@ def test_train_lora_writes_a_kohya_file_with_the_options_given(tmp_path: Path) -
     done = run_cli(*_args(tmp_path, "--max-steps", "4", "--trigger", "rct", "--optimizer", "Prodigy",
                           "--lr-scheduler", "cosine", "--no-train-text-encoder", "--save-every", "2",
                           "--weight-decay", "0.05", "--sample-every", "2", "--sample-prompt", "rct, a red rectangle",
-                          "--sample-steps", "2"))
+                          "--sample-steps", "2", "--average-runs", "1"))
     assert done.returncode == 0, done.stderr
     output = tmp_path / "Lora" / "cli_lora.safetensors"
     assert f"wrote {output}" in done.stdout
@@ -68,7 +68,8 @@ def test_ctrl_c_saves_a_state_that_resume_finishes(tmp_path: Path) -> None:
     process = subprocess.Popen([sys.executable, "-m", "webui", *_args(tmp_path, "--max-steps", "500",
                                                                      "--save-every", "0")],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = tmp_path / "run" / "log.jsonl"
+    # the shipped model trains two runs by default (--average-runs 0: automatic), each in its own folder
+    log = tmp_path / "run" / "run1" / "log.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
         time.sleep(0.2)
@@ -79,9 +80,10 @@ def test_ctrl_c_saves_a_state_that_resume_finishes(tmp_path: Path) -> None:
     assert not (tmp_path / "Lora" / "cli_lora.safetensors").exists()
     import torch
 
-    stopped = torch.load(tmp_path / "run" / "checkpoint-latest.pt", weights_only=True)["step"]
+    stopped = torch.load(tmp_path / "run" / "run1" / "checkpoint-latest.pt", weights_only=True)["step"]
     assert 3 <= stopped < 500
     done = run_cli(*_args(tmp_path, "--max-steps", str(stopped + 2), "--resume"))
     assert done.returncode == 0, done.stderr
     steps = [json.loads(line).get("step") for line in log.read_text().splitlines()]
     assert steps[-3:-1] == [stopped + 1, stopped + 2]
+    assert "averaged 2 runs into" in done.stdout and (tmp_path / "Lora" / "cli_lora.safetensors").exists()

@@ -68,7 +68,7 @@ def test_soup_files_write_the_mean_file_and_the_mean_learned_word(tmp_path) -> N
     expected = (_delta(parts[0], "lora_unet_conv") + _delta(parts[1], "lora_unet_conv")) / 2
     assert torch.allclose(_delta(merged, "lora_unet_conv"), expected, atol=1e-5)
     with safe_open(str(out), "pt") as handle:
-        assert handle.metadata() == {"ss_output_name": "member0"}
+        assert handle.metadata() == {"ss_output_name": "member0", "latent_studio.average_of_runs": "2"}
     assert embedding == tmp_path / "soup.embedding.safetensors"
     assert torch.equal(load_file(str(embedding))["emb_params"], torch.full((2, 8), 1.5))
     # a member without a learned word: the LoRAs are still averaged, and no word is made up

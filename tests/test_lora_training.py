@@ -4,6 +4,7 @@ shipped model, resume replays exactly, and every bad input has a message and lea
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -64,7 +65,8 @@ def concept_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def settings_for(base: Path, data: Path, tmp_path: Path, **changes) -> LoraTrainingSettings:
     values = dict(base=base, data=data, name="trained", output_dir=tmp_path / "Lora", run_dir=tmp_path / "run",
-                  sample_every=0, save_every=0, batch_size=2, max_steps=4, rank=4, alpha=4.0, resolution=64)
+                  sample_every=0, save_every=0, batch_size=2, max_steps=4, rank=4, alpha=4.0, resolution=64,
+                  average_runs=1)
     values.update(changes)
     return LoraTrainingSettings(**values)
 
@@ -224,6 +226,50 @@ def test_interrupt_then_resume_gives_the_uninterrupted_result(network_dropout: f
             assert torch.allclose(tensor.float(), b.layers[name].tensors[key].float(), atol=2e-3), (name, key)
     learned = [read_embedding(tmp_path / run / "embeddings" / "rectangle.safetensors").vectors[""] for run in "ab"]
     assert torch.allclose(*learned, atol=1e-5)
+
+
+def _delta(layer) -> torch.Tensor:
+    """kohya's definition of a LoRA layer's weight change: (alpha / rank) x up @ down."""
+    down, up = layer.tensors["lora_down.weight"].float(), layer.tensors["lora_up.weight"].float()
+    alpha = layer.alpha if layer.alpha is not None else down.shape[0]
+    return alpha / down.shape[0] * (up.flatten(1) @ down.flatten(1))
+
+
+def test_averaged_runs_write_the_exact_mean_of_single_runs_and_resume_in_the_run_that_stopped(
+        concept_folder: Path, tmp_path: Path) -> None:
+    """*Runs to average* (automatic on the shipped model: 2) trains the runs on consecutive seeds and writes their
+    exact mean; its progress counts on across the runs; an interrupt in the second run resumes there."""
+    singles = [train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / f"seed{seed}", max_steps=3,
+                                       trigger="rectangle", seed=seed), Quiet()) for seed in (5, 6)]
+    observer = Quiet()
+    averaged = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "avg", max_steps=3,
+                                       trigger="rectangle", seed=5, average_runs=0), observer)
+    assert averaged.output == tmp_path / "avg" / "Lora" / "trained.safetensors" and averaged.steps == 6
+    assert observer.steps == [1, 2, 3, 4, 5, 6]
+    mean, parts = read_lora(averaged.output), [read_lora(single.output) for single in singles]
+    assert mean.layers.keys() == parts[0].layers.keys()
+    for name, layer in mean.layers.items():
+        expected = (_delta(parts[0].layers[name]) + _delta(parts[1].layers[name])) / 2
+        assert torch.allclose(_delta(layer), expected, atol=1e-3), name
+    words = [read_embedding(tmp_path / run / "embeddings" / "rectangle.safetensors").vectors[""]
+             for run in ("seed5", "seed6", "avg")]
+    assert torch.allclose((words[0] + words[1]) / 2, words[2], atol=1e-3)
+    with safe_open(str(averaged.output), "pt") as handle:
+        metadata = handle.metadata()
+    assert (metadata["ss_network_dim"], metadata["latent_studio.average_of_runs"]) == ("8", "2")
+    assert (metadata["latent_studio.run_seeds"], metadata["ss_steps"]) == ("[5, 6]", "6")
+
+    stopping = Quiet(stop_after=4)
+    settings = settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "resumed", max_steps=3, trigger="rectangle",
+                            seed=5, average_runs=2, save_every=1)
+    stopped = train_lora(settings, stopping, should_stop=stopping.should_stop)
+    assert stopped.interrupted and stopped.output is None and stopped.steps == 4
+    assert not (tmp_path / "resumed" / "Lora").exists() and not (tmp_path / "resumed" / "embeddings").exists()
+    again = Quiet()
+    resumed = train_lora(replace(settings, resume=True), again)
+    assert again.steps == [5, 6]  # the first run was not trained again
+    for name, layer in read_lora(resumed.output).layers.items():
+        assert torch.allclose(_delta(layer), _delta(mean.layers[name]), atol=2e-3), name
 
 
 def test_buckets_keep_the_aspect_ratio(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def app(tmp_path_factory: pytest.TempPathFactory, tiny_sd1):
 
 def settings(app, name: str, **changes) -> LoraTrainingSettings:
     values = dict(base=Path("."), data=app.root / "data", name=name, max_steps=4, batch_size=2, rank=4, resolution=64,
-                  sample_every=2, sample_steps=2, save_every=2)
+                  sample_every=2, sample_steps=2, save_every=2, average_runs=1)
     values.update(changes)
     return LoraTrainingSettings(**values)
 

@@ -69,7 +69,7 @@ def test_train_lora_on_two_processes_equals_one_process_with_the_global_batch(tm
         _run(processes, "train-lora", "--base", str(DEFAULT_MODEL), "--data", str(tmp_path / "data"),
              "--name", "multi", "--output-dir", str(out / "Lora"), "--run-dir", str(out / "run"),
              "--batch-size", str(batch), "--rank", "4", "--max-steps", "5", "--threads", "1", "--save-every", "0",
-             "--sample-every", "0", "--trigger", "rectangle")
+             "--sample-every", "0", "--trigger", "rectangle", "--average-runs", "1")
         runs[processes] = (_losses(out / "run" / "log.jsonl"), load_file(out / "Lora" / "multi.safetensors"))
     (losses_one, lora_one), (losses_two, lora_two) = runs[1], runs[2]
     assert len(losses_one) == len(losses_two) == 5

@@ -65,7 +65,9 @@ class LoraTrainingSettings:
     embedding_lr: float = 0.0  # 0 = automatic: 5e-3 (A1111's textual-inversion default), 1.0 for Prodigy
     embedding_dir: Path | None = None  # default: "embeddings" beside output_dir (models/embeddings)
     reg_data: Path | None = None  # kohya's regularisation folder (images + captions of what should not change)
-    prior_loss_weight: float = 1.0
+    # kohya's default is 1.0; on the shipped model 1.25 with two averaged runs kept old prompts better at no cost to the
+    # new word (docs/lora-training.md)
+    prior_loss_weight: float = 1.25
     # Output preservation (ai-toolkit's "differential output preservation"): each training image is also seen with
     # the trigger word swapped for one of these words (and, with preserve_unconditional, with the empty prompt), and
     # the LoRA must then predict what the base model predicts: the concept stays out of its neighbours' captions.
@@ -110,6 +112,11 @@ class LoraTrainingSettings:
     gradient_checkpointing: bool = False
     mixed_precision: str = "no"
     seed: int = 0
+    # Runs of this setting on seeds seed, seed + 1, ..., averaged exactly into the one file written (a "soup",
+    # lora_average.py). 0 = automatic: 2 on small models, 1 (kohya's single run) on SD-sized ones. On the shipped model
+    # two runs share little of their change but all of what they learned, and their mean draws a new word better
+    # without changing old prompts more (docs/lora-training.md).
+    average_runs: int = 0
     save_every: int = 100  # steps between resumable saves and snapshots (0 = only at the end)
     sample_every: int = 100  # steps between sample images (0 = none)
     sample_prompts: list[str] = field(default_factory=list)
@@ -183,9 +190,12 @@ class LoraTrainingSettings:
                                   ("gradient accumulation", self.gradient_accumulation, 1), ("epochs", self.epochs, 1),
                                   ("max steps", self.max_steps, 0), ("warm-up steps", self.warmup_steps, 0),
                                   ("save every", self.save_every, 0), ("sample every", self.sample_every, 0),
-                                  ("sample steps", self.sample_steps, 1)):
+                                  ("sample steps", self.sample_steps, 1),
+                                  ("runs to average", self.average_runs, 0)):
             if value < low:
                 problems.append(f"{label} must be at least {low} (got {value})")
+        if self.average_runs > 8:
+            problems.append(f"runs to average must be 0 (automatic) to 8 (got {self.average_runs})")
         if self.resolution and not 32 <= self.resolution <= 4096:
             problems.append("resolution must be between 32 and 4096 pixels, or 0 for the model's own "
                             f"(got {self.resolution})")
@@ -371,6 +381,12 @@ def _sample(model: LoadedModel, settings: LoraTrainingSettings, width: int, heig
 
 # -- the run -----------------------------------------------------------------------------------------------------------
 
+def automatic_average_runs(model: LoadedModel) -> int:
+    """Two runs averaged on small U-Nets (the shipped model: minutes each on a CPU, and each run's own noise is most of
+    its change); one on SD-sized ones, as kohya trains."""
+    return 1 if model.unet.config.block_out_channels[0] >= 320 else 2
+
+
 def train_lora(
     settings: LoraTrainingSettings,
     observer: TrainingObserver | None = None,
@@ -384,18 +400,28 @@ def train_lora(
     `settings.data` already scanned by the caller (the service scans it to validate before starting a job)."""
     settings.check()
     observer = observer or PrintObserver()
-    saved = load_training_state(settings.run_path) if settings.resume else None
-    if settings.resume and saved is None:
-        raise TrainingError(f"nothing to resume in {settings.run_path}: no checkpoint-latest.pt there "
-                            "(start without resume)")
-    if saved is not None:
-        _check_resumable(saved, settings)
     check_embedding_slot(settings)
     dataset = dataset or scan_dataset(settings.data, settings.trigger)
     if settings.reg_data:
         dataset = with_regularization(dataset, scan_dataset(settings.reg_data))
     if settings.threads:
         torch.set_num_threads(settings.threads)
+    model = model if model is not None else load_checkpoint(Path(settings.base))
+    runs = settings.average_runs or automatic_average_runs(model)
+    if runs == 1:
+        return _train_one(settings, observer, should_stop, device_guard, model, dataset)
+    return _train_averaged(settings, runs, observer, should_stop, device_guard, model, dataset)
+
+
+def _train_one(settings: LoraTrainingSettings, observer: TrainingObserver, should_stop: Callable[[], bool],
+               device_guard: Callable[[], ContextManager], model: LoadedModel, dataset: LoraDataset) -> TrainingResult:
+    """One run, from its saved state when resuming."""
+    saved = load_training_state(settings.run_path) if settings.resume else None
+    if settings.resume and saved is None:
+        raise TrainingError(f"nothing to resume in {settings.run_path}: no checkpoint-latest.pt there "
+                            "(start without resume)")
+    if saved is not None:
+        _check_resumable(saved, settings)
     torch.manual_seed(settings.seed)  # the adapters' initial weights
 
     run = _LoraRun(settings, observer, device_guard, model, dataset)
@@ -407,6 +433,97 @@ def train_lora(
     run.start(saved)
     run.train(should_stop)
     return run.finish()
+
+
+def _member_settings(settings: LoraTrainingSettings, index: int) -> LoraTrainingSettings:
+    """Run `index` of an averaged training: its own seed, and its own folder under the run's for its state, samples,
+    file and learned word (only the average is written under the final names)."""
+    folder = settings.run_path / f"run{index + 1}"
+    return replace(settings, seed=settings.seed + index, average_runs=1, run_dir=folder, output_dir=folder,
+                   embedding_dir=folder)
+
+
+class _RunsObserver:
+    """Reports the runs of an averaged training as one: steps, ETA and the loss plot continue from run to run."""
+
+    def __init__(self, observer: TrainingObserver, runs: int) -> None:
+        self.observer, self.runs = observer, runs
+        self.index, self.offset, self.elapsed_before, self.reported = 0, 0, 0.0, False
+
+    def begin(self, index: int, elapsed_before: float) -> None:
+        self.index, self.elapsed_before = index, elapsed_before
+
+    def started(self, total_steps: int, dataset: LoraDataset, resumed_from: int) -> None:
+        self.offset = self.index * total_steps
+        self.total = total_steps * self.runs
+        if not self.reported:
+            self.observer.started(self.total, dataset, self.offset + resumed_from)
+            self.reported = True
+        self.observer.message(f"run {self.index + 1} of {self.runs} (seed offset {self.index}): steps "
+                              f"{self.offset + 1}-{self.offset + total_steps} of {self.total}")
+
+    def stepped(self, progress: TrainingProgress) -> None:
+        self.observer.stepped(replace(progress, step=self.offset + progress.step, total_steps=self.total,
+                                      elapsed=self.elapsed_before + progress.elapsed))
+
+    def sampled(self, step: int, images: list[Image.Image], paths: list[Path]) -> None:
+        self.observer.sampled(self.offset + step, images, paths)
+
+    def message(self, text: str) -> None:
+        self.observer.message(text)
+
+
+def _train_averaged(settings: LoraTrainingSettings, runs: int, observer: TrainingObserver,
+                    should_stop: Callable[[], bool], device_guard: Callable[[], ContextManager], model: LoadedModel,
+                    dataset: LoraDataset) -> TrainingResult:
+    """`runs` runs on consecutive seeds, one after another, then their exact average under the final names. Resuming
+    skips the runs that completed and continues the one that was interrupted."""
+    import copy
+
+    members = [_member_settings(settings, index) for index in range(runs)]
+    if settings.resume and not any(m.output_path.exists() or (m.run_path / "checkpoint-latest.pt").exists()
+                                   for m in members):
+        raise TrainingError(f"nothing to resume in {settings.run_path}: no saved run there (start without resume)")
+    chained = _RunsObserver(observer, runs)
+    seconds = seen = 0.0
+    last: TrainingResult | None = None
+    for index, member in enumerate(members):
+        if settings.resume and member.output_path.exists():
+            continue  # completed before the interruption
+        member.output_path.unlink(missing_ok=True)  # a fresh start never reuses an old run's file
+        member = replace(member, resume=settings.resume and (member.run_path / "checkpoint-latest.pt").exists())
+        chained.begin(index, seconds)
+        last = _train_one(member, chained, should_stop, device_guard,
+                          copy.deepcopy(model) if index < runs - 1 else model, dataset)
+        seconds += last.seconds
+        seen += last.samples_per_second * last.seconds
+        if last.interrupted:
+            return replace(last, steps=chained.offset + last.steps, total_steps=chained.total or last.total_steps,
+                           seconds=seconds)
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from .lora_average import average_loras, average_tensors, averaged_metadata
+    from .lora_network import save_safetensors_atomically
+    from .trigger_embedding import OWNER_KEY
+
+    embedding = None
+    if settings.learns_trigger:  # first, so the LoRA never appears without the word it was trained with
+        vectors = average_tensors([load_file(str(m.embedding_path)) for m in members])
+        embedding = save_safetensors_atomically(settings.embedding_path, vectors,
+                                                {OWNER_KEY: settings.name, "trigger": settings.trigger.strip()})
+        observer.message(f"the trigger word {settings.trigger.strip()!r} was learned as an embedding (the mean of "
+                         f"{runs} runs): {embedding}")
+    with safe_open(str(members[0].output_path), "pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    metadata.pop("sshs_model_hash", None)
+    metadata["ss_steps"] = metadata["ss_max_train_steps"] = str(int(metadata.get("ss_max_train_steps", 0)) * runs)
+    output = save_lora(settings.output_path, average_loras([load_file(str(m.output_path)) for m in members]),
+                       averaged_metadata(metadata, runs, [m.seed for m in members]))
+    observer.message(f"averaged {runs} runs into {output}")
+    return TrainingResult(output, int(metadata["ss_steps"]), int(metadata["ss_steps"]), False,
+                          last.final_loss if last else float("nan"), seconds, seen / max(seconds, 1e-9),
+                          dataset.warnings, embedding)
 
 
 @dataclass(frozen=True)
@@ -785,6 +902,8 @@ def _dataset_dirs(dataset: LoraDataset, regularization: bool = False) -> dict[st
 # -- CLI ---------------------------------------------------------------------------------------------------------------
 
 _HELP = {
+    "average_runs": "runs on consecutive seeds averaged into one file (0 = automatic: 2 on small models, 1 on "
+                    "SD-sized ones)",
     "trigger": "a word put in front of every caption that lacks it",
     "resolution": "training side in pixels (0 = the model's own)",
     "text_encoder_lr": "0 = the same as --learning-rate",

@@ -62,6 +62,8 @@ _FIELDS: list[tuple[str, str]] = [
     ("gradient_checkpointing", "Gradient checkpointing"),
     ("mixed_precision", "Mixed precision (CUDA only)"),
     ("seed", "Seed"),
+    ("average_runs", "Runs to average (0 = automatic: 2 for small models, 1 for SD-sized; each run takes the next "
+                     "seed, and the file is their exact mean)"),
     ("sample_prompts", "Sample prompts (one per line; empty = two dataset captions)"),
     ("sample_every", "Sample every N steps (0 = never)"),
     ("save_every", "Save a resumable state every N steps (0 = only at the end)"),
@@ -165,7 +167,7 @@ def build_lora_training_tab(service: LoraTrainingService, models: ModelManager):
                                        "lr_scheduler", "warmup_steps", "epochs", "max_steps", "batch_size",
                                        "gradient_accumulation"),
             "Training tricks": ("caption_dropout", "network_dropout", "noise_offset", "min_snr_gamma", "cache_latents",
-                                "gradient_checkpointing", "mixed_precision", "seed"),
+                                "gradient_checkpointing", "mixed_precision", "seed", "average_runs"),
             "Samples and saving": ("sample_prompts", "sample_every", "save_every", "resume"),
         }
         for title, names in groups.items():

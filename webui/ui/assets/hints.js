@@ -171,6 +171,7 @@
     "Gradient checkpointing": "Save memory by recomputing parts of the model (slower).",
     "Mixed precision (CUDA only)": "Train in 16-bit floats on an NVIDIA GPU to save memory and time.",
     "Seed": "The random number that makes a training run repeatable.",
+    "Runs to average (0 = automatic: 2 for small models, 1 for SD-sized; each run takes the next seed, and the file is their exact mean)": "Train this many runs on consecutive seeds and save their average, which keeps what they share and drops each run's noise.",
     "Sample prompts (one per line; empty = two dataset captions)": "Prompts for the sample images made during training.",
     "Sample every N steps (0 = never)": "How often to make sample images.",
     "Save a resumable state every N steps (0 = only at the end)": "How often to save a state the run can resume from.",
