@@ -242,9 +242,9 @@ def test_averaged_runs_write_the_exact_mean_of_single_runs_and_resume_in_the_run
     singles = [train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / f"seed{seed}", max_steps=3,
                                        trigger="rectangle", seed=seed), Quiet()) for seed in (5, 6)]
     observer = Quiet()
-    averaged = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "avg", max_steps=3,
-                                       trigger="rectangle", seed=5, average_runs=0), observer)
-    assert averaged.output == tmp_path / "avg" / "Lora" / "trained.safetensors" and averaged.steps == 6
+    averaged = train_lora(settings_for(DEFAULT_MODEL, concept_folder, tmp_path / "avg", max_steps=3, name="rectangle",
+                                       trigger="rectangle", seed=5, average_runs=0), observer)  # named like its word
+    assert averaged.output == tmp_path / "avg" / "Lora" / "rectangle.safetensors" and averaged.steps == 6
     assert observer.steps == [1, 2, 3, 4, 5, 6]
     mean, parts = read_lora(averaged.output), [read_lora(single.output) for single in singles]
     assert mean.layers.keys() == parts[0].layers.keys()

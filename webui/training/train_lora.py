@@ -440,7 +440,7 @@ def _member_settings(settings: LoraTrainingSettings, index: int) -> LoraTraining
     file and learned word (only the average is written under the final names)."""
     folder = settings.run_path / f"run{index + 1}"
     return replace(settings, seed=settings.seed + index, average_runs=1, run_dir=folder, output_dir=folder,
-                   embedding_dir=folder)
+                   embedding_dir=folder / "embeddings")  # a LoRA named like its trigger word must not overwrite it
 
 
 class _RunsObserver:
