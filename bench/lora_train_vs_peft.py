@@ -119,7 +119,7 @@ def ours(model_path: Path, model: LoadedModel, folder: Path, steps: int, batch_s
                                     max_steps=steps, batch_size=batch_size, rank=rank, alpha=float(rank),
                                     cache_latents=cache_latents, sample_every=0, save_every=0, caption_dropout=0.0,
                                     network_dropout=0.0, min_snr_gamma=0.0, warmup_steps=0, lr_scheduler="constant",
-                                    learning_rate=1e-4)
+                                    learning_rate=1e-4, average_runs=1)  # one run against one plain loop
     started = time.time()
     result = train_lora(settings, Silent(), model=model)
     if torch.cuda.is_available():
