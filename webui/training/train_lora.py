@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import datetime as _dt
 import json
 import math
@@ -26,6 +27,8 @@ from typing import ContextManager, Protocol
 
 import torch
 from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 from webui.engine.embeddings import EMBEDDING_SUFFIXES
 from webui.engine.loader import LoadedModel, load_checkpoint
@@ -35,9 +38,12 @@ from .lora_dataset import (
     Batch, DatasetError, LoraDataset, epoch_batches, load_for_bucket, make_buckets, nearest_bucket, scan_dataset,
     with_regularization,
 )
-from .lora_network import UNET_LAYER_CHOICES, LoraNetwork, LoraShape, LoraShapeError, kohya_metadata, save_lora
+from .lora_average import average_loras, average_tensors, averaged_metadata
+from .lora_network import (
+    UNET_LAYER_CHOICES, LoraNetwork, LoraShape, LoraShapeError, kohya_metadata, save_lora, save_safetensors_atomically,
+)
 from .lora_step import Denoiser, StepLoss, encode_latents
-from .trigger_embedding import TriggerEmbedding, embedding_owner, save_embedding
+from .trigger_embedding import OWNER_KEY, TriggerEmbedding, embedding_owner, save_embedding
 
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
@@ -448,7 +454,7 @@ class _RunsObserver:
 
     def __init__(self, observer: TrainingObserver, runs: int) -> None:
         self.observer, self.runs = observer, runs
-        self.index, self.offset, self.elapsed_before, self.reported = 0, 0, 0.0, False
+        self.index, self.offset, self.total, self.elapsed_before, self.reported = 0, 0, 0, 0.0, False
 
     def begin(self, index: int, elapsed_before: float) -> None:
         self.index, self.elapsed_before = index, elapsed_before
@@ -478,8 +484,6 @@ def _train_averaged(settings: LoraTrainingSettings, runs: int, observer: Trainin
                     dataset: LoraDataset) -> TrainingResult:
     """`runs` runs on consecutive seeds, one after another, then their exact average under the final names. Resuming
     skips the runs that completed and continues the one that was interrupted."""
-    import copy
-
     members = [_member_settings(settings, index) for index in range(runs)]
     if settings.resume and not any(m.output_path.exists() or (m.run_path / "checkpoint-latest.pt").exists()
                                    for m in members):
@@ -498,15 +502,9 @@ def _train_averaged(settings: LoraTrainingSettings, runs: int, observer: Trainin
         seconds += last.seconds
         seen += last.samples_per_second * last.seconds
         if last.interrupted:
-            return replace(last, steps=chained.offset + last.steps, total_steps=chained.total or last.total_steps,
-                           seconds=seconds)
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from .lora_average import average_loras, average_tensors, averaged_metadata
-    from .lora_network import save_safetensors_atomically
-    from .trigger_embedding import OWNER_KEY
-
+            return replace(last, steps=chained.offset + last.steps, total_steps=chained.total, seconds=seconds)
+    if last is not None and last.output is None:  # another process of a multi-process run: the main one averages
+        return replace(last, steps=chained.offset + last.steps, total_steps=chained.total, seconds=seconds)
     embedding = None
     if settings.learns_trigger:  # first, so the LoRA never appears without the word it was trained with
         vectors = average_tensors([load_file(str(m.embedding_path)) for m in members])
