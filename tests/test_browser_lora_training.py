@@ -52,10 +52,15 @@ def test_train_through_gradio_client_then_generate_with_the_lora(browser_app: Ap
                                            sample_every=3, sample_steps=3), api_name="/lora_training_start")
     status = wait_for_state(client, {"done", "failed", "interrupted"})
     assert status["state"] == "done", status
-    assert [step for step, _ in status["losses"]] == [1, 2, 3, 4, 5, 6]
-    assert len(status["samples"]) == 4  # two prompts (the dataset's first captions), at steps 3 and 6
+    # a small model trains two runs by default (Runs to average: automatic), and the progress counts across both
+    assert [step for step, _ in status["losses"]] == list(range(1, 13))
+    assert len(status["samples"]) == 8  # two prompts (the dataset's first captions), at steps 3 and 6 of each run
     output = browser_app.root / "models" / "Lora" / "zz_api_trained.safetensors"
     assert Path(status["output"]) == output and output.exists()
+    from safetensors import safe_open
+
+    with safe_open(str(output), "pt") as handle:
+        assert handle.metadata()["latent_studio.average_of_runs"] == "2"
     assert not list((browser_app.root / "models" / "Lora").glob(".*partial"))
 
     # the app generates with it at once, by name, and records its hash (the picker's library was rescanned)
