@@ -39,11 +39,9 @@ from .lora_dataset import (
     with_regularization,
 )
 from .lora_average import average_loras, average_tensors, averaged_metadata
-from .lora_network import (
-    UNET_LAYER_CHOICES, LoraNetwork, LoraShape, LoraShapeError, kohya_metadata, save_lora, save_safetensors_atomically,
-)
+from .lora_network import UNET_LAYER_CHOICES, LoraNetwork, LoraShape, LoraShapeError, kohya_metadata, save_lora
 from .lora_step import Denoiser, StepLoss, encode_latents
-from .trigger_embedding import OWNER_KEY, TriggerEmbedding, embedding_owner, save_embedding
+from .trigger_embedding import TriggerEmbedding, embedding_owner, save_embedding, save_embedding_tensors
 
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Prodigy")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
@@ -326,7 +324,7 @@ def automatic_learning_rate(model: LoadedModel, optimizer: str) -> float:
     1e-3 and no faster at higher rates. Prodigy finds its own step size: its lr is a multiplier, 1.0."""
     if optimizer == "Prodigy":
         return 1.0
-    return 1e-4 if model.unet.config.block_out_channels[0] >= 320 else 1e-3
+    return 1e-4 if _is_sd_sized(model) else 1e-3
 
 
 def _make_optimizer(settings: LoraTrainingSettings, groups: list[dict]) -> torch.optim.Optimizer:
@@ -390,7 +388,12 @@ def _sample(model: LoadedModel, settings: LoraTrainingSettings, width: int, heig
 def automatic_average_runs(model: LoadedModel) -> int:
     """Two runs averaged on small U-Nets (the shipped model: minutes each on a CPU, and each run's own noise is most of
     its change); one on SD-sized ones, as kohya trains."""
-    return 1 if model.unet.config.block_out_channels[0] >= 320 else 2
+    return 1 if _is_sd_sized(model) else 2
+
+
+def _is_sd_sized(model: LoadedModel) -> bool:
+    """A U-Net of Stable Diffusion's width (320 channels or more), as opposed to a small one like the shipped model."""
+    return model.unet.config.block_out_channels[0] >= 320
 
 
 def train_lora(
@@ -508,8 +511,7 @@ def _train_averaged(settings: LoraTrainingSettings, runs: int, observer: Trainin
     embedding = None
     if settings.learns_trigger:  # first, so the LoRA never appears without the word it was trained with
         vectors = average_tensors([load_file(str(m.embedding_path)) for m in members])
-        embedding = save_safetensors_atomically(settings.embedding_path, vectors,
-                                                {OWNER_KEY: settings.name, "trigger": settings.trigger.strip()})
+        embedding = save_embedding_tensors(settings.embedding_path, vectors, settings.trigger.strip(), settings.name)
         observer.message(f"the trigger word {settings.trigger.strip()!r} was learned as an embedding (the mean of "
                          f"{runs} runs): {embedding}")
     with safe_open(str(members[0].output_path), "pt") as handle:

@@ -110,7 +110,11 @@ def embedding_owner(path: Path) -> str | None:
 
 def save_embedding(path: Path, embedding: TriggerEmbedding, lora_name: str) -> Path:
     """Atomic write, as for the LoRA file."""
+    return save_embedding_tensors(path, embedding.file_tensors(), embedding.trigger, lora_name)
+
+
+def save_embedding_tensors(path: Path, tensors: dict[str, torch.Tensor], trigger: str, lora_name: str) -> Path:
+    """Atomic write of an embedding file's tensors, marked as made by the LoRA run `lora_name`."""
     from .lora_network import save_safetensors_atomically
 
-    return save_safetensors_atomically(path, embedding.file_tensors(),
-                                       {OWNER_KEY: lora_name, "trigger": embedding.trigger})
+    return save_safetensors_atomically(path, tensors, {OWNER_KEY: lora_name, "trigger": trigger})
